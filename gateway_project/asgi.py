@@ -1,0 +1,69 @@
+"""The ASGI application: the API on its lean handler, everything else on Django's.
+
+It also speaks the ASGI lifespan protocol, which Django does not: at startup it
+starts this process's background work (draining the usage buffer, listening for
+configuration changes), and at shutdown it stops them and writes every usage
+event still buffered, so a normal stop loses nothing.
+"""
+
+import asyncio
+import logging
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402  (after Django is set up)
+
+from gateway_project.orm_thread import run_orm  # noqa: E402
+from routing import invalidation, upstream  # noqa: E402
+from routing.handler import ApiHandler  # noqa: E402
+from usage import recorder  # noqa: E402
+
+log = logging.getLogger(__name__)
+api_application = ApiHandler()
+
+
+class Lifespan:
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+
+    async def startup(self) -> None:
+        if settings.USAGE_DRAIN_IN_PROCESS or not settings.REDIS_URL:
+            self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop)))
+        if settings.REDIS_URL:
+            self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        try:
+            written = await run_orm(recorder.drain_all)
+            log.info("shutdown: wrote %d buffered usage events", written)
+        except Exception:
+            log.exception("shutdown: could not write buffered usage events")
+        await upstream.close()
+
+    async def __call__(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def application(scope, receive, send) -> None:
+    if scope["type"] == "http":
+        if scope["path"].startswith("/v1/"):
+            await api_application(scope, receive, send)
+        else:
+            await django_application(scope, receive, send)
+    elif scope["type"] == "lifespan":
+        await Lifespan()(receive, send)

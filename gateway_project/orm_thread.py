@@ -1,0 +1,27 @@
+"""Run synchronous ORM code from the async hot path.
+
+The hot path touches the database only on a cache miss. Those calls run on a
+small dedicated pool so that they neither block the event loop nor open a new
+connection per request (asgiref's thread-sensitive mode gives every request
+its own thread, and so its own connection).
+"""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from django.db import close_old_connections
+
+T = TypeVar("T")
+
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-orm")
+
+
+def _with_connection(fn: Callable[..., T], *args) -> T:
+    # Drop connections past CONN_MAX_AGE or broken by a database restart.
+    close_old_connections()
+    return fn(*args)
+
+
+async def run_orm(fn: Callable[..., T], *args) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_pool, _with_connection, fn, *args)

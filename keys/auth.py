@@ -1,0 +1,107 @@
+"""Authenticate a gateway key on the hot path.
+
+The key is checked for shape and checksum, hashed, and looked up in an
+in-process cache; the database is read only on a miss. Unknown keys are cached
+too (briefly), so a flood of bad keys cannot reach the database.
+"""
+
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from django.conf import settings
+
+from gateway_project.orm_thread import run_orm
+from routing import errors, invalidation
+
+from . import hashing
+from .models import ApiKey
+
+# Entries cached at most; the cache is emptied when full (a bad-key flood
+# must not grow memory without bound).
+MAX_ENTRIES = 100_000
+NEGATIVE_TTL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    tenant_id: int
+    prefix: str
+    allowed_models: frozenset[str]
+    tenant_allowed_models: frozenset[str]
+    expires_at: float | None
+
+    def may_use(self, model: str) -> bool:
+        if self.allowed_models and model not in self.allowed_models:
+            return False
+        return not self.tenant_allowed_models or model in self.tenant_allowed_models
+
+
+_cache: dict[str, tuple[KeyInfo | None, float]] = {}
+_cache_generation = -1
+
+
+def _load(digest: str) -> KeyInfo | None:
+    row = (
+        ApiKey.objects.active()
+        .select_related("tenant")
+        .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "tenant__allowed_models")
+        .filter(key_hash=digest)
+        .first()
+    )
+    # The lookup is by hash already; comparing again in constant time keeps a
+    # case-insensitive collation or an index quirk from ever matching loosely.
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return KeyInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        prefix=row.prefix,
+        allowed_models=frozenset(row.allowed_models or ()),
+        tenant_allowed_models=frozenset(row.tenant.allowed_models or ()),
+        expires_at=row.expires_at.timestamp() if row.expires_at else None,
+    )
+
+
+async def authenticate(raw_key: str | None) -> KeyInfo:
+    global _cache_generation
+    if not raw_key:
+        raise errors.missing_key()
+    if not hashing.is_well_formed(raw_key):
+        raise errors.invalid_key()
+    digest = hashing.hash_key(raw_key)
+    generation = invalidation.generation("keys")
+    if generation != _cache_generation:
+        _cache.clear()
+        _cache_generation = generation
+    now = time.monotonic()
+    entry = _cache.get(digest)
+    if entry is None or now - entry[1] > (settings.GATEWAY_CONFIG_CACHE_SECONDS if entry[0] else NEGATIVE_TTL):
+        info = await run_orm(_load, digest)
+        if len(_cache) >= MAX_ENTRIES:
+            _cache.clear()
+        if invalidation.generation("keys") == generation:
+            _cache[digest] = (info, now)
+    else:
+        info = entry[0]
+    if info is None or (info.expires_at is not None and info.expires_at <= time.time()):
+        raise errors.invalid_key()
+    return info
+
+
+def key_from_headers(headers) -> str | None:
+    """The key from `Authorization: Bearer`, `api-key` or `x-api-key`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return headers.get("api-key") or headers.get("x-api-key")
+
+
+def touch_last_used(last_used: dict[int, float]) -> None:
+    """Write last-used times in bulk (called by the usage drain, off the hot path)."""
+    for key_id, ts in last_used.items():
+        when = datetime.fromtimestamp(ts, tz=timezone.utc)
+        ApiKey.objects.filter(id=key_id).exclude(last_used_at__gte=when).update(last_used_at=when)

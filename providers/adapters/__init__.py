@@ -1,0 +1,17 @@
+"""One module per upstream API, all behind the contract in base.py.
+
+A new provider kind is one new module and one line in ADAPTERS.
+"""
+
+from types import ModuleType
+
+from . import openai
+
+ADAPTERS: dict[str, ModuleType] = {
+    "openai": openai,
+    "openai_compatible": openai,
+}
+
+
+def for_kind(kind: str) -> ModuleType:
+    return ADAPTERS[kind]

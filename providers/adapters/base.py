@@ -1,0 +1,106 @@
+"""The contract every provider adapter keeps, and the one error type they raise.
+
+An adapter module provides:
+  chat_request(target, body, request_id) -> UpstreamRequest
+  embeddings_request(target, body, request_id) -> UpstreamRequest
+  parse_usage(response: dict) -> Usage | None
+  stream_event(data: bytes, want_usage: bool) -> StreamEvent
+  map_error(target, status, body, headers) -> UpstreamError
+Requests and responses on the gateway's side are always OpenAI-shaped.
+"""
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from routing.errors import GatewayError
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    forward: bytes | None  # the OpenAI-shaped `data:` payload to relay, or None to drop it
+    usage: Usage | None = None
+    has_content: bool = False
+    done: bool = False
+
+
+class UpstreamError(GatewayError):
+    """An upstream call failed. `retryable` says whether another attempt could help."""
+
+    def __init__(self, status: int, message: str, *, retryable: bool, retry_after: float | None = None,
+                 code: str = "upstream_error", type: str = "upstream_error") -> None:
+        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else None
+        super().__init__(status, message, type=type, code=code, headers=headers)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+_SECRET_LIKE = re.compile(r"(sk|key|token)[-_][A-Za-z0-9_\-]{6,}", re.IGNORECASE)
+
+
+def scrub(text: str, secret: str) -> str:
+    """Remove the provider secret, and anything that looks like a key, from text."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _SECRET_LIKE.sub(r"\1-***", text)[:500]
+
+
+def upstream_message(body: bytes) -> str:
+    """The human message out of an upstream error body, whatever its shape."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace").strip()
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("detail") or err)
+        return str(err)
+    return str(data)
+
+
+def retry_after_seconds(headers) -> float | None:
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def error_for_status(provider: str, status: int, message: str, retry_after: float | None) -> UpstreamError:
+    """Map an upstream HTTP failure to what the client sees, the same for every provider."""
+    if status in (400, 413, 422):
+        # The request itself is at fault: another provider would refuse it too.
+        return UpstreamError(400 if status == 422 else status,
+                             f"Provider '{provider}' rejected the request: {message}",
+                             retryable=False, code="upstream_bad_request", type="invalid_request_error")
+    if status in (401, 403):
+        return UpstreamError(502, f"Provider '{provider}' rejected the gateway's credentials.",
+                             retryable=True, code="upstream_auth_failed")
+    if status == 429:
+        return UpstreamError(429, f"Provider '{provider}' is rate limiting requests; retry later.",
+                             retryable=True, retry_after=retry_after, code="upstream_rate_limited",
+                             type="rate_limit_error")
+    return UpstreamError(502, f"Provider '{provider}' failed with status {status}: {message}",
+                         retryable=True, code="upstream_error")

@@ -1,0 +1,59 @@
+from django import forms
+from django.contrib import admin
+
+from .models import Deployment, Provider
+
+
+class ProviderForm(forms.ModelForm):
+    """The provider secret is write-only: typed in, stored encrypted, never shown."""
+
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Leave empty to keep the current key. Stored encrypted; never displayed.",
+    )
+    clear_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers",
+                  "tenant", "is_active"]
+
+    def save(self, commit=True):
+        provider = super().save(commit=False)
+        if self.cleaned_data.get("clear_api_key"):
+            provider.set_api_key("")
+        elif self.cleaned_data.get("api_key"):
+            provider.set_api_key(self.cleaned_data["api_key"])
+        if commit:
+            provider.save()
+        return provider
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    extra = 0
+    fields = ["public_model", "upstream_model", "mode", "context_window", "max_output_tokens",
+              "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active"]
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ["name", "kind", "base_url", "tenant", "key_stored", "is_active"]
+    list_filter = ["kind", "is_active", "tenant"]
+    search_fields = ["name", "base_url"]
+    inlines = [DeploymentInline]
+
+    @admin.display(boolean=True, description="key set")
+    def key_stored(self, obj: Provider) -> bool:
+        return obj.has_api_key
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["public_model", "provider", "upstream_model", "mode", "context_window",
+                    "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active"]
+    list_filter = ["mode", "is_active", "provider"]
+    search_fields = ["public_model", "upstream_model"]

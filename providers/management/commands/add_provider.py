@@ -1,0 +1,82 @@
+import os
+from decimal import Decimal, InvalidOperation
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from providers.models import Deployment, Provider
+from tenants.models import Tenant
+
+
+def _price(value: str) -> Decimal:
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise CommandError(f"not a price: {value!r}") from None
+    if price < 0:
+        raise CommandError("prices cannot be negative")
+    return price
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update a provider and its deployments (idempotent). "
+        "--model PUBLIC[=UPSTREAM] may be repeated."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--kind", required=True, choices=[k for k, _ in Provider.Kind.choices])
+        parser.add_argument("--base-url", required=True)
+        parser.add_argument("--api-key-env", help="Environment variable holding the provider's API key")
+        parser.add_argument("--store-key", action="store_true",
+                            help="Store the key read from --api-key-env encrypted, instead of reading it at run time")
+        parser.add_argument("--model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
+        parser.add_argument("--embedding-model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
+        parser.add_argument("--tenant", help="Tenant slug (default: shared by all tenants)")
+        parser.add_argument("--input-price", default="0", help="USD per 1M input tokens")
+        parser.add_argument("--output-price", default="0", help="USD per 1M output tokens")
+        parser.add_argument("--context-window", type=int, default=128_000)
+        parser.add_argument("--max-output-tokens", type=int, default=16_384)
+        parser.add_argument("--priority", type=int, default=0)
+
+    @transaction.atomic
+    def handle(self, name, **o):
+        tenant = None
+        if o["tenant"]:
+            tenant = Tenant.objects.filter(slug=o["tenant"]).first()
+            if tenant is None:
+                raise CommandError(f"no tenant with slug {o['tenant']!r}")
+        provider, created = Provider.objects.get_or_create(
+            name=name, defaults={"kind": o["kind"], "base_url": o["base_url"], "tenant": tenant}
+        )
+        provider.kind, provider.base_url, provider.tenant = o["kind"], o["base_url"], tenant
+        if o["api_key_env"]:
+            if o["store_key"]:
+                secret = os.environ.get(o["api_key_env"])
+                if not secret:
+                    raise CommandError(f"${o['api_key_env']} is empty")
+                provider.set_api_key(secret)
+                provider.api_key_env = ""
+            else:
+                provider.api_key_env = o["api_key_env"]
+        provider.full_clean()
+        provider.save()
+        prices = {
+            "input_price_per_mtok": _price(o["input_price"]),
+            "output_price_per_mtok": _price(o["output_price"]),
+            "context_window": o["context_window"],
+            "max_output_tokens": o["max_output_tokens"],
+            "priority": o["priority"],
+        }
+        specs = [(m, "chat") for m in o["model"]] + [(m, "embedding") for m in o["embedding_model"]]
+        for spec, mode in specs:
+            public, _, upstream_model = spec.partition("=")
+            if not public:
+                raise CommandError(f"bad --model {spec!r}: expected PUBLIC[=UPSTREAM]")
+            Deployment.objects.update_or_create(
+                provider=provider, public_model=public, upstream_model=upstream_model or public,
+                defaults={"mode": mode, "is_active": True, **prices},
+            )
+        self.stdout.write(f"{'created' if created else 'updated'}: provider {provider.name} "
+                          f"with {provider.deployments.count()} deployment(s)")

@@ -1,0 +1,99 @@
+import os
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from tenants.models import Tenant
+
+from . import crypto
+
+
+class Provider(models.Model):
+    """An upstream account: an API base URL and the secret to call it with."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Groq, Mistral, …)"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.OPENAI_COMPATIBLE)
+    base_url = models.URLField(max_length=500, help_text="For example https://api.openai.com/v1")
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Read the secret from this environment variable instead of storing it.",
+    )
+    extra_headers = models.JSONField(default=dict, blank=True, help_text="Sent with every upstream call.")
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="providers",
+        help_text="Empty: shared by every tenant.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_api_key(self, secret: str) -> None:
+        self.api_key_encrypted = crypto.encrypt(secret) if secret else ""
+
+    def get_api_key(self) -> str:
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        return crypto.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted or self.api_key_env)
+
+
+class Deployment(models.Model):
+    """One model served by one provider, under a public name clients use."""
+
+    class Mode(models.TextChoices):
+        CHAT = "chat", "Chat completions"
+        EMBEDDING = "embedding", "Embeddings"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="deployments")
+    public_model = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
+    upstream_model = models.CharField(max_length=200, help_text="The name the provider knows.")
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CHAT)
+    context_window = models.PositiveIntegerField(default=128_000)
+    max_output_tokens = models.PositiveIntegerField(default=16_384)
+    input_price_per_mtok = models.DecimalField(
+        "input price (USD per 1M tokens)",
+        max_digits=14,
+        decimal_places=6,
+        default=Decimal(0),
+        validators=[MinValueValidator(0)],
+    )
+    output_price_per_mtok = models.DecimalField(
+        "output price (USD per 1M tokens)",
+        max_digits=14,
+        decimal_places=6,
+        default=Decimal(0),
+        validators=[MinValueValidator(0)],
+    )
+    priority = models.IntegerField(default=0, help_text="Lower is tried first.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["public_model", "priority", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "public_model", "upstream_model"], name="deployment_unique_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_model} → {self.provider.name}/{self.upstream_model}"

@@ -1,0 +1,14 @@
+"""Push provider and deployment changes to every process's routing table."""
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from routing import invalidation
+
+from .models import Deployment, Provider
+
+
+@receiver([post_save, post_delete], sender=Provider)
+@receiver([post_save, post_delete], sender=Deployment)
+def routes_changed(sender, **kwargs) -> None:
+    invalidation.changed("routes")

@@ -1,0 +1,104 @@
+"""What the hot path knows about one call, and the usage event it becomes."""
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from keys.auth import KeyInfo
+from providers.adapters.base import Usage
+from usage import tokens
+
+from .errors import GatewayError
+from .table import Target
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
+
+
+def request_id_from(headers) -> str:
+    """The client's x-request-id when it is sane, a new one otherwise."""
+    given = headers.get("x-request-id")
+    if given and _CLIENT_REQUEST_ID.match(given):
+        return given
+    return f"req_{uuid.uuid4().hex}"
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    ts: float = field(default_factory=time.time)
+    key: KeyInfo | None = None
+    model: str = ""
+    body: dict | None = None
+    target: Target | None = None
+    attempts: int = 0
+    usage: Usage | None = None
+    tokens_estimated: bool = False
+    delivered_chunks: int = 0
+    ttft_ms: int | None = None
+    status: str = "ok"
+    http_status: int = 200
+    error_type: str = ""
+    streamed: bool = False
+    # A stream records its own event when it ends; the view must not.
+    recorded_by_stream: bool = False
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+
+    def failed(self, error: GatewayError) -> None:
+        self.http_status = error.status
+        self.error_type = error.code or error.type
+        if error.code == "upstream_timeout":
+            self.status = "upstream_timeout"
+        elif getattr(error, "retryable", None) is not None or error.status >= 500:
+            self.status = "upstream_error"
+        else:
+            self.status = "client_error"
+
+    def estimate_usage(self) -> None:
+        """Fill in usage the upstream did not report, marked as estimated."""
+        if self.usage is not None:
+            return
+        self.tokens_estimated = True
+        prompt = 0
+        if self.body and self.endpoint == "chat.completions":
+            prompt = tokens.count_messages(self.body.get("messages") or [], self.model)
+        self.usage = Usage(prompt_tokens=prompt, completion_tokens=self.delivered_chunks)
+
+    def event(self) -> dict:
+        usage = self.usage or Usage()
+        target = self.target
+        billable = target is not None and self.usage is not None
+        cost = target.cost(usage.prompt_tokens, usage.completion_tokens) if billable else 0
+        return {
+            "request_id": self.request_id,
+            "ts": self.ts,
+            "tenant_id": self.key.tenant_id,
+            "api_key_id": self.key.id,
+            "key_prefix": self.key.prefix,
+            "provider_id": target.provider_id if target else None,
+            "provider_name": target.provider_name if target else "",
+            "deployment_id": target.deployment_id if target else None,
+            "endpoint": self.endpoint,
+            "public_model": self.model[:200],
+            "upstream_model": target.upstream_model if target else "",
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "cost_usd": str(cost),
+            "latency_ms": self.elapsed_ms(),
+            "ttft_ms": self.ttft_ms,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_type": self.error_type,
+            "streamed": self.streamed,
+        }

@@ -1,0 +1,92 @@
+"""The ASGI handler for the API: Django's, minus what the API does not need.
+
+The admin keeps Django's full handler and middleware. The API gets a lean one:
+no middleware (each sync middleware is a thread hop per request), no
+request_started/finished signals (their receivers manage database
+connections, which the API's ORM pool manages itself), oversized bodies refused
+before they are read, and an OpenAI-shaped answer for every path.
+"""
+
+import asyncio
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler
+from django.urls import Resolver404, get_resolver
+
+from . import errors
+
+
+async def not_found(request):
+    error = errors.GatewayError(404, f"Unknown request URL: {request.method} {request.path}.",
+                                code="unknown_url")
+    return error.response()
+
+
+class ApiHandler(ASGIHandler):
+    def __init__(self) -> None:
+        base.BaseHandler.__init__(self)
+        self.resolver = get_resolver(settings.API_URLCONF)
+        self.max_body = settings.GATEWAY_MAX_REQUEST_BYTES
+
+    async def handle(self, scope, receive, send) -> None:
+        try:
+            body_file = await self.read_limited_body(scope, receive)
+        except RequestAborted:
+            return
+        except errors.GatewayError as error:
+            response = error.response()
+            response["x-request-id"] = f"req_{uuid.uuid4().hex}"
+            await self.send_response(response, send)
+            return
+        try:
+            request = self.request_class(scope, body_file)
+        except UnicodeDecodeError:
+            await self.send_response(errors.bad_request("The request URL is not valid UTF-8.").response(), send)
+            return
+        try:
+            view = self.resolver.resolve(request.path_info).func
+        except Resolver404:
+            view = not_found
+        process = asyncio.create_task(self.respond(view, request, send))
+        disconnect = asyncio.create_task(self.listen_for_disconnect(receive))
+        await asyncio.wait([process, disconnect], return_when=asyncio.FIRST_COMPLETED)
+        for task in (disconnect, process):
+            if not task.done():
+                # A client gone mid-call cancels the view, which records what it owes.
+                task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, RequestAborted):
+                pass
+        body_file.close()
+
+    async def respond(self, view, request, send) -> None:
+        response = await view(request)
+        try:
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            pass
+
+    async def read_limited_body(self, scope, receive):
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise errors.too_large(self.max_body)
+        return await self.read_body(_counting(receive, self.max_body))
+
+
+def _counting(receive, limit: int):
+    """Wrap receive so that a body growing past `limit` is refused mid-upload."""
+    size = 0
+
+    async def counted():
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise errors.too_large(limit)
+        return message
+
+    return counted

@@ -1,0 +1,75 @@
+"""How a configuration change reaches the caches of every gateway process.
+
+The hot path serves keys and the routing table from in-process caches. Each
+cache has a name ("keys", "routes") and a generation number; a change bumps
+the generation after the transaction commits: in this process at once, and in
+every other process through Redis pub/sub. A cache whose generation moved
+reloads on its next use. Caches also expire after GATEWAY_CONFIG_CACHE_SECONDS,
+which bounds staleness if a message is ever missed.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from functools import cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gw:config-changed"
+NAMES = ("keys", "routes")
+
+_generations: dict[str, int] = defaultdict(int)
+
+
+def generation(name: str) -> int:
+    return _generations[name]
+
+
+def bump(name: str) -> None:
+    _generations[name] += 1
+
+
+@cache
+def _publisher() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _announce(name: str) -> None:
+    bump(name)
+    if settings.REDIS_URL:
+        try:
+            _publisher().publish(CHANNEL, name)
+        except redis.RedisError:
+            # Other processes fall back to their cache expiry.
+            log.warning("could not announce a %s change through Redis", name)
+
+
+def changed(name: str) -> None:
+    """Call from a signal handler when cached configuration changes."""
+    transaction.on_commit(lambda: _announce(name))
+
+
+async def listen(stop: asyncio.Event) -> None:
+    """Apply changes announced by other processes until stop is set."""
+    while not stop.is_set():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                # Anything may have changed while we were not subscribed.
+                for name in NAMES:
+                    bump(name)
+                while not stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message and message["type"] == "message":
+                        bump(message["data"].decode())
+        except (redis.RedisError, OSError):
+            log.warning("config change listener lost Redis; retrying")
+            await asyncio.sleep(1.0)
+        finally:
+            await client.aclose()

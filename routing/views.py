@@ -1,0 +1,164 @@
+"""The OpenAI-compatible API: the hot path.
+
+Each endpoint reads top to bottom: parse, authenticate, authorize, admit,
+route, call, account, respond. `endpoint` wraps them with the parts every
+call shares: the request id, errors in OpenAI's shape, and the usage event.
+"""
+
+import asyncio
+import functools
+import logging
+
+import aiohttp
+import orjson
+from django.http import HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from keys.auth import authenticate, key_from_headers
+from providers.adapters import for_kind
+from providers.adapters.base import UpstreamError
+from usage import recorder
+
+from . import errors, table, upstream, validation
+from .call import Call, request_id_from
+
+log = logging.getLogger(__name__)
+
+
+def endpoint(name: str, method: str):
+    def decorate(handler):
+        @csrf_exempt
+        @functools.wraps(handler)
+        async def view(request):
+            call = Call(request_id=request_id_from(request.headers), endpoint=name)
+            try:
+                if request.method != method:
+                    raise errors.GatewayError(405, f"Use {method} for this endpoint.", code="method_not_allowed")
+                response = await handler(request, call)
+            except errors.GatewayError as error:
+                call.failed(error)
+                response = error.response()
+            except Exception:
+                log.exception("request %s failed inside the gateway", call.request_id)
+                error = errors.internal_error()
+                call.failed(error)
+                response = error.response()
+            response["x-request-id"] = call.request_id
+            if call.key is not None and not call.recorded_by_stream:
+                await recorder.record(call.event())
+            return response
+
+        return view
+
+    return decorate
+
+
+async def _authenticate(request, call: Call) -> None:
+    call.key = await authenticate(key_from_headers(request.headers))
+
+
+def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
+    target = call.target
+    response["x-gateway-provider"] = target.provider_name
+    response["x-gateway-model"] = target.upstream_model
+    response["x-gateway-deployment"] = str(target.deployment_id)
+    response["x-gateway-route"] = target.public_model
+    response["x-gateway-attempts"] = str(call.attempts)
+    return response
+
+
+@endpoint("chat.completions", "POST")
+async def chat_completions(request, call: Call) -> HttpResponse:
+    body = validation.chat_body(request)
+    call.body, call.model = body, body["model"]
+    await _authenticate(request, call)
+    targets = await table.targets_for_key(call.key, call.model, "chat")
+    # Admission (rate limits, quotas, budgets) arrives with the governance issue.
+    attempt = await upstream.open_call(targets, lambda adapter, t: adapter.chat_request(t, body, call.request_id))
+    call.target, call.attempts = attempt.target, attempt.attempts
+    if body.get("stream"):
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return _upstream_headers(_relay_stream(call, attempt, want_usage), call)
+    raw, data = await upstream.read_json(attempt)
+    call.first_token()
+    call.usage = for_kind(attempt.target.kind).parse_usage(data)
+    call.estimate_usage()
+    return _upstream_headers(HttpResponse(raw, content_type="application/json"), call)
+
+
+@endpoint("embeddings", "POST")
+async def embeddings(request, call: Call) -> HttpResponse:
+    body = validation.embeddings_body(request)
+    call.body, call.model = body, body["model"]
+    await _authenticate(request, call)
+    targets = await table.targets_for_key(call.key, call.model, "embedding")
+    attempt = await upstream.open_call(
+        targets, lambda adapter, t: adapter.embeddings_request(t, body, call.request_id)
+    )
+    call.target, call.attempts = attempt.target, attempt.attempts
+    raw, data = await upstream.read_json(attempt)
+    call.usage = for_kind(attempt.target.kind).parse_usage(data)
+    call.estimate_usage()
+    return _upstream_headers(HttpResponse(raw, content_type="application/json"), call)
+
+
+@endpoint("models", "GET")
+async def models(request, call: Call) -> HttpResponse:
+    key = await authenticate(key_from_headers(request.headers))
+    routing_table = await table.current()
+    data = [
+        {"id": t.public_model, "object": "model", "created": t.created, "owned_by": t.provider_name}
+        for t in routing_table.models_for(key.tenant_id)
+        if key.may_use(t.public_model)
+    ]
+    return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> StreamingHttpResponse:
+    """Relay the upstream SSE stream event by event; record usage when it ends, however it ends."""
+    call.streamed = True
+    call.recorded_by_stream = True
+
+    async def relay():
+        finished = False
+        try:
+            async for event in upstream.sse_events(attempt, want_usage):
+                if event.usage is not None:
+                    call.usage = event.usage
+                if event.has_content:
+                    call.first_token()
+                    call.delivered_chunks += 1
+                if event.forward is not None:
+                    yield b"data: " + event.forward + b"\n\n"
+                finished = finished or event.done
+            if not finished:
+                raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
+                                    retryable=False, code="upstream_stream_cut")
+        except (UpstreamError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # Headers are gone already: the error travels in the stream, where
+            # OpenAI's SDKs raise it.
+            error = exc if isinstance(exc, UpstreamError) else UpstreamError(
+                502, f"Provider '{attempt.target.provider_name}' broke off the stream.",
+                retryable=False, code="upstream_stream_cut",
+            )
+            call.status, call.error_type = "stream_cut", error.code
+            yield b"data: " + error.body() + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            call.status = "client_disconnected"
+            raise
+        except Exception:
+            log.exception("stream %s failed inside the gateway", call.request_id)
+            call.status, call.error_type = "upstream_error", "internal_error"
+            yield b"data: " + errors.internal_error().body() + b"\n\n"
+        finally:
+            attempt.response.release()
+            call.estimate_usage()
+            # Shielded: a client that hangs up cancels this task, and the
+            # tokens it already received must still be recorded.
+            await asyncio.shield(recorder.record(call.event()))
+
+    response = StreamingHttpResponse(relay(), content_type="text/event-stream")
+    response["cache-control"] = "no-cache"
+    response["x-accel-buffering"] = "no"
+    return response
+

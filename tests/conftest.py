@@ -1,0 +1,163 @@
+"""Fixtures: real servers (mock upstream, gateway under uvicorn) and per-role data.
+
+Tests that talk to a gateway process use `transactional_db`, so what they
+create is committed and visible to that process.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}: {url}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not come up: {url}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict | None = None, ready_path: str = "/") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(os.environ["GATEWAY_DATA_DIR"]) / f"server-{self.port}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, *[a.replace("{port}", str(self.port)) for a in args]],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for(self.url + ready_path, self.proc)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    server = Server(["-m", "providers.mock_upstream", "--port", "{port}"], ready_path="/v1/models")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def mock(mock_upstream):
+    """The mock upstream with its request counters reset."""
+    httpx.post(mock_upstream.url + "/_mock/reset")
+    return mock_upstream
+
+
+def _database_url(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{settings_dict['USER']}@{host}:{port}/{settings_dict['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def gateway_env(django_db_setup, django_db_blocker):
+    """Environment for a gateway process sharing the test database and Redis."""
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    return {"DATABASE_URL": _database_url(settings.DATABASES["default"])}
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_env, mock_upstream):
+    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"], env=gateway_env,
+                    ready_path="/v1/models")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def tenant(transactional_db):
+    from tenants.models import Tenant
+
+    return Tenant.objects.create(name="Acme", slug="acme")
+
+
+@pytest.fixture()
+def other_tenant(transactional_db):
+    from tenants.models import Tenant
+
+    return Tenant.objects.create(name="Globex", slug="globex")
+
+
+@pytest.fixture()
+def mock_provider(transactional_db, mock_upstream):
+    """A shared provider on the mock upstream with a chat and an embedding model."""
+    from providers.models import Deployment, Provider
+
+    provider = Provider(name="mock", kind="openai_compatible", base_url=mock_upstream.url + "/v1")
+    provider.set_api_key("sk-provider-secret-123456")
+    provider.save()
+    Deployment.objects.create(provider=provider, public_model="gpt-test", upstream_model="mock-gpt",
+                              input_price_per_mtok="0.15", output_price_per_mtok="0.60")
+    Deployment.objects.create(provider=provider, public_model="embed-test", upstream_model="mock-embed",
+                              mode="embedding", input_price_per_mtok="0.02")
+    return provider
+
+
+@pytest.fixture()
+def api_key(tenant):
+    """(ApiKey row, secret) for the tenant."""
+    from keys.models import ApiKey
+
+    return ApiKey.issue(tenant, "test key")
+
+
+def wait_until(check, timeout: float = 5.0, interval: float = 0.05):
+    """Poll until check() returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+@pytest.fixture()
+def key_client(gateway, mock_provider, api_key):
+    """The official OpenAI SDK pointed at the gateway with a valid key."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    # Configuration reaches the gateway process through Redis within moments.
+    assert wait_until(lambda: any(m.id == "gpt-test" for m in client.models.list()))
+    return client

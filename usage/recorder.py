@@ -1,0 +1,145 @@
+"""Usage events: appended on the hot path, written to the database in bulk.
+
+With Redis the buffer is a stream (XADD per request, one round trip); drainers
+read it through a consumer group, so several processes and Celery workers can
+drain at once, and entries a dead drainer had claimed are reclaimed after
+CLAIM_IDLE_MS. Rows are inserted with the request id unique, so writing an
+event twice leaves one row. In embedded mode the buffer is a deque in this
+process, drained by a background loop and once more at shutdown.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from datetime import datetime, timezone
+from decimal import Decimal
+from functools import cache
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from gateway_project.orm_thread import run_orm
+from keys.auth import touch_last_used
+
+from .models import UsageRecord
+
+log = logging.getLogger(__name__)
+
+STREAM = "gw:usage"
+GROUP = "drain"
+CLAIM_IDLE_MS = 60_000
+
+_local: deque[dict] = deque()
+
+
+@cache
+def _async_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.REDIS_URL)
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def record(event: dict) -> None:
+    """Buffer one usage event. Called once per request on the hot path."""
+    if settings.REDIS_URL:
+        await _async_client().xadd(STREAM, {"e": orjson.dumps(event, default=str)})
+    else:
+        _local.append(event)
+
+
+def _to_row(event: dict) -> UsageRecord:
+    fields = dict(event)
+    fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=timezone.utc)
+    fields["cost_usd"] = Decimal(fields["cost_usd"])
+    return UsageRecord(**fields)
+
+
+def write(events: list[dict]) -> None:
+    """Insert events as usage records, once each, and note when keys were used."""
+    if not events:
+        return
+    UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
+    last_used: dict[int, float] = {}
+    for e in events:
+        if e.get("api_key_id"):
+            last_used[e["api_key_id"]] = max(e["ts"], last_used.get(e["api_key_id"], 0))
+    touch_last_used(last_used)
+
+
+def _ensure_group(client: redis.Redis) -> None:
+    try:
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def drain(limit: int | None = None) -> int:
+    """Write up to `limit` buffered events to the database; return how many."""
+    limit = limit or settings.USAGE_FLUSH_BATCH
+    if not settings.REDIS_URL:
+        batch = []
+        while _local and len(batch) < limit:
+            batch.append(_local.popleft())
+        try:
+            write(batch)
+        except Exception:
+            _local.extendleft(reversed(batch))
+            raise
+        return len(batch)
+    client = _client()
+    _ensure_group(client)
+    consumer = _consumer()
+    # Entries claimed by a drainer that died before acknowledging them.
+    _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=limit)
+    if len(entries) < limit:
+        fresh = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=limit - len(entries))
+        for _, stream_entries in fresh or ():
+            entries.extend(stream_entries)
+    if not entries:
+        return 0
+    # Entries deleted under a dead drainer come back with no fields: just ack them.
+    events = [orjson.loads(fields[b"e"]) for _, fields in entries if fields]
+    write(events)
+    ids = [entry_id for entry_id, _ in entries]
+    client.xack(STREAM, GROUP, *ids)
+    client.xdel(STREAM, *ids)
+    return len(entries)
+
+
+def drain_all() -> int:
+    total = 0
+    while count := drain():
+        total += count
+    return total
+
+
+def pending() -> int:
+    """Events buffered and not yet written."""
+    if not settings.REDIS_URL:
+        return len(_local)
+    return _client().xlen(STREAM)
+
+
+async def drain_forever(stop: asyncio.Event) -> None:
+    """The in-process drainer each gateway process runs (see asgi.py)."""
+    while not stop.is_set():
+        try:
+            await run_orm(drain_all)
+        except Exception:
+            log.exception("usage drain failed; events stay buffered and are retried")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.USAGE_FLUSH_INTERVAL)
+        except asyncio.TimeoutError:
+            pass

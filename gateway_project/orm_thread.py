@@ -7,8 +7,9 @@ its own thread, and so its own connection).
 """
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from django.db import close_old_connections
 

@@ -49,6 +49,7 @@ PROVIDER_KEY_ENCRYPTION_KEYS = _secret(
 ).split(",")
 
 DEBUG = env.bool("DEBUG", default=False)
+FORMS_URLFIELD_ASSUME_HTTPS = True
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

@@ -8,7 +8,7 @@ too (briefly), so a flood of bad keys cannot reach the database.
 import hmac
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -103,5 +103,5 @@ def key_from_headers(headers) -> str | None:
 def touch_last_used(last_used: dict[int, float]) -> None:
     """Write last-used times in bulk (called by the usage drain, off the hot path)."""
     for key_id, ts in last_used.items():
-        when = datetime.fromtimestamp(ts, tz=timezone.utc)
+        when = datetime.fromtimestamp(ts, tz=UTC)
         ApiKey.objects.filter(id=key_id).exclude(last_used_at__gte=when).update(last_used_at=when)

@@ -7,7 +7,7 @@ in front, run `manage.py rotate_provider_keys`, then drop the old key.
 
 from functools import cache
 
-from cryptography.fernet import InvalidToken, MultiFernet, Fernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
 

@@ -4,7 +4,6 @@ aiohttp rather than httpx's own transport: on these machines httpx costs about
 2.5 ms of CPU per proxied call against 0.2-0.5 ms for aiohttp (DESIGN.md).
 """
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ async def open_call(targets: list[Target], build: BuildRequest) -> Attempt:
         started = time.perf_counter()
         try:
             response = await session().post(request.url, data=request.body, headers=request.headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             last_error = UpstreamError(
                 504, f"Provider '{target.provider_name}' did not answer in time.",
                 retryable=True, code="upstream_timeout",
@@ -84,7 +83,7 @@ async def open_call(targets: list[Target], build: BuildRequest) -> Attempt:
         if response.status >= 400:
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 body = b""
             response.release()
             last_error = adapter.map_error(target, response.status, body, response.headers)
@@ -99,7 +98,7 @@ async def open_call(targets: list[Target], build: BuildRequest) -> Attempt:
 async def read_json(attempt: Attempt) -> tuple[bytes, dict]:
     try:
         body = await attempt.response.read()
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise UpstreamError(504, f"Provider '{attempt.target.provider_name}' timed out mid-response.",
                             retryable=False, code="upstream_timeout") from exc
     except aiohttp.ClientError as exc:

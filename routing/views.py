@@ -134,7 +134,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> St
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
                                     retryable=False, code="upstream_stream_cut")
-        except (UpstreamError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             # Headers are gone already: the error travels in the stream, where
             # OpenAI's SDKs raise it.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 
@@ -60,7 +60,7 @@ async def record(event: dict) -> None:
 
 def _to_row(event: dict) -> UsageRecord:
     fields = dict(event)
-    fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=timezone.utc)
+    fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=UTC)
     fields["cost_usd"] = Decimal(fields["cost_usd"])
     return UsageRecord(**fields)
 
@@ -141,5 +141,5 @@ async def drain_forever(stop: asyncio.Event) -> None:
             log.exception("usage drain failed; events stay buffered and are retried")
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.USAGE_FLUSH_INTERVAL)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -25,7 +25,8 @@ _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.
 
 def _seed_cache() -> None:
     cache_dir = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(settings.DATA_DIR / "tiktoken")))
-    target = cache_dir / hashlib.sha1(_CL100K_URL.encode()).hexdigest()
+    # tiktoken names cache files by the SHA-1 of their URL (not a security use).
+    target = cache_dir / hashlib.sha1(_CL100K_URL.encode(), usedforsecurity=False).hexdigest()
     if target.exists():
         return
     try:

@@ -3,7 +3,16 @@ requests pass through with the model renamed and responses are relayed as is."""
 
 import orjson
 
-from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, error_for_status, retry_after_seconds, scrub, upstream_message
+from .base import (
+    StreamEvent,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+    error_for_status,
+    retry_after_seconds,
+    scrub,
+    upstream_message,
+)
 
 
 def _headers(target, request_id: str) -> dict[str, str]:

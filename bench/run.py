@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""The benchmark: the gateway against a bare Django relay and the mock upstream itself.
+
+    python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--smoke]
+
+Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
+from DATABASE_URL / REDIS_URL, default loopback; a database `gateway_bench`)
+with the full path on (key auth, routing, usage recording), and the floor (a
+bare async Django view relaying through the same client), then loads each with
+wrk for JSON chat, streamed chat (21 events) and embeddings. It prints a
+Markdown table: requests per second, CPU time of the measured server per
+request, and latency p50/p99 at N connections and at one connection.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SCENARIOS = {
+    "chat": ("/v1/chat/completions", '{"model": "bench-chat", "messages": [{"role": "user", "content": "Hello there"}]}'),
+    "stream": ("/v1/chat/completions", '{"model": "bench-chat", "stream": true, '
+               '"messages": [{"role": "user", "content": "Hello there"}]}'),
+    "embeddings": ("/v1/embeddings", '{"model": "bench-embed", "input": "Hello there", "dimensions": 256}'),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310 (loopback only)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"not up: {url}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants."""
+    total = 0.0
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            pids.append(int(stat.parent.name))
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    print("installing wrk (Debian package)…", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk")
+
+
+def wrk_script(tmp: Path, name: str, body: str, key: str | None) -> Path:
+    headers = ['wrk.headers["content-type"] = "application/json"']
+    if key:
+        headers.append(f'wrk.headers["authorization"] = "Bearer {key}"')
+    script = tmp / f"{name}.lua"
+    script.write_text('wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n")
+    return script
+
+
+def parse_wrk(output: str) -> dict:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    bad = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        bad += sum(int(x) for x in socket_errors.groups())
+    return {"rps": rps, "requests": total, "p50": latency("50"), "p99": latency("99"), "errors": bad}
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float, pid: int) -> dict:
+    threads = 1 if connections == 1 else 2
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    used = cpu_seconds(pid) - before
+    result = parse_wrk(out)
+    result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
+    return result
+
+
+def manage(env: dict, *args: str) -> str:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def prepare_database(env: dict, mock_url: str) -> str:
+    import psycopg
+
+    url = env["DATABASE_URL"]
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS gateway_bench WITH (FORCE)")
+        conn.execute("CREATE DATABASE gateway_bench")
+    manage(env, "migrate", "--noinput")
+    manage(env, "create_tenant", "bench")
+    manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
+           "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
+           "--input-price", "0.15", "--output-price", "0.60")
+    return manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
+
+
+def start(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument("--smoke", action="store_true", help="one short run of each, to prove the bench works")
+    opts = parser.parse_args()
+    duration = 1.0 if opts.smoke else opts.duration
+
+    wrk = ensure_wrk()
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway")
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    env = {**os.environ, "DATABASE_URL": base.rsplit("/", 1)[0] + "/gateway_bench",
+           "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+           "GATEWAY_DATA_DIR": str(tmp), "LOG_LEVEL": "WARNING", "DEBUG": "false"}
+    mock_port, gw_port, floor_port = free_port(), free_port(), free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}/v1"
+    procs = [start([sys.executable, "-m", "providers.mock_upstream", "--port", str(mock_port)], env)]
+    try:
+        wait_http(mock_url + "/models")
+        key = prepare_database(env, mock_url)
+        procs.append(start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--workers",
+                            str(opts.workers), "--log-level", "warning"], env))
+        procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
+                            str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                            "--log-level", "warning", "--lifespan", "off"], {**env, "UPSTREAM_URL": mock_url}))
+        wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
+        wait_http(f"http://127.0.0.1:{floor_port}/v1/models")
+        targets = {
+            "mock upstream, direct": (f"http://127.0.0.1:{mock_port}", procs[0].pid, None, "upstream"),
+            "bare Django relay (floor)": (f"http://127.0.0.1:{floor_port}", procs[2].pid, None, "upstream"),
+            "gateway": (f"http://127.0.0.1:{gw_port}", procs[1].pid, key, "gateway"),
+        }
+        rows = []
+        for scenario, (path, body) in SCENARIOS.items():
+            for target, (url, pid, auth, names) in targets.items():
+                payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
+                    "bench-embed", "mock-embed")
+                script = wrk_script(tmp, f"{scenario}-{names}", payload, auth)
+                # Warm up pools, caches and the routing table.
+                run_wrk(wrk, url + path, script, 4, 0.5, pid)
+                loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
+                single = run_wrk(wrk, url + path, script, 1, duration / 2, pid)
+                rows.append((scenario, target, loaded, single))
+        print_table(rows, opts, duration)
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_table(rows, opts, duration) -> None:
+    print(f"\n{opts.connections} connections, {duration:g}s per run, gateway workers: {opts.workers}, "
+          f"{os.cpu_count()} CPUs\n")
+    print(f"| scenario | server | req/s @{opts.connections} | CPU ms/req | p50 ms | p99 ms | errors "
+          "| p50 ms @1 | p99 ms @1 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scenario, target, loaded, single in rows:
+        print(f"| {scenario} | {target} | {loaded['rps']:.0f} | {loaded['cpu_ms']:.2f} | {loaded['p50']:.2f} "
+              f"| {loaded['p99']:.2f} | {loaded['errors'] + single['errors']} | {single['p50']:.2f} "
+              f"| {single['p99']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

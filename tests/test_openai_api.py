@@ -1,0 +1,116 @@
+"""The OpenAI-compatible API, driven by the official openai SDK against a live gateway."""
+
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import wait_until
+
+
+def usage_record(request_id: str):
+    from usage.models import UsageRecord
+
+    return wait_until(lambda: UsageRecord.objects.filter(request_id=request_id).first())
+
+
+def test_chat_completion_answers_and_is_billed_exactly(key_client, api_key, tenant):
+    raw = key_client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert raw.headers["x-gateway-provider"] == "mock"
+    assert raw.headers["x-gateway-model"] == "mock-gpt"
+    request_id = raw.headers["x-request-id"]
+    assert request_id.startswith("req_")
+
+    record = usage_record(request_id)
+    assert record is not None, "no usage record was written"
+    assert record.tenant_id == tenant.id and record.api_key_id == api_key[0].id
+    assert record.prompt_tokens == completion.usage.prompt_tokens > 0
+    assert record.completion_tokens == completion.usage.completion_tokens > 0
+    expected = (Decimal(completion.usage.prompt_tokens) * Decimal("0.15")
+                + Decimal(completion.usage.completion_tokens) * Decimal("0.60")) / 1_000_000
+    assert record.cost_usd == expected
+    assert record.public_model == "gpt-test" and record.upstream_model == "mock-gpt"
+    assert record.provider_name == "mock" and record.status == "ok" and not record.streamed
+    assert not record.tokens_estimated
+    assert record.latency_ms >= 0 and record.ttft_ms is not None
+
+
+def test_stream_relays_chunks_and_strips_usage_the_client_did_not_ask_for(key_client):
+    raw = key_client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "Stream please"}], stream=True
+    )
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 20  # the mock's default chunk count
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    record = usage_record(raw.headers["x-request-id"])
+    assert record.streamed and record.status == "ok"
+    # Billed from the upstream's own usage, which the gateway asked for.
+    assert record.completion_tokens == 20 and not record.tokens_estimated
+    assert record.ttft_ms is not None
+
+
+def test_stream_with_include_usage_ends_with_the_usage_chunk(key_client):
+    stream = key_client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "Count"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 20
+
+
+def test_embeddings_float_and_base64(key_client):
+    result = key_client.embeddings.create(model="embed-test", input=["first", "second"])  # SDK asks for base64
+    assert [d.index for d in result.data] == [0, 1]
+    assert len(result.data[0].embedding) == 1536
+    assert result.data[0].embedding != result.data[1].embedding
+    assert result.usage.prompt_tokens > 0
+    small = key_client.embeddings.create(model="embed-test", input="x", dimensions=8, encoding_format="float")
+    assert len(small.data[0].embedding) == 8
+
+
+def test_models_lists_only_what_the_key_may_use(gateway, mock_provider, tenant, other_tenant):
+    from keys.models import ApiKey
+    from providers.models import Deployment, Provider
+
+    private = Provider.objects.create(name="globex-private", kind="openai_compatible",
+                                      base_url=mock_provider.base_url, tenant=other_tenant)
+    Deployment.objects.create(provider=private, public_model="globex-only", upstream_model="mock-gpt")
+    _, limited = ApiKey.issue(tenant, "limited", models_allowed=["gpt-test"])
+    _, everything = ApiKey.issue(tenant, "all")
+    _, globex = ApiKey.issue(other_tenant, "globex")
+
+    def ids(secret):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
+        return sorted(m.id for m in client.models.list())
+
+    assert wait_until(lambda: ids(globex) == ["embed-test", "globex-only", "gpt-test"])
+    assert ids(everything) == ["embed-test", "gpt-test"]
+    assert ids(limited) == ["gpt-test"]
+
+
+def test_request_id_from_the_client_is_kept(key_client, gateway, api_key):
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {api_key[1]}", "x-request-id": "client-chosen-42"},
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "client-chosen-42"
+    assert usage_record("client-chosen-42") is not None
+
+
+@pytest.mark.parametrize("header", ["api-key", "x-api-key"])
+def test_key_accepted_in_azure_and_anthropic_style_headers(key_client, gateway, api_key, header):
+    response = httpx.get(gateway.url + "/v1/models", headers={header: api_key[1]})
+    assert response.status_code == 200
+    assert "gpt-test" in [m["id"] for m in response.json()["data"]]

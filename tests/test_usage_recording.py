@@ -1,0 +1,80 @@
+"""Every request becomes exactly one usage record, however it ends."""
+
+import socket
+
+import httpx
+import orjson
+
+from tests.conftest import wait_until
+from usage import recorder
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def records(**filters):
+    from usage.models import UsageRecord
+
+    return list(UsageRecord.objects.filter(**filters))
+
+
+def test_failed_upstream_call_is_recorded_with_zero_cost(key_client, gateway, api_key, mock_provider, mock):
+    from providers.models import Deployment, Provider
+
+    broken = Provider.objects.create(name="broken", kind="openai_compatible", base_url=mock.url + "/knobs/error=500/v1")
+    Deployment.objects.create(provider=broken, public_model="broken-model", upstream_model="mock-gpt",
+                              input_price_per_mtok=100, output_price_per_mtok=100)
+    headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "failed-call-1"}
+    assert wait_until(lambda: httpx.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                         json={**CHAT, "model": "broken-model"}).status_code == 502)
+    record = wait_until(lambda: records(request_id="failed-call-1"))[0]
+    assert record.status == "upstream_error" and record.http_status == 502
+    assert record.cost_usd == 0 and record.error_type == "upstream_error"
+
+
+def test_stream_cut_by_the_upstream_is_billed_as_estimated(key_client, gateway, api_key):
+    headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "cut-stream-1"}
+    body = {"model": "gpt-test", "stream": True,
+            "messages": [{"role": "user", "content": "go [[mock cut_after=5]]"}]}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=headers, json=body) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    # The client is told, in the stream, that it broke.
+    last = orjson.loads(events[-1][6:])
+    assert last["error"]["code"] == "upstream_stream_cut"
+    record = wait_until(lambda: records(request_id="cut-stream-1"))[0]
+    assert record.status == "stream_cut" and record.tokens_estimated
+    assert record.completion_tokens == 5 and record.prompt_tokens > 0
+    assert record.cost_usd > 0
+
+
+def test_client_disconnecting_mid_stream_is_billed_for_what_it_received(key_client, gateway, api_key):
+    body = orjson.dumps({"model": "gpt-test", "stream": True,
+                         "messages": [{"role": "user", "content": "slow [[mock chunks=40 chunk_delay_ms=50]]"}]})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + api_key[1].encode() + b"\r\nx-request-id: hangup-1\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(request)
+        received = b""
+        while received.count(b'"content":"') < 6:
+            received += sock.recv(65536)
+    record = wait_until(lambda: records(request_id="hangup-1"), timeout=10)[0]
+    assert record.status == "client_disconnected" and record.streamed
+    assert 5 <= record.completion_tokens < 40
+    assert record.cost_usd > 0
+
+
+def test_drain_is_idempotent_per_request_id(transactional_db, tenant, api_key):
+    event = {"request_id": "dup-1", "ts": 1_700_000_000.0, "tenant_id": tenant.id, "api_key_id": api_key[0].id,
+             "key_prefix": api_key[0].prefix, "provider_id": None, "provider_name": "p", "deployment_id": None,
+             "endpoint": "chat.completions", "public_model": "m", "upstream_model": "m", "prompt_tokens": 3,
+             "completion_tokens": 4, "total_tokens": 7, "cached_tokens": 0, "tokens_estimated": False,
+             "cost_usd": "0.000001", "latency_ms": 5, "ttft_ms": 2, "status": "ok", "http_status": 200,
+             "error_type": "", "streamed": False}
+    recorder.write([event])
+    recorder.write([event, {**event}])
+    assert len(records(request_id="dup-1")) == 1
+    api_key[0].refresh_from_db()
+    assert api_key[0].last_used_at is not None
+

@@ -7,6 +7,7 @@ from .models import Deployment, Provider
 class ProviderForm(forms.ModelForm):
     """The provider secret is write-only: typed in, stored encrypted, never shown."""
 
+    base_url = forms.URLField(max_length=500, assume_scheme="https", help_text="For example https://api.openai.com/v1")
     api_key = forms.CharField(
         label="API key",
         required=False,

@@ -34,7 +34,9 @@ class GatewayError(Exception):
         )
 
     def response(self) -> HttpResponse:
-        response = HttpResponse(self.body(), status=self.status, content_type="application/json")
+        body = self.body()
+        response = HttpResponse(body, status=self.status, content_type="application/json")
+        response["content-length"] = str(len(body))
         for name, value in self.headers.items():
             response[name] = value
         return response

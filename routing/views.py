@@ -57,6 +57,12 @@ async def _authenticate(request, call: Call) -> None:
     call.key = await authenticate(key_from_headers(request.headers))
 
 
+def _json(body: bytes) -> HttpResponse:
+    response = HttpResponse(body, content_type="application/json")
+    response["content-length"] = str(len(body))
+    return response
+
+
 def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
     target = call.target
     response["x-gateway-provider"] = target.provider_name
@@ -83,7 +89,7 @@ async def chat_completions(request, call: Call) -> HttpResponse:
     call.first_token()
     call.usage = for_kind(attempt.target.kind).parse_usage(data)
     call.estimate_usage()
-    return _upstream_headers(HttpResponse(raw, content_type="application/json"), call)
+    return _upstream_headers(_json(raw), call)
 
 
 @endpoint("embeddings", "POST")
@@ -99,7 +105,7 @@ async def embeddings(request, call: Call) -> HttpResponse:
     raw, data = await upstream.read_json(attempt)
     call.usage = for_kind(attempt.target.kind).parse_usage(data)
     call.estimate_usage()
-    return _upstream_headers(HttpResponse(raw, content_type="application/json"), call)
+    return _upstream_headers(_json(raw), call)
 
 
 @endpoint("models", "GET")
@@ -111,7 +117,7 @@ async def models(request, call: Call) -> HttpResponse:
         for t in routing_table.models_for(key.tenant_id)
         if key.may_use(t.public_model)
     ]
-    return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+    return _json(orjson.dumps({"object": "list", "data": data}))
 
 
 def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> StreamingHttpResponse:

@@ -17,12 +17,15 @@ from django.core.handlers.asgi import ASGIHandler
 from django.urls import Resolver404, get_resolver
 
 from . import errors
+from .call import request_id_from
 
 
 async def not_found(request):
-    error = errors.GatewayError(404, f"Unknown request URL: {request.method} {request.path}.",
-                                code="unknown_url")
-    return error.response()
+    response = errors.GatewayError(
+        404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
+    ).response()
+    response["x-request-id"] = request_id_from(request.headers)
+    return response
 
 
 class ApiHandler(ASGIHandler):
@@ -44,7 +47,9 @@ class ApiHandler(ASGIHandler):
         try:
             request = self.request_class(scope, body_file)
         except UnicodeDecodeError:
-            await self.send_response(errors.bad_request("The request URL is not valid UTF-8.").response(), send)
+            response = errors.bad_request("The request URL is not valid UTF-8.").response()
+            response["x-request-id"] = f"req_{uuid.uuid4().hex}"
+            await self.send_response(response, send)
             return
         try:
             view = self.resolver.resolve(request.path_info).func

@@ -52,7 +52,8 @@ def test_demo_in_embedded_mode_serves_the_printed_key_and_loses_no_usage(tmp_pat
         assert len(json.loads(embed.stdout)["data"][0]["embedding"]) == 1536
     finally:
         stop(server.proc)
-    assert server.proc.returncode == 0, server.output()
+    # uvicorn re-raises SIGTERM after a graceful shutdown, hence -15.
+    assert server.proc.returncode in (0, -15) and "Application shutdown complete" in server.output()
 
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     rows = db.execute("SELECT endpoint, streamed, status, completion_tokens FROM usage_usagerecord").fetchall()

@@ -117,7 +117,7 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float,
     threads = 1 if connections == 1 else 2
     before = cpu_seconds(pid)
     out = subprocess.run(
-        [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script), url],
+        [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
     used = cpu_seconds(pid) - before
@@ -191,7 +191,7 @@ def main() -> None:
                     "bench-embed", "mock-embed")
                 script = wrk_script(tmp, f"{scenario}-{names}", payload, auth)
                 # Warm up pools, caches and the routing table.
-                run_wrk(wrk, url + path, script, 4, 0.5, pid)
+                run_wrk(wrk, url + path, script, 4, 1, pid)
                 loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
                 single = run_wrk(wrk, url + path, script, 1, duration / 2, pid)
                 rows.append((scenario, target, loaded, single))

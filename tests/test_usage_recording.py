@@ -4,6 +4,7 @@ import socket
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import wait_until
 from usage import recorder
@@ -78,3 +79,44 @@ def test_drain_is_idempotent_per_request_id(transactional_db, tenant, api_key):
     api_key[0].refresh_from_db()
     assert api_key[0].last_used_at is not None
 
+
+
+def test_celery_task_drains_the_redis_buffer_once_per_request(transactional_db, tenant, api_key):
+    import asyncio
+
+    from django_celery_beat.models import PeriodicTask
+
+    from usage.tasks import drain_usage
+
+    event = {"request_id": "via-celery-1", "ts": 1_700_000_000.0, "tenant_id": tenant.id,
+             "api_key_id": api_key[0].id, "key_prefix": api_key[0].prefix, "provider_id": None,
+             "provider_name": "p", "deployment_id": None, "endpoint": "embeddings", "public_model": "m",
+             "upstream_model": "m", "prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2,
+             "cached_tokens": 0, "tokens_estimated": False, "cost_usd": "0", "latency_ms": 1, "ttft_ms": None,
+             "status": "ok", "http_status": 200, "error_type": "", "streamed": False}
+    asyncio.run(recorder.record(event))
+    asyncio.run(recorder.record(event))  # a duplicate delivery
+    recorder._async_client.cache_clear()  # that client belonged to the finished event loop
+    drain_usage.apply()
+    assert len(records(request_id="via-celery-1")) == 1
+    assert PeriodicTask.objects.filter(task="usage.tasks.drain_usage", enabled=True).exists()
+
+
+@pytest.fixture()
+def gateway_without_redis(gateway_env, mock_upstream):
+    from tests.conftest import Server, free_port
+
+    # Nothing listens on this port: every Redis call fails.
+    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
+                    env={**gateway_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+                    ready_path="/v1/models")
+    yield server
+    server.stop()
+
+
+def test_usage_is_kept_when_redis_is_unreachable(gateway_without_redis, mock_provider, api_key):
+    headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "no-redis-1"}
+    response = httpx.post(gateway_without_redis.url + "/v1/chat/completions", headers=headers, json=CHAT)
+    assert response.status_code == 200
+    record = wait_until(lambda: records(request_id="no-redis-1"))
+    assert record and record[0].completion_tokens == 20

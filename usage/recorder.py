@@ -53,9 +53,14 @@ def _consumer() -> str:
 async def record(event: dict) -> None:
     """Buffer one usage event. Called once per request on the hot path."""
     if settings.REDIS_URL:
-        await _async_client().xadd(STREAM, {"e": orjson.dumps(event, default=str)})
-    else:
-        _local.append(event)
+        try:
+            await _async_client().xadd(STREAM, {"e": orjson.dumps(event)})
+            return
+        except (redis.RedisError, OSError):
+            # Redis is unreachable: keep the event in this process; the next
+            # drain writes it straight to the database.
+            log.warning("usage buffer unreachable; holding event %s in process", event["request_id"])
+    _local.append(event)
 
 
 def _to_row(event: dict) -> UsageRecord:
@@ -85,19 +90,23 @@ def _ensure_group(client: redis.Redis) -> None:
             raise
 
 
+def _drain_local(limit: int) -> int:
+    batch = []
+    while _local and len(batch) < limit:
+        batch.append(_local.popleft())
+    try:
+        write(batch)
+    except Exception:
+        _local.extendleft(reversed(batch))
+        raise
+    return len(batch)
+
+
 def drain(limit: int | None = None) -> int:
     """Write up to `limit` buffered events to the database; return how many."""
     limit = limit or settings.USAGE_FLUSH_BATCH
-    if not settings.REDIS_URL:
-        batch = []
-        while _local and len(batch) < limit:
-            batch.append(_local.popleft())
-        try:
-            write(batch)
-        except Exception:
-            _local.extendleft(reversed(batch))
-            raise
-        return len(batch)
+    if _local or not settings.REDIS_URL:
+        return _drain_local(limit)
     client = _client()
     _ensure_group(client)
     consumer = _consumer()

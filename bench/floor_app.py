@@ -7,7 +7,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.floor_settings")
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.floor_settings"  # never the gateway's settings
 
 UPSTREAM = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:8001/v1")
 _session: aiohttp.ClientSession | None = None

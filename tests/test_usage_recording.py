@@ -94,8 +94,13 @@ def test_celery_task_drains_the_redis_buffer_once_per_request(transactional_db, 
              "upstream_model": "m", "prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2,
              "cached_tokens": 0, "tokens_estimated": False, "cost_usd": "0", "latency_ms": 1, "ttft_ms": None,
              "status": "ok", "http_status": 200, "error_type": "", "streamed": False}
-    asyncio.run(recorder.record(event))
-    asyncio.run(recorder.record(event))  # a duplicate delivery
+    async def deliver_twice():  # a duplicate delivery must still make one row
+        await recorder.record(event)
+        await recorder.record(event)
+        await recorder._async_client().aclose()
+
+    recorder._async_client.cache_clear()
+    asyncio.run(deliver_twice())
     recorder._async_client.cache_clear()  # that client belonged to the finished event loop
     drain_usage.apply()
     assert len(records(request_id="via-celery-1")) == 1

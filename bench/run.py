@@ -4,7 +4,8 @@
     python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--smoke]
 
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
-from DATABASE_URL / REDIS_URL, default loopback; a database `gateway_bench`)
+from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
+beside DATABASE_URL's, recreated each run)
 with the full path on (key auth, routing, usage recording), and the floor (a
 bare async Django view relaying through the same client), then loads each with
 wrk for JSON chat, streamed chat (21 events) and embeddings. It prints a
@@ -136,9 +137,10 @@ def prepare_database(env: dict, mock_url: str) -> str:
 
     url = env["DATABASE_URL"]
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    name = url.rsplit("/", 1)[1]
     with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS gateway_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE gateway_bench")
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
     manage(env, "migrate", "--noinput")
     manage(env, "create_tenant", "bench")
     manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
@@ -163,8 +165,9 @@ def main() -> None:
     wrk = ensure_wrk()
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway")
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    env = {**os.environ, "DATABASE_URL": base.rsplit("/", 1)[0] + "/gateway_bench",
-           "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+    # A database of its own beside DATABASE_URL's: <name>_bench.
+    env = {**os.environ, "DATABASE_URL": base + "_bench",
+           "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
            "GATEWAY_DATA_DIR": str(tmp), "LOG_LEVEL": "WARNING", "DEBUG": "false"}
     mock_port, gw_port, floor_port = free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}/v1"

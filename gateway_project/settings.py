@@ -161,6 +161,11 @@ GATEWAY_CONFIG_CACHE_SECONDS = env.float("GATEWAY_CONFIG_CACHE_SECONDS", default
 # Usage events are buffered (Redis stream, or in process) and written in bulk.
 USAGE_FLUSH_INTERVAL = env.float("USAGE_FLUSH_INTERVAL", default=1.0)
 USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
+# Gateway processes sharing one Redis: while Redis is unreachable each process
+# enforces 1/GATEWAY_PROCESSES of every rate limit on its own.
+GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
+# Completion tokens reserved against limits when a request sets no max_tokens.
+LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
 # Whether each gateway process also drains the usage buffer (besides Celery).
 USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 

@@ -4,10 +4,12 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
-from usage import tokens
+from usage import limits, tokens
+from usage.limits import Admission
 
 from .errors import GatewayError
 from .table import Target
@@ -15,18 +17,30 @@ from .table import Target
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 
 
-def request_id_from(headers) -> str:
-    """The client's x-request-id when it is sane, a new one otherwise."""
-    given = headers.get("x-request-id")
-    if given and _CLIENT_REQUEST_ID.match(given):
-        return given
+def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
+
+
+def client_request_id(headers) -> str:
+    """The client's x-request-id when it is sane, else "".
+
+    It is echoed back and stored beside the gateway's own id, never used as the
+    usage record's key: a client repeating one id must still be billed per call.
+    """
+    given = headers.get("x-request-id")
+    return given if given and _CLIENT_REQUEST_ID.match(given) else ""
+
+
+def request_id_from(headers) -> str:
+    """The id to answer with: the client's, or a new one."""
+    return client_request_id(headers) or new_request_id()
 
 
 @dataclass(slots=True)
 class Call:
-    request_id: str
     endpoint: str
+    client_request_id: str = ""
+    request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.perf_counter)
     ts: float = field(default_factory=time.time)
     key: KeyInfo | None = None
@@ -44,6 +58,22 @@ class Call:
     streamed: bool = False
     # A stream records its own event when it ends; the view must not.
     recorded_by_stream: bool = False
+    admission: Admission | None = None
+
+    @property
+    def response_id(self) -> str:
+        return self.client_request_id or self.request_id
+
+    def cost(self) -> Decimal:
+        if self.target is None or self.usage is None:
+            return Decimal(0)
+        return self.target.cost(self.usage.prompt_tokens, self.usage.completion_tokens)
+
+    async def settle(self) -> None:
+        """Replace the limits reservation with what the call really used."""
+        if self.admission is not None:
+            used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
+            await limits.settle(self.admission, used, limits.to_micros(self.cost()))
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -75,10 +105,9 @@ class Call:
     def event(self) -> dict:
         usage = self.usage or Usage()
         target = self.target
-        billable = target is not None and self.usage is not None
-        cost = target.cost(usage.prompt_tokens, usage.completion_tokens) if billable else 0
         return {
             "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
             "ts": self.ts,
             "tenant_id": self.key.tenant_id,
             "api_key_id": self.key.id,
@@ -94,7 +123,7 @@ class Call:
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "cached_tokens": usage.cached_tokens,
             "tokens_estimated": self.tokens_estimated,
-            "cost_usd": str(cost),
+            "cost_usd": str(self.cost()),
             "latency_ms": self.elapsed_ms(),
             "ttft_ms": self.ttft_ms,
             "status": self.status,

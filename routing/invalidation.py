@@ -21,7 +21,7 @@ from django.db import transaction
 log = logging.getLogger(__name__)
 
 CHANNEL = "gw:config-changed"
-NAMES = ("keys", "routes")
+NAMES = ("keys", "routes", "limits")
 
 _generations: dict[str, int] = defaultdict(int)
 

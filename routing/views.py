@@ -17,10 +17,10 @@ from django.views.decorators.csrf import csrf_exempt
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import UpstreamError
-from usage import recorder
+from usage import limits, recorder
 
-from . import errors, table, upstream, validation
-from .call import Call, request_id_from
+from . import errors, estimates, table, upstream, validation
+from .call import Call, client_request_id
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def endpoint(name: str, method: str):
         @csrf_exempt
         @functools.wraps(handler)
         async def view(request):
-            call = Call(request_id=request_id_from(request.headers), endpoint=name)
+            call = Call(endpoint=name, client_request_id=client_request_id(request.headers))
             try:
                 if request.method != method:
                     raise errors.GatewayError(405, f"Use {method} for this endpoint.", code="method_not_allowed")
@@ -43,8 +43,12 @@ def endpoint(name: str, method: str):
                 error = errors.internal_error()
                 call.failed(error)
                 response = error.response()
-            response["x-request-id"] = call.request_id
+            response["x-request-id"] = call.response_id
+            if call.admission is not None:
+                for name_, value in call.admission.headers.items():
+                    response[name_] = value
             if call.key is not None and not call.recorded_by_stream:
+                await call.settle()
                 await recorder.record(call.event())
             return response
 
@@ -55,6 +59,12 @@ def endpoint(name: str, method: str):
 
 async def _authenticate(request, call: Call) -> None:
     call.key = await authenticate(key_from_headers(request.headers))
+
+
+async def _admit(call: Call, estimate, targets) -> None:
+    """Check every limit and reserve the estimate; raises 429 when refused."""
+    call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
+                                        lambda: estimate(call.body, targets))
 
 
 def _json(body: bytes) -> HttpResponse:
@@ -79,7 +89,7 @@ async def chat_completions(request, call: Call) -> HttpResponse:
     call.body, call.model = body, body["model"]
     await _authenticate(request, call)
     targets = await table.targets_for_key(call.key, call.model, "chat")
-    # Admission (rate limits, quotas, budgets) arrives with the governance issue.
+    await _admit(call, estimates.chat, targets)
     attempt = await upstream.open_call(targets, lambda adapter, t: adapter.chat_request(t, body, call.request_id))
     call.target, call.attempts = attempt.target, attempt.attempts
     if body.get("stream"):
@@ -98,6 +108,7 @@ async def embeddings(request, call: Call) -> HttpResponse:
     call.body, call.model = body, body["model"]
     await _authenticate(request, call)
     targets = await table.targets_for_key(call.key, call.model, "embedding")
+    await _admit(call, estimates.embeddings, targets)
     attempt = await upstream.open_call(
         targets, lambda adapter, t: adapter.embeddings_request(t, body, call.request_id)
     )
@@ -118,6 +129,11 @@ async def models(request, call: Call) -> HttpResponse:
         if key.may_use(t.public_model)
     ]
     return _json(orjson.dumps({"object": "list", "data": data}))
+
+
+async def _settle_and_record(call: Call) -> None:
+    await call.settle()
+    await recorder.record(call.event())
 
 
 def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> StreamingHttpResponse:
@@ -160,8 +176,8 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> St
             attempt.response.release()
             call.estimate_usage()
             # Shielded: a client that hangs up cancels this task, and the
-            # tokens it already received must still be recorded.
-            await asyncio.shield(recorder.record(call.event()))
+            # tokens it already received must still be settled and recorded.
+            await asyncio.shield(_settle_and_record(call))
 
     response = StreamingHttpResponse(relay(), content_type="text/event-stream")
     response["cache-control"] = "no-cache"

@@ -15,10 +15,23 @@ class Tenant(models.Model):
         blank=True,
         help_text="Public model names this tenant may call; empty means every model it can see.",
     )
+    time_zone = models.CharField(
+        max_length=64, default="UTC", help_text="Budget and quota periods (day, week, month) follow this time zone."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+
+    def clean(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from django.core.exceptions import ValidationError
+
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError({"time_zone": f"Unknown time zone {self.time_zone!r}."}) from None
 
     def __str__(self) -> str:
         return self.name

@@ -12,7 +12,11 @@ from tests.conftest import wait_until
 def usage_record(request_id: str):
     from usage.models import UsageRecord
 
-    return wait_until(lambda: UsageRecord.objects.filter(request_id=request_id).first())
+    from django.db.models import Q
+
+    # The id a response carries is the client's own when it sent one.
+    return wait_until(lambda: UsageRecord.objects.filter(
+        Q(request_id=request_id) | Q(client_request_id=request_id)).first())
 
 
 def test_chat_completion_answers_and_is_billed_exactly(key_client, api_key, tenant):
@@ -98,15 +102,19 @@ def test_models_lists_only_what_the_key_may_use(gateway, mock_provider, tenant, 
     assert ids(limited) == ["gpt-test"]
 
 
-def test_request_id_from_the_client_is_kept(key_client, gateway, api_key):
-    response = httpx.post(
-        gateway.url + "/v1/chat/completions",
-        headers={"authorization": f"Bearer {api_key[1]}", "x-request-id": "client-chosen-42"},
-        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
-    )
-    assert response.status_code == 200
-    assert response.headers["x-request-id"] == "client-chosen-42"
-    assert usage_record("client-chosen-42") is not None
+def test_request_id_from_the_client_is_kept_and_each_call_billed(key_client, gateway, api_key):
+    from usage.models import UsageRecord
+
+    for _ in range(2):
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {api_key[1]}", "x-request-id": "client-chosen-42"},
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == "client-chosen-42"
+    # Repeating an id must not make a call free: each has its own record.
+    assert wait_until(lambda: UsageRecord.objects.filter(client_request_id="client-chosen-42").count() == 2)
 
 
 @pytest.mark.parametrize("header", ["api-key", "x-api-key"])

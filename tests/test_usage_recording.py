@@ -27,7 +27,7 @@ def test_failed_upstream_call_is_recorded_with_zero_cost(key_client, gateway, ap
     headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "failed-call-1"}
     assert wait_until(lambda: httpx.post(gateway.url + "/v1/chat/completions", headers=headers,
                                          json={**CHAT, "model": "broken-model"}).status_code == 502)
-    record = wait_until(lambda: records(request_id="failed-call-1"))[0]
+    record = wait_until(lambda: records(client_request_id="failed-call-1"))[0]
     assert record.status == "upstream_error" and record.http_status == 502
     assert record.cost_usd == 0 and record.error_type == "upstream_error"
 
@@ -41,7 +41,7 @@ def test_stream_cut_by_the_upstream_is_billed_as_estimated(key_client, gateway, 
     # The client is told, in the stream, that it broke.
     last = orjson.loads(events[-1][6:])
     assert last["error"]["code"] == "upstream_stream_cut"
-    record = wait_until(lambda: records(request_id="cut-stream-1"))[0]
+    record = wait_until(lambda: records(client_request_id="cut-stream-1"))[0]
     assert record.status == "stream_cut" and record.tokens_estimated
     assert record.completion_tokens == 5 and record.prompt_tokens > 0
     assert record.cost_usd > 0
@@ -60,7 +60,7 @@ def test_client_disconnecting_mid_stream_is_billed_for_what_it_received(key_clie
         received = b""
         while received.count(b'"content":"') < 6:
             received += sock.recv(65536)
-    record = wait_until(lambda: records(request_id="hangup-1"), timeout=10)[0]
+    record = wait_until(lambda: records(client_request_id="hangup-1"), timeout=10)[0]
     assert record.status == "client_disconnected" and record.streamed
     assert 5 <= record.completion_tokens < 40
     assert record.cost_usd > 0
@@ -123,5 +123,5 @@ def test_usage_is_kept_when_redis_is_unreachable(gateway_without_redis, mock_pro
     headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "no-redis-1"}
     response = httpx.post(gateway_without_redis.url + "/v1/chat/completions", headers=headers, json=CHAT)
     assert response.status_code == 200
-    record = wait_until(lambda: records(request_id="no-redis-1"))
+    record = wait_until(lambda: records(client_request_id="no-redis-1"))
     assert record and record[0].completion_tokens == 20

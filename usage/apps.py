@@ -10,3 +10,4 @@ class UsageConfig(AppConfig):
         from gateway_project.schedules import install_schedules
 
         post_migrate.connect(install_schedules, sender=self)
+        from . import signals  # noqa: F401

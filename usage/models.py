@@ -20,7 +20,10 @@ class UsageRecord(models.Model):
         CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
         STREAM_CUT = "stream_cut", "Upstream stream cut short"
 
-    request_id = models.CharField(max_length=100, unique=True)
+    request_id = models.CharField(max_length=100, unique=True, help_text="The gateway's own id for the call.")
+    client_request_id = models.CharField(
+        max_length=100, blank=True, db_index=True, help_text="The x-request-id the client sent, if any."
+    )
     created_at = models.DateTimeField(db_index=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     api_key = models.ForeignKey(
@@ -58,3 +61,74 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class Limit(models.Model):
+    """Limits on a tenant, or on one of its keys, for all models or for one.
+
+    Every applicable limit is enforced together: a request to model M with key K
+    of tenant T is checked against T's limits, T's limits for M, K's limits and
+    K's limits for M. Empty fields mean "no limit".
+    """
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        WEEK = "week", "Week (from Monday)"
+        MONTH = "month", "Calendar month"
+        TOTAL = "total", "Fixed total (never resets)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="limits")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="limits",
+        help_text="Empty: the limit is on the whole tenant.",
+    )
+    model = models.CharField(max_length=200, blank=True, help_text="Public model name; empty: all models.")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField("concurrent requests", null=True, blank=True)
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    token_quota = models.PositiveBigIntegerField("token quota per period", null=True, blank=True)
+    budget_usd = models.DecimalField(
+        "budget per period (USD)", max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    alert_thresholds = models.JSONField(
+        default=list, blank=True,
+        help_text="Percentages of the budget or quota that email the tenant's admins, e.g. [50, 80, 100].",
+    )
+    offline_credit_usd = models.DecimalField(
+        "credit while Redis is down (USD)", max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="Budgets refuse requests while Redis is unreachable, unless this bounded credit is set.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "api_key", "model"]
+
+    def __str__(self) -> str:
+        who = f"key {self.api_key.prefix}" if self.api_key_id else f"tenant {self.tenant.slug}"
+        return f"limits on {who}" + (f" for {self.model}" if self.model else "")
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.api_key_id and self.api_key.tenant_id != self.tenant_id:
+            raise ValidationError({"api_key": "This key belongs to another tenant."})
+        bad = [t for t in self.alert_thresholds or [] if not isinstance(t, (int, float)) or not 0 < t <= 1000]
+        if bad or not isinstance(self.alert_thresholds, list):
+            raise ValidationError({"alert_thresholds": "A list of percentages, e.g. [50, 80, 100]."})
+
+
+class BudgetAlert(models.Model):
+    """One threshold crossed in one period: the unique constraint makes the email go once."""
+
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveIntegerField()
+    kind = models.CharField(max_length=8)  # "budget" or "quota"
+    used = models.DecimalField(max_digits=24, decimal_places=6)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["limit", "period_start", "threshold", "kind"], name="budget_alert_once")
+        ]

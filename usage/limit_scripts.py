@@ -1,0 +1,176 @@
+"""The Redis side of admission: two Lua scripts, so that each step is atomic.
+
+ADMIT checks every applicable limit of a request and, only if all pass,
+reserves its estimated tokens and cost against each: one round trip, and no
+other request can slip in between the check and the reservation. SETTLE
+replaces a reservation with the real usage, once: the reservation is deleted
+as it is settled, so a second settle finds nothing. Reservations whose process
+died are settled at their estimate by the next ADMIT after they expire.
+
+Keys, per limit id L:
+  gw:lim:L:req        sorted set, one member per admitted request (sliding minute)
+  gw:lim:L:tpm        hash second -> tokens (sliding minute, one-second buckets)
+  gw:lim:L:conc       requests in flight
+  gw:lim:L:p:START    hash tok, tokres, cost, costres for the period starting at START
+  gw:resv:ID          a reservation (JSON); gw:resv:exp orders them by expiry
+Money is in integer micro-dollars.
+"""
+
+_COMMON = r"""
+local function settle(resv, actual_tok, actual_cost)
+  local data = redis.call('GET', 'gw:resv:' .. resv)
+  redis.call('ZREM', 'gw:resv:exp', resv)
+  if not data then return {} end
+  redis.call('DEL', 'gw:resv:' .. resv)
+  local out = {}
+  for _, e in ipairs(cjson.decode(data)) do
+    if e.conc then
+      local left = redis.call('DECR', 'gw:lim:' .. e.id .. ':conc')
+      if left < 0 then redis.call('SET', 'gw:lim:' .. e.id .. ':conc', 0) end
+    end
+    if e.tpm and actual_tok ~= e.tok then
+      local tk = 'gw:lim:' .. e.id .. ':tpm'
+      if redis.call('HEXISTS', tk, e.sec) == 1 then redis.call('HINCRBY', tk, e.sec, actual_tok - e.tok) end
+    end
+    if e.ph then
+      local before = redis.call('HMGET', e.ph, 'tok', 'cost')
+      redis.call('HINCRBY', e.ph, 'tokres', -e.tok)
+      redis.call('HINCRBY', e.ph, 'costres', -e.cost)
+      local tok = redis.call('HINCRBY', e.ph, 'tok', actual_tok)
+      local cost = redis.call('HINCRBY', e.ph, 'cost', actual_cost)
+      table.insert(out, {e.id, tonumber(before[1]) or 0, tok, tonumber(before[2]) or 0, cost})
+    end
+  end
+  return out
+end
+"""
+
+SETTLE = _COMMON + r"""
+return settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+"""
+
+# ARGV: now_ms, reservation id, ttl_ms, rule count, then 10 values per rule:
+# id, rpm, tpm, concurrency, token quota, budget, period start, period end (ms, 0 = never),
+# estimated tokens, estimated cost. A limit of 0 means "no limit".
+ADMIT = _COMMON + r"""
+local now = tonumber(ARGV[1])
+local resv = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local sec = math.floor(now / 1000)
+
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', 'gw:resv:exp', '-inf', now, 'LIMIT', 0, 50)) do
+  local data = redis.call('GET', 'gw:resv:' .. old)
+  local tok, cost = 0, 0
+  if data then
+    local first = cjson.decode(data)[1]
+    if first then tok, cost = first.tok, first.cost end
+  end
+  settle(old, tok, cost)
+end
+
+local rules = {}
+local best_req, best_tok = nil, nil
+for r = 0, n - 1 do
+  local b = 5 + r * 10
+  local rule = {id = ARGV[b], rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]),
+                conc = tonumber(ARGV[b + 3]), quota = tonumber(ARGV[b + 4]), budget = tonumber(ARGV[b + 5]),
+                pstart = ARGV[b + 6], pexp = tonumber(ARGV[b + 7]), tok = tonumber(ARGV[b + 8]),
+                cost = tonumber(ARGV[b + 9])}
+  local base = 'gw:lim:' .. rule.id
+  if rule.conc > 0 then
+    local inflight = tonumber(redis.call('GET', base .. ':conc') or '0')
+    if inflight + 1 > rule.conc then return {0, 'concurrency_limit_exceeded', 1000, rule.id} end
+  end
+  if rule.rpm > 0 then
+    local rk = base .. ':req'
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - 60000)
+    local used = redis.call('ZCARD', rk)
+    if used + 1 > rule.rpm then
+      local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+      return {0, 'rate_limit_exceeded', tonumber(oldest[2]) + 60000 - now, rule.id}
+    end
+    local reset = 0
+    if used > 0 then reset = tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + 60000 - now end
+    if not best_req or rule.rpm - used - 1 < best_req[2] then best_req = {rule.rpm, rule.rpm - used - 1, reset} end
+  end
+  if rule.tpm > 0 then
+    local tk = base .. ':tpm'
+    local used, oldest = 0, nil
+    local buckets = redis.call('HGETALL', tk)
+    for j = 1, #buckets, 2 do
+      local s = tonumber(buckets[j])
+      if s <= sec - 60 then
+        redis.call('HDEL', tk, buckets[j])
+      else
+        used = used + tonumber(buckets[j + 1])
+        if not oldest or s < oldest then oldest = s end
+      end
+    end
+    local reset = 0
+    if oldest then reset = (oldest + 60) * 1000 - now end
+    if used + rule.tok > rule.tpm then return {0, 'tokens_per_minute_exceeded', math.max(reset, 1000), rule.id} end
+    if not best_tok or rule.tpm - used - rule.tok < best_tok[2] then
+      best_tok = {rule.tpm, rule.tpm - used - rule.tok, reset}
+    end
+  end
+  if rule.quota > 0 or rule.budget > 0 then
+    rule.ph = base .. ':p:' .. rule.pstart
+    local v = redis.call('HMGET', rule.ph, 'tok', 'tokres', 'cost', 'costres')
+    if not v[1] then return {2, 'rebuild', 0, rule.id} end
+    local retry = 0
+    if rule.pexp > 0 then retry = rule.pexp - now end
+    if rule.quota > 0 and tonumber(v[1]) + tonumber(v[2]) + rule.tok > rule.quota then
+      return {0, 'quota_exceeded', retry, rule.id}
+    end
+    if rule.budget > 0 and tonumber(v[3]) + tonumber(v[4]) + rule.cost > rule.budget then
+      return {0, 'budget_exceeded', retry, rule.id}
+    end
+  end
+  table.insert(rules, rule)
+end
+
+local entries = {}
+for _, rule in ipairs(rules) do
+  local base = 'gw:lim:' .. rule.id
+  local e = {id = rule.id, tok = rule.tok, cost = rule.cost}
+  if rule.rpm > 0 then
+    local seq = redis.call('INCR', 'gw:lim:seq')
+    redis.call('ZADD', base .. ':req', now, seq)
+    redis.call('PEXPIRE', base .. ':req', 61000)
+  end
+  if rule.tpm > 0 then
+    redis.call('HINCRBY', base .. ':tpm', sec, rule.tok)
+    redis.call('PEXPIRE', base .. ':tpm', 61000)
+    e.tpm, e.sec = true, tostring(sec)
+  end
+  if rule.conc > 0 then
+    redis.call('INCR', base .. ':conc')
+    redis.call('PEXPIRE', base .. ':conc', ttl * 2)
+    e.conc = true
+  end
+  if rule.ph then
+    redis.call('HINCRBY', rule.ph, 'tokres', rule.tok)
+    redis.call('HINCRBY', rule.ph, 'costres', rule.cost)
+    if rule.pexp > 0 then redis.call('PEXPIREAT', rule.ph, rule.pexp + 86400000) end
+    e.ph = rule.ph
+  end
+  table.insert(entries, e)
+end
+if #entries > 0 then
+  redis.call('SET', 'gw:resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
+  redis.call('ZADD', 'gw:resv:exp', now + ttl, resv)
+end
+best_req = best_req or {0, 0, 0}
+best_tok = best_tok or {0, 0, 0}
+return {1, 'ok', 0, '', best_req[1], best_req[2], best_req[3], best_tok[1], best_tok[2], best_tok[3]}
+"""
+
+# Seed a period's counters from the database (only if still missing).
+REBUILD = r"""
+if redis.call('HSETNX', KEYS[1], 'tok', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'cost', ARGV[2], 'tokres', 0, 'costres', 0)
+  if tonumber(ARGV[3]) > 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
+end
+return 1
+"""

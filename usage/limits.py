@@ -1,0 +1,291 @@
+"""Admission: rate limits, concurrency, quotas and budgets, enforced together.
+
+`admit` runs on the hot path after authorization. It gathers the limits that
+apply (tenant, tenant x model, key, key x model; cached per process like the
+routing table) and, if there are any, checks them all and reserves the
+request's estimated tokens and cost in one atomic step: a Lua script in Redis
+(usage/limit_scripts.py), or the same logic in this process in embedded mode.
+`settle` replaces the reservation with the real usage, once.
+
+Redis unreachable (docs/limits.md): rate limits fall back to this process's
+share of each limit (GATEWAY_PROCESSES); quotas and budgets refuse (fail
+closed) unless the limit grants an offline credit, which this process may then
+spend while Redis is down. Usage is never lost (usage.recorder holds it).
+Period counters missing from Redis (a restart, a new period) are rebuilt from
+the usage records in the database.
+"""
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+from django.db.models import Sum
+
+from gateway_project.orm_thread import run_orm
+from routing import errors, invalidation
+
+from . import limit_scripts
+from .models import Limit, UsageRecord
+
+log = logging.getLogger(__name__)
+
+RESERVATION_TTL_MS = 15 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: int
+    tenant_id: int
+    key_id: int | None
+    model: str
+    rpm: int
+    tpm: int
+    concurrency: int
+    period: str
+    token_quota: int
+    budget_micros: int
+    credit_micros: int
+    thresholds: tuple[float, ...]
+    tz: str
+
+    def applies(self, key_id: int, model: str) -> bool:
+        return (self.key_id is None or self.key_id == key_id) and (not self.model or self.model == model)
+
+    @property
+    def metered(self) -> bool:
+        return bool(self.token_quota or self.budget_micros)
+
+
+def to_micros(usd: Decimal | None) -> int:
+    """Money in integer micro-dollars, rounded up: a budget is never under-charged."""
+    return 0 if usd is None else math.ceil(usd * 1_000_000)
+
+
+def period_bounds(rule: Rule, now: float) -> tuple[int, int]:
+    """(start, end) of the rule's current period in epoch ms, calendar-aligned in its time zone."""
+    if rule.period == Limit.Period.TOTAL:
+        return 0, 0
+    local = datetime.fromtimestamp(now, ZoneInfo(rule.tz))
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if rule.period == Limit.Period.DAY:
+        end = start + timedelta(days=1)
+    elif rule.period == Limit.Period.WEEK:
+        start -= timedelta(days=start.weekday())
+        end = start + timedelta(days=7)
+    else:
+        start = start.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    # Re-attach the zone after arithmetic so DST changes land on the right hour.
+    start = start.replace(tzinfo=None).replace(tzinfo=ZoneInfo(rule.tz))
+    end = end.replace(tzinfo=None).replace(tzinfo=ZoneInfo(rule.tz))
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+# --- the rules cache -------------------------------------------------------------
+
+_rules: dict[int, list[Rule]] | None = None
+_rules_generation = -1
+_rules_loaded = 0.0
+
+
+def _load_rules() -> dict[int, list[Rule]]:
+    table: dict[int, list[Rule]] = {}
+    for row in Limit.objects.select_related("tenant"):
+        table.setdefault(row.tenant_id, []).append(Rule(
+            id=row.id, tenant_id=row.tenant_id, key_id=row.api_key_id, model=row.model,
+            rpm=row.requests_per_minute or 0, tpm=row.tokens_per_minute or 0,
+            concurrency=row.max_concurrent or 0, period=row.period, token_quota=row.token_quota or 0,
+            budget_micros=to_micros(row.budget_usd), credit_micros=to_micros(row.offline_credit_usd),
+            thresholds=tuple(sorted(float(t) for t in row.alert_thresholds or ())), tz=row.tenant.time_zone,
+        ))
+    return table
+
+
+async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
+    global _rules, _rules_generation, _rules_loaded
+    generation = invalidation.generation("limits")
+    if (_rules is None or generation != _rules_generation
+            or time.monotonic() - _rules_loaded > settings.GATEWAY_CONFIG_CACHE_SECONDS):
+        _rules = await run_orm(_load_rules)
+        _rules_generation, _rules_loaded = generation, time.monotonic()
+    return [r for r in _rules.get(tenant_id, ()) if r.applies(key_id, model)]
+
+
+# --- admission ------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Admission:
+    reservation: str
+    rules: list[Rule]
+    tokens: int
+    micros: int
+    engine: str  # "redis" or "local"
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+
+def _duration(ms: float) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""
+    seconds = max(0, math.ceil(ms / 1000))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+
+
+def _ratelimit_headers(req: tuple, tok: tuple) -> dict[str, str]:
+    headers = {}
+    for name, (limit, remaining, reset) in (("requests", req), ("tokens", tok)):
+        if limit:
+            headers[f"x-ratelimit-limit-{name}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, remaining))
+            headers[f"x-ratelimit-reset-{name}"] = _duration(reset)
+    return headers
+
+
+REFUSALS = {
+    "rate_limit_exceeded": "Rate limit reached: too many requests per minute.",
+    "tokens_per_minute_exceeded": "Rate limit reached: too many tokens per minute.",
+    "concurrency_limit_exceeded": "Too many requests in flight at once.",
+    "quota_exceeded": "Token quota for this period is used up.",
+    "budget_exceeded": "Budget for this period is used up.",
+}
+
+
+def refusal(code: str, retry_ms: float, headers: dict[str, str]) -> errors.GatewayError:
+    hdrs = dict(headers)
+    if retry_ms > 0:
+        hdrs["retry-after"] = str(max(1, math.ceil(retry_ms / 1000)))
+    return errors.GatewayError(429, REFUSALS[code], type="rate_limit_error", code=code, headers=hdrs)
+
+
+def _rule_args(rule: Rule, now: float, tokens: int, micros: int) -> list:
+    start, end = period_bounds(rule, now) if rule.metered else (0, 0)
+    return [rule.id, rule.rpm, rule.tpm, rule.concurrency, rule.token_quota, rule.budget_micros,
+            start, end, tokens, micros]
+
+
+async def admit(tenant_id: int, key_id: int, model: str, estimate) -> Admission | None:
+    """Check and reserve, or raise a 429 GatewayError. None when no limit applies.
+
+    `estimate()` gives (tokens, micro-dollars) to reserve; it is only called
+    when some limit applies, since counting tokens costs CPU.
+    """
+    rules = await rules_for(tenant_id, key_id, model)
+    if not rules:
+        return None
+    tokens, micros = estimate()
+    admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis")
+    if settings.REDIS_URL:
+        try:
+            return await _admit_redis(admission)
+        except (redis.RedisError, OSError):
+            log.warning("limits: Redis unreachable, enforcing the offline policy")
+    admission.engine = "local"
+    return await local.admit(admission)
+
+
+async def _admit_redis(admission: Admission) -> Admission:
+    for _ in range(3):
+        now = time.time()
+        args = [int(now * 1000), admission.reservation, RESERVATION_TTL_MS, len(admission.rules)]
+        for rule in admission.rules:
+            args += _rule_args(rule, now, admission.tokens, admission.micros)
+        result = await _scripts().admit(args=args)
+        status, code, retry = int(result[0]), result[1].decode(), float(result[2])
+        if status == 1:
+            admission.headers = _ratelimit_headers(tuple(int(x) for x in result[4:7]),
+                                                   tuple(int(x) for x in result[7:10]))
+            return admission
+        if status == 0:
+            raise refusal(code, retry, {})
+        rule = next(r for r in admission.rules if str(r.id) == result[3].decode())
+        await _rebuild(rule, now)
+    raise errors.GatewayError(503, "Limits could not be checked; try again.", type="server_error",
+                              code="limits_unavailable")
+
+
+def period_usage(rule: Rule, start_ms: int, end_ms: int) -> tuple[int, int]:
+    """Tokens and micro-dollars the database holds for a rule's period."""
+    records = UsageRecord.objects.filter(tenant_id=rule.tenant_id)
+    if rule.key_id:
+        records = records.filter(api_key_id=rule.key_id)
+    if rule.model:
+        records = records.filter(public_model=rule.model)
+    if end_ms:
+        records = records.filter(created_at__gte=datetime.fromtimestamp(start_ms / 1000, ZoneInfo("UTC")),
+                                 created_at__lt=datetime.fromtimestamp(end_ms / 1000, ZoneInfo("UTC")))
+    sums = records.aggregate(tokens=Sum("total_tokens"), cost=Sum("cost_usd"))
+    return sums["tokens"] or 0, to_micros(sums["cost"] or Decimal(0))
+
+
+async def _rebuild(rule: Rule, now: float) -> None:
+    start, end = period_bounds(rule, now)
+    tokens, micros = await run_orm(period_usage, rule, start, end)
+    key = f"gw:lim:{rule.id}:p:{start}"
+    await _scripts().rebuild(keys=[key], args=[tokens, micros, end + 86_400_000 if end else 0])
+    log.info("limits: rebuilt %s from the database (%d tokens, %d micro-USD)", key, tokens, micros)
+
+
+async def settle(admission: Admission | None, tokens: int, micros: int) -> None:
+    """Replace the reservation with real usage (exactly once) and raise threshold alerts."""
+    if admission is None or admission.settled:
+        return
+    admission.settled = True
+    crossings: list = []
+    if admission.engine == "redis":
+        try:
+            result = await _scripts().settle(args=[admission.reservation, tokens, micros])
+            crossings = [tuple(int(x) for x in row) for row in result]
+        except (redis.RedisError, OSError):
+            # The reservation expires and is settled at its estimate.
+            log.warning("limits: could not settle %s; it will settle at its estimate", admission.reservation)
+            return
+    else:
+        crossings = local.settle(admission, tokens, micros)
+    _alert_crossings(admission, crossings)
+
+
+def _alert_crossings(admission: Admission, crossings: list) -> None:
+    by_id = {r.id: r for r in admission.rules}
+    for rule_id, tok_before, tok_after, cost_before, cost_after in crossings:
+        rule = by_id.get(rule_id)
+        if rule is None or not rule.thresholds:
+            continue
+        for kind, limit, before, after in (("budget", rule.budget_micros, cost_before, cost_after),
+                                           ("quota", rule.token_quota, tok_before, tok_after)):
+            crossed = [t for t in rule.thresholds if limit and before < limit * t / 100 <= after]
+            if crossed:
+                from . import alerts
+
+                task = asyncio.ensure_future(run_orm(alerts.threshold_crossed, rule.id, kind, crossed,
+                                                     period_bounds(rule, time.time())[0], after))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+
+_background: set = set()
+
+
+class _Scripts:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.admit = client.register_script(limit_scripts.ADMIT)
+        self.settle = client.register_script(limit_scripts.SETTLE)
+        self.rebuild = client.register_script(limit_scripts.REBUILD)
+
+
+@cache
+def _scripts() -> _Scripts:
+    return _Scripts(aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1))
+
+
+from .limits_local import local  # noqa: E402  (the in-process engine shares the helpers above)

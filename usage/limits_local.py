@@ -1,0 +1,153 @@
+"""The in-process admission engine: embedded mode, and the fallback while Redis is down.
+
+It keeps the Lua scripts' semantics (usage/limit_scripts.py). Checks and
+reservations run with no await between them, so on one event loop they are
+atomic just as the script is in Redis.
+"""
+
+import math
+import time
+from collections import deque
+
+from django.conf import settings
+
+from gateway_project.orm_thread import run_orm
+from routing import errors
+
+from . import limits
+from .limits import Admission, Rule
+
+
+def _fail_closed() -> errors.GatewayError:
+    return errors.GatewayError(
+        503, "Budgets cannot be checked right now, so this request is refused. Try again shortly.",
+        type="server_error", code="limits_unavailable", headers={"retry-after": "5"},
+    )
+
+
+class LocalLimiter:
+    def __init__(self) -> None:
+        self.requests: dict[int, deque[float]] = {}
+        self.tokens: dict[int, dict[int, int]] = {}
+        self.inflight: dict[int, int] = {}
+        # (rule id, period start) -> [tokens, reserved tokens, micros, reserved micros]
+        self.periods: dict[tuple[int, int], list[int]] = {}
+        self.reservations: dict[str, tuple[float, list[dict]]] = {}
+
+    def reset(self) -> None:
+        self.__init__()
+
+    async def admit(self, admission: Admission) -> Admission:
+        fallback = bool(settings.REDIS_URL)  # Redis is configured but unreachable
+        now = time.time()
+        for rule in admission.rules:
+            if not rule.metered:
+                continue
+            if fallback:
+                if not rule.credit_micros:
+                    raise _fail_closed()
+                self.periods.setdefault((rule.id, -1), [0, 0, 0, 0])
+            else:
+                start, end = limits.period_bounds(rule, now)
+                if (rule.id, start) not in self.periods:
+                    tokens, micros = await run_orm(limits.period_usage, rule, start, end)
+                    self.periods.setdefault((rule.id, start), [tokens, 0, micros, 0])
+        return self._check_and_reserve(admission, time.time(), fallback)
+
+    def _check_and_reserve(self, admission: Admission, now: float, fallback: bool) -> Admission:
+        self._reap(now)
+        now_ms, sec = now * 1000, int(now)
+        share = max(1, settings.GATEWAY_PROCESSES) if fallback else 1
+        best_req, best_tok, plan = None, None, []
+        for rule in admission.rules:
+            rpm, tpm, conc = (math.ceil(x / share) if x else 0 for x in (rule.rpm, rule.tpm, rule.concurrency))
+            if conc and self.inflight.get(rule.id, 0) + 1 > conc:
+                raise limits.refusal("concurrency_limit_exceeded", 1000, {})
+            if rpm:
+                window = self.requests.setdefault(rule.id, deque())
+                while window and window[0] <= now_ms - 60_000:
+                    window.popleft()
+                reset = window[0] + 60_000 - now_ms if window else 0
+                if len(window) + 1 > rpm:
+                    raise limits.refusal("rate_limit_exceeded", reset, {})
+                if best_req is None or rpm - len(window) - 1 < best_req[1]:
+                    best_req = (rpm, rpm - len(window) - 1, reset)
+            if tpm:
+                buckets = self.tokens.setdefault(rule.id, {})
+                for s in [s for s in buckets if s <= sec - 60]:
+                    del buckets[s]
+                used = sum(buckets.values())
+                reset = (min(buckets) + 60) * 1000 - now_ms if buckets else 0
+                if used + admission.tokens > tpm:
+                    raise limits.refusal("tokens_per_minute_exceeded", max(reset, 1000), {})
+                if best_tok is None or tpm - used - admission.tokens < best_tok[1]:
+                    best_tok = (tpm, tpm - used - admission.tokens, reset)
+            period = self._period_check(rule, admission, now, fallback) if rule.metered else None
+            plan.append((rule, rpm, tpm, conc, period))
+        entries = [self._reserve(admission, now_ms, sec, *step) for step in plan]
+        self.reservations[admission.reservation] = (now_ms + limits.RESERVATION_TTL_MS, entries)
+        admission.headers = limits._ratelimit_headers(best_req or (0, 0, 0), best_tok or (0, 0, 0))
+        return admission
+
+    def _period_check(self, rule: Rule, admission: Admission, now: float, fallback: bool):
+        if fallback:
+            key, quota, budget = (rule.id, -1), 0, rule.credit_micros
+            end = 0
+        else:
+            start, end = limits.period_bounds(rule, now)
+            key, quota, budget = (rule.id, start), rule.token_quota, rule.budget_micros
+        tok, tokres, cost, costres = self.periods[key]
+        retry = end - now * 1000 if end else 0
+        if quota and tok + tokres + admission.tokens > quota:
+            raise limits.refusal("quota_exceeded", retry, {})
+        if budget and cost + costres + admission.micros > budget:
+            raise limits.refusal("budget_exceeded", retry, {})
+        return key
+
+    def _reserve(self, admission, now_ms, sec, rule, rpm, tpm, conc, period) -> dict:
+        entry = {"id": rule.id, "tok": admission.tokens, "cost": admission.micros}
+        if rpm:
+            self.requests[rule.id].append(now_ms)
+        if tpm:
+            self.tokens[rule.id][sec] = self.tokens[rule.id].get(sec, 0) + admission.tokens
+            entry["sec"] = sec
+        if conc:
+            self.inflight[rule.id] = self.inflight.get(rule.id, 0) + 1
+            entry["conc"] = True
+        if period is not None:
+            counters = self.periods[period]
+            counters[1] += admission.tokens
+            counters[3] += admission.micros
+            entry["period"] = period
+        return entry
+
+    def settle(self, admission: Admission, tokens: int, micros: int) -> list[tuple]:
+        held = self.reservations.pop(admission.reservation, None)
+        return self._settle_entries(held[1], tokens, micros) if held else []
+
+    def _settle_entries(self, entries: list[dict], tokens: int, micros: int) -> list[tuple]:
+        crossings = []
+        for e in entries:
+            if e.get("conc"):
+                self.inflight[e["id"]] = max(0, self.inflight.get(e["id"], 0) - 1)
+            if "sec" in e and e["sec"] in self.tokens.get(e["id"], {}):
+                self.tokens[e["id"]][e["sec"]] += tokens - e["tok"]
+            if "period" in e and e["period"] in self.periods:
+                counters = self.periods[e["period"]]
+                before = (counters[0], counters[2])
+                counters[0] += tokens
+                counters[1] -= e["tok"]
+                counters[2] += micros
+                counters[3] -= e["cost"]
+                crossings.append((e["id"], before[0], counters[0], before[1], counters[2]))
+        return crossings
+
+    def _reap(self, now: float) -> None:
+        expired = [r for r, (expiry, _) in self.reservations.items() if expiry <= now * 1000]
+        for reservation in expired:
+            _, entries = self.reservations.pop(reservation)
+            if entries:
+                self._settle_entries(entries, entries[0]["tok"], entries[0]["cost"])
+
+
+local = LocalLimiter()

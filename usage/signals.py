@@ -1,0 +1,15 @@
+"""Push limit changes to every process's cached rules."""
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from routing import invalidation
+from tenants.models import Tenant
+
+from .models import Limit
+
+
+@receiver([post_save, post_delete], sender=Limit)
+@receiver([post_save, post_delete], sender=Tenant)
+def limits_changed(sender, **kwargs) -> None:
+    invalidation.changed("limits")

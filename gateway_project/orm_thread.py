@@ -26,3 +26,20 @@ def _with_connection(fn: Callable[..., T], *args) -> T:
 
 async def run_orm(fn: Callable[..., T], *args) -> T:
     return await asyncio.get_running_loop().run_in_executor(_pool, _with_connection, fn, *args)
+
+
+def close_connections() -> None:
+    """Close each pool thread's database connection (tests call this before dropping their database)."""
+    from threading import Barrier
+
+    from django.db import connections
+
+    workers = _pool._max_workers
+    barrier = Barrier(workers)
+
+    def close() -> None:
+        barrier.wait(timeout=5)  # one task per thread: each closes its own connection
+        connections.close_all()
+
+    for future in [_pool.submit(close) for _ in range(workers)]:
+        future.result()

@@ -115,6 +115,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Empty REDIS_URL means embedded mode: in-process cache, counters and usage buffer.
 REDIS_URL = env.str("REDIS_URL", default="")
+# Redis connections each gateway process may open for the hot path.
+REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=50)
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:

@@ -68,6 +68,14 @@ class Server:
         return Path(self.log.name).read_text()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_orm_pool_connections(django_db_setup):
+    yield
+    from gateway_project.orm_thread import close_connections
+
+    close_connections()
+
+
 @pytest.fixture(scope="session")
 def mock_upstream():
     server = Server(["-m", "providers.mock_upstream", "--port", "{port}"], ready_path="/v1/models")

@@ -10,9 +10,9 @@ from tests.conftest import wait_until
 
 
 def usage_record(request_id: str):
-    from usage.models import UsageRecord
-
     from django.db.models import Q
+
+    from usage.models import UsageRecord
 
     # The id a response carries is the client's own when it sent one.
     return wait_until(lambda: UsageRecord.objects.filter(

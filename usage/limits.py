@@ -20,10 +20,10 @@ import logging
 import math
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
 from zoneinfo import ZoneInfo
 
 import redis
@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from gateway_project.orm_thread import run_orm
+from gateway_project.redis_pool import async_redis
 from routing import errors, invalidation
 
 from . import limit_scripts
@@ -188,8 +189,8 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate) -> Admission 
     if settings.REDIS_URL:
         try:
             return await _admit_redis(admission)
-        except (redis.RedisError, OSError):
-            log.warning("limits: Redis unreachable, enforcing the offline policy")
+        except (redis.RedisError, OSError) as exc:
+            log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)
     admission.engine = "local"
     return await local.admit(admission)
 
@@ -283,9 +284,15 @@ class _Scripts:
         self.rebuild = client.register_script(limit_scripts.REBUILD)
 
 
-@cache
+_scripts_by_client: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _scripts() -> _Scripts:
-    return _Scripts(aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1))
+    client = async_redis()
+    scripts = _scripts_by_client.get(client)
+    if scripts is None:
+        scripts = _scripts_by_client[client] = _Scripts(client)
+    return scripts
 
 
 from .limits_local import local  # noqa: E402  (the in-process engine shares the helpers above)

@@ -15,14 +15,13 @@ import socket
 from collections import deque
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from gateway_project.orm_thread import run_orm
+from gateway_project.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
 from .models import UsageRecord
@@ -36,16 +35,6 @@ CLAIM_IDLE_MS = 60_000
 _local: deque[dict] = deque()
 
 
-@cache
-def _async_client() -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.REDIS_URL)
-
-
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
 def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -54,7 +43,7 @@ async def record(event: dict) -> None:
     """Buffer one usage event. Called once per request on the hot path."""
     if settings.REDIS_URL:
         try:
-            await _async_client().xadd(STREAM, {"e": orjson.dumps(event)})
+            await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
             return
         except (redis.RedisError, OSError):
             # Redis is unreachable: keep the event in this process; the next
@@ -107,7 +96,7 @@ def drain(limit: int | None = None) -> int:
     limit = limit or settings.USAGE_FLUSH_BATCH
     if _local or not settings.REDIS_URL:
         return _drain_local(limit)
-    client = _client()
+    client = sync_redis()
     _ensure_group(client)
     consumer = _consumer()
     # Entries claimed by a drainer that died before acknowledging them.
@@ -138,7 +127,7 @@ def pending() -> int:
     """Events buffered and not yet written."""
     if not settings.REDIS_URL:
         return len(_local)
-    return _client().xlen(STREAM)
+    return sync_redis().xlen(STREAM)
 
 
 async def drain_forever(stop: asyncio.Event) -> None:

@@ -1,0 +1,33 @@
+"""The process's Redis clients: one async client per event loop, one sync client.
+
+The async pool blocks for a free connection instead of failing: under a burst
+the hot path waits a moment rather than reading a full pool as an outage.
+"""
+
+import asyncio
+import weakref
+from functools import cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+# Keyed weakly by event loop: a client must not outlive, or cross, its loop.
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def async_redis() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.REDIS_POOL_SIZE, timeout=5,
+            socket_timeout=5, socket_connect_timeout=2,
+        )
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
+    return client
+
+
+@cache
+def sync_redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)

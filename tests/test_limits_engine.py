@@ -1,0 +1,201 @@
+"""Admission and settlement, on both engines: the Redis Lua scripts and the in-process one."""
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+import redis as redis_sync
+from django.conf import settings as django_settings
+from django.core import mail
+
+from routing.errors import GatewayError
+from tenants.models import AuditLog, Membership
+from usage import limits
+from usage.limits_local import local
+from usage.models import BudgetAlert, Limit
+
+
+@pytest.fixture(params=["redis", "local"])
+def engine(request, settings, transactional_db):
+    """Run the test once against Redis and once in-process (embedded mode)."""
+    redis_sync.Redis.from_url(django_settings.REDIS_URL).flushdb()
+    if request.param == "local":
+        settings.REDIS_URL = ""
+    local.reset()
+    yield request.param
+    local.reset()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def estimate(tokens=10, micros=100):
+    return lambda: (tokens, micros)
+
+
+def test_requests_per_minute(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], requests_per_minute=5)
+
+    async def scenario():
+        admitted = [await limits.admit(tenant.id, api_key[0].id, "m", estimate()) for _ in range(5)]
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        return admitted, refused.value
+
+    admitted, refused = run(scenario())
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in admitted] == ["4", "3", "2", "1", "0"]
+    assert admitted[0].headers["x-ratelimit-limit-requests"] == "5"
+    assert refused.status == 429 and refused.code == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_limits_on_other_keys_and_models_do_not_apply(engine, tenant, api_key):
+    from keys.models import ApiKey
+
+    other, _ = ApiKey.issue(tenant, "other")
+    Limit.objects.create(tenant=tenant, api_key=other, requests_per_minute=1)
+    Limit.objects.create(tenant=tenant, model="expensive", requests_per_minute=1)
+
+    async def scenario():
+        return [await limits.admit(tenant.id, api_key[0].id, "cheap", estimate()) for _ in range(3)]
+
+    assert run(scenario()) == [None, None, None]
+
+
+def test_concurrency_released_on_settle(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, max_concurrent=2)
+
+    async def scenario():
+        first = await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        await limits.settle(first, 10, 100)
+        third = await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        return refused.value.code, third
+
+    code, third = run(scenario())
+    assert code == "concurrency_limit_exceeded" and third is not None
+
+
+def test_tokens_per_minute(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, tokens_per_minute=100)
+
+    async def scenario():
+        a = await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=60))
+        await limits.settle(a, 30, 0)  # used less than reserved: the difference comes back
+        b = await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=60))
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=20))
+        return b, refused.value
+
+    b, refused = run(scenario())
+    assert b.headers["x-ratelimit-remaining-tokens"] == "10"
+    assert refused.code == "tokens_per_minute_exceeded"
+
+
+def test_two_hundred_concurrent_requests_never_overspend_a_budget_for_fifty(engine, tenant, api_key):
+    # Each request reserves exactly what it will cost: 0 overshoot.
+    Limit.objects.create(tenant=tenant, budget_usd=Decimal("0.005"), period="day")  # 5000 micro-USD
+
+    async def one():
+        try:
+            admission = await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=10, micros=100))
+        except GatewayError as refused:
+            return refused.code
+        await asyncio.sleep(0.01)
+        await limits.settle(admission, 10, 100)
+        return "ok"
+
+    async def scenario():
+        return await asyncio.gather(*(one() for _ in range(200)))
+
+    outcomes = run(scenario())
+    assert outcomes.count("ok") == 50
+    assert set(outcomes) == {"ok", "budget_exceeded"}
+    rule = limits._load_rules()[tenant.id][0]
+    start, _ = limits.period_bounds(rule, __import__("time").time())
+    if engine == "redis":
+        counters = redis_sync.Redis.from_url(django_settings.REDIS_URL).hgetall(f"gw:lim:{rule.id}:p:{start}")
+        assert {k.decode(): int(v) for k, v in counters.items()} == {"tok": 500, "tokres": 0, "cost": 5000,
+                                                                      "costres": 0}
+        assert redis_sync.Redis.from_url(django_settings.REDIS_URL).zcard("gw:resv:exp") == 0
+    else:
+        assert local.periods[(rule.id, start)] == [500, 0, 5000, 0]
+        assert local.reservations == {}
+
+
+def test_settle_counts_once(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, token_quota=100, period="total")
+
+    async def scenario():
+        a = await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=40))
+        await limits.settle(a, 40, 0)
+        a.settled = False  # a retried settle of the same reservation
+        await limits.settle(a, 40, 0)
+        await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=60))
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=1))
+        return refused.value.code
+
+    assert run(scenario()) == "quota_exceeded"
+
+
+def test_period_counters_are_rebuilt_from_the_database(engine, tenant, api_key):
+    from usage import recorder
+
+    Limit.objects.create(tenant=tenant, budget_usd=Decimal("0.001"), period="month")  # 1000 micro-USD
+    event = {"request_id": "earlier", "ts": __import__("time").time(), "tenant_id": tenant.id,
+             "api_key_id": api_key[0].id, "key_prefix": "", "provider_id": None, "provider_name": "",
+             "deployment_id": None, "endpoint": "chat.completions", "public_model": "m", "upstream_model": "m",
+             "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "cached_tokens": 0,
+             "tokens_estimated": False, "cost_usd": "0.000950", "latency_ms": 1, "ttft_ms": None,
+             "status": "ok", "http_status": 200, "error_type": "", "streamed": False}
+    recorder.write([event])  # spent before Redis knew of it (or after it lost its data)
+
+    async def scenario():
+        await limits.admit(tenant.id, api_key[0].id, "m", estimate(micros=50))
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(micros=1))
+        return refused.value.code
+
+    assert run(scenario()) == "budget_exceeded"
+
+
+def test_reservation_of_a_dead_process_expires_at_its_estimate(engine, tenant, api_key, monkeypatch):
+    monkeypatch.setattr(limits, "RESERVATION_TTL_MS", 200)
+    Limit.objects.create(tenant=tenant, max_concurrent=1, token_quota=1000, period="total")
+
+    async def scenario():
+        await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=300))  # never settled
+        await asyncio.sleep(0.3)
+        admitted = await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=700))
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(tokens=1))
+        return admitted, refused.value.code
+
+    admitted, code = run(scenario())
+    # The dead reservation freed its slot and was charged its 300 tokens.
+    assert admitted is not None and code in ("concurrency_limit_exceeded", "quota_exceeded")
+
+
+def test_threshold_alerts_email_admins_once_per_threshold(engine, tenant, api_key, django_user_model, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    owner = django_user_model.objects.create_user("owner", "owner@acme.test", "pw")
+    Membership.objects.create(tenant=tenant, user=owner, role="owner")
+    limit = Limit.objects.create(tenant=tenant, budget_usd=Decimal("0.001"), period="day",
+                                 alert_thresholds=[50, 80, 100])
+
+    async def scenario():
+        for _ in range(3):
+            a = await limits.admit(tenant.id, api_key[0].id, "m", estimate(micros=300))
+            await limits.settle(a, 10, 300)
+        await asyncio.gather(*limits._background)
+
+    run(scenario())  # 300, 600, 900 micro-USD: crosses 50% and 80%
+    alerts = sorted(BudgetAlert.objects.filter(limit=limit).values_list("threshold", flat=True))
+    assert alerts == [50, 80]
+    assert len(mail.outbox) == 2 and mail.outbox[0].to == ["owner@acme.test"]
+    assert "50%" in mail.outbox[0].subject
+    assert AuditLog.objects.filter(action="limit.threshold").count() == 2

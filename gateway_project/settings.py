@@ -168,6 +168,10 @@ USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
+# Failed API-key attempts per client address per minute before answers slow down.
+AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
+# Admin login attempts per client address (django-ratelimit rate syntax).
+ADMIN_LOGIN_RATE = env.str("ADMIN_LOGIN_RATE", default="10/m")
 # Whether each gateway process also drains the usage buffer (besides Celery).
 USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 

@@ -1,7 +1,21 @@
+from django.conf import settings
 from django.contrib import admin
+from django.http import HttpResponse
 from django.urls import include, path
+from django_ratelimit.decorators import ratelimit
+
+
+@ratelimit(key="ip", rate=settings.ADMIN_LOGIN_RATE, method="POST", block=False)
+def admin_login(request, **kwargs):
+    """The admin login, throttled per address so passwords cannot be guessed at speed."""
+    if getattr(request, "limited", False):
+        return HttpResponse("Too many login attempts. Wait a minute and try again.", status=429,
+                            content_type="text/plain", headers={"retry-after": "60"})
+    return admin.site.login(request, **kwargs)
+
 
 urlpatterns = [
+    path("admin/login/", admin_login, name="admin_login"),
     path("admin/", admin.site.urls),
     # The same API views also answer here when the API handler is bypassed
     # (the test client, WSGI); production traffic reaches them via asgi.py.

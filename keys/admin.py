@@ -2,9 +2,15 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from tenants.models import AuditLog
+from usage.admin import LimitInline
 
 from . import hashing
 from .models import ApiKey
+
+
+class KeyLimitInline(LimitInline):
+    fk_name = "api_key"
+    fields = [f for f in LimitInline.fields if f != "api_key"]
 
 
 @admin.register(ApiKey)
@@ -17,6 +23,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ["prefix", "last_used_at", "revoked_at", "created_by", "created_at"]
     fields = ["tenant", "name", "allowed_models", "expires_at", *readonly_fields]
     actions = ["revoke_keys"]
+    inlines = [KeyLimitInline]
 
     @admin.display(description="state")
     def state(self, obj: ApiKey) -> str:
@@ -44,6 +51,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
             request,
             f"New API key for {obj.tenant}: {secret} — copy it now, it will not be shown again.",
         )
+
+    def save_formset(self, request, form, formset, change):
+        # A key's limits belong to the key's tenant.
+        for limit in formset.save(commit=False):
+            limit.tenant_id = form.instance.tenant_id
+            limit.save()
+        for gone in formset.deleted_objects:
+            gone.delete()
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset) -> None:

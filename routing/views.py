@@ -14,6 +14,7 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import UpstreamError
@@ -57,8 +58,16 @@ def endpoint(name: str, method: str):
     return decorate
 
 
+async def _key(request):
+    try:
+        return await authenticate(key_from_headers(request.headers))
+    except errors.GatewayError:
+        await throttle.failed_attempt(request.META.get("REMOTE_ADDR", ""))
+        raise
+
+
 async def _authenticate(request, call: Call) -> None:
-    call.key = await authenticate(key_from_headers(request.headers))
+    call.key = await _key(request)
 
 
 async def _admit(call: Call, estimate, targets) -> None:
@@ -121,7 +130,7 @@ async def embeddings(request, call: Call) -> HttpResponse:
 
 @endpoint("models", "GET")
 async def models(request, call: Call) -> HttpResponse:
-    key = await authenticate(key_from_headers(request.headers))
+    key = await _key(request)
     routing_table = await table.current()
     data = [
         {"id": t.public_model, "object": "model", "created": t.created, "owned_by": t.provider_name}

@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from usage.admin import LimitInline
+
 from .models import AuditLog, Membership, Tenant
 
 
@@ -11,11 +13,11 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "is_active", "created_at"]
+    list_display = ["name", "slug", "is_active", "time_zone", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [MembershipInline]
+    inlines = [MembershipInline, LimitInline]
 
 
 @admin.register(Membership)

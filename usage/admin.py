@@ -1,6 +1,9 @@
+from decimal import Decimal
+
 from django.contrib import admin
 
-from .models import UsageRecord
+from . import limits
+from .models import Limit, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -23,3 +26,49 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def _use_summary(limit: Limit) -> str:
+    use = limits.current_use(limit)
+    if not use:
+        return "—"
+    parts = []
+    if limit.requests_per_minute:
+        parts.append(f"{use['requests_last_minute']}/{limit.requests_per_minute} req/min")
+    if limit.tokens_per_minute:
+        parts.append(f"{use['tokens_last_minute']}/{limit.tokens_per_minute} tok/min")
+    if limit.max_concurrent:
+        parts.append(f"{use['in_flight']}/{limit.max_concurrent} in flight")
+    if limit.token_quota:
+        parts.append(f"{use['period_tokens']}/{limit.token_quota} tokens this {limit.period}")
+    if limit.budget_usd:
+        parts.append(f"${Decimal(use['period_micros']) / 1_000_000:.6f}/${limit.budget_usd} this {limit.period}")
+    return "; ".join(parts) or "—"
+
+
+@admin.register(Limit)
+class LimitAdmin(admin.ModelAdmin):
+    """Limits with their current use, read live from the counters that enforce them."""
+
+    list_display = ["__str__", "tenant", "api_key", "model", "requests_per_minute", "tokens_per_minute",
+                    "max_concurrent", "period", "token_quota", "budget_usd", "current_use"]
+    list_filter = ["tenant", "period"]
+    search_fields = ["tenant__name", "model", "api_key__prefix"]
+    autocomplete_fields = ["tenant", "api_key"]
+    readonly_fields = ["current_use"]
+
+    @admin.display(description="current use")
+    def current_use(self, obj: Limit) -> str:
+        return _use_summary(obj) if obj.pk else "—"
+
+
+class LimitInline(admin.TabularInline):
+    model = Limit
+    extra = 0
+    fields = ["api_key", "model", "requests_per_minute", "tokens_per_minute", "max_concurrent", "period",
+              "token_quota", "budget_usd", "alert_thresholds", "offline_credit_usd", "current_use"]
+    readonly_fields = ["current_use"]
+
+    @admin.display(description="current use")
+    def current_use(self, obj: Limit) -> str:
+        return _use_summary(obj) if obj.pk else "—"

@@ -296,3 +296,35 @@ def _scripts() -> _Scripts:
 
 
 from .limits_local import local  # noqa: E402  (the in-process engine shares the helpers above)
+
+
+def current_use(limit: Limit) -> dict[str, int]:
+    """What a limit has used right now (for the admin): requests and tokens in the last
+    minute, requests in flight, and tokens and micro-dollars spent this period."""
+    rule = _load_rules().get(limit.tenant_id, [])
+    rule = next((r for r in rule if r.id == limit.id), None)
+    if rule is None:
+        return {}
+    now = time.time()
+    start, _ = period_bounds(rule, now)
+    if settings.REDIS_URL:
+        try:
+            return _current_use_redis(rule, now, start)
+        except (redis.RedisError, OSError):
+            return {}
+    return local.current_use(rule, now, start)
+
+
+def _current_use_redis(rule: Rule, now: float, start: int) -> dict[str, int]:
+    from gateway_project.redis_pool import sync_redis
+
+    client, base = sync_redis(), f"gw:lim:{rule.id}"
+    buckets = client.hgetall(f"{base}:tpm")
+    period = {k.decode(): int(v) for k, v in client.hgetall(f"{base}:p:{start}").items()}
+    return {
+        "requests_last_minute": client.zcount(f"{base}:req", now * 1000 - 60_000, "+inf"),
+        "tokens_last_minute": sum(int(v) for k, v in buckets.items() if int(k) > int(now) - 60),
+        "in_flight": int(client.get(f"{base}:conc") or 0),
+        "period_tokens": period.get("tok", 0) + period.get("tokres", 0),
+        "period_micros": period.get("cost", 0) + period.get("costres", 0),
+    }

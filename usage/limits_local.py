@@ -142,6 +142,16 @@ class LocalLimiter:
                 crossings.append((e["id"], before[0], counters[0], before[1], counters[2]))
         return crossings
 
+    def current_use(self, rule: Rule, now: float, start: int) -> dict[str, int]:
+        tok, tokres, cost, costres = self.periods.get((rule.id, start), [0, 0, 0, 0])
+        return {
+            "requests_last_minute": sum(1 for t in self.requests.get(rule.id, ()) if t > now * 1000 - 60_000),
+            "tokens_last_minute": sum(v for s, v in self.tokens.get(rule.id, {}).items() if s > int(now) - 60),
+            "in_flight": self.inflight.get(rule.id, 0),
+            "period_tokens": tok + tokres,
+            "period_micros": cost + costres,
+        }
+
     def _reap(self, now: float) -> None:
         expired = [r for r, (expiry, _) in self.reservations.items() if expiry <= now * 1000]
         for reservation in expired:

@@ -111,6 +111,8 @@ class Limit(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
+        if self.api_key_id and not self.tenant_id:
+            self.tenant_id = self.api_key.tenant_id  # limits added on a key's page
         if self.api_key_id and self.api_key.tenant_id != self.tenant_id:
             raise ValidationError({"api_key": "This key belongs to another tenant."})
         bad = [t for t in self.alert_thresholds or [] if not isinstance(t, (int, float)) or not 0 < t <= 1000]

@@ -6,7 +6,8 @@
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
 from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
 beside DATABASE_URL's, recreated each run)
-with the full path on (key auth, routing, usage recording), and the floor (a
+with the full path on (key auth, limits on the key and the tenant, routing,
+usage recording; `--no-limits` leaves the limits out), and the floor (a
 bare async Django view relaying through the same client), then loads each with
 wrk for JSON chat, streamed chat (21 events) and embeddings. It prints a
 Markdown table: requests per second, CPU time of the measured server per
@@ -132,7 +133,7 @@ def manage(env: dict, *args: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def prepare_database(env: dict, mock_url: str) -> str:
+def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
     import psycopg
 
     url = env["DATABASE_URL"]
@@ -146,7 +147,16 @@ def prepare_database(env: dict, mock_url: str) -> str:
     manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
            "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
            "--input-price", "0.15", "--output-price", "0.60")
-    return manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
+    key = manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
+    if with_limits:
+        # Limits on the tenant and the key, high enough never to refuse: the
+        # admission script runs on every request, as in production.
+        manage(env, "shell", "-c", (
+            "from usage.models import Limit; from keys.models import ApiKey; from tenants.models import Tenant; "
+            "t = Tenant.objects.get(slug='bench'); k = ApiKey.objects.get(tenant=t); "
+            "Limit.objects.create(tenant=t, requests_per_minute=10**7, budget_usd=10**6, period='month'); "
+            "Limit.objects.create(tenant=t, api_key=k, requests_per_minute=10**7, tokens_per_minute=10**9)"))
+    return key
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
@@ -159,6 +169,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--smoke", action="store_true", help="one short run of each, to prove the bench works")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="measure without limits on the key and tenant (they are on by default)")
     opts = parser.parse_args()
     duration = 1.0 if opts.smoke else opts.duration
 
@@ -174,7 +186,7 @@ def main() -> None:
     procs = [start([sys.executable, "-m", "providers.mock_upstream", "--port", str(mock_port)], env)]
     try:
         wait_http(mock_url + "/models")
-        key = prepare_database(env, mock_url)
+        key = prepare_database(env, mock_url, not opts.no_limits)
         procs.append(start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--workers",
                             str(opts.workers), "--log-level", "warning"], env))
         procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
@@ -212,7 +224,7 @@ def main() -> None:
 
 def print_table(rows, opts, duration) -> None:
     print(f"\n{opts.connections} connections, {duration:g}s per run, gateway workers: {opts.workers}, "
-          f"{os.cpu_count()} CPUs\n")
+          f"limits on key and tenant: {'no' if opts.no_limits else 'yes'}, {os.cpu_count()} CPUs\n")
     print(f"| scenario | server | req/s @{opts.connections} | CPU ms/req | p50 ms | p99 ms | errors "
           "| p50 ms @1 | p99 ms @1 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -18,9 +18,9 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402  (after Django is set up)
 
 from gateway_project.orm_thread import run_orm  # noqa: E402
-from routing import invalidation, upstream  # noqa: E402
+from routing import invalidation, stats, upstream  # noqa: E402
 from routing.handler import ApiHandler  # noqa: E402
-from usage import recorder  # noqa: E402
+from usage import recorder, tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 api_application = ApiHandler()
@@ -36,6 +36,9 @@ class Lifespan:
             self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop)))
         if settings.REDIS_URL:
             self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
+            self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))
+        # Load the tokenizer now rather than on a first request.
+        await asyncio.to_thread(tokens.encoding)
 
     async def shutdown(self) -> None:
         self.stop.set()

@@ -168,6 +168,17 @@ USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
+# Circuit breakers per deployment (docs/routing.md).
+BREAKER_FAILURES = env.int("BREAKER_FAILURES", default=5)
+BREAKER_FAILURE_RATE = env.float("BREAKER_FAILURE_RATE", default=0.5)
+BREAKER_MIN_CALLS = env.int("BREAKER_MIN_CALLS", default=20)
+BREAKER_COOLDOWN = env.float("BREAKER_COOLDOWN", default=30.0)
+# Retries: exponential backoff with full jitter, and at most this share of
+# calls retried (plus a small floor) so that retries never multiply an outage.
+RETRY_BACKOFF_BASE = env.float("RETRY_BACKOFF_BASE", default=0.1)
+RETRY_BACKOFF_MAX = env.float("RETRY_BACKOFF_MAX", default=2.0)
+RETRY_BUDGET_RATIO = env.float("RETRY_BUDGET_RATIO", default=0.2)
+RETRY_BUDGET_FLOOR = env.int("RETRY_BUDGET_FLOOR", default=10)
 # Failed API-key attempts per client address per minute before answers slow down.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 # Admin login attempts per client address (django-ratelimit rate syntax).

@@ -84,6 +84,11 @@ class Deployment(models.Model):
         validators=[MinValueValidator(0)],
     )
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
+    supports_vision = models.BooleanField(default=True, help_text="Accepts image parts.")
+    supports_tools = models.BooleanField(default=True, help_text="Accepts tools.")
+    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
+    first_byte_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
+    total_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

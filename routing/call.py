@@ -59,6 +59,8 @@ class Call:
     # A stream records its own event when it ends; the view must not.
     recorded_by_stream: bool = False
     admission: Admission | None = None
+    route: str = ""
+    strategy: str = ""
 
     @property
     def response_id(self) -> str:
@@ -102,6 +104,15 @@ class Call:
             prompt = tokens.count_messages(self.body.get("messages") or [], self.model)
         self.usage = Usage(prompt_tokens=prompt, completion_tokens=self.delivered_chunks)
 
+    def hedge_loser_event(self, target: Target) -> dict:
+        """The call a hedge cancelled: recorded (no tokens known) so that nothing sent upstream is hidden."""
+        event = self.event()
+        event.update(request_id=f"{self.request_id}-hedge", provider_id=target.provider_id,
+                     provider_name=target.provider_name, deployment_id=target.deployment_id,
+                     upstream_model=target.upstream_model, prompt_tokens=0, completion_tokens=0, total_tokens=0,
+                     cached_tokens=0, cost_usd="0", status="hedge_cancelled", ttft_ms=None)
+        return event
+
     def event(self) -> dict:
         usage = self.usage or Usage()
         target = self.target
@@ -116,6 +127,9 @@ class Call:
             "provider_name": target.provider_name if target else "",
             "deployment_id": target.deployment_id if target else None,
             "endpoint": self.endpoint,
+            "route": self.route[:200],
+            "strategy": self.strategy,
+            "attempts": self.attempts,
             "public_model": self.model[:200],
             "upstream_model": target.upstream_model if target else "",
             "prompt_tokens": usage.prompt_tokens,

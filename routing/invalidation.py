@@ -56,18 +56,24 @@ def changed(name: str) -> None:
 
 async def listen(stop: asyncio.Event) -> None:
     """Apply changes announced by other processes until stop is set."""
+    from . import breakers
+
     while not stop.is_set():
         client = aioredis.Redis.from_url(settings.REDIS_URL)
         try:
             async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(CHANNEL, breakers.CHANNEL)
                 # Anything may have changed while we were not subscribed.
                 for name in NAMES:
                     bump(name)
+                await asyncio.to_thread(breakers.load_shared)
                 while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and message["type"] == "message":
-                        bump(message["data"].decode())
+                        if message["channel"] == breakers.CHANNEL.encode():
+                            breakers.on_message(message["data"].decode())
+                        else:
+                            bump(message["data"].decode())
         except (redis.RedisError, OSError):
             log.warning("config change listener lost Redis; retrying")
             await asyncio.sleep(1.0)

@@ -1,7 +1,9 @@
-"""The routing table: public model name -> deployments, cached per process.
+"""The routing table: public model names -> routes -> deployments, cached per process.
 
-Loaded whole from the database (it is small: one row per deployment) and kept
-until a change is announced (routing.invalidation) or it expires.
+Loaded whole from the database (it is small) and kept until a change is
+announced (routing.invalidation) or it expires. A name is served by the
+tenant's Route of that name, else a shared Route, else the deployments that
+carry the name as their public model (priority order).
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from providers.crypto import SecretUnreadable
 from providers.models import Deployment
 
 from . import errors, invalidation
+from .models import Route, RouteRule, RouteTarget
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,13 @@ class Target:
     input_price_per_mtok: Decimal
     output_price_per_mtok: Decimal
     created: int
+    priority: int = 0
+    weight: int = 1
+    supports_vision: bool = True
+    supports_tools: bool = True
+    connect_timeout: float | None = None
+    first_byte_timeout: float | None = None
+    total_timeout: float | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Exact cost in USD (prices are per million tokens)."""
@@ -49,64 +59,127 @@ class Target:
             prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok
         ) / 1_000_000
 
+    def visible_to(self, tenant_id: int) -> bool:
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    value: str
+    header: str
+    deployment_id: int | None
+    sub_route: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    name: str
+    strategy: str
+    targets: tuple[Target, ...]
+    rules: tuple[Rule, ...] = ()
+    hedge_after_ms: int | None = None
+    max_attempts: int = 3
+    deadline_seconds: float = 120.0
+    context_fallback: str | None = None
+    explicit: bool = False
+
 
 class RoutingTable:
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, targets: list[Target], routes: list[tuple[int | None, RouteSpec]] = ()) -> None:
         self.by_model: dict[str, list[Target]] = {}
         for target in targets:
             self.by_model.setdefault(target.public_model, []).append(target)
+        self.routes: dict[tuple[int | None, str], RouteSpec] = {(tenant, r.name): r for tenant, r in routes}
 
     def targets_for(self, tenant_id: int, model: str) -> list[Target]:
-        """Deployments of `model` this tenant can reach, in priority order."""
-        return [t for t in self.by_model.get(model, ()) if t.tenant_id is None or t.tenant_id == tenant_id]
+        """Deployments carrying `model` as their public name that this tenant can reach."""
+        return [t for t in self.by_model.get(model, ()) if t.visible_to(tenant_id)]
 
-    def models_for(self, tenant_id: int) -> list[Target]:
-        """One target per public model visible to the tenant (the first in priority)."""
-        seen = []
+    def route_for(self, tenant_id: int, model: str) -> RouteSpec | None:
+        spec = self.routes.get((tenant_id, model)) or self.routes.get((None, model))
+        if spec is not None:
+            visible = tuple(t for t in spec.targets if t.visible_to(tenant_id))
+            return spec if len(visible) == len(spec.targets) else _replace_targets(spec, visible)
+        targets = self.targets_for(tenant_id, model)
+        return RouteSpec(model, Route.Strategy.PRIORITY, tuple(targets)) if targets else None
+
+    def models_for(self, tenant_id: int) -> list[tuple[str, int, str]]:
+        """(name, created, owned_by) of every name the tenant can call."""
+        seen: dict[str, tuple[str, int, str]] = {}
         for targets in self.by_model.values():
             for t in targets:
-                if t.tenant_id is None or t.tenant_id == tenant_id:
-                    seen.append(t)
+                if t.visible_to(tenant_id):
+                    seen.setdefault(t.public_model, (t.public_model, t.created, t.provider_name))
                     break
-        return seen
+        for (tenant, name), spec in self.routes.items():
+            if tenant in (None, tenant_id) and any(t.visible_to(tenant_id) for t in spec.targets):
+                seen[name] = (name, min((t.created for t in spec.targets), default=0), "gateway")
+        return sorted(seen.values())
+
+
+def _replace_targets(spec: RouteSpec, targets: tuple[Target, ...]) -> RouteSpec:
+    from dataclasses import replace
+
+    return replace(spec, targets=targets)
+
+
+def _target(d: Deployment, **overrides) -> Target | None:
+    p = d.provider
+    try:
+        api_key = p.get_api_key()
+    except SecretUnreadable:
+        log.error("provider %s: secret unreadable with the configured keys; skipped", p.name)
+        return None
+    fields = dict(
+        deployment_id=d.id, provider_id=p.id, provider_name=p.name, tenant_id=p.tenant_id, kind=p.kind,
+        base_url=p.base_url.rstrip("/"), api_key=api_key, extra_headers=dict(p.extra_headers or {}),
+        public_model=d.public_model, upstream_model=d.upstream_model, mode=d.mode,
+        context_window=d.context_window, max_output_tokens=d.max_output_tokens,
+        input_price_per_mtok=d.input_price_per_mtok, output_price_per_mtok=d.output_price_per_mtok,
+        created=int(d.created_at.timestamp()), priority=d.priority, supports_vision=d.supports_vision,
+        supports_tools=d.supports_tools, connect_timeout=d.connect_timeout,
+        first_byte_timeout=d.first_byte_timeout, total_timeout=d.total_timeout,
+    )
+    fields.update(overrides)
+    return Target(**fields)
+
+
+_LIVE = Q(is_active=True, provider__is_active=True) & (
+    Q(provider__tenant__isnull=True) | Q(provider__tenant__is_active=True)
+)
 
 
 def _load() -> RoutingTable:
-    rows = (
-        Deployment.objects.filter(is_active=True, provider__is_active=True)
-        .select_related("provider")
-        .filter(Q(provider__tenant__isnull=True) | Q(provider__tenant__is_active=True))
-        .order_by("public_model", "priority", "id")
-    )
-    targets = []
-    for d in rows:
-        p = d.provider
-        try:
-            api_key = p.get_api_key()
-        except SecretUnreadable:
-            log.error("provider %s: secret unreadable with the configured keys; skipped", p.name)
-            continue
-        targets.append(
-            Target(
-                deployment_id=d.id,
-                provider_id=p.id,
-                provider_name=p.name,
-                tenant_id=p.tenant_id,
-                kind=p.kind,
-                base_url=p.base_url.rstrip("/"),
-                api_key=api_key,
-                extra_headers=dict(p.extra_headers or {}),
-                public_model=d.public_model,
-                upstream_model=d.upstream_model,
-                mode=d.mode,
-                context_window=d.context_window,
-                max_output_tokens=d.max_output_tokens,
-                input_price_per_mtok=d.input_price_per_mtok,
-                output_price_per_mtok=d.output_price_per_mtok,
-                created=int(d.created_at.timestamp()),
-            )
-        )
-    return RoutingTable(targets)
+    deployments = Deployment.objects.filter(_LIVE).select_related("provider").order_by(
+        "public_model", "priority", "id")
+    targets = [t for d in deployments if (t := _target(d)) is not None]
+    by_id = {t.deployment_id: t for t in targets}
+    route_targets: dict[int, list[Target]] = {}
+    for rt in RouteTarget.objects.filter(is_active=True, deployment_id__in=by_id).order_by("priority", "id"):
+        base = by_id[rt.deployment_id]
+        route_targets.setdefault(rt.route_id, []).append(
+            _target_with(base, priority=rt.priority, weight=rt.weight))
+    rules: dict[int, list[Rule]] = {}
+    for rule in RouteRule.objects.select_related("sub_route").order_by("order", "id"):
+        rules.setdefault(rule.route_id, []).append(Rule(
+            rule.kind, rule.value, rule.header.lower(), rule.deployment_id,
+            rule.sub_route.name if rule.sub_route_id else None))
+    routes = []
+    for route in Route.objects.filter(is_active=True).select_related("context_fallback"):
+        routes.append((route.tenant_id, RouteSpec(
+            name=route.name, strategy=route.strategy, targets=tuple(route_targets.get(route.id, ())),
+            rules=tuple(rules.get(route.id, ())), hedge_after_ms=route.hedge_after_ms,
+            max_attempts=route.max_attempts, deadline_seconds=route.deadline_seconds,
+            context_fallback=route.context_fallback.name if route.context_fallback_id else None, explicit=True,
+        )))
+    return RoutingTable(targets, routes)
+
+
+def _target_with(base: Target, **changes) -> Target:
+    from dataclasses import replace
+
+    return replace(base, **changes)
 
 
 _table: RoutingTable | None = None
@@ -115,41 +188,42 @@ _loaded_at = 0.0
 _lock = asyncio.Lock()
 
 
+def _fresh(generation: int) -> bool:
+    return (_table is not None and generation == _table_generation
+            and time.monotonic() - _loaded_at < settings.GATEWAY_CONFIG_CACHE_SECONDS)
+
+
 async def current() -> RoutingTable:
     global _table, _table_generation, _loaded_at
-    generation = invalidation.generation("routes")
-    if (
-        _table is not None
-        and generation == _table_generation
-        and time.monotonic() - _loaded_at < settings.GATEWAY_CONFIG_CACHE_SECONDS
-    ):
+    if _fresh(invalidation.generation("routes")):
         return _table
     async with _lock:
         generation = invalidation.generation("routes")
-        if _table is None or generation != _table_generation or (
-            time.monotonic() - _loaded_at >= settings.GATEWAY_CONFIG_CACHE_SECONDS
-        ):
+        if not _fresh(generation):
             _table = await run_orm(_load)
-            _table_generation = generation
-            _loaded_at = time.monotonic()
+            _table_generation, _loaded_at = generation, time.monotonic()
     return _table
 
 
-async def targets_for_key(key, model: str, mode: str) -> list[Target]:
-    """Authorize `key` for `model` and return its deployments for this kind of call.
+async def route_for_key(key, model: str, mode: str) -> RouteSpec:
+    """Authorize `key` for `model` and return the route serving it for this kind of call.
 
-    A model the tenant cannot see at all is "not found" (404), so that tenants
+    A name the tenant cannot see at all is "not found" (404), so that tenants
     cannot probe each other's private models; one it can see but this key or
     tenant may not use is "not allowed" (403).
     """
-    targets = (await current()).targets_for(key.tenant_id, model)
-    if not targets:
+    spec = (await current()).route_for(key.tenant_id, model)
+    if spec is None or not spec.targets:
         raise errors.model_not_found(model)
     if not key.may_use(model):
         raise errors.model_not_allowed(model)
-    targets = [t for t in targets if t.mode == mode]
+    targets = tuple(t for t in spec.targets if t.mode == mode)
     if not targets:
         what = "chat completions" if mode == "chat" else "embeddings"
         raise errors.bad_request(f"The model '{model}' does not support {what}.", param="model",
                                  code="model_not_supported")
-    return targets
+    return spec if len(targets) == len(spec.targets) else _replace_targets(spec, targets)
+
+
+async def route_named(tenant_id: int, name: str) -> RouteSpec | None:
+    return (await current()).route_for(tenant_id, name)

@@ -4,7 +4,10 @@ aiohttp rather than httpx's own transport: on these machines httpx costs about
 2.5 ms of CPU per proxied call against 0.2-0.5 ms for aiohttp (DESIGN.md).
 """
 
+import asyncio
+import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -15,6 +18,7 @@ from django.conf import settings
 from providers import adapters
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
 
+from . import breakers, stats
 from .table import Target
 
 _session: aiohttp.ClientSession | None = None
@@ -50,49 +54,192 @@ class Attempt:
     response: aiohttp.ClientResponse
     attempts: int
     started: float
+    first_chunk: bytes = b""
+    hedge_loser: Target | None = None
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.response.release()
+            stats.finished(self.target.deployment_id)
 
 
 BuildRequest = Callable[[object, Target], UpstreamRequest]
 
 
-async def open_call(targets: list[Target], build: BuildRequest) -> Attempt:
-    """POST to the first target that accepts the call; fall back on retryable failures.
+class RetryBudget:
+    """Retries allowed per process: RETRY_BUDGET_RATIO of recent calls plus a floor,
+    over a ten-second window, so that an outage is not multiplied by retries."""
 
-    Returns with the response headers read and the body unread, so that a stream
-    can be relayed as it arrives. Nothing has reached the client yet, which is
-    what makes falling back safe.
-    """
-    last_error: UpstreamError | None = None
-    for attempt, target in enumerate(targets, start=1):
-        adapter = adapters.for_kind(target.kind)
-        request = build(adapter, target)
-        started = time.perf_counter()
+    def __init__(self) -> None:
+        self.calls: deque[float] = deque()
+        self.retries: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        for window in (self.calls, self.retries):
+            while window and window[0] < now - 10:
+                window.popleft()
+
+    def call(self) -> None:
+        self.calls.append(time.monotonic())
+
+    def allow_retry(self) -> bool:
+        now = time.monotonic()
+        self._trim(now)
+        if len(self.retries) >= settings.RETRY_BUDGET_FLOOR + settings.RETRY_BUDGET_RATIO * len(self.calls):
+            return False
+        self.retries.append(now)
+        return True
+
+
+budget = RetryBudget()
+
+
+def _timeout(target: Target) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=target.total_timeout or settings.GATEWAY_UPSTREAM_TOTAL_TIMEOUT,
+        sock_connect=target.connect_timeout or settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT,
+        sock_read=target.first_byte_timeout or settings.GATEWAY_UPSTREAM_READ_TIMEOUT,
+    )
+
+
+async def _try(target: Target, build: BuildRequest, stream: bool, attempt_no: int) -> Attempt:
+    """One call to one deployment, up to its headers (and, for a stream, its first bytes)."""
+    adapter = adapters.for_kind(target.kind)
+    request = build(adapter, target)
+    started = time.perf_counter()
+    stats.started(target.deployment_id)
+    try:
+        response = await session().post(request.url, data=request.body, headers=request.headers,
+                                        timeout=_timeout(target))
+    except TimeoutError:
+        stats.finished(target.deployment_id)
+        raise UpstreamError(504, f"Provider '{target.provider_name}' did not answer in time.",
+                            retryable=True, code="upstream_timeout") from None
+    except aiohttp.ClientError:
+        stats.finished(target.deployment_id)
+        raise UpstreamError(502, f"Could not reach provider '{target.provider_name}'.", retryable=True) from None
+    attempt = Attempt(target, response, attempt_no, started)
+    if response.status >= 400:
         try:
-            response = await session().post(request.url, data=request.body, headers=request.headers)
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError):
+            body = b""
+        attempt.release()
+        raise adapter.map_error(target, response.status, body, response.headers)
+    if stream:
+        # Nothing has reached the client yet: a stream that breaks before its
+        # first bytes can still be retried elsewhere.
+        try:
+            attempt.first_chunk = await response.content.readany()
+        except (TimeoutError, aiohttp.ClientError):
+            attempt.first_chunk = b""
+        if not attempt.first_chunk:
+            attempt.release()
+            raise UpstreamError(502, f"Provider '{target.provider_name}' ended the stream before any data.",
+                                retryable=True, code="upstream_stream_cut")
+    return attempt
+
+
+def _schedule(targets: list[Target], max_attempts: int) -> list[Target]:
+    """The targets in order, cycled when there are fewer than max_attempts."""
+    return [targets[i % len(targets)] for i in range(max(max_attempts, 1))] if targets else []
+
+
+def _backoff(retry_no: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
+    ceiling = min(settings.RETRY_BACKOFF_MAX, settings.RETRY_BACKOFF_BASE * 2 ** (retry_no - 1))
+    return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 (jitter, not security)
+
+
+def _outcome(target: Target, error: UpstreamError | None, started: float = 0.0) -> None:
+    if error is None:
+        breakers.record(target.deployment_id, True)
+        stats.observe_latency(target.deployment_id, (time.perf_counter() - started) * 1000)
+    elif error.retryable:  # a request the client got wrong says nothing about the deployment
+        breakers.record(target.deployment_id, False, retry_after=error.retry_after if error.status == 429 else None,
+                        reason=error.message[:100])
+
+
+async def open_call(targets: list[Target], build: BuildRequest, *, stream: bool = False, max_attempts: int = 3,
+                    deadline_seconds: float = 120.0, hedge_after_ms: int | None = None) -> Attempt:
+    """Call the first target that answers; retry and fall back on retryable failures.
+
+    Returns with the response headers read (and a stream's first bytes) and the
+    body otherwise unread. Nothing has reached the client yet, which is what
+    makes retrying and falling back safe.
+    """
+    if not targets:
+        raise UpstreamError(503, "Every deployment for this model is failing; try again shortly.",
+                            retryable=False, code="no_healthy_deployment", type="server_error")
+    budget.call()
+    deadline = time.monotonic() + deadline_seconds
+    schedule, tried, last_error = _schedule(targets, max_attempts), set(), None
+    i = 0
+    while i < len(schedule):
+        target = schedule[i]
+        if i > 0:
+            if not budget.allow_retry():
+                break
+            if target.deployment_id in tried:
+                delay = _backoff(i, last_error.retry_after if last_error else None)
+                if time.monotonic() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)
+        remaining = deadline - time.monotonic()
+        hedge = hedge_after_ms and i + 1 < len(schedule) and schedule[i + 1] != target
+        try:
+            if hedge:
+                attempt = await asyncio.wait_for(
+                    _hedged(target, schedule[i + 1], build, stream, i + 1, hedge_after_ms / 1000), remaining)
+                i += 1
+            else:
+                attempt = await asyncio.wait_for(_attempt_with_outcome(target, build, stream, i + 1), remaining)
+        except UpstreamError as error:
+            tried.add(target.deployment_id)
+            last_error = error
+            if not error.retryable:
+                raise
+            i += 2 if hedge else 1
+            continue
         except TimeoutError:
-            last_error = UpstreamError(
-                504, f"Provider '{target.provider_name}' did not answer in time.",
-                retryable=True, code="upstream_timeout",
-            )
-            continue
-        except aiohttp.ClientError:
-            last_error = UpstreamError(
-                502, f"Could not reach provider '{target.provider_name}'.", retryable=True
-            )
-            continue
-        if response.status >= 400:
-            try:
-                body = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                body = b""
-            response.release()
-            last_error = adapter.map_error(target, response.status, body, response.headers)
-            if not last_error.retryable:
-                raise last_error
-            continue
-        return Attempt(target, response, attempt, started)
-    assert last_error is not None, "open_call needs at least one target"
+            last_error = UpstreamError(504, "No deployment answered within the route's deadline.",
+                                       retryable=False, code="upstream_timeout")
+            break
+        return attempt
     raise last_error
+
+
+async def _hedged(first: Target, second: Target, build, stream: bool, attempt_no: int, after: float) -> Attempt:
+    """Call `first`; if it has not answered within `after` seconds, call `second` too. First answer wins."""
+    tasks = {asyncio.create_task(_attempt_with_outcome(first, build, stream, attempt_no))}
+    done, _ = await asyncio.wait(tasks, timeout=after)
+    if done:
+        return tasks.pop().result()
+    tasks.add(asyncio.create_task(_attempt_with_outcome(second, build, stream, attempt_no + 1)))
+    last_error: UpstreamError | None = None
+    while tasks:
+        done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is None:
+                winner = task.result()
+                for loser in tasks:
+                    loser.cancel()
+                winner.hedge_loser = second if winner.target is first else first
+                return winner
+            last_error = task.exception()
+    raise last_error
+
+
+async def _attempt_with_outcome(target: Target, build, stream: bool, attempt_no: int) -> Attempt:
+    try:
+        attempt = await _try(target, build, stream, attempt_no)
+    except UpstreamError as error:
+        _outcome(target, error)
+        raise
+    _outcome(target, None, attempt.started)
+    return attempt
 
 
 async def read_json(attempt: Attempt) -> tuple[bytes, dict]:
@@ -105,7 +252,7 @@ async def read_json(attempt: Attempt) -> tuple[bytes, dict]:
         raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' broke off its response.",
                             retryable=False) from exc
     finally:
-        attempt.response.release()
+        attempt.release()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -121,7 +268,7 @@ async def sse_events(attempt: Attempt, want_usage: bool) -> AsyncIterator[Stream
     """Upstream SSE `data:` payloads, translated by the adapter, as they arrive."""
     adapter = adapters.for_kind(attempt.target.kind)
     buffer = b""
-    async for chunk in attempt.response.content.iter_any():
+    async for chunk in _chunks(attempt):
         buffer += chunk
         if b"\r\n" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
@@ -130,6 +277,13 @@ async def sse_events(attempt: Attempt, want_usage: bool) -> AsyncIterator[Stream
             data = _data_of(block)
             if data is not None:
                 yield adapter.stream_event(data, want_usage)
+
+
+async def _chunks(attempt: Attempt):
+    if attempt.first_chunk:
+        yield attempt.first_chunk
+    async for chunk in attempt.response.content.iter_any():
+        yield chunk
 
 
 def _data_of(block: bytes) -> bytes | None:

@@ -18,9 +18,9 @@ from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import UpstreamError
-from usage import limits, recorder
+from usage import limits, recorder, tokens
 
-from . import errors, estimates, table, upstream, validation
+from . import errors, estimates, strategies, table, upstream, validation
 from .call import Call, client_request_id
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,40 @@ def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
     response["x-gateway-provider"] = target.provider_name
     response["x-gateway-model"] = target.upstream_model
     response["x-gateway-deployment"] = str(target.deployment_id)
-    response["x-gateway-route"] = target.public_model
+    response["x-gateway-route"] = call.route
+    response["x-gateway-strategy"] = call.strategy
     response["x-gateway-attempts"] = str(call.attempts)
     return response
+
+
+async def _route(call: Call, mode: str, facts: strategies.Facts):
+    """Pick the route and order its targets; None of this touches the network."""
+    spec = await table.route_for_key(call.key, call.model, mode)
+    counted: list[int] = []
+
+    def count_prompt() -> int:
+        if not counted:
+            counted.append(tokens.count_messages(call.body.get("messages") or [], call.model)
+                           if mode == "chat" else facts.prompt_tokens)
+        return counted[0]
+
+    spec, targets = await strategies.plan(spec, facts, call.key.tenant_id, count_prompt)
+    call.route, call.strategy = spec.name, spec.strategy
+    return spec, targets
+
+
+async def _call(call: Call, spec, targets, build, stream: bool = False) -> upstream.Attempt:
+    try:
+        attempt = await upstream.open_call(targets, build, stream=stream, max_attempts=spec.max_attempts,
+                                           deadline_seconds=spec.deadline_seconds,
+                                           hedge_after_ms=spec.hedge_after_ms)
+    except errors.GatewayError:
+        call.attempts = min(len(targets), spec.max_attempts) or 0
+        raise
+    call.target, call.attempts = attempt.target, attempt.attempts
+    if attempt.hedge_loser is not None:
+        await recorder.record(call.hedge_loser_event(attempt.hedge_loser))
+    return attempt
 
 
 @endpoint("chat.completions", "POST")
@@ -97,10 +128,10 @@ async def chat_completions(request, call: Call) -> HttpResponse:
     body = validation.chat_body(request)
     call.body, call.model = body, body["model"]
     await _authenticate(request, call)
-    targets = await table.targets_for_key(call.key, call.model, "chat")
-    await _admit(call, estimates.chat, targets)
-    attempt = await upstream.open_call(targets, lambda adapter, t: adapter.chat_request(t, body, call.request_id))
-    call.target, call.attempts = attempt.target, attempt.attempts
+    spec, targets = await _route(call, "chat", strategies.facts_for_chat(body, len(request.body), request.headers))
+    await _admit(call, estimates.chat, targets or spec.targets)
+    attempt = await _call(call, spec, targets, lambda adapter, t: adapter.chat_request(t, body, call.request_id),
+                          stream=bool(body.get("stream")))
     if body.get("stream"):
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return _upstream_headers(_relay_stream(call, attempt, want_usage), call)
@@ -116,12 +147,11 @@ async def embeddings(request, call: Call) -> HttpResponse:
     body = validation.embeddings_body(request)
     call.body, call.model = body, body["model"]
     await _authenticate(request, call)
-    targets = await table.targets_for_key(call.key, call.model, "embedding")
-    await _admit(call, estimates.embeddings, targets)
-    attempt = await upstream.open_call(
-        targets, lambda adapter, t: adapter.embeddings_request(t, body, call.request_id)
-    )
-    call.target, call.attempts = attempt.target, attempt.attempts
+    facts = strategies.Facts(len(request.body), 0, False, False, "", request.headers)
+    spec, targets = await _route(call, "embedding", facts)
+    await _admit(call, estimates.embeddings, targets or spec.targets)
+    attempt = await _call(call, spec, targets,
+                          lambda adapter, t: adapter.embeddings_request(t, body, call.request_id))
     raw, data = await upstream.read_json(attempt)
     call.usage = for_kind(attempt.target.kind).parse_usage(data)
     call.estimate_usage()
@@ -133,9 +163,9 @@ async def models(request, call: Call) -> HttpResponse:
     key = await _key(request)
     routing_table = await table.current()
     data = [
-        {"id": t.public_model, "object": "model", "created": t.created, "owned_by": t.provider_name}
-        for t in routing_table.models_for(key.tenant_id)
-        if key.may_use(t.public_model)
+        {"id": name, "object": "model", "created": created, "owned_by": owner}
+        for name, created, owner in routing_table.models_for(key.tenant_id)
+        if key.may_use(name)
     ]
     return _json(orjson.dumps({"object": "list", "data": data}))
 
@@ -182,7 +212,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> St
             call.status, call.error_type = "upstream_error", "internal_error"
             yield b"data: " + errors.internal_error().body() + b"\n\n"
         finally:
-            attempt.response.release()
+            attempt.release()
             call.estimate_usage()
             # Shielded: a client that hangs up cancels this task, and the
             # tokens it already received must still be settled and recorded.

@@ -19,6 +19,7 @@ class UsageRecord(models.Model):
         UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
         CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
         STREAM_CUT = "stream_cut", "Upstream stream cut short"
+        HEDGE_CANCELLED = "hedge_cancelled", "Hedged call cancelled (the other answered first)"
 
     request_id = models.CharField(max_length=100, unique=True, help_text="The gateway's own id for the call.")
     client_request_id = models.CharField(
@@ -38,6 +39,9 @@ class UsageRecord(models.Model):
         Deployment, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     endpoint = models.CharField(max_length=32)
+    route = models.CharField(max_length=200, blank=True)
+    strategy = models.CharField(max_length=16, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
     public_model = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)

@@ -1,0 +1,50 @@
+from django.contrib import admin
+
+from . import breakers
+from .models import CircuitEvent, Route, RouteRule, RouteTarget
+
+
+class RouteTargetInline(admin.TabularInline):
+    model = RouteTarget
+    extra = 1
+    autocomplete_fields = ["deployment"]
+    fields = ["deployment", "priority", "weight", "is_active", "breaker"]
+    readonly_fields = ["breaker"]
+
+    @admin.display(description="breaker (this process)")
+    def breaker(self, obj: RouteTarget) -> str:
+        return breakers.state(obj.deployment_id) if obj.pk else "—"
+
+
+class RouteRuleInline(admin.TabularInline):
+    model = RouteRule
+    fk_name = "route"
+    extra = 0
+    autocomplete_fields = ["deployment", "sub_route"]
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = ["name", "tenant", "strategy", "hedge_after_ms", "max_attempts", "is_active"]
+    list_filter = ["strategy", "is_active", "tenant"]
+    search_fields = ["name"]
+    autocomplete_fields = ["context_fallback"]
+    inlines = [RouteTargetInline, RouteRuleInline]
+
+
+@admin.register(CircuitEvent)
+class CircuitEventAdmin(admin.ModelAdmin):
+    """Breaker history: when traffic left a deployment, and why. Read-only."""
+
+    list_display = ["created_at", "deployment", "state", "reason"]
+    list_filter = ["state", "deployment__provider"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

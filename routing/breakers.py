@@ -1,0 +1,145 @@
+"""Circuit breakers per deployment, shared by every gateway process.
+
+A breaker opens after BREAKER_FAILURES consecutive failures, or when more than
+BREAKER_FAILURE_RATE of at least BREAKER_MIN_CALLS calls in the last minute
+failed, or at once on a 429 (for its Retry-After). While open, the deployment
+gets no traffic. After BREAKER_COOLDOWN seconds one call is let through as a
+probe (half-open): success closes the breaker, failure opens it again.
+
+Every process decides locally, with no Redis round trip per request; state
+changes travel through Redis (a key per open breaker, plus pub/sub so other
+processes apply them at once), and each change is kept as a CircuitEvent for
+the admin.
+"""
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import redis
+from django.conf import settings
+
+from gateway_project.orm_thread import run_orm
+from gateway_project.redis_pool import sync_redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gw:breaker"
+
+
+@dataclass(slots=True)
+class Breaker:
+    open_until: float = 0.0  # epoch seconds; 0 = closed
+    consecutive: int = 0
+    calls: deque = field(default_factory=deque)  # (time, ok)
+    probing: bool = False
+
+
+_breakers: dict[int, Breaker] = {}
+
+
+def _get(deployment_id: int) -> Breaker:
+    breaker = _breakers.get(deployment_id)
+    if breaker is None:
+        breaker = _breakers[deployment_id] = Breaker()
+    return breaker
+
+
+def state(deployment_id: int) -> str:
+    b = _breakers.get(deployment_id)
+    if b is None or not b.open_until:
+        return "closed"
+    return "open" if time.time() < b.open_until else "half_open"
+
+
+def allows(deployment_id: int) -> bool:
+    """Whether a call may go to this deployment now (claims the probe when half-open)."""
+    b = _breakers.get(deployment_id)
+    if b is None or not b.open_until:
+        return True
+    if time.time() < b.open_until or b.probing:
+        return False
+    b.probing = True  # this call is the probe
+    return True
+
+
+def record(deployment_id: int, ok: bool, *, retry_after: float | None = None, reason: str = "") -> None:
+    b = _get(deployment_id)
+    now = time.time()
+    b.calls.append((now, ok))
+    while b.calls and b.calls[0][0] < now - 60:
+        b.calls.popleft()
+    if ok:
+        was_open = bool(b.open_until)
+        b.consecutive, b.probing = 0, False
+        if was_open:
+            _change(deployment_id, 0.0, "closed", "probe succeeded")
+        return
+    b.consecutive += 1
+    b.probing = False
+    if retry_after:
+        _change(deployment_id, now + retry_after, "open", f"429: cooling down {retry_after:g}s")
+    elif b.open_until:
+        _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open", f"probe failed: {reason}")
+    elif b.consecutive >= settings.BREAKER_FAILURES:
+        _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open",
+                f"{b.consecutive} consecutive failures: {reason}")
+    elif len(b.calls) >= settings.BREAKER_MIN_CALLS:
+        failed = sum(1 for _, good in b.calls if not good) / len(b.calls)
+        if failed > settings.BREAKER_FAILURE_RATE:
+            _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open",
+                    f"{failed:.0%} of {len(b.calls)} calls failed in a minute")
+
+
+def apply(deployment_id: int, open_until: float) -> None:
+    """A change announced by another process."""
+    b = _get(deployment_id)
+    b.open_until = open_until
+    b.probing = False
+    if not open_until:
+        b.consecutive = 0
+
+
+def _change(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
+    apply(deployment_id, open_until)
+    log.warning("breaker for deployment %s: %s (%s)", deployment_id, new_state, reason)
+    if settings.REDIS_URL:
+        try:
+            client = sync_redis()
+            if open_until:
+                client.set(f"gw:cb:{deployment_id}", open_until, exat=int(open_until) + 3600)
+            else:
+                client.delete(f"gw:cb:{deployment_id}")
+            client.publish(CHANNEL, f"{deployment_id}:{open_until}")
+        except (redis.RedisError, OSError):
+            log.warning("breaker change for %s not shared: Redis unreachable", deployment_id)
+    _log_event(deployment_id, new_state, reason)
+
+
+def _log_event(deployment_id: int, new_state: str, reason: str) -> None:
+    import asyncio
+
+    from .models import CircuitEvent
+
+    def write() -> None:
+        CircuitEvent.objects.create(deployment_id=deployment_id, state=new_state, reason=reason[:200])
+
+    try:
+        asyncio.get_running_loop().create_task(run_orm(write))
+    except RuntimeError:
+        write()
+
+
+def on_message(data: str) -> None:
+    deployment_id, _, open_until = data.partition(":")
+    apply(int(deployment_id), float(open_until))
+
+
+def load_shared() -> None:
+    """Read every open breaker from Redis (at startup and after reconnecting)."""
+    client = sync_redis()
+    for key in client.scan_iter("gw:cb:*"):
+        value = client.get(key)
+        if value:
+            apply(int(key.decode().split(":")[2]), float(value))

@@ -1,0 +1,14 @@
+"""Push route changes to every process's routing table."""
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from . import invalidation
+from .models import Route, RouteRule, RouteTarget
+
+
+@receiver([post_save, post_delete], sender=Route)
+@receiver([post_save, post_delete], sender=RouteTarget)
+@receiver([post_save, post_delete], sender=RouteRule)
+def routes_changed(sender, **kwargs) -> None:
+    invalidation.changed("routes")

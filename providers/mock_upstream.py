@@ -17,6 +17,7 @@ Knob names:
   error           answer with this HTTP status and an OpenAI error body
   retry_after     Retry-After seconds sent with error=429 (default 1)
   cut_after       stream: break the connection after this many content chunks
+                  (0: right after the headers, before any data)
   no_usage        1: never report usage, even when asked
   hang            1: never answer
 
@@ -198,7 +199,9 @@ async def _stream(send, body, knobs, words, finish, prompt, cid, created, model)
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     delay = knobs.get("chunk_delay_ms", 0) / 1000
-    cut_after = knobs.get("cut_after") or None
+    cut_after = knobs.get("cut_after")
+    if cut_after == 0:
+        raise Abort
     await emit(event({"role": "assistant", "content": "", "refusal": None}))
     for i, word in enumerate(words):
         if cut_after is not None and i >= cut_after:

@@ -35,6 +35,9 @@ SCENARIOS = {
     "stream": ("/v1/chat/completions", '{"model": "bench-chat", "stream": true, '
                '"messages": [{"role": "user", "content": "Hello there"}]}'),
     "embeddings": ("/v1/embeddings", '{"model": "bench-embed", "input": "Hello there", "dimensions": 256}'),
+    # The same JSON chat through a route of three targets (three providers, priority strategy).
+    "chat, 3-target route": ("/v1/chat/completions", '{"model": "bench-route", "messages": '
+                             '[{"role": "user", "content": "Hello there"}]}'),
 }
 
 
@@ -147,6 +150,15 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
     manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
            "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
            "--input-price", "0.15", "--output-price", "0.60")
+    for n in (2, 3):
+        manage(env, "add_provider", f"bench-mock-{n}", "--kind", "openai_compatible", "--base-url", mock_url,
+               "--model", f"bench-chat-{n}=mock-gpt", "--input-price", "0.15", "--output-price", "0.60")
+    manage(env, "shell", "-c", (
+        "from routing.models import Route, RouteTarget; from providers.models import Deployment; "
+        "r = Route.objects.create(name='bench-route'); "
+        "[RouteTarget.objects.create(route=r, deployment=d, priority=i) for i, d in enumerate("
+        "Deployment.objects.filter(public_model__in=['bench-chat', 'bench-chat-2', 'bench-chat-3'])"
+        ".order_by('public_model'))]"))
     key = manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the
@@ -187,11 +199,15 @@ def main() -> None:
     try:
         wait_http(mock_url + "/models")
         key = prepare_database(env, mock_url, not opts.no_limits)
+        # As in production, usage is drained by a process of its own (Celery there),
+        # not by the gateway; its CPU is reported separately.
         procs.append(start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--workers",
-                            str(opts.workers), "--log-level", "warning"], env))
+                            str(opts.workers), "--log-level", "warning"], {**env, "USAGE_DRAIN_IN_PROCESS": "false"}))
         procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
                             str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                             "--log-level", "warning", "--lifespan", "off"], {**env, "UPSTREAM_URL": mock_url}))
+        drainer = start([sys.executable, "manage.py", "drain_usage", "--loop", "--interval", "0.5"], env)
+        procs.append(drainer)
         wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
         wait_http(f"http://127.0.0.1:{floor_port}/v1/models")
         targets = {
@@ -199,18 +215,26 @@ def main() -> None:
             "bare Django relay (floor)": (f"http://127.0.0.1:{floor_port}", procs[2].pid, None, "upstream"),
             "gateway": (f"http://127.0.0.1:{gw_port}", procs[1].pid, key, "gateway"),
         }
-        rows = []
+        rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
         for scenario, (path, body) in SCENARIOS.items():
             for target, (url, pid, auth, names) in targets.items():
+                if scenario.startswith("chat,") and names != "gateway":
+                    continue  # the same as plain chat for the mock and the floor
                 payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
-                    "bench-embed", "mock-embed")
-                script = wrk_script(tmp, f"{scenario}-{names}", payload, auth)
+                    "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")
+                script = wrk_script(tmp, f"{scenario.replace(' ', '_').replace(',', '')}-{names}", payload, auth)
                 # Warm up pools, caches and the routing table.
                 run_wrk(wrk, url + path, script, 4, 1, pid)
                 loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
                 single = run_wrk(wrk, url + path, script, 1, duration / 2, pid)
                 rows.append((scenario, target, loaded, single))
+                if names == "gateway":
+                    gateway_requests += loaded["requests"] + single["requests"]
+        time.sleep(1.5)  # let the drainer finish
+        drain_ms = (cpu_seconds(drainer.pid) - drain_before) * 1000 / max(gateway_requests, 1)
         print_table(rows, opts, duration)
+        print(f"\nUsage drain (its own process, bulk inserts into PostgreSQL): {drain_ms:.2f} ms CPU per "
+              "gateway request.")
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

@@ -6,9 +6,11 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import orjson
+
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
-from usage import limits, tokens
+from usage import limits, recorder, tokens
 from usage.limits import Admission
 
 from .errors import GatewayError
@@ -71,11 +73,15 @@ class Call:
             return Decimal(0)
         return self.target.cost(self.usage.prompt_tokens, self.usage.completion_tokens)
 
-    async def settle(self) -> None:
-        """Replace the limits reservation with what the call really used."""
+    async def settle_and_record(self) -> None:
+        """Settle the limits reservation with what the call used, and buffer its usage event."""
+        event = self.event()
         if self.admission is not None:
             used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
-            await limits.settle(self.admission, used, limits.to_micros(self.cost()))
+            serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
+            if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized):
+                return  # the settle script buffered the event too
+        await recorder.record(event)
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

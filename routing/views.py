@@ -49,8 +49,7 @@ def endpoint(name: str, method: str):
                 for name_, value in call.admission.headers.items():
                     response[name_] = value
             if call.key is not None and not call.recorded_by_stream:
-                await call.settle()
-                await recorder.record(call.event())
+                await call.settle_and_record()
             return response
 
         return view
@@ -170,11 +169,6 @@ async def models(request, call: Call) -> HttpResponse:
     return _json(orjson.dumps({"object": "list", "data": data}))
 
 
-async def _settle_and_record(call: Call) -> None:
-    await call.settle()
-    await recorder.record(call.event())
-
-
 def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> StreamingHttpResponse:
     """Relay the upstream SSE stream event by event; record usage when it ends, however it ends."""
     call.streamed = True
@@ -216,7 +210,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> St
             call.estimate_usage()
             # Shielded: a client that hangs up cancels this task, and the
             # tokens it already received must still be settled and recorded.
-            await asyncio.shield(_settle_and_record(call))
+            await asyncio.shield(call.settle_and_record())
 
     response = StreamingHttpResponse(relay(), content_type="text/event-stream")
     response["cache-control"] = "no-cache"

@@ -200,3 +200,20 @@ def test_threshold_alerts_email_admins_once_per_threshold(engine, tenant, api_ke
     subjects = sorted(m.subject for m in mail.outbox)
     assert "budget at 50%" in subjects[0] and "budget at 80%" in subjects[1]
     assert AuditLog.objects.filter(action="limit.threshold").count() == 2
+
+
+def test_free_models_settle_cleanly(engine, tenant, api_key):
+    # A zero-cost reservation once broke the Lua settle (Lua renders -0 as "-0").
+    Limit.objects.create(tenant=tenant, budget_usd=Decimal("0.001"), token_quota=100, period="total")
+
+    async def scenario():
+        for _ in range(3):
+            admission = await limits.admit(tenant.id, api_key[0].id, "free", estimate(tokens=0, micros=0))
+            assert await limits.settle(admission, 0, 0) is False
+        more = await limits.admit(tenant.id, api_key[0].id, "free", estimate(tokens=100, micros=1000))
+        await limits.settle(more, 100, 1000)
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "free", estimate(tokens=1, micros=0))
+        return refused.value.code
+
+    assert run(scenario()) == "quota_exceeded"

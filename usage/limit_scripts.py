@@ -34,8 +34,9 @@ local function settle(resv, actual_tok, actual_cost)
     end
     if e.ph then
       local before = redis.call('HMGET', e.ph, 'tok', 'cost')
-      redis.call('HINCRBY', e.ph, 'tokres', -e.tok)
-      redis.call('HINCRBY', e.ph, 'costres', -e.cost)
+      -- 0 - x, not -x: Lua renders -0 as "-0", which Redis refuses as an integer.
+      redis.call('HINCRBY', e.ph, 'tokres', 0 - e.tok)
+      redis.call('HINCRBY', e.ph, 'costres', 0 - e.cost)
       local tok = redis.call('HINCRBY', e.ph, 'tok', actual_tok)
       local cost = redis.call('HINCRBY', e.ph, 'cost', actual_cost)
       table.insert(out, {e.id, tonumber(before[1]) or 0, tok, tonumber(before[2]) or 0, cost})
@@ -45,8 +46,12 @@ local function settle(resv, actual_tok, actual_cost)
 end
 """
 
+# ARGV: reservation id, tokens, micro-dollars, and optionally the usage event,
+# appended to the usage stream in the same step (one round trip, not two).
 SETTLE = _COMMON + r"""
-return settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local out = settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if ARGV[4] then redis.call('XADD', 'gw:usage', '*', 'e', ARGV[4]) end
+return out
 """
 
 # ARGV: now_ms, reservation id, ttl_ms, rule count, then 10 values per rule:

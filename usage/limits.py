@@ -237,23 +237,27 @@ async def _rebuild(rule: Rule, now: float) -> None:
     log.info("limits: rebuilt %s from the database (%d tokens, %d micro-USD)", key, tokens, micros)
 
 
-async def settle(admission: Admission | None, tokens: int, micros: int) -> None:
-    """Replace the reservation with real usage (exactly once) and raise threshold alerts."""
+async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None) -> bool:
+    """Replace the reservation with real usage (exactly once) and raise threshold alerts.
+
+    With Redis, `event` (a serialized usage event) is appended to the usage
+    buffer in the same script; returns whether it was.
+    """
     if admission is None or admission.settled:
-        return
+        return False
     admission.settled = True
-    crossings: list = []
     if admission.engine == "redis":
         try:
-            result = await _scripts().settle(args=[admission.reservation, tokens, micros])
-            crossings = [tuple(int(x) for x in row) for row in result]
-        except (redis.RedisError, OSError):
+            args = [admission.reservation, tokens, micros] + ([event] if event is not None else [])
+            result = await _scripts().settle(args=args)
+        except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at its estimate.
-            log.warning("limits: could not settle %s; it will settle at its estimate", admission.reservation)
-            return
-    else:
-        crossings = local.settle(admission, tokens, micros)
-    _alert_crossings(admission, crossings)
+            log.warning("limits: could not settle %s (%s); it will settle at its estimate", admission.reservation, exc)
+            return False
+        _alert_crossings(admission, [tuple(int(x) for x in row) for row in result])
+        return event is not None
+    _alert_crossings(admission, local.settle(admission, tokens, micros))
+    return False
 
 
 def _alert_crossings(admission: Admission, crossings: list) -> None:

@@ -21,7 +21,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "tenant__name"]
     readonly_fields = ["prefix", "last_used_at", "revoked_at", "created_by", "created_at"]
-    fields = ["tenant", "name", "allowed_models", "expires_at", *readonly_fields]
+    fields = ["tenant", "name", "allowed_models", "default_model", "expires_at", *readonly_fields]
     actions = ["revoke_keys"]
     inlines = [KeyLimitInline]
 

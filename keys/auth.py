@@ -32,6 +32,7 @@ class KeyInfo:
     allowed_models: frozenset[str]
     tenant_allowed_models: frozenset[str]
     expires_at: float | None
+    default_model: str = ""
 
     def may_use(self, model: str) -> bool:
         if self.allowed_models and model not in self.allowed_models:
@@ -47,7 +48,8 @@ def _load(digest: str) -> KeyInfo | None:
     row = (
         ApiKey.objects.active()
         .select_related("tenant")
-        .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "tenant__allowed_models")
+        .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "default_model",
+              "tenant__allowed_models", "tenant__default_model")
         .filter(key_hash=digest)
         .first()
     )
@@ -62,6 +64,7 @@ def _load(digest: str) -> KeyInfo | None:
         allowed_models=frozenset(row.allowed_models or ()),
         tenant_allowed_models=frozenset(row.tenant.allowed_models or ()),
         expires_at=row.expires_at.timestamp() if row.expires_at else None,
+        default_model=row.default_model or row.tenant.default_model,
     )
 
 

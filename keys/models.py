@@ -29,6 +29,10 @@ class ApiKey(models.Model):
         blank=True,
         help_text="Public model names this key may call; empty means every model the tenant may call.",
     )
+    default_model = models.CharField(
+        max_length=200, blank=True,
+        help_text='Route or model served when a request asks for model "default" (else the tenant\'s).',
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -11,9 +11,9 @@ class RouteTargetInline(admin.TabularInline):
     fields = ["deployment", "priority", "weight", "is_active", "breaker"]
     readonly_fields = ["breaker"]
 
-    @admin.display(description="breaker (this process)")
+    @admin.display(description="circuit breaker")
     def breaker(self, obj: RouteTarget) -> str:
-        return breakers.state(obj.deployment_id) if obj.pk else "—"
+        return breakers.shared_state(obj.deployment_id) if obj.pk else "—"
 
 
 class RouteRuleInline(admin.TabularInline):

@@ -136,6 +136,22 @@ def on_message(data: str) -> None:
     apply(int(deployment_id), float(open_until))
 
 
+def shared_state(deployment_id: int) -> str:
+    """The fleet's view (Redis), for the admin, which may run in a process that routes nothing."""
+    if not settings.REDIS_URL:
+        return state(deployment_id)
+    try:
+        value = sync_redis().get(f"gw:cb:{deployment_id}")
+    except (redis.RedisError, OSError):
+        return "unknown (Redis unreachable)"
+    if not value:
+        return "closed"
+    until = float(value)
+    if time.time() >= until:
+        return "half-open (next call probes)"
+    return "open until " + time.strftime("%H:%M:%S UTC", time.gmtime(until))
+
+
 def load_shared() -> None:
     """Read every open breaker from Redis (at startup and after reconnecting)."""
     client = sync_redis()

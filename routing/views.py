@@ -67,6 +67,8 @@ async def _key(request):
 
 async def _authenticate(request, call: Call) -> None:
     call.key = await _key(request)
+    if call.model == "default" and call.key.default_model:
+        call.model = call.key.default_model  # the key's default route, else its tenant's
 
 
 async def _admit(call: Call, estimate, targets) -> None:

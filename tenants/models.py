@@ -15,6 +15,10 @@ class Tenant(models.Model):
         blank=True,
         help_text="Public model names this tenant may call; empty means every model it can see.",
     )
+    default_model = models.CharField(
+        max_length=200, blank=True,
+        help_text='Route or model served when a request asks for model "default".',
+    )
     time_zone = models.CharField(
         max_length=64, default="UTC", help_text="Budget and quota periods (day, week, month) follow this time zone."
     )

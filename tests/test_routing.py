@@ -204,3 +204,29 @@ def test_retry_budget_stops_retries_from_multiplying_an_outage(settings):
         budget.call()
     allowed = sum(budget.allow_retry() for _ in range(50))
     assert allowed == 7  # 2 + 10% of 50
+
+
+def test_default_model_of_the_key_else_the_tenant(key_client, gateway, api_key, tenant, mock):
+    from keys.models import ApiKey
+
+    deployment(provider(mock, "tenant-default"), "for-tenant")
+    deployment(provider(mock, "key-default"), "for-key")
+    tenant.default_model = "for-tenant"
+    tenant.save()
+    _, keyed = ApiKey.issue(tenant, "with default")
+    ApiKey.objects.filter(name="with default").update(default_model="for-key")
+    ApiKey.objects.get(name="with default").save()  # announce the change
+    assert served_by(ready(gateway, api_key[1], "default")) == "tenant-default"
+    assert served_by(ready(gateway, keyed, "default")) == "key-default"
+
+
+def test_routes_are_listed_as_models_and_the_admin_shows_breaker_state(key_client, gateway, api_key, mock, client,
+                                                                       django_user_model):
+    failing = deployment(provider(mock, "failing", error=429, retry_after=60), "m1")
+    route("listed", [(failing, 1), (deployment(provider(mock, "fine"), "m2"), 1)])
+    assert wait_until(lambda: "listed" in [m.id for m in key_client.models.list()])
+    ask(gateway, api_key[1], "listed")
+    assert wait_until(lambda: CircuitEvent.objects.filter(deployment=failing, state="open").exists())
+    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", "pw-for-tests-only"))
+    page = client.get(f"/admin/routing/route/{Route.objects.get(name='listed').id}/change/").content.decode()
+    assert "open until" in page and "closed" in page

@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from gateway_project.readonly_admin import ReadOnlyAdmin
+
 from . import breakers
 from .models import CircuitEvent, Route, RouteRule, RouteTarget
 
@@ -33,18 +35,9 @@ class RouteAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitEvent)
-class CircuitEventAdmin(admin.ModelAdmin):
+class CircuitEventAdmin(ReadOnlyAdmin):
     """Breaker history: when traffic left a deployment, and why. Read-only."""
 
     list_display = ["created_at", "deployment", "state", "reason"]
     list_filter = ["state", "deployment__provider"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

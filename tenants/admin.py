@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from gateway_project.readonly_admin import ReadOnlyAdmin
 from usage.admin import LimitInline
 
 from .models import AuditLog, Membership, Tenant
@@ -29,18 +30,9 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdmin):
     """Read-only: an audit trail nobody can edit."""
 
     list_display = ["created_at", "actor_label", "action", "object_type", "object_repr", "tenant", "address"]
     list_filter = ["action", "object_type", "tenant"]
     search_fields = ["object_repr", "actor_label"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -2,12 +2,14 @@ from decimal import Decimal
 
 from django.contrib import admin
 
+from gateway_project.readonly_admin import ReadOnlyAdmin
+
 from . import limits
 from .models import Limit, UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     """The billing ledger: read-only."""
 
     list_display = ["created_at", "request_id", "tenant", "key_prefix", "public_model", "provider_name",
@@ -17,15 +19,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def _use_summary(limit: Limit) -> str:

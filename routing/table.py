@@ -34,6 +34,7 @@ class Target:
     base_url: str
     api_key: str = field(repr=False)
     extra_headers: dict[str, str]
+    settings: dict[str, str]
     public_model: str
     upstream_model: str
     mode: str
@@ -71,6 +72,33 @@ class RoutingTable:
         return seen
 
 
+def target_for(provider, deployment=None) -> Target:
+    """A Target for one deployment of `provider` (or for the provider alone, to probe it).
+
+    Raises SecretUnreadable when the provider secret cannot be decrypted.
+    """
+    d = deployment
+    return Target(
+        deployment_id=d.id if d else 0,
+        provider_id=provider.id,
+        provider_name=provider.name,
+        tenant_id=provider.tenant_id,
+        kind=provider.kind,
+        base_url=provider.base_url.rstrip("/"),
+        api_key=provider.get_api_key(),
+        extra_headers=dict(provider.extra_headers or {}),
+        settings=provider.effective_settings(),
+        public_model=d.public_model if d else "",
+        upstream_model=d.upstream_model if d else "",
+        mode=d.mode if d else "chat",
+        context_window=d.context_window if d else 0,
+        max_output_tokens=d.max_output_tokens if d else 0,
+        input_price_per_mtok=d.input_price_per_mtok if d else Decimal(0),
+        output_price_per_mtok=d.output_price_per_mtok if d else Decimal(0),
+        created=int(d.created_at.timestamp()) if d else 0,
+    )
+
+
 def _load() -> RoutingTable:
     rows = (
         Deployment.objects.filter(is_active=True, provider__is_active=True)
@@ -80,32 +108,10 @@ def _load() -> RoutingTable:
     )
     targets = []
     for d in rows:
-        p = d.provider
         try:
-            api_key = p.get_api_key()
+            targets.append(target_for(d.provider, d))
         except SecretUnreadable:
-            log.error("provider %s: secret unreadable with the configured keys; skipped", p.name)
-            continue
-        targets.append(
-            Target(
-                deployment_id=d.id,
-                provider_id=p.id,
-                provider_name=p.name,
-                tenant_id=p.tenant_id,
-                kind=p.kind,
-                base_url=p.base_url.rstrip("/"),
-                api_key=api_key,
-                extra_headers=dict(p.extra_headers or {}),
-                public_model=d.public_model,
-                upstream_model=d.upstream_model,
-                mode=d.mode,
-                context_window=d.context_window,
-                max_output_tokens=d.max_output_tokens,
-                input_price_per_mtok=d.input_price_per_mtok,
-                output_price_per_mtok=d.output_price_per_mtok,
-                created=int(d.created_at.timestamp()),
-            )
-        )
+            log.error("provider %s: secret unreadable with the configured keys; skipped", d.provider.name)
     return RoutingTable(targets)
 
 

@@ -8,6 +8,7 @@ from django.db import models
 from tenants.models import Tenant
 
 from . import crypto
+from .adapters import for_kind
 
 
 class Provider(models.Model):
@@ -135,3 +136,8 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_model} → {self.provider.name}/{self.upstream_model}"
+
+    def clean(self) -> None:
+        provider = self.provider if self.provider_id else None
+        if provider and self.mode == self.Mode.EMBEDDING and not for_kind(provider.kind).EMBEDDINGS:
+            raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no embeddings."})

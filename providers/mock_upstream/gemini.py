@@ -12,7 +12,7 @@ from .server import Request, send_json, send_stream, sse
 STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
             429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
-MODELS = ("mock-gemini", "mock-gemini-embed")
+MODELS = ("mock-gemini", "mock-text-embed")
 
 
 def error_body(status: int, key: str = "") -> dict:
@@ -43,7 +43,9 @@ def ask_of(body: dict) -> Ask:
     texts = [_texts((body.get("systemInstruction") or {}).get("parts"))] if body.get("systemInstruction") else []
     texts += [_texts(c.get("parts")) for c in contents]
     after_tool = bool(contents) and any("functionResponse" in p for p in contents[-1].get("parts") or ())
-    tools = [{"name": f["name"], "parameters": f.get("parameters") or f.get("parametersJsonSchema") or {}}
+    # Google's JSON parser takes field names in camelCase and in snake_case alike.
+    tools = [{"name": f["name"], "parameters": f.get("parameters") or f.get("parametersJsonSchema")
+              or f.get("parameters_json_schema") or {}}
              for t in body.get("tools") or () for f in t.get("functionDeclarations") or ()]
     calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     mode, allowed = calling.get("mode"), calling.get("allowedFunctionNames") or []

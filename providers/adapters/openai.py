@@ -89,6 +89,10 @@ def stream_event(data: bytes, want_usage: bool) -> StreamEvent:
             usage_only = not chunk.get("choices")
             forward = data if (want_usage or not usage_only) else None
             return StreamEvent(forward=forward, usage=usage, has_content=not usage_only)
+    if b'"choices":[]' in data:
+        # Azure opens with a chunk of prompt filter results and no choices; OpenAI
+        # clients expect every chunk but the usage one to carry a choice.
+        return StreamEvent(forward=None)
     # Chat chunks carry "content", legacy completion chunks "text".
     return StreamEvent(forward=data, has_content=(b'"content":"' in data and b'"content":""' not in data)
                        or b'"tool_calls":[' in data or (b'"text":"' in data and b'"text":""' not in data))

@@ -1,6 +1,7 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from .connection import check_connection
 from .models import Deployment, Provider
 
 
@@ -19,7 +20,7 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers",
-                  "tenant", "is_active"]
+                  "settings", "tenant", "is_active"]
 
     def save(self, commit=True):
         provider = super().save(commit=False)
@@ -46,6 +47,14 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["kind", "is_active", "tenant"]
     search_fields = ["name", "base_url"]
     inlines = [DeploymentInline]
+    actions = ["test_connection"]
+
+    @admin.action(description="Test connection (list the provider's models)")
+    def test_connection(self, request, queryset) -> None:
+        for provider in queryset:
+            result = check_connection(provider)
+            level = messages.SUCCESS if result.ok else messages.ERROR
+            self.message_user(request, f"{provider.name}: {result.summary()}", level=level)
 
     @admin.display(boolean=True, description="key set")
     def key_stored(self, obj: Provider) -> bool:

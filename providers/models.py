@@ -1,12 +1,14 @@
 import os
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
 from tenants.models import Tenant
 
 from . import crypto
+from .adapters import for_kind
 
 
 class Provider(models.Model):
@@ -14,7 +16,21 @@ class Provider(models.Model):
 
     class Kind(models.TextChoices):
         OPENAI = "openai", "OpenAI"
+        AZURE = "azure", "Azure OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini"
+        COHERE = "cohere", "Cohere"
+        OLLAMA = "ollama", "Ollama"
+        HUGGINGFACE = "huggingface", "Hugging Face (TGI / Inference Endpoints)"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Groq, Mistral, …)"
+
+    # Per-kind settings an admin may put in `settings`, with their defaults.
+    SETTINGS: dict[str, dict[str, str]] = {
+        "azure": {"api_version": "2024-10-21"},
+        "anthropic": {"anthropic_version": "2023-06-01"},
+        "cohere": {"embed_input_type": "search_document"},
+        "gemini": {"api_version": "v1beta"},
+    }
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.OPENAI_COMPATIBLE)
@@ -26,6 +42,11 @@ class Provider(models.Model):
         help_text="Read the secret from this environment variable instead of storing it.",
     )
     extra_headers = models.JSONField(default=dict, blank=True, help_text="Sent with every upstream call.")
+    settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Kind-specific settings, e.g. {"api_version": "2024-10-21"} for Azure OpenAI. See docs/providers.md.',
+    )
     tenant = models.ForeignKey(
         Tenant,
         null=True,
@@ -42,6 +63,24 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        allowed = self.SETTINGS.get(self.kind, {})
+        if not isinstance(self.settings, dict):
+            raise ValidationError({"settings": "Expected a JSON object."})
+        unknown = sorted(set(self.settings) - set(allowed))
+        if unknown:
+            known = ", ".join(allowed) or "none"
+            raise ValidationError({"settings": f"Unknown setting(s) for {self.kind}: {', '.join(unknown)} "
+                                               f"(known: {known})."})
+        if not isinstance(self.extra_headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_headers.items()
+        ):
+            raise ValidationError({"extra_headers": "Expected a JSON object of header names to string values."})
+
+    def effective_settings(self) -> dict[str, str]:
+        """The kind's defaults overlaid with what the admin set."""
+        return {**self.SETTINGS.get(self.kind, {}), **(self.settings or {})}
 
     def set_api_key(self, secret: str) -> None:
         self.api_key_encrypted = crypto.encrypt(secret) if secret else ""
@@ -102,3 +141,8 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_model} → {self.provider.name}/{self.upstream_model}"
+
+    def clean(self) -> None:
+        provider = self.provider if self.provider_id else None
+        if provider and self.mode == self.Mode.EMBEDDING and not for_kind(provider.kind).EMBEDDINGS:
+            raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no embeddings."})

@@ -105,10 +105,17 @@ class Call:
         if self.usage is not None:
             return
         self.tokens_estimated = True
-        prompt = 0
-        if self.body and self.endpoint == "chat.completions":
-            prompt = tokens.count_messages(self.body.get("messages") or [], self.model)
-        self.usage = Usage(prompt_tokens=prompt, completion_tokens=self.delivered_chunks)
+        self.usage = Usage(prompt_tokens=self._estimated_prompt(), completion_tokens=self.delivered_chunks)
+
+    def _estimated_prompt(self) -> int:
+        body = self.body or {}
+        if "messages" in body:  # chat, and Anthropic messages once translated
+            return tokens.count_messages(body.get("messages") or [], self.model)
+        value = body.get("input", body.get("prompt"))
+        texts = [value] if isinstance(value, str) else [v for v in value or () if isinstance(v, str)]
+        if value and not texts:  # token arrays
+            return sum(len(v) if isinstance(v, list) else 1 for v in value)
+        return sum(tokens.count_text(t, self.model) for t in texts)
 
     def hedge_loser_event(self, target: Target) -> dict:
         """The call a hedge cancelled: recorded (no tokens known) so that nothing sent upstream is hidden."""

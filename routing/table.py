@@ -9,7 +9,7 @@ carry the name as their public model (priority order).
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.conf import settings
@@ -37,6 +37,7 @@ class Target:
     base_url: str
     api_key: str = field(repr=False)
     extra_headers: dict[str, str]
+    settings: dict[str, str]
     public_model: str
     upstream_model: str
     mode: str
@@ -119,35 +120,50 @@ class RoutingTable:
 
 
 def _replace_targets(spec: RouteSpec, targets: tuple[Target, ...]) -> RouteSpec:
-    from dataclasses import replace
-
     return replace(spec, targets=targets)
 
 
-def _target(d: Deployment, **overrides) -> Target | None:
-    p = d.provider
+def _target(d: Deployment) -> Target | None:
     try:
-        api_key = p.get_api_key()
+        return target_for(d.provider, d)
     except SecretUnreadable:
-        log.error("provider %s: secret unreadable with the configured keys; skipped", p.name)
+        log.error("provider %s: secret unreadable with the configured keys; skipped", d.provider.name)
         return None
-    fields = dict(
-        deployment_id=d.id, provider_id=p.id, provider_name=p.name, tenant_id=p.tenant_id, kind=p.kind,
-        base_url=p.base_url.rstrip("/"), api_key=api_key, extra_headers=dict(p.extra_headers or {}),
-        public_model=d.public_model, upstream_model=d.upstream_model, mode=d.mode,
-        context_window=d.context_window, max_output_tokens=d.max_output_tokens,
-        input_price_per_mtok=d.input_price_per_mtok, output_price_per_mtok=d.output_price_per_mtok,
-        created=int(d.created_at.timestamp()), priority=d.priority, supports_vision=d.supports_vision,
-        supports_tools=d.supports_tools, connect_timeout=d.connect_timeout,
-        first_byte_timeout=d.first_byte_timeout, total_timeout=d.total_timeout,
-    )
-    fields.update(overrides)
-    return Target(**fields)
 
 
 _LIVE = Q(is_active=True, provider__is_active=True) & (
     Q(provider__tenant__isnull=True) | Q(provider__tenant__is_active=True)
 )
+
+
+def target_for(provider, deployment=None) -> Target:
+    """A Target for one deployment of `provider` (or for the provider alone, to probe it).
+
+    Raises SecretUnreadable when the provider secret cannot be decrypted.
+    """
+    d = deployment
+    return Target(
+        deployment_id=d.id if d else 0,
+        provider_id=provider.id,
+        provider_name=provider.name,
+        tenant_id=provider.tenant_id,
+        kind=provider.kind,
+        base_url=provider.base_url.rstrip("/"),
+        api_key=provider.get_api_key(),
+        extra_headers=dict(provider.extra_headers or {}),
+        settings=provider.effective_settings(),
+        public_model=d.public_model if d else "",
+        upstream_model=d.upstream_model if d else "",
+        mode=d.mode if d else "chat",
+        context_window=d.context_window if d else 0,
+        max_output_tokens=d.max_output_tokens if d else 0,
+        input_price_per_mtok=d.input_price_per_mtok if d else Decimal(0),
+        output_price_per_mtok=d.output_price_per_mtok if d else Decimal(0),
+        created=int(d.created_at.timestamp()) if d else 0,
+        **({"priority": d.priority, "supports_vision": d.supports_vision, "supports_tools": d.supports_tools,
+            "connect_timeout": d.connect_timeout, "first_byte_timeout": d.first_byte_timeout,
+            "total_timeout": d.total_timeout} if d else {}),
+    )
 
 
 def _load() -> RoutingTable:
@@ -159,7 +175,7 @@ def _load() -> RoutingTable:
     for rt in RouteTarget.objects.filter(is_active=True, deployment_id__in=by_id).order_by("priority", "id"):
         base = by_id[rt.deployment_id]
         route_targets.setdefault(rt.route_id, []).append(
-            _target_with(base, priority=rt.priority, weight=rt.weight))
+            replace(base, priority=rt.priority, weight=rt.weight))
     rules: dict[int, list[Rule]] = {}
     for rule in RouteRule.objects.select_related("sub_route").order_by("order", "id"):
         rules.setdefault(rule.route_id, []).append(Rule(
@@ -176,10 +192,6 @@ def _load() -> RoutingTable:
     return RoutingTable(targets, routes)
 
 
-def _target_with(base: Target, **changes) -> Target:
-    from dataclasses import replace
-
-    return replace(base, **changes)
 
 
 _table: RoutingTable | None = None

@@ -111,8 +111,8 @@ async def _try(target: Target, build: BuildRequest, stream: bool, attempt_no: in
     started = time.perf_counter()
     stats.started(target.deployment_id)
     try:
-        response = await session().post(request.url, data=request.body, headers=request.headers,
-                                        timeout=_timeout(target))
+        response = await session().request(request.method, request.url, data=request.body,
+                                           headers=request.headers, timeout=_timeout(target))
     except TimeoutError:
         stats.finished(target.deployment_id)
         raise UpstreamError(504, f"Provider '{target.provider_name}' did not answer in time.",
@@ -242,7 +242,7 @@ async def _attempt_with_outcome(target: Target, build, stream: bool, attempt_no:
     return attempt
 
 
-async def read_json(attempt: Attempt) -> tuple[bytes, dict]:
+async def read_json(attempt: Attempt, allow_list: bool = False) -> tuple[bytes, dict | list]:
     try:
         body = await attempt.response.read()
     except TimeoutError as exc:
@@ -258,15 +258,25 @@ async def read_json(attempt: Attempt) -> tuple[bytes, dict]:
     except orjson.JSONDecodeError as exc:
         raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed response.",
                             retryable=False) from exc
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
         raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed response.",
                             retryable=False)
     return body, data
 
 
-async def sse_events(attempt: Attempt, want_usage: bool) -> AsyncIterator[StreamEvent]:
-    """Upstream SSE `data:` payloads, translated by the adapter, as they arrive."""
-    adapter = adapters.for_kind(attempt.target.kind)
+async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """The upstream stream's events, translated, as they arrive (never buffered whole)."""
+    framing = adapters.for_kind(attempt.target.kind).STREAM_FRAMING
+    payloads = _ndjson_lines(attempt) if framing == "ndjson" else _sse_data(attempt)
+    async for data in payloads:
+        try:
+            yield translate(data)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
+            raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream event.",
+                                retryable=False, code="upstream_error") from exc
+
+
+async def _sse_data(attempt: Attempt) -> AsyncIterator[bytes]:
     buffer = b""
     async for chunk in _chunks(attempt):
         buffer += chunk
@@ -276,7 +286,19 @@ async def sse_events(attempt: Attempt, want_usage: bool) -> AsyncIterator[Stream
             block, buffer = buffer[:end], buffer[end + 2 :]
             data = _data_of(block)
             if data is not None:
-                yield adapter.stream_event(data, want_usage)
+                yield data
+
+
+async def _ndjson_lines(attempt: Attempt) -> AsyncIterator[bytes]:
+    buffer = b""
+    async for chunk in _chunks(attempt):
+        buffer += chunk
+        while (end := buffer.find(b"\n")) != -1:
+            line, buffer = buffer[:end].strip(), buffer[end + 1 :]
+            if line:
+                yield line
+    if buffer.strip():
+        yield buffer.strip()
 
 
 async def _chunks(attempt: Attempt):

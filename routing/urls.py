@@ -4,6 +4,8 @@ from . import views
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
+    path("v1/messages", views.messages),
+    path("v1/completions", views.completions),
     path("v1/embeddings", views.embeddings),
     path("v1/models", views.models),
 ]

@@ -92,3 +92,55 @@ def embeddings_body(request) -> dict:
     _optional(body, "dimensions", (int,), lambda v: v >= 1, "expected a positive integer")
     _optional(body, "encoding_format", (str,), lambda v: v in ("float", "base64"), "expected 'float' or 'base64'")
     return body
+
+
+def _positive_int(body: dict, name: str, required: bool = False) -> None:
+    value = body.get(name)
+    if value is None and not required:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise errors.bad_request(f"'{name}' must be a positive integer.", param=name,
+                                 code="missing_required_parameter" if value is None else "invalid_value")
+
+
+def messages_body(request) -> dict:
+    """An Anthropic Messages API request (POST /v1/messages)."""
+    body = json_body(request)
+    _model(body)
+    _positive_int(body, "max_tokens", required=True)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
+                                 code="missing_required_parameter")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant") or not isinstance(
+            message.get("content"), (str, list)
+        ):
+            raise errors.bad_request(f"Invalid message at messages[{i}]: each needs a 'role' of user or assistant "
+                                     "and a 'content' string or array of blocks.", param=f"messages[{i}]",
+                                     code="invalid_value")
+    _optional(body, "stream", (bool,), hint="expected a boolean")
+    _optional(body, "system", (str, list), hint="expected a string or an array of text blocks")
+    _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
+    _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
+    _optional(body, "stop_sequences", (list,), hint="expected an array of strings")
+    return body
+
+
+def completions_body(request) -> dict:
+    """A legacy text completions request (POST /v1/completions)."""
+    body = json_body(request)
+    _model(body)
+    prompt = body.get("prompt")
+    ok = (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (
+        all(isinstance(p, str) for p in prompt) or _is_token_list(prompt)
+        or all(isinstance(p, list) and _is_token_list(p) for p in prompt))))
+    if not ok:
+        raise errors.bad_request("'prompt' must be a string, an array of strings, or token arrays.",
+                                 param="prompt", code="invalid_value")
+    _optional(body, "stream", (bool,), hint="expected a boolean")
+    _optional(body, "stream_options", (dict,), hint="expected an object")
+    _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
+    _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
+    _positive_int(body, "max_tokens")
+    return body

@@ -8,6 +8,7 @@ call shares: the request id, errors in OpenAI's shape, and the usage event.
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -17,16 +18,19 @@ from django.views.decorators.csrf import csrf_exempt
 from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
-from providers.adapters.base import UpstreamError
+from providers.adapters.base import StreamEvent, UpstreamError
 from usage import limits, recorder, tokens
 
-from . import errors, estimates, strategies, table, upstream, validation
+from . import anthropic_front, completions_front, errors, estimates, strategies, table, upstream, validation
 from .call import Call, client_request_id
 
 log = logging.getLogger(__name__)
 
 
-def endpoint(name: str, method: str):
+def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError], HttpResponse] | None = None):
+    """Wrap a handler with the request id, errors in one shape (OpenAI's unless
+    `error_shape` says otherwise) and the call's one usage event."""
+
     def decorate(handler):
         @csrf_exempt
         @functools.wraps(handler)
@@ -38,12 +42,12 @@ def endpoint(name: str, method: str):
                 response = await handler(request, call)
             except errors.GatewayError as error:
                 call.failed(error)
-                response = error.response()
+                response = error_shape(error) if error_shape else error.response()
             except Exception:
                 log.exception("request %s failed inside the gateway", call.request_id)
                 error = errors.internal_error()
                 call.failed(error)
-                response = error.response()
+                response = error_shape(error) if error_shape else error.response()
             response["x-request-id"] = call.response_id
             if call.admission is not None:
                 for name_, value in call.admission.headers.items():
@@ -94,6 +98,25 @@ def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
     return response
 
 
+
+
+def _json(body: bytes) -> HttpResponse:
+    response = HttpResponse(body, content_type="application/json")
+    response["content-length"] = str(len(body))
+    return response
+
+
+def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
+    target = call.target
+    response["x-gateway-provider"] = target.provider_name
+    response["x-gateway-model"] = target.upstream_model
+    response["x-gateway-deployment"] = str(target.deployment_id)
+    response["x-gateway-route"] = call.route
+    response["x-gateway-strategy"] = call.strategy
+    response["x-gateway-attempts"] = str(call.attempts)
+    return response
+
+
 async def _route(call: Call, mode: str, facts: strategies.Facts):
     """Pick the route and order its targets; None of this touches the network."""
     spec = await table.route_for_key(call.key, call.model, mode)
@@ -124,39 +147,92 @@ async def _call(call: Call, spec, targets, build, stream: bool = False) -> upstr
     return attempt
 
 
+async def _open(request, call: Call, body: dict, mode: str, build, stream: bool = False) -> upstream.Attempt:
+    """Authenticate, authorize, route, admit and open the upstream call (the steps every endpoint shares)."""
+    call.body, call.model = body, body["model"]
+    await _authenticate(request, call)
+    if mode == "chat":
+        facts = strategies.facts_for_chat(body, len(request.body), request.headers)
+    else:
+        facts = strategies.Facts(len(request.body), 0, False, False, "", request.headers)
+    spec, targets = await _route(call, mode, facts)
+    await _admit(call, estimates.chat if mode == "chat" else estimates.embeddings, targets or spec.targets)
+    return await _call(call, spec, targets, build, stream=stream)
+
+
+async def _read_chat(call: Call, attempt: upstream.Attempt, body: dict) -> tuple[bytes, dict, bool]:
+    """The upstream's answer as (raw body, OpenAI-shaped completion, whether raw already is that completion)."""
+    raw, data = await upstream.read_json(attempt)
+    call.first_token()
+    adapter = for_kind(attempt.target.kind)
+    call.usage = adapter.parse_usage(data)
+    call.estimate_usage()
+    completion = adapter.chat_response(attempt.target, body, data)
+    return raw, data if completion is None else completion, completion is None
+
+
 @endpoint("chat.completions", "POST")
 async def chat_completions(request, call: Call) -> HttpResponse:
     body = validation.chat_body(request)
-    call.body, call.model = body, body["model"]
-    await _authenticate(request, call)
-    spec, targets = await _route(call, "chat", strategies.facts_for_chat(body, len(request.body), request.headers))
-    await _admit(call, estimates.chat, targets or spec.targets)
-    attempt = await _call(call, spec, targets, lambda adapter, t: adapter.chat_request(t, body, call.request_id),
+    attempt = await _open(request, call, body, "chat",
+                          lambda adapter, t: adapter.chat_request(t, body, call.request_id),
                           stream=bool(body.get("stream")))
     if body.get("stream"):
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return _upstream_headers(_relay_stream(call, attempt, want_usage), call)
-    raw, data = await upstream.read_json(attempt)
-    call.first_token()
-    call.usage = for_kind(attempt.target.kind).parse_usage(data)
-    call.estimate_usage()
-    return _upstream_headers(_json(raw), call)
+        translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, want_usage)
+        return _upstream_headers(_relay_stream(call, attempt, translate, OpenAIStream()), call)
+    raw, completion, verbatim = await _read_chat(call, attempt, body)
+    return _upstream_headers(_json(raw if verbatim else orjson.dumps(completion)), call)
+
+
+@endpoint("messages", "POST", error_shape=anthropic_front.error_response)
+async def messages(request, call: Call) -> HttpResponse:
+    """Anthropic's Messages API in front of any provider kind."""
+    body = anthropic_front.to_openai(validation.messages_body(request))
+    attempt = await _open(request, call, body, "chat",
+                          lambda adapter, t: adapter.chat_request(t, body, call.request_id),
+                          stream=bool(body.get("stream")))
+    if body.get("stream"):
+        translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, True)
+        return _upstream_headers(_relay_stream(call, attempt, translate, anthropic_front.Stream(call.model)), call)
+    _, completion, _ = await _read_chat(call, attempt, body)
+    message = anthropic_front.from_openai(completion, call.model)
+    return _upstream_headers(_json(orjson.dumps(message)), call)
+
+
+@endpoint("completions", "POST")
+async def completions(request, call: Call) -> HttpResponse:
+    """Legacy text completions: native where the upstream has them, through chat elsewhere."""
+    body = validation.completions_body(request)
+    attempt = await _open(request, call, body, "chat", lambda adapter, t: completions_front.request(
+        adapter, t, body, call.request_id), stream=bool(body.get("stream")))
+    adapter = for_kind(attempt.target.kind)
+    native = completions_front.is_native(adapter)
+    chat_body = body if native else completions_front.to_chat(body)
+    if body.get("stream"):
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translate = adapter.chat_stream(attempt.target, chat_body, want_usage)
+        writer = OpenAIStream() if native else completions_front.Stream()
+        return _upstream_headers(_relay_stream(call, attempt, translate, writer), call)
+    raw, completion, verbatim = await _read_chat(call, attempt, chat_body)
+    answer = raw if verbatim else orjson.dumps(completion if native else completions_front.from_chat(completion))
+    return _upstream_headers(_json(answer), call)
 
 
 @endpoint("embeddings", "POST")
 async def embeddings(request, call: Call) -> HttpResponse:
     body = validation.embeddings_body(request)
-    call.body, call.model = body, body["model"]
-    await _authenticate(request, call)
-    facts = strategies.Facts(len(request.body), 0, False, False, "", request.headers)
-    spec, targets = await _route(call, "embedding", facts)
-    await _admit(call, estimates.embeddings, targets or spec.targets)
-    attempt = await _call(call, spec, targets,
+    attempt = await _open(request, call, body, "embedding",
                           lambda adapter, t: adapter.embeddings_request(t, body, call.request_id))
-    raw, data = await upstream.read_json(attempt)
-    call.usage = for_kind(attempt.target.kind).parse_usage(data)
+    raw, data = await upstream.read_json(attempt, allow_list=True)
+    adapter = for_kind(attempt.target.kind)
+    call.usage = adapter.parse_usage(data)
     call.estimate_usage()
-    return _upstream_headers(_json(raw), call)
+    answer = adapter.embeddings_response(attempt.target, body, data)
+    if answer is not None and "usage" not in answer:
+        # The upstream reported no tokens: answer with the gateway's estimate.
+        answer["usage"] = {"prompt_tokens": call.usage.prompt_tokens, "total_tokens": call.usage.prompt_tokens}
+    return _upstream_headers(_json(raw if answer is None else orjson.dumps(answer)), call)
 
 
 @endpoint("models", "GET")
@@ -171,42 +247,56 @@ async def models(request, call: Call) -> HttpResponse:
     return _json(orjson.dumps({"object": "list", "data": data}))
 
 
-def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> StreamingHttpResponse:
-    """Relay the upstream SSE stream event by event; record usage when it ends, however it ends."""
+class OpenAIStream:
+    """Writes stream events as OpenAI's SSE: pass-through payloads verbatim,
+    translated chunks serialised, and `[DONE]` at the end."""
+
+    def feed(self, event: StreamEvent) -> bytes:
+        if event.forward is not None:
+            return b"data: " + event.forward + b"\n\n"
+        out = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in event.chunks or ())
+        return out + b"data: [DONE]\n\n" if event.done and event.chunks is not None else out
+
+    def error(self, error: errors.GatewayError) -> bytes:
+        # OpenAI's SDKs raise an error found in the stream.
+        return b"data: " + error.body() + b"\n\n"
+
+
+def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
+    """Relay the upstream stream event by event through `writer`; record usage when it ends, however it ends."""
     call.streamed = True
     call.recorded_by_stream = True
 
     async def relay():
         finished = False
         try:
-            async for event in upstream.sse_events(attempt, want_usage):
+            async for event in upstream.stream_events(attempt, translate):
                 if event.usage is not None:
                     call.usage = event.usage
                 if event.has_content:
                     call.first_token()
                     call.delivered_chunks += 1
-                if event.forward is not None:
-                    yield b"data: " + event.forward + b"\n\n"
+                if out := writer.feed(event):
+                    yield out
                 finished = finished or event.done
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
                                     retryable=False, code="upstream_stream_cut")
         except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
-            # Headers are gone already: the error travels in the stream, where
-            # OpenAI's SDKs raise it.
+            # Headers are gone already: the error travels in the stream.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(
                 502, f"Provider '{attempt.target.provider_name}' broke off the stream.",
                 retryable=False, code="upstream_stream_cut",
             )
             call.status, call.error_type = "stream_cut", error.code
-            yield b"data: " + error.body() + b"\n\n"
+            yield writer.error(error)
         except (asyncio.CancelledError, GeneratorExit):
             call.status = "client_disconnected"
             raise
         except Exception:
             log.exception("stream %s failed inside the gateway", call.request_id)
             call.status, call.error_type = "upstream_error", "internal_error"
-            yield b"data: " + errors.internal_error().body() + b"\n\n"
+            yield writer.error(errors.internal_error())
         finally:
             attempt.release()
             call.estimate_usage()
@@ -218,4 +308,3 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, want_usage: bool) -> St
     response["cache-control"] = "no-cache"
     response["x-accel-buffering"] = "no"
     return response
-

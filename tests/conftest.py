@@ -169,3 +169,59 @@ def key_client(gateway, mock_provider, api_key):
     # Configuration reaches the gateway process through Redis within moments.
     assert wait_until(lambda: any(m.id == "gpt-test" for m in client.models.list()))
     return client
+
+
+# Every provider kind, pointed at the mock upstream: (base URL suffix, chat model,
+# embedding model or None when the kind has no embeddings, settings).
+KINDS = {
+    "openai": ("/v1", "mock-gpt", "mock-embed", {}),
+    "openai_compatible": ("/v1", "mock-gpt", "mock-embed", {}),
+    "azure": ("/azure", "my-gpt-deployment", "my-embedding-deployment", {"api_version": "2024-10-21"}),
+    "anthropic": ("", "mock-claude", None, {}),
+    "gemini": ("", "mock-gemini", "mock-text-embed", {}),
+    "cohere": ("/cohere", "mock-command", "mock-embed-v4", {}),
+    "ollama": ("", "mock-llama", "mock-embed", {}),
+    "huggingface": ("/huggingface", "tgi", "tei", {}),
+}
+EMBEDDING_KINDS = [kind for kind, spec in KINDS.items() if spec[2]]
+PROVIDER_SECRET = "sk-kind-secret-9f8e7d6c5b4a"
+
+
+def make_provider(kind: str, url: str, name: str | None = None, knobs: str = "", **deployment):
+    """A provider of `kind` on the mock (optionally behind a /knobs/... prefix) with
+    chat-<name> and, where the kind has them, embed-<name> deployments."""
+    from providers.models import Deployment, Provider
+
+    suffix, chat_model, embed_model, kind_settings = KINDS[kind]
+    name = name or kind
+    base = url + (f"/knobs/{knobs}" if knobs else "") + suffix
+    provider = Provider(name=name, kind=kind, base_url=base, settings=kind_settings)
+    provider.set_api_key(PROVIDER_SECRET)
+    provider.full_clean()
+    provider.save()
+    prices = {"input_price_per_mtok": "1.5", "output_price_per_mtok": "6", **deployment}
+    Deployment.objects.create(provider=provider, public_model=f"chat-{name}", upstream_model=chat_model, **prices)
+    if embed_model:
+        Deployment.objects.create(provider=provider, public_model=f"embed-{name}", upstream_model=embed_model,
+                                  mode="embedding", input_price_per_mtok="0.1")
+    return provider
+
+
+def usage_record(request_id: str):
+    from usage.models import UsageRecord
+
+    from django.db.models import Q
+
+    # The id a response carries is the client's own x-request-id when it sent one.
+    return wait_until(lambda: UsageRecord.objects.filter(
+        Q(request_id=request_id) | Q(client_request_id=request_id)).first())
+
+
+@pytest.fixture()
+def kind_client(request, gateway, api_key, mock):
+    """(openai SDK client on the gateway, public chat model) for the kind in request.param."""
+    kind = request.param
+    make_provider(kind, mock.url)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: f"chat-{kind}" in [m.id for m in client.models.list()])
+    return client, kind

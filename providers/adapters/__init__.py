@@ -5,10 +5,16 @@ A new provider kind is one new module and one line in ADAPTERS.
 
 from types import ModuleType
 
-from . import openai
+from . import anthropic, azure, cohere, gemini, huggingface, ollama, openai
 
 ADAPTERS: dict[str, ModuleType] = {
     "openai": openai,
+    "azure": azure,
+    "anthropic": anthropic,
+    "gemini": gemini,
+    "cohere": cohere,
+    "ollama": ollama,
+    "huggingface": huggingface,
     "openai_compatible": openai,
 }
 

@@ -1,12 +1,23 @@
 """The contract every provider adapter keeps, and the one error type they raise.
 
 An adapter module provides:
+  STREAM_FRAMING                       "sse" or "ndjson": how the upstream frames a stream
+  EMBEDDINGS                           whether the kind offers embeddings
   chat_request(target, body, request_id) -> UpstreamRequest
+  chat_response(target, body, data) -> dict | None
+      the OpenAI chat.completion for the upstream's answer; None when the
+      upstream's own body already is one (it is then relayed byte for byte)
+  chat_stream(target, body, want_usage) -> (data: bytes) -> StreamEvent
+      a translator for one stream, fed each upstream event's payload in order
   embeddings_request(target, body, request_id) -> UpstreamRequest
-  parse_usage(response: dict) -> Usage | None
-  stream_event(data: bytes, want_usage: bool) -> StreamEvent
+  embeddings_response(target, body, data) -> dict | None   (as chat_response)
+  parse_usage(data: dict) -> Usage | None     from the upstream's own body
   map_error(target, status, body, headers) -> UpstreamError
-Requests and responses on the gateway's side are always OpenAI-shaped.
+  models_request(target) -> UpstreamRequest;  parse_models(data) -> list[str]
+and, where the upstream has OpenAI's legacy text completions natively,
+  completions_request(target, body, request_id) -> UpstreamRequest
+Requests and responses on the gateway's side are always OpenAI-shaped. A
+parameter the upstream cannot honour is refused with a 400 naming it.
 """
 
 import re
@@ -21,22 +32,30 @@ from routing.errors import GatewayError
 class UpstreamRequest:
     url: str
     headers: dict[str, str]
-    body: bytes
+    body: bytes | None
+    method: str = "POST"
 
 
 @dataclass(slots=True)
 class Usage:
+    # OpenAI's accounting: prompt_tokens include cached ones, completion_tokens
+    # include reasoning ones. Adapters convert to it.
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
 class StreamEvent:
-    forward: bytes | None  # the OpenAI-shaped `data:` payload to relay, or None to drop it
+    # The upstream's OpenAI-shaped `data:` payload, relayed verbatim (pass-through
+    # adapters), or None to drop it.
+    forward: bytes | None
     usage: Usage | None = None
     has_content: bool = False
     done: bool = False
+    # Translating adapters give OpenAI chunk objects instead of `forward`.
+    chunks: list[dict] | None = None
 
 
 class UpstreamError(GatewayError):
@@ -89,18 +108,36 @@ def retry_after_seconds(headers) -> float | None:
 
 
 def error_for_status(provider: str, status: int, message: str, retry_after: float | None) -> UpstreamError:
-    """Map an upstream HTTP failure to what the client sees, the same for every provider."""
+    """Map an upstream HTTP failure to what the client sees, the same for every provider.
+
+    Only the request's own faults (400, 413, 422) reach the client as such;
+    the provider refusing the gateway's key or not knowing its model is the
+    gateway's configuration at fault, so those are 502s another deployment
+    may not share (retryable).
+    """
     if status in (400, 413, 422):
         # The request itself is at fault: another provider would refuse it too.
         return UpstreamError(400 if status == 422 else status,
                              f"Provider '{provider}' rejected the request: {message}",
                              retryable=False, code="upstream_bad_request", type="invalid_request_error")
-    if status in (401, 403):
+    if status == 401:
         return UpstreamError(502, f"Provider '{provider}' rejected the gateway's credentials.",
                              retryable=True, code="upstream_auth_failed")
+    if status == 403:
+        return UpstreamError(502, f"Provider '{provider}' refused the gateway access: {message}",
+                             retryable=True, code="upstream_forbidden")
+    if status == 404:
+        return UpstreamError(502, f"Provider '{provider}' does not know the model or endpoint: {message}",
+                             retryable=True, code="upstream_not_found")
     if status == 429:
         return UpstreamError(429, f"Provider '{provider}' is rate limiting requests; retry later.",
                              retryable=True, retry_after=retry_after, code="upstream_rate_limited",
                              type="rate_limit_error")
     return UpstreamError(502, f"Provider '{provider}' failed with status {status}: {message}",
                          retryable=True, code="upstream_error")
+
+
+def mapped_error(target, status: int, body: bytes, headers) -> UpstreamError:
+    """map_error for every kind whose error bodies `upstream_message` can read."""
+    message = scrub(upstream_message(body), target.api_key)
+    return error_for_status(target.provider_name, status, message, retry_after_seconds(headers))

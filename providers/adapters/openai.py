@@ -1,29 +1,25 @@
 """OpenAI and OpenAI-compatible servers: the gateway's own wire format, so
 requests pass through with the model renamed and responses are relayed as is."""
 
+import functools
+
 import orjson
 
-from .base import (
-    StreamEvent,
-    UpstreamError,
-    UpstreamRequest,
-    Usage,
-    error_for_status,
-    retry_after_seconds,
-    scrub,
-    upstream_message,
-)
+from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
+
+STREAM_FRAMING = "sse"
+EMBEDDINGS = True
 
 
-def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
+def headers(target, request_id: str) -> dict[str, str]:
+    result = {"content-type": "application/json", "x-request-id": request_id}
     if target.api_key:
-        headers["authorization"] = f"Bearer {target.api_key}"
-    headers.update(target.extra_headers)
-    return headers
+        result["authorization"] = f"Bearer {target.api_key}"
+    result.update(target.extra_headers)
+    return result
 
 
-def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
+def chat_payload(target, body: dict) -> bytes:
     payload = dict(body)
     payload["model"] = target.upstream_model
     if payload.get("stream"):
@@ -32,24 +28,49 @@ def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
         options = dict(payload.get("stream_options") or {})
         options["include_usage"] = True
         payload["stream_options"] = options
-    return UpstreamRequest(f"{target.base_url}/chat/completions", _headers(target, request_id), orjson.dumps(payload))
+    return orjson.dumps(payload)
+
+
+def plain_payload(target, body: dict) -> bytes:
+    payload = dict(body)
+    payload["model"] = target.upstream_model
+    return orjson.dumps(payload)
+
+
+def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/chat/completions", headers(target, request_id),
+                           chat_payload(target, body))
+
+
+def completions_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/completions", headers(target, request_id),
+                           chat_payload(target, body))
 
 
 def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
-    payload = dict(body)
-    payload["model"] = target.upstream_model
-    return UpstreamRequest(f"{target.base_url}/embeddings", _headers(target, request_id), orjson.dumps(payload))
+    return UpstreamRequest(f"{target.base_url}/embeddings", headers(target, request_id), plain_payload(target, body))
+
+
+def chat_response(target, body: dict, data: dict) -> None:
+    return None  # already OpenAI's shape: relayed as is
+
+
+def embeddings_response(target, body: dict, data: dict) -> None:
+    return None
 
 
 def parse_usage(response: dict) -> Usage | None:
     usage = response.get("usage")
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details") or {}
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
     return Usage(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=(int(completion_details.get("reasoning_tokens") or 0)
+                          if isinstance(completion_details, dict) else 0),
     )
 
 
@@ -68,9 +89,25 @@ def stream_event(data: bytes, want_usage: bool) -> StreamEvent:
             usage_only = not chunk.get("choices")
             forward = data if (want_usage or not usage_only) else None
             return StreamEvent(forward=forward, usage=usage, has_content=not usage_only)
-    return StreamEvent(forward=data, has_content=b'"content":"' in data and b'"content":""' not in data)
+    if b'"choices":[]' in data:
+        # Azure opens with a chunk of prompt filter results and no choices; OpenAI
+        # clients expect every chunk but the usage one to carry a choice.
+        return StreamEvent(forward=None)
+    # Chat chunks carry "content", legacy completion chunks "text".
+    return StreamEvent(forward=data, has_content=(b'"content":"' in data and b'"content":""' not in data)
+                       or b'"tool_calls":[' in data or (b'"text":"' in data and b'"text":""' not in data))
 
 
-def map_error(target, status: int, body: bytes, headers) -> UpstreamError:
-    message = scrub(upstream_message(body), target.api_key)
-    return error_for_status(target.provider_name, status, message, retry_after_seconds(headers))
+def chat_stream(target, body: dict, want_usage: bool):
+    return functools.partial(stream_event, want_usage=want_usage)
+
+
+def models_request(target) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/models", headers(target, "connection-test"), None, method="GET")
+
+
+def parse_models(data: dict) -> list[str]:
+    return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and "id" in m]
+
+
+map_error = mapped_error

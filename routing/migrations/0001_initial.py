@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('providers', '0002_deployment_connect_timeout_and_more'),
+        ('providers', '0003_deployment_timeouts_and_capabilities'),
         ('tenants', '0002_tenant_time_zone'),
     ]
 

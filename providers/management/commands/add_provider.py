@@ -1,9 +1,11 @@
 import os
 from decimal import Decimal, InvalidOperation
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from providers.adapters import for_kind
 from providers.models import Deployment, Provider
 from tenants.models import Tenant
 
@@ -16,6 +18,16 @@ def _price(value: str) -> Decimal:
     if price < 0:
         raise CommandError("prices cannot be negative")
     return price
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            raise CommandError(f"bad {option} {value!r}: expected NAME=VALUE")
+        pairs[name] = setting
+    return pairs
 
 
 class Command(BaseCommand):
@@ -31,6 +43,10 @@ class Command(BaseCommand):
         parser.add_argument("--api-key-env", help="Environment variable holding the provider's API key")
         parser.add_argument("--store-key", action="store_true",
                             help="Store the key read from --api-key-env encrypted, instead of reading it at run time")
+        parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                            help="A kind-specific setting, e.g. api_version=2024-10-21 for azure (repeatable)")
+        parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                            help="An extra header sent with every upstream call (repeatable)")
         parser.add_argument("--model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
         parser.add_argument("--embedding-model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
         parser.add_argument("--tenant", help="Tenant slug (default: shared by all tenants)")
@@ -60,7 +76,14 @@ class Command(BaseCommand):
                 provider.api_key_env = ""
             else:
                 provider.api_key_env = o["api_key_env"]
-        provider.full_clean()
+        if o["setting"]:
+            provider.settings = {**provider.settings, **_pairs(o["setting"], "--setting")}
+        if o["header"]:
+            provider.extra_headers = {**provider.extra_headers, **_pairs(o["header"], "--header")}
+        try:
+            provider.full_clean()
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
         provider.save()
         prices = {
             "input_price_per_mtok": _price(o["input_price"]),
@@ -74,6 +97,8 @@ class Command(BaseCommand):
             public, _, upstream_model = spec.partition("=")
             if not public:
                 raise CommandError(f"bad --model {spec!r}: expected PUBLIC[=UPSTREAM]")
+            if mode == "embedding" and not for_kind(provider.kind).EMBEDDINGS:
+                raise CommandError(f"{provider.get_kind_display()} providers offer no embeddings")
             Deployment.objects.update_or_create(
                 provider=provider, public_model=public, upstream_model=upstream_model or public,
                 defaults={"mode": mode, "is_active": True, **prices},

@@ -4,7 +4,7 @@ from providers import mock_upstream
 
 
 class Command(BaseCommand):
-    help = "Serve the mock upstream (OpenAI wire format) used by tests, the demo and benchmarks."
+    help = "Serve the mock upstream (every supported provider's wire format) used by tests, the demo and benchmarks."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -12,9 +12,9 @@ class Command(BaseCommand):
         parser.add_argument("--latency-ms", type=int)
         parser.add_argument("--chunks", type=int)
         parser.add_argument("--chunk-delay-ms", type=int)
-        parser.add_argument("--require-key", help="Answer 401 unless this bearer key is sent")
+        parser.add_argument("--require-key", help="Answer 401 unless this key is sent (in the header each provider uses)")
 
     def handle(self, host, port, latency_ms, chunks, chunk_delay_ms, require_key, **options):
-        mock_upstream.configure(latency_ms=latency_ms, chunks=chunks, chunk_delay_ms=chunk_delay_ms)
-        mock_upstream.REQUIRED_KEY = require_key
+        mock_upstream.configure(require_key=require_key, latency_ms=latency_ms, chunks=chunks,
+                                chunk_delay_ms=chunk_delay_ms)
         mock_upstream.serve(host, port)

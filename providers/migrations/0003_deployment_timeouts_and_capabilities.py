@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('providers', '0001_initial'),
+        ('providers', '0002_provider_kinds_and_settings'),
     ]
 
     operations = [

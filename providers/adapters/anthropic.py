@@ -1,0 +1,249 @@
+"""Anthropic's Messages API (POST /v1/messages), translated from and to OpenAI's chat.
+
+The provider's base URL is https://api.anthropic.com (without /v1). The key goes
+in `x-api-key`, the API version in `anthropic-version` (provider setting
+`anthropic_version`). JSON response formats are honoured the way Anthropic
+documents it: one forced tool whose input schema is the wanted JSON, its input
+returned as the message text.
+"""
+
+import orjson
+
+from routing.errors import GatewayError
+
+from . import openai_format as fmt
+from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_error
+
+STREAM_FRAMING = "sse"
+EMBEDDINGS = False
+KIND = "anthropic"
+SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "tools",
+                       "tool_choice", "parallel_tool_calls", "response_format"})
+JSON_TOOL = "json_response"
+DEFAULT_MAX_TOKENS = 4096
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                "tool_use": "tool_calls", "refusal": "content_filter", "model_context_window_exceeded": "length"}
+
+
+def _headers(target, request_id: str) -> dict[str, str]:
+    headers = {"content-type": "application/json", "anthropic-version": target.settings.get("anthropic_version", ""),
+               "x-request-id": request_id}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    headers.update(target.extra_headers)
+    return headers
+
+
+def _image(part: dict, param: str) -> dict:
+    url = fmt.image_url_of(part, param)
+    inline = fmt.inline_image(url)
+    if inline is None:
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
+
+
+def _blocks(content, param: str) -> list[dict]:
+    blocks = []
+    for i, part in enumerate(fmt.parts_of(content)):
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            blocks.append(_image(part, f"{param}[{i}]"))
+        else:
+            raise fmt.unsupported(KIND, f"{param}[{i}]", f"content parts of type '{part.get('type')}'")
+    return blocks
+
+
+def _turn(message: dict, param: str) -> tuple[str, list[dict]]:
+    role = message["role"]
+    if role == "tool":
+        return "user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+                         "content": fmt.text_of(message.get("content"))}]
+    if role == "assistant":
+        blocks = [b for b in _blocks(message.get("content"), param + ".content") if b.get("text") != ""]
+        for call in message.get("tool_calls") or ():
+            blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": (call.get("function") or {}).get(
+                "name", ""), "input": fmt.arguments_of(call, param + ".tool_calls")})
+        return "assistant", blocks
+    return "user", _blocks(message.get("content"), param + ".content")
+
+
+def _messages(messages: list) -> tuple[list[dict], list[dict]]:
+    """(system blocks, turns), consecutive turns of one role merged as Anthropic expects."""
+    system, turns = [], []
+    for i, message in enumerate(messages):
+        if message["role"] in ("system", "developer"):
+            system.append({"type": "text", "text": fmt.text_of(message.get("content"))})
+            continue
+        role, blocks = _turn(message, f"messages[{i}]")
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _tool_choice(body: dict) -> dict | None:
+    choice = body.get("tool_choice")
+    forced = fmt.forced_function(choice)
+    result = ({"type": "tool", "name": forced} if forced else
+              {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}.get(choice))
+    if body.get("parallel_tool_calls") is False:
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
+
+
+def _tools(body: dict, payload: dict) -> None:
+    functions = fmt.functions_of(body)
+    json_format = fmt.json_schema_of(body)
+    if functions and json_format:
+        raise fmt.unsupported(KIND, "response_format", "a JSON response format cannot be combined with tools")
+    if json_format:
+        schema = json_format[1] or {"type": "object"}
+        payload["tools"] = [{"name": JSON_TOOL, "description": "Answer with this JSON.", "input_schema": schema}]
+        payload["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+        return
+    if functions:
+        payload["tools"] = [{"name": f.get("name", ""), "description": f.get("description", ""),
+                             "input_schema": f.get("parameters") or {"type": "object", "properties": {}}}
+                            for f in functions]
+    if (choice := _tool_choice(body)) is not None:
+        payload["tool_choice"] = choice
+
+
+def payload(target, body: dict) -> dict:
+    fmt.refuse_unsupported(KIND, body, SUPPORTED)
+    system, turns = _messages(body["messages"])
+    result = {"model": target.upstream_model, "messages": turns,
+              "max_tokens": fmt.max_tokens_of(body) or min(target.max_output_tokens or DEFAULT_MAX_TOKENS,
+                                                           DEFAULT_MAX_TOKENS)}
+    if system:
+        result["system"] = system
+    for name, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(name) is not None:
+            result[theirs] = body[name]
+    if stop := fmt.stop_of(body):
+        result["stop_sequences"] = stop
+    if body.get("user"):
+        result["metadata"] = {"user_id": str(body["user"])}
+    _tools(body, result)
+    if body.get("stream"):
+        result["stream"] = True
+    return result
+
+
+def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/v1/messages", _headers(target, request_id),
+                           orjson.dumps(payload(target, body)))
+
+
+def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    raise GatewayError(400, f"Provider '{target.provider_name}' (Anthropic) offers no embeddings.",
+                       param="model", code="model_not_supported")
+
+
+def embeddings_response(target, body: dict, data: dict) -> None:
+    return None
+
+
+def parse_usage(data: dict) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    # Anthropic's input_tokens leave out cached and cache-written tokens; OpenAI's include them.
+    prompt = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0), cached_tokens=cached)
+
+
+def chat_response(target, body: dict, data: dict) -> dict:
+    text, calls = [], []
+    for block in data.get("content") or ():
+        if block.get("type") == "text":
+            text.append(block.get("text", ""))
+        elif block.get("type") == "tool_use" and block.get("name") == JSON_TOOL and fmt.json_schema_of(body):
+            text.append(orjson.dumps(block.get("input") or {}).decode())
+        elif block.get("type") == "tool_use":
+            calls.append(fmt.tool_call(block.get("id", ""), block.get("name", ""), block.get("input")))
+    finish = STOP_REASONS.get(data.get("stop_reason") or "end_turn", "stop")
+    if finish == "tool_calls" and not calls:
+        finish = "stop"  # the emulated JSON format's forced tool call is an answer
+    return fmt.completion(target.upstream_model, "".join(text), calls, finish, parse_usage(data),
+                          completion_id=data.get("id"))
+
+
+class Stream(fmt.ChunkStream):
+    """Anthropic's named events to OpenAI chunks, one event at a time."""
+
+    def __init__(self, target, body: dict, want_usage: bool) -> None:
+        super().__init__(target, want_usage)
+        self.json_mode = fmt.json_schema_of(body) is not None
+        self.blocks: dict[int, int | None] = {}  # Anthropic block index -> OpenAI tool index (None: text)
+        self.finish = "stop"
+
+    def __call__(self, data: bytes) -> StreamEvent:
+        event = orjson.loads(data)
+        kind = event.get("type")
+        handler = getattr(self, "on_" + str(kind), None)
+        return handler(event) if handler else StreamEvent(forward=None, chunks=[])
+
+    def on_message_start(self, event: dict) -> StreamEvent:
+        message = event.get("message") or {}
+        self.id = message.get("id") or self.id
+        self.usage = parse_usage(message) or Usage()
+        return StreamEvent(forward=None, chunks=[self.chunk({"content": ""})])
+
+    def on_content_block_start(self, event: dict) -> StreamEvent:
+        block = event.get("content_block") or {}
+        index = event.get("index", 0)
+        if block.get("type") == "tool_use" and not (self.json_mode and block.get("name") == JSON_TOOL):
+            self.blocks[index] = self.tool_calls
+            return self.event([self.tool_start(block.get("id", ""), block.get("name", ""))])
+        self.blocks[index] = None
+        return self.event([self.text(block["text"])] if block.get("text") else [])
+
+    def on_content_block_delta(self, event: dict) -> StreamEvent:
+        delta = event.get("delta") or {}
+        tool = self.blocks.get(event.get("index", 0))
+        if delta.get("type") == "text_delta":
+            return self.event([self.text(delta.get("text", ""))])
+        if delta.get("type") == "input_json_delta":
+            piece = delta.get("partial_json", "")
+            if not piece:
+                return self.event([])
+            return self.event([self.text(piece) if tool is None else self.tool_arguments(tool, piece)])
+        return self.event([])  # thinking and signature deltas have no OpenAI chat counterpart
+
+    def on_message_delta(self, event: dict) -> StreamEvent:
+        reason = (event.get("delta") or {}).get("stop_reason")
+        if reason:
+            self.finish = STOP_REASONS.get(reason, "stop")
+        usage = event.get("usage") or {}
+        if "output_tokens" in usage:
+            self.usage.completion_tokens = int(usage["output_tokens"] or 0)
+        return self.event([])
+
+    def on_message_stop(self, event: dict) -> StreamEvent:
+        if self.finish == "tool_calls" and not self.tool_calls:
+            self.finish = "stop"  # the emulated JSON format's forced tool call is an answer
+        return self.end(self.finish, [])
+
+    def on_error(self, event: dict) -> StreamEvent:
+        error = event.get("error") or {}
+        raise UpstreamError(502, f"Provider '{self.provider}' failed mid-stream: {error.get('message', '')}",
+                            retryable=False, code="upstream_error")
+
+
+def chat_stream(target, body: dict, want_usage: bool) -> Stream:
+    return Stream(target, body, want_usage)
+
+
+def models_request(target) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/v1/models", _headers(target, "connection-test"), None, method="GET")
+
+
+def parse_models(data: dict) -> list[str]:
+    return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and "id" in m]
+
+
+map_error = mapped_error

@@ -1,0 +1,57 @@
+"""Azure OpenAI: OpenAI's wire format behind per-deployment URLs.
+
+The provider's base URL is the resource endpoint (https://NAME.openai.azure.com),
+a deployment's upstream model is the Azure deployment name, the API version
+comes from the provider's `api_version` setting, and the key travels in an
+`api-key` header. Bodies and streams are OpenAI's, so they pass through.
+"""
+
+from urllib.parse import quote
+
+from . import openai
+from .base import UpstreamRequest, mapped_error
+
+STREAM_FRAMING = "sse"
+EMBEDDINGS = True
+
+
+def _url(target, operation: str) -> str:
+    deployment = quote(target.upstream_model, safe="")
+    version = quote(target.settings.get("api_version", ""), safe="")
+    return f"{target.base_url}/openai/deployments/{deployment}/{operation}?api-version={version}"
+
+
+def _headers(target, request_id: str) -> dict[str, str]:
+    headers = {"content-type": "application/json", "x-ms-client-request-id": request_id}
+    if target.api_key:
+        headers["api-key"] = target.api_key
+    headers.update(target.extra_headers)
+    return headers
+
+
+def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(_url(target, "chat/completions"), _headers(target, request_id),
+                           openai.chat_payload(target, body))
+
+
+def completions_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(_url(target, "completions"), _headers(target, request_id), openai.chat_payload(target, body))
+
+
+def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(_url(target, "embeddings"), _headers(target, request_id),
+                           openai.plain_payload(target, body))
+
+
+def models_request(target) -> UpstreamRequest:
+    version = quote(target.settings.get("api_version", ""), safe="")
+    return UpstreamRequest(f"{target.base_url}/openai/models?api-version={version}",
+                           _headers(target, "connection-test"), None, method="GET")
+
+
+chat_response = openai.chat_response
+embeddings_response = openai.embeddings_response
+chat_stream = openai.chat_stream
+parse_usage = openai.parse_usage
+parse_models = openai.parse_models
+map_error = mapped_error

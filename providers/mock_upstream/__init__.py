@@ -1,0 +1,201 @@
+"""A mock LLM provider speaking every supported provider's wire format, for
+tests, the demo and benchmarks.
+
+Endpoints, JSON and streaming alike (each module follows its provider's
+published API reference):
+  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
+  Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...;
+                GET /openai/models
+  Anthropic     POST /v1/messages; GET /v1/models (with an anthropic-version header)
+  Gemini        POST /v1beta/models/{model}:generateContent|streamGenerateContent|batchEmbedContents|embedContent;
+                GET /v1beta/models
+  Cohere        POST /v2/chat, /v2/embed; GET /v1/models
+  Ollama        POST /api/chat, /api/embed; GET /api/tags
+  Hugging Face  POST /v1/chat/completions (TGI's dialect), /embed (TEI); GET /info
+A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
+/cohere/v1/models) to pick that format where paths are shared; OpenAI's is the default. Plus
+GET /_mock/stats (requests served per path) and POST /_mock/reset.
+
+Knobs, each optional; later sources override earlier ones:
+  1. server defaults: `--latency-ms` etc. or MOCK_LATENCY_MS, MOCK_CHUNKS, ...
+  2. a path prefix on the base URL: /knobs/latency_ms=50,error=503/v1/...
+  3. request headers: x-mock-latency-ms: 50, x-mock-error: 503, ...
+  4. a directive in the last user message: [[mock chunks=5 cut_after=2]]
+Knob names:
+  latency_ms        delay before the response starts
+  chunks            content chunks (= completion tokens) in an answer (default 20)
+  chunk_delay_ms    delay between stream chunks
+  error             answer with this HTTP status and the format's own error body
+  retry_after       Retry-After seconds sent with error=429 (default 1)
+  cut_after         stream: break the connection after this many content chunks
+                    (0: right after the headers, before any data)
+  no_usage          1: never report usage, even when asked (Anthropic always reports it)
+  hang              1: never answer
+  cached_tokens     report this many of the prompt tokens as cached
+  reasoning_tokens  report this many reasoning tokens besides the visible output
+The model answers in words, or, when the request offers tools (and the last
+message is not a tool result), calls the forced or first tool with arguments
+made from its schema; with a JSON response format it answers with an object
+made from the schema.
+
+    python -m providers.mock_upstream --port 8001
+"""
+
+import argparse
+import asyncio
+import os
+import re
+
+import orjson
+
+from . import anthropic, cohere, gemini, huggingface, ollama, openai
+from .server import DEFAULTS, SETTINGS, Request, knobs_for, query_of, read_body, send_json, split_path, stats
+
+__all__ = ["app", "configure", "serve", "main", "stats", "DEFAULTS"]
+
+# (flavour, method, path pattern, handler, the format module)
+ROUTES = [
+    ("openai", "POST", r"/v1/chat/completions", openai.chat, openai),
+    ("openai", "POST", r"/v1/completions", openai.completions, openai),
+    ("openai", "POST", r"/v1/embeddings", openai.embeddings, openai),
+    ("openai", "GET", r"/v1/models", openai.models, openai),
+    ("azure", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|completions|embeddings)",
+     openai.azure, openai),
+    ("azure", "GET", r"/openai/models", openai.azure_models, openai),
+    ("anthropic", "POST", r"/v1/messages", anthropic.messages, anthropic),
+    ("anthropic", "GET", r"/v1/models", anthropic.models, anthropic),
+    ("gemini", "POST", r"/v1(beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)",
+     gemini.generate, gemini),
+    ("gemini", "POST", r"/v1(beta)?/models/(?P<model>[^/:]+):(?P<method>batchEmbedContents|embedContent)",
+     gemini.embed, gemini),
+    ("gemini", "GET", r"/v1(beta)?/models", gemini.models, gemini),
+    ("cohere", "POST", r"/v2/chat", cohere.chat, cohere),
+    ("cohere", "POST", r"/v2/embed", cohere.embed, cohere),
+    ("cohere", "GET", r"/v1/models", cohere.models, cohere),
+    ("ollama", "POST", r"/api/chat", ollama.chat, ollama),
+    ("ollama", "POST", r"/api/embed", ollama.embed, ollama),
+    ("ollama", "GET", r"/api/tags", ollama.tags, ollama),
+    ("huggingface", "POST", r"/v1/chat/completions", huggingface.chat, huggingface),
+    ("huggingface", "POST", r"/embed", huggingface.embed, huggingface),
+    ("huggingface", "GET", r"/info", huggingface.info, huggingface),
+]
+_COMPILED = [(f, m, re.compile(p + "$"), h, mod) for f, m, p, h, mod in ROUTES]
+
+
+def _route(method: str, path: str, flavour: str | None, headers: dict):
+    if flavour is None and path == "/v1/models" and b"anthropic-version" in headers:
+        flavour = "anthropic"
+    for route_flavour, route_method, pattern, handler, module in _COMPILED:
+        if route_method != method or (flavour is not None and route_flavour != flavour):
+            continue
+        if match := pattern.match(path):
+            return route_flavour, handler, module, match
+    return None
+
+
+def _key(flavour: str, headers: dict, query: dict) -> str:
+    if flavour == "azure":
+        return headers.get(b"api-key", b"").decode()
+    if flavour == "anthropic":
+        return headers.get(b"x-api-key", b"").decode()
+    if flavour == "gemini":
+        return headers.get(b"x-goog-api-key", b"").decode() or (query.get("key") or [""])[0]
+    return headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
+
+
+async def _error(send, module, status: int, key: str, knobs: dict) -> None:
+    body = module.error_body(status, key)
+    extra = [(b"retry-after", str(knobs.get("retry_after", 1)).encode())] if status == 429 else []
+    await send_json(send, status, body, extra=extra)
+
+
+async def _not_found(send, path: str) -> None:
+    await send_json(send, 404, {"error": {"message": f"Unknown request URL: {path}", "type": "invalid_request_error",
+                                          "param": None, "code": "unknown_url"}})
+
+
+async def _parse(receive, scope, send) -> dict | None:
+    raw = await read_body(receive) if scope["method"] == "POST" else b""
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        await send_json(send, 400, openai.invalid("We could not parse the JSON body of your request.", None))
+        return None
+    if not isinstance(body, dict):
+        await send_json(send, 400, openai.invalid("The body must be a JSON object.", None))
+        return None
+    return body
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    # An Abort propagates on purpose: uvicorn then drops the connection
+    # mid-body, as when a provider's stream breaks.
+    await _handle(scope, scope["path"], receive, send)
+
+
+async def _handle(scope, path: str, receive, send) -> None:
+    if path == "/_mock/stats":
+        await send_json(send, 200, {"requests": dict(stats)})
+        return
+    if path == "/_mock/reset":
+        stats.clear()
+        await send_json(send, 200, b"{}")
+        return
+    stats[path] += 1
+    prefix_knobs, flavour, rest = split_path(path)
+    headers = dict(scope["headers"])
+    route = _route(scope["method"], rest, flavour, headers)
+    body = await _parse(receive, scope, send)
+    if body is None:
+        return
+    if route is None:
+        await _not_found(send, path)
+        return
+    route_flavour, handler, module, match = route
+    knobs = knobs_for(prefix_knobs, headers, module.user_text(body) if body else "")
+    query = query_of(scope)
+    key = _key(route_flavour, headers, query)
+    if SETTINGS["required_key"] is not None and key != SETTINGS["required_key"]:
+        await _error(send, module, 401, key, knobs)
+        return
+    if knobs.get("hang"):
+        await asyncio.sleep(3600)
+    if knobs.get("latency_ms"):
+        await asyncio.sleep(knobs["latency_ms"] / 1000)
+    if knobs.get("error"):
+        await _error(send, module, knobs["error"], key, knobs)
+        return
+    await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match))
+
+
+def configure(require_key: str | None = None, **defaults) -> None:
+    SETTINGS["required_key"] = require_key
+    for name, value in defaults.items():
+        if value is not None:
+            DEFAULTS[name] = int(value)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8001, log_level: str = "warning") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, loop="uvloop", http="httptools",
+                lifespan="off", access_log=False)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Mock LLM upstream speaking every supported provider's format")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--require-key")
+    for knob in ("latency_ms", "chunks", "chunk_delay_ms"):
+        parser.add_argument(f"--{knob.replace('_', '-')}", type=int,
+                            default=os.environ.get(f"MOCK_{knob.upper()}"))
+    opts = parser.parse_args(argv)
+    configure(require_key=opts.require_key, latency_ms=opts.latency_ms, chunks=opts.chunks,
+              chunk_delay_ms=opts.chunk_delay_ms)
+    serve(opts.host, opts.port)
+

@@ -1,0 +1,91 @@
+"""What the mock model answers, whatever wire format asked: words, a tool call
+or a JSON object, with token counts. Each format module turns a request into
+an Ask and the Answer into its own JSON or stream."""
+
+from dataclasses import dataclass, field
+
+import orjson
+
+WORDS = ("mock", "reply", "from", "the", "gateway", "test", "upstream", "with", "some", "words")
+
+
+@dataclass
+class Ask:
+    texts: list[str]  # the text of every message (system included), for prompt token counts
+    tools: list[dict] = field(default_factory=list)  # [{"name": ..., "parameters": JSON schema}]
+    tool_choice: str | None = None  # None/"auto", "none", "required", or a function name
+    after_tool: bool = False  # the last message is a tool result: answer in words
+    json_schema: dict | None = None  # {} asks for any JSON object
+    max_tokens: int | None = None
+
+
+@dataclass
+class Answer:
+    pieces: list[str]  # text in stream-sized pieces
+    tool_name: str = ""
+    tool_arguments: dict | None = None
+    tool_pieces: list[str] = field(default_factory=list)  # the arguments' JSON text, in pieces
+    finish: str = "stop"  # stop, length or tool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # visible output, reasoning not included
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def prompt_tokens(texts: list[str]) -> int:
+    """Deterministic: words in every message plus 3 per message."""
+    return sum(3 + len(t.split()) for t in texts)
+
+
+def _value(schema: dict):
+    if not isinstance(schema, dict):
+        return "mock"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        return example_object(schema)
+    return {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(kind, "mock")
+
+
+def example_object(schema: dict) -> dict:
+    """An object satisfying `schema`'s required properties (all of them when none are required)."""
+    properties = schema.get("properties") or {}
+    names = schema.get("required") or list(properties)
+    return {name: _value(properties.get(name, {})) for name in names}
+
+
+def split(text: str, size: int = 8) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _words(count: int) -> list[str]:
+    return [(WORDS[i % len(WORDS)] if i == 0 else " " + WORDS[i % len(WORDS)]) for i in range(count)]
+
+
+def answer(ask: Ask, knobs: dict) -> Answer:
+    result = Answer(pieces=[], prompt_tokens=prompt_tokens(ask.texts), cached_tokens=knobs.get("cached_tokens", 0),
+                    reasoning_tokens=knobs.get("reasoning_tokens", 0))
+    if ask.tools and ask.tool_choice != "none" and not ask.after_tool:
+        tool = next((t for t in ask.tools if t["name"] == ask.tool_choice), ask.tools[0])
+        result.tool_name = tool["name"]
+        result.tool_arguments = example_object(tool.get("parameters") or {})
+        result.tool_pieces = split(orjson.dumps(result.tool_arguments).decode())
+        result.finish = "tool"
+        result.completion_tokens = len(result.tool_pieces)
+        return result
+    if ask.json_schema is not None:
+        value = example_object(ask.json_schema) if ask.json_schema else {"answer": "".join(_words(3))}
+        result.pieces = split(orjson.dumps(value).decode())
+    else:
+        count = max(0, knobs["chunks"])
+        if ask.max_tokens and 0 < ask.max_tokens < count:
+            count, result.finish = ask.max_tokens, "length"
+        result.pieces = _words(count)
+    result.completion_tokens = len(result.pieces)
+    return result

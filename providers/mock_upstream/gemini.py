@@ -1,0 +1,129 @@
+"""Google Gemini: POST /{version}/models/{model}:generateContent, :streamGenerateContent
+(?alt=sse), :batchEmbedContents, :embedContent; GET /{version}/models."""
+
+import time
+
+import orjson
+
+from .answers import Answer, Ask, answer
+from .openai import vector
+from .server import Request, send_json, send_stream, sse
+
+STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
+MODELS = ("mock-gemini", "mock-text-embed")
+
+
+def error_body(status: int, key: str = "") -> dict:
+    message = (f"API key not valid: {key}. Please pass a valid API key." if status in (400, 401) and key
+               else f"Mock Gemini failed with {status}.")
+    return {"error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN")}}
+
+
+def _texts(parts) -> str:
+    texts = []
+    for part in parts or ():
+        if "text" in part:
+            texts.append(part["text"])
+        elif "functionResponse" in part:
+            texts.append(orjson.dumps(part["functionResponse"].get("response")).decode())
+    return " ".join(texts)
+
+
+def user_text(body: dict) -> str:
+    for content in reversed(body.get("contents") or []):
+        if isinstance(content, dict) and content.get("role", "user") == "user":
+            return _texts(content.get("parts"))
+    return ""
+
+
+def ask_of(body: dict) -> Ask:
+    contents = body.get("contents") or []
+    texts = [_texts((body.get("systemInstruction") or {}).get("parts"))] if body.get("systemInstruction") else []
+    texts += [_texts(c.get("parts")) for c in contents]
+    after_tool = bool(contents) and any("functionResponse" in p for p in contents[-1].get("parts") or ())
+    # Google's JSON parser takes field names in camelCase and in snake_case alike.
+    tools = [{"name": f["name"], "parameters": f.get("parameters") or f.get("parametersJsonSchema")
+              or f.get("parameters_json_schema") or {}}
+             for t in body.get("tools") or () for f in t.get("functionDeclarations") or ()]
+    calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    mode, allowed = calling.get("mode"), calling.get("allowedFunctionNames") or []
+    choice = {"ANY": allowed[0] if allowed else "required", "NONE": "none"}.get(mode)
+    config = body.get("generationConfig") or {}
+    schema = None
+    if config.get("responseMimeType") == "application/json":
+        schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
+    return Ask(texts=texts, tools=tools, tool_choice=choice, after_tool=after_tool, json_schema=schema,
+               max_tokens=config.get("maxOutputTokens"))
+
+
+def _usage(a: Answer, final: bool) -> dict:
+    usage = {"promptTokenCount": a.prompt_tokens, "promptTokensDetails": [
+        {"modality": "TEXT", "tokenCount": a.prompt_tokens}]}
+    if final:
+        usage["candidatesTokenCount"] = a.completion_tokens
+        usage["totalTokenCount"] = a.prompt_tokens + a.completion_tokens + a.reasoning_tokens
+        if a.reasoning_tokens:
+            usage["thoughtsTokenCount"] = a.reasoning_tokens
+    else:
+        usage["totalTokenCount"] = a.prompt_tokens
+    if a.cached_tokens:
+        usage["cachedContentTokenCount"] = a.cached_tokens
+    return usage
+
+
+def _response(model: str, parts: list[dict], a: Answer, finish: bool, no_usage: bool) -> dict:
+    candidate = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = FINISH[a.finish]
+    result = {"candidates": [candidate], "modelVersion": model, "responseId": f"mock{int(time.time() * 1e3)}"}
+    if not no_usage:
+        result["usageMetadata"] = _usage(a, finish)
+    return result
+
+
+async def generate(req: Request) -> None:
+    model, method = req.match.group("model"), req.match.group("method")
+    if not isinstance(req.body.get("contents"), list) or not req.body["contents"]:
+        await send_json(req.send, 400, {"error": {"code": 400, "message": "* GenerateContentRequest.contents: "
+                                                  "contents is not specified", "status": "INVALID_ARGUMENT"}})
+        return
+    a = answer(ask_of(req.body), req.knobs)
+    no_usage = bool(req.knobs.get("no_usage"))
+    if method == "generateContent":
+        parts = ([{"functionCall": {"name": a.tool_name, "args": a.tool_arguments}}] if a.tool_name
+                 else [{"text": a.text}])
+        await send_json(req.send, 200, _response(model, parts, a, True, no_usage))
+        return
+
+    def frames():
+        if a.tool_name:
+            call = [{"functionCall": {"name": a.tool_name, "args": a.tool_arguments}}]
+            yield sse(_response(model, call, a, False, no_usage)), True
+        for piece in a.pieces:
+            yield sse(_response(model, [{"text": piece}], a, False, no_usage)), True
+        yield sse(_response(model, [{"text": ""}], a, True, no_usage)), False
+
+    await send_stream(req, frames())
+
+
+async def embed(req: Request) -> None:
+    method = req.match.group("method")
+    requests = req.body.get("requests") if method == "batchEmbedContents" else [req.body]
+    if not isinstance(requests, list) or not requests:
+        await send_json(req.send, 400, error_body(400))
+        return
+    vectors = []
+    for request in requests:
+        text = _texts((request.get("content") or {}).get("parts"))
+        vectors.append({"values": vector(text.encode(), request.get("outputDimensionality") or 768)})
+    await send_json(req.send, 200, {"embeddings": vectors} if method == "batchEmbedContents" else
+                    {"embedding": vectors[0]})
+
+
+async def models(req: Request) -> None:
+    await send_json(req.send, 200, {"models": [
+        {"name": f"models/{m}", "version": "001", "displayName": m, "inputTokenLimit": 1_048_576,
+         "outputTokenLimit": 8192, "supportedGenerationMethods": ["generateContent", "countTokens"]}
+        for m in MODELS]})

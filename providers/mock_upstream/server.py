@@ -1,0 +1,133 @@
+"""The mock's ASGI app: knobs, routing to the format modules, and sending.
+
+A bare ASGI app (no framework: benchmarks measure the gateway against it, so
+it must cost little).
+"""
+
+import asyncio
+import re
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+import orjson
+
+KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_after", "no_usage", "hang",
+         "cached_tokens", "reasoning_tokens")
+DEFAULTS: dict[str, int] = {"chunks": 20, "retry_after": 1}
+SETTINGS: dict[str, str | None] = {"required_key": None}
+# OpenAI's is the default format and has no prefix: Azure's paths begin with /openai.
+FLAVOURS = ("azure", "anthropic", "gemini", "cohere", "ollama", "huggingface")
+_DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
+
+stats: Counter = Counter()
+
+
+class Abort(Exception):
+    """Raised mid-stream to make the server drop the connection (cut_after)."""
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # without the knobs and flavour prefixes
+    flavour: str
+    headers: dict[bytes, bytes]
+    query: dict[str, list[str]]
+    body: dict
+    knobs: dict[str, int]
+    send: object
+    match: re.Match | None = None
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.encode(), b"").decode()
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _parse_pairs(text: str, sep: str) -> dict[str, int]:
+    knobs = {}
+    for pair in text.split(sep):
+        name, _, value = pair.partition("=")
+        if name.strip() in KNOBS:
+            knobs[name.strip()] = _int(value)
+    return knobs
+
+
+def knobs_for(prefix_knobs: dict, headers: dict, user_text: str) -> dict[str, int]:
+    knobs = {**DEFAULTS, **prefix_knobs}
+    for name, value in headers.items():
+        if name.startswith(b"x-mock-"):
+            knob = name[7:].decode().replace("-", "_")
+            if knob in KNOBS:
+                knobs[knob] = _int(value.decode())
+    if match := _DIRECTIVE.search(user_text.encode()):
+        knobs.update(_parse_pairs(match.group(1).decode(), " "))
+    return knobs
+
+
+def split_path(path: str) -> tuple[dict, str | None, str]:
+    """(knobs from a /knobs/... prefix, flavour from a /<kind> prefix, the rest)."""
+    knobs = {}
+    if path.startswith("/knobs/"):
+        parts = path.split("/", 3)
+        knobs = _parse_pairs(parts[2], ",")
+        path = "/" + (parts[3] if len(parts) > 3 else "")
+    parts = path.split("/", 2)
+    if len(parts) > 1 and parts[1] in FLAVOURS:
+        return knobs, parts[1], "/" + (parts[2] if len(parts) > 2 else "")
+    return knobs, None, path
+
+
+async def send_json(send, status: int, value, extra=()) -> None:
+    body = value if isinstance(value, bytes) else orjson.dumps(value)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_stream(req: Request, frames, content_type: bytes = b"text/event-stream") -> None:
+    """Send (bytes, is_content) frames: a delay before each content frame, and
+    the connection dropped before content frame number `cut_after` + 1 (with
+    cut_after=0, before any data at all)."""
+    await req.send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")]})
+    delay = req.knobs.get("chunk_delay_ms", 0) / 1000
+    cut_after = req.knobs.get("cut_after")
+    if cut_after == 0:
+        raise Abort  # before any data: the client sees headers, then a dropped connection
+    sent = 0
+    for frame, is_content in frames:
+        if is_content:
+            if cut_after is not None and sent >= cut_after:
+                raise Abort
+            if delay:
+                await asyncio.sleep(delay)
+            sent += 1
+        await req.send({"type": "http.response.body", "body": frame, "more_body": True})
+    await req.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def sse(data, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    return (b"event: " + event.encode() + b"\n" if event else b"") + b"data: " + payload + b"\n\n"
+
+
+async def read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Abort
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def query_of(scope) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode())

@@ -208,9 +208,9 @@ def make_provider(kind: str, url: str, name: str | None = None, knobs: str = "",
 
 
 def usage_record(request_id: str):
-    from usage.models import UsageRecord
-
     from django.db.models import Q
+
+    from usage.models import UsageRecord
 
     # The id a response carries is the client's own x-request-id when it sent one.
     return wait_until(lambda: UsageRecord.objects.filter(

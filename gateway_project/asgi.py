@@ -32,8 +32,8 @@ class Lifespan:
         self.tasks: list[asyncio.Task] = []
 
     async def startup(self) -> None:
-        if settings.USAGE_DRAIN_IN_PROCESS or not settings.REDIS_URL:
-            self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop)))
+        local_only = bool(settings.REDIS_URL) and not settings.USAGE_DRAIN_IN_PROCESS
+        self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop, local_only=local_only)))
         if settings.REDIS_URL:
             self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
             self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))

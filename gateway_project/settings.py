@@ -185,6 +185,9 @@ AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 ADMIN_LOGIN_RATE = env.str("ADMIN_LOGIN_RATE", default="10/m")
 # Whether each gateway process also drains the usage buffer (besides Celery).
 USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
+# A buffered event a drainer read but never acknowledged (it died mid-batch) is
+# taken over by another drainer after this long.
+USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=60_000)
 
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")

@@ -5,6 +5,7 @@ create is committed and visible to that process.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,3 +226,43 @@ def kind_client(request, gateway, api_key, mock):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
     assert wait_until(lambda: f"chat-{kind}" in [m.id for m in client.models.list()])
     return client, kind
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        return redis.Redis(port=port).ping()
+    except redis.ConnectionError:
+        return False
+
+
+class OwnRedis:
+    """A Redis server of one test's own, to stop and start without disturbing anyone.
+
+    Persistent (append-only file, fsync always), as production's must be: the
+    usage buffer lives there.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL)
+        assert wait_until(lambda: _redis_answers(self.port))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+@pytest.fixture()
+def own_redis(tmp_path):
+    server = OwnRedis(tmp_path)
+    yield server
+    server.stop()

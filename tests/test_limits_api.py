@@ -1,8 +1,6 @@
 """Limits as clients meet them, through live gateway processes sharing one Redis."""
 
 import asyncio
-import shutil
-import subprocess
 import time
 from decimal import Decimal
 
@@ -10,7 +8,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from tests.conftest import Server, free_port, wait_until
+from tests.conftest import Server, wait_until
 from usage.models import Limit, UsageRecord
 
 
@@ -141,35 +139,6 @@ def test_two_processes_hold_sixty_per_minute_in_every_window(key_client, gateway
     assert len(admitted) > 60  # and the window slid: more were admitted after it
 
 
-@pytest.fixture()
-def own_redis(tmp_path):
-    """A Redis server of this test's own, to stop and start without disturbing anyone.
-
-    Persistent (append-only file), as production's must be: the usage buffer lives there.
-    """
-    port = free_port()
-    binary = shutil.which("redis-server")
-
-    def start():
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)],
-                                stdout=subprocess.DEVNULL)
-        assert wait_until(lambda: _ping(port))
-        return proc
-
-    holder = {"proc": start(), "start": start, "url": f"redis://127.0.0.1:{port}/0"}
-    yield holder
-    holder["proc"].terminate()
-    holder["proc"].wait()
-
-
-def _ping(port):
-    try:
-        return redis_sync.Redis(port=port).ping()
-    except redis_sync.ConnectionError:
-        return False
-
-
 def test_redis_stopped_mid_traffic_follows_the_documented_policy(gateway_env, mock_upstream, tenant, api_key,
                                                                  mock_provider, own_redis):
     from providers.models import Deployment
@@ -181,7 +150,7 @@ def test_redis_stopped_mid_traffic_follows_the_documented_policy(gateway_env, mo
     Limit.objects.create(tenant=tenant, model="strict", budget_usd=1)
     Limit.objects.create(tenant=tenant, model="credited", budget_usd=1, offline_credit_usd=Decimal("0.000100"))
     server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, "REDIS_URL": own_redis["url"], "GATEWAY_PROCESSES": "2"},
+                    env={**gateway_env, "REDIS_URL": own_redis.url, "GATEWAY_PROCESSES": "2"},
                     ready_path="/v1/models")
     try:
         ok = []
@@ -189,8 +158,7 @@ def test_redis_stopped_mid_traffic_follows_the_documented_policy(gateway_env, mo
             response = post(server, api_key[1], chat(model, "[[mock chunks=20]]"))
             assert response.status_code == 200, response.text
             ok.append(response)
-        own_redis["proc"].terminate()
-        own_redis["proc"].wait()
+        own_redis.stop()
 
         assert post(server, api_key[1], chat("strict")).json()["error"]["code"] == "limits_unavailable"
         credited = [post(server, api_key[1], chat("credited", "[[mock chunks=20]]", max_tokens=20))
@@ -204,7 +172,7 @@ def test_redis_stopped_mid_traffic_follows_the_documented_policy(gateway_env, mo
         assert sum(r.status_code == 200 for r in plain) <= 5 and admitted_offline <= 5
         ok += [r for r in credited + plain if r.status_code == 200]
 
-        own_redis["proc"] = own_redis["start"]()  # back
+        own_redis.start()  # back
         after = wait_until(lambda: (r := post(server, api_key[1], chat("strict"))).status_code == 200 and r,
                            timeout=10)
         ok.append(after)

@@ -15,6 +15,7 @@ import socket
 from collections import deque
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 import orjson
 import redis
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 STREAM = "gw:usage"
 GROUP = "drain"
-CLAIM_IDLE_MS = 60_000
 
 _local: deque[dict] = deque()
 
@@ -91,16 +91,19 @@ def _drain_local(limit: int) -> int:
     return len(batch)
 
 
-def drain(limit: int | None = None) -> int:
-    """Write up to `limit` buffered events to the database; return how many."""
+def drain(limit: int | None = None, *, local_only: bool = False) -> int:
+    """Write up to `limit` buffered events to the database; return how many.
+
+    With `local_only`, only events this process held while Redis was down.
+    """
     limit = limit or settings.USAGE_FLUSH_BATCH
-    if _local or not settings.REDIS_URL:
+    if _local or not settings.REDIS_URL or local_only:
         return _drain_local(limit)
     client = sync_redis()
     _ensure_group(client)
     consumer = _consumer()
     # Entries claimed by a drainer that died before acknowledging them.
-    _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=limit)
+    _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0", count=limit)
     if len(entries) < limit:
         fresh = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=limit - len(entries))
         for _, stream_entries in fresh or ():
@@ -116,9 +119,9 @@ def drain(limit: int | None = None) -> int:
     return len(entries)
 
 
-def drain_all() -> int:
+def drain_all(*, local_only: bool = False) -> int:
     total = 0
-    while count := drain():
+    while count := drain(local_only=local_only):
         total += count
     return total
 
@@ -130,11 +133,16 @@ def pending() -> int:
     return sync_redis().xlen(STREAM)
 
 
-async def drain_forever(stop: asyncio.Event) -> None:
-    """The in-process drainer each gateway process runs (see asgi.py)."""
+async def drain_forever(stop: asyncio.Event, *, local_only: bool = False) -> None:
+    """The in-process drainer each gateway process runs (see asgi.py).
+
+    With `local_only` (USAGE_DRAIN_IN_PROCESS off: drainers run elsewhere) it
+    still writes the events this process held while Redis was unreachable.
+    """
+    drain_these = partial(drain_all, local_only=local_only)
     while not stop.is_set():
         try:
-            await run_orm(drain_all)
+            await run_orm(drain_these)
         except Exception:
             log.exception("usage drain failed; events stay buffered and are retried")
         try:

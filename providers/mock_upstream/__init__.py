@@ -14,7 +14,7 @@ published API reference):
   Hugging Face  POST /v1/chat/completions (TGI's dialect), /embed (TEI); GET /info
 A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
 /cohere/v1/models) to pick that format where paths are shared; OpenAI's is the default. Plus
-GET /_mock/stats (requests served per path) and POST /_mock/reset.
+GET /_mock/stats (requests served per path, tokens reported in usage blocks) and POST /_mock/reset.
 
 Knobs, each optional; later sources override earlier ones:
   1. server defaults: `--latency-ms` etc. or MOCK_LATENCY_MS, MOCK_CHUNKS, ...
@@ -49,7 +49,18 @@ import re
 import orjson
 
 from . import anthropic, cohere, gemini, huggingface, ollama, openai
-from .server import DEFAULTS, SETTINGS, Request, knobs_for, query_of, read_body, send_json, split_path, stats
+from .server import (
+    DEFAULTS,
+    SETTINGS,
+    Request,
+    knobs_for,
+    query_of,
+    read_body,
+    send_json,
+    served_tokens,
+    split_path,
+    stats,
+)
 
 __all__ = ["app", "configure", "serve", "main", "stats", "DEFAULTS"]
 
@@ -139,10 +150,11 @@ async def app(scope, receive, send) -> None:
 
 async def _handle(scope, path: str, receive, send) -> None:
     if path == "/_mock/stats":
-        await send_json(send, 200, {"requests": dict(stats)})
+        await send_json(send, 200, {"requests": dict(stats), "tokens": dict(served_tokens)})
         return
     if path == "/_mock/reset":
         stats.clear()
+        served_tokens.clear()
         await send_json(send, 200, b"{}")
         return
     stats[path] += 1

@@ -21,6 +21,8 @@ FLAVOURS = ("azure", "anthropic", "gemini", "cohere", "ollama", "huggingface")
 _DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
 
 stats: Counter = Counter()
+# Tokens reported to clients in usage blocks, so tests can prove billing matches what was served.
+served_tokens: Counter = Counter()
 
 
 class Abort(Exception):

@@ -1,8 +1,13 @@
+import logging
 import time
 
+import redis
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError, close_old_connections
 
 from usage import recorder
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -13,9 +18,15 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=1.0, help="Seconds between drains with --loop")
 
     def handle(self, loop, interval, **options):
+        if not loop:
+            self.stdout.write(f"wrote {recorder.drain_all()} usage event(s)")
+            return
         while True:
-            written = recorder.drain_all()
-            if not loop:
-                self.stdout.write(f"wrote {written} usage event(s)")
-                return
+            try:
+                recorder.drain_all()
+            except (redis.RedisError, OSError, DatabaseError) as exc:
+                # Redis restarting or the database away: the events stay
+                # buffered (unacknowledged) and the next round writes them.
+                log.warning("usage drain failed, retrying: %s", exc)
+                close_old_connections()
             time.sleep(interval)

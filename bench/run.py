@@ -15,6 +15,9 @@ request, and latency p50/p99 at N connections and at one connection.
 """
 
 import argparse
+import asyncio
+import collections
+import http.client
 import os
 import re
 import shutil
@@ -61,17 +64,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live descendants."""
+    """User + system CPU of a process and its live children."""
     total = 0.0
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            pids.append(int(stat.parent.name))
-    for p in pids:
+    for p in family(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -131,6 +126,122 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float,
     return result
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children (uvicorn's workers when there are several)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its live children."""
+    total = 0
+    for p in family(pid):
+        try:
+            m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+        except OSError:
+            continue
+        total += int(m.group(1)) * 1024 if m else 0
+    return total
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] if ordered else float("nan")
+
+
+def time_to_first_token(url: str, path: str, body: str, key: str | None, n: int) -> tuple[float, float]:
+    """p50 and p99 (ms) from sending a streamed request to its first SSE event, one at a time."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {})}
+    samples = []
+    for i in range(n + 5):
+        started = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        first = response.read1(65536)
+        while b"data:" not in first:
+            first += response.read1(65536)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.read()
+        if i >= 5:  # the first few warm the connection up
+            samples.append(elapsed)
+    conn.close()
+    return percentile(samples, 50), percentile(samples, 99)
+
+
+async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: int, pid: int) -> dict:
+    """Open n streams at once, each one chunk every delay_ms; report errors and the memory they hold."""
+    import aiohttp
+
+    body = {"model": "bench-chat", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"Hello [[mock chunks={chunks} chunk_delay_ms={delay_ms}]]"}]}
+    idle = rss_bytes(pid)
+    cpu_before = cpu_seconds(pid)
+    peak = idle
+    done = asyncio.Event()
+
+    async def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes(pid))
+            await asyncio.sleep(0.25)
+
+    async def one(session) -> str:
+        try:
+            async with session.post(url + "/v1/chat/completions", json=body,
+                                    headers={"authorization": f"Bearer {key}"}) as response:
+                if response.status != 200:
+                    return f"HTTP {response.status}"
+                last = b""
+                async for line in response.content:
+                    if line.startswith(b"data:"):
+                        if b'"error"' in line:
+                            return "error event"
+                        last = line.strip()
+                return "ok" if last == b"data: [DONE]" else "cut"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return type(exc).__name__
+
+    started = time.monotonic()
+    sampler = asyncio.create_task(sample())
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=chunks * delay_ms / 1000 + 60)) as session:
+        outcomes = await asyncio.gather(*(one(session) for _ in range(n)))
+    done.set()
+    await sampler
+    return {"streams": n, "ok": outcomes.count("ok"), "errors": collections.Counter(o for o in outcomes if o != "ok"),
+            "seconds": time.monotonic() - started, "idle_mib": idle / 2**20, "peak_mib": peak / 2**20,
+            "kib_per_stream": (peak - idle) / 1024 / n, "cpu_ms_per_stream": (cpu_seconds(pid) - cpu_before) * 1000 / n}
+
+
+def profile(wrk: str, url: str, script: Path, pid: int, duration: float, tmp: Path) -> list[tuple[str, float, float]]:
+    """Sample the gateway with py-spy under load: (function, self %, inclusive %) for the top frames."""
+    out = tmp / "profile.txt"
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(duration))),
+                            "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    run_wrk(wrk, url, script, 16, duration, pid)
+    spy.wait(timeout=duration + 30)
+    own, inclusive, total = collections.Counter(), collections.Counter(), 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    return [(frame, own[frame] * 100 / total, inclusive[frame] * 100 / total) for frame, _ in own.most_common(15)]
+
+
 def manage(env: dict, *args: str) -> str:
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
                           capture_output=True, text=True).stdout
@@ -183,7 +294,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one short run of each, to prove the bench works")
     parser.add_argument("--no-limits", action="store_true",
                         help="measure without limits on the key and tenant (they are on by default)")
+    parser.add_argument("--slow-streams", type=int, default=1000,
+                        help="streams held open at once in the slow-stream run (0 skips it)")
+    parser.add_argument("--slow-seconds", type=float, default=15.0, help="how long each slow stream lasts")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
     opts = parser.parse_args()
+    if opts.smoke:
+        opts.slow_streams, opts.slow_seconds, opts.no_profile = min(opts.slow_streams, 20), 1.0, True
     duration = 1.0 if opts.smoke else opts.duration
 
     wrk = ensure_wrk()
@@ -227,6 +344,8 @@ def main() -> None:
                 run_wrk(wrk, url + path, script, 4, 1, pid)
                 loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
                 single = run_wrk(wrk, url + path, script, 1, duration / 2, pid)
+                if scenario == "stream":
+                    single["ttft"] = time_to_first_token(url, path, payload, auth, 20 if opts.smoke else 300)
                 rows.append((scenario, target, loaded, single))
                 if names == "gateway":
                     gateway_requests += loaded["requests"] + single["requests"]
@@ -235,6 +354,24 @@ def main() -> None:
         print_table(rows, opts, duration)
         print(f"\nUsage drain (its own process, bulk inserts into PostgreSQL): {drain_ms:.2f} ms CPU per "
               "gateway request.")
+        gateway_url, gateway_pid = targets["gateway"][0], targets["gateway"][1]
+        if opts.slow_streams:
+            delay = 250
+            held = asyncio.run(hold_slow_streams(gateway_url, key, opts.slow_streams,
+                                                 max(1, round(opts.slow_seconds * 1000 / delay)), delay, gateway_pid))
+            print(f"\nSlow streams: {held['streams']} at once, one chunk every {delay} ms for "
+                  f"{opts.slow_seconds:g} s: {held['ok']} completed, errors: {dict(held['errors']) or 'none'}, "
+                  f"{held['seconds']:.1f} s in all; gateway memory {held['idle_mib']:.0f} MiB idle, "
+                  f"{held['peak_mib']:.0f} MiB at peak: {held['kib_per_stream']:.0f} KiB per open stream; "
+                  f"{held['cpu_ms_per_stream']:.1f} ms CPU per stream.")
+        if not opts.no_profile:
+            path, body = SCENARIOS["chat"]
+            script = wrk_script(tmp, "profile", body, key)
+            print(f"\nProfile of the gateway worker under JSON chat load (py-spy, {duration:g} s), top frames "
+                  "by own time:\n")
+            print("| function (file) | own % | inclusive % |\n| --- | ---: | ---: |")
+            for frame, own, inclusive in profile(wrk, gateway_url + path, script, gateway_pid, duration, tmp):
+                print(f"| `{frame}` | {own:.1f} | {inclusive:.1f} |")
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -250,12 +387,20 @@ def print_table(rows, opts, duration) -> None:
     print(f"\n{opts.connections} connections, {duration:g}s per run, gateway workers: {opts.workers}, "
           f"limits on key and tenant: {'no' if opts.no_limits else 'yes'}, {os.cpu_count()} CPUs\n")
     print(f"| scenario | server | req/s @{opts.connections} | CPU ms/req | p50 ms | p99 ms | errors "
-          "| p50 ms @1 | p99 ms @1 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| p50 ms @1 | p99 ms @1 | added p50 ms @1 | added p99 ms @1 | TTFT p50/p99 ms @1 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
     for scenario, target, loaded, single in rows:
+        base = direct.get(scenario.split(",")[0])
+        added = (f"{single['p50'] - base['p50']:.2f} | {single['p99'] - base['p99']:.2f}"
+                 if base and not target.startswith("mock") else "- | -")
+        ttft = single.get("ttft")
+        ttft_text = f"{ttft[0]:.2f} / {ttft[1]:.2f}" if ttft else "-"
+        if ttft and base and not target.startswith("mock"):
+            ttft_text += f" (+{ttft[0] - base['ttft'][0]:.2f})"
         print(f"| {scenario} | {target} | {loaded['rps']:.0f} | {loaded['cpu_ms']:.2f} | {loaded['p50']:.2f} "
               f"| {loaded['p99']:.2f} | {loaded['errors'] + single['errors']} | {single['p50']:.2f} "
-              f"| {single['p99']:.2f} |")
+              f"| {single['p99']:.2f} | {added} | {ttft_text} |")
 
 
 if __name__ == "__main__":

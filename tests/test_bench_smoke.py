@@ -17,3 +17,7 @@ def test_bench_runs_and_prints_its_table(django_db_setup):
         cells = [c.strip() for c in row.strip("|").split("|")]
         rps, errors = float(cells[2]), int(cells[6])
         assert rps > 0 and errors == 0, row
+        if cells[0] == "stream":
+            assert re.match(r"[\d.]+ / [\d.]+", cells[11]), row  # time to first token measured
+    slow = re.search(r"Slow streams: (\d+) at once.*: (\d+) completed, errors: none", result.stdout)
+    assert slow and slow.group(1) == slow.group(2), result.stdout[-2000:]

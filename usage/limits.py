@@ -72,23 +72,40 @@ def to_micros(usd: Decimal | None) -> int:
     return 0 if usd is None else math.ceil(usd * 1_000_000)
 
 
+_bounds: dict[tuple[str, str], tuple[int, int]] = {}
+
+
 def period_bounds(rule: Rule, now: float) -> tuple[int, int]:
-    """(start, end) of the rule's current period in epoch ms, calendar-aligned in its time zone."""
+    """(start, end) of the rule's current period in epoch ms, calendar-aligned in its time zone.
+
+    Computed once per period and zone: every admission asks, and the answer
+    only changes when the period rolls over.
+    """
     if rule.period == Limit.Period.TOTAL:
         return 0, 0
-    local = datetime.fromtimestamp(now, ZoneInfo(rule.tz))
+    cached = _bounds.get((rule.period, rule.tz))
+    now_ms = now * 1000
+    if cached and cached[0] <= now_ms < cached[1]:
+        return cached
+    bounds = _compute_bounds(rule.period, rule.tz, now)
+    _bounds[(rule.period, rule.tz)] = bounds
+    return bounds
+
+
+def _compute_bounds(period: str, tz: str, now: float) -> tuple[int, int]:
+    local = datetime.fromtimestamp(now, ZoneInfo(tz))
     start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    if rule.period == Limit.Period.DAY:
+    if period == Limit.Period.DAY:
         end = start + timedelta(days=1)
-    elif rule.period == Limit.Period.WEEK:
+    elif period == Limit.Period.WEEK:
         start -= timedelta(days=start.weekday())
         end = start + timedelta(days=7)
     else:
         start = start.replace(day=1)
         end = (start + timedelta(days=32)).replace(day=1)
     # Re-attach the zone after arithmetic so DST changes land on the right hour.
-    start = start.replace(tzinfo=None).replace(tzinfo=ZoneInfo(rule.tz))
-    end = end.replace(tzinfo=None).replace(tzinfo=ZoneInfo(rule.tz))
+    start = start.replace(tzinfo=None).replace(tzinfo=ZoneInfo(tz))
+    end = end.replace(tzinfo=None).replace(tzinfo=ZoneInfo(tz))
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 

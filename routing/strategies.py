@@ -87,8 +87,8 @@ def order(spec: RouteSpec, targets: list[Target], facts: Facts) -> list[Target]:
         return _weighted(targets)
     if strategy == "latency":
         # Mostly the fastest; now and then another, so every latency stays measured.
-        if len(targets) > 1 and random.random() < 0.05:  # noqa: S311 (not security)
-            return random.sample(targets, len(targets))
+        if len(targets) > 1 and random.random() < 0.05:  # noqa: S311  # nosec B311: shuffling targets, not security
+            return random.sample(targets, len(targets))  # noqa: S311  # nosec B311: not security
         return sorted(targets, key=lambda t: stats.latency_ms(t.deployment_id))
     if strategy == "least_busy":
         return sorted(targets, key=lambda t: (stats.in_flight(t.deployment_id), t.priority))
@@ -105,7 +105,7 @@ def _weighted(targets: list[Target]) -> list[Target]:
         if total <= 0:
             ordered.extend(pool)
             break
-        pick = random.uniform(0, total)  # noqa: S311 (load spreading, not security)
+        pick = random.uniform(0, total)  # noqa: S311  # nosec B311: load spreading, not security
         for i, t in enumerate(pool):
             pick -= max(t.weight, 0)
             if pick <= 0:

@@ -150,7 +150,7 @@ def _schedule(targets: list[Target], max_attempts: int) -> list[Target]:
 def _backoff(retry_no: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
     ceiling = min(settings.RETRY_BACKOFF_MAX, settings.RETRY_BACKOFF_BASE * 2 ** (retry_no - 1))
-    return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 (jitter, not security)
+    return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311  # nosec B311: retry jitter, not security
 
 
 def _outcome(target: Target, error: UpstreamError | None, started: float = 0.0) -> None:

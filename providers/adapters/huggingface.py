@@ -22,7 +22,7 @@ KIND = "huggingface"
 SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "tools",
                        "tool_choice", "response_format", "presence_penalty", "frequency_penalty", "logprobs",
                        "top_logprobs"})
-FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "stop": "stop", "length": "length",
+FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "stop": "stop", "length": "length",  # nosec B105: finish reasons, not passwords
                   "tool_calls": "tool_calls", "content_filter": "content_filter"}
 
 

@@ -85,7 +85,7 @@ class Command(BaseCommand):
                                 cwd=settings.BASE_DIR)
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)  # nosec B310: the local mock
                 return mock
             except OSError:
                 time.sleep(0.1)

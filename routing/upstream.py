@@ -264,6 +264,20 @@ async def read_json(attempt: Attempt, allow_list: bool = False) -> tuple[bytes, 
     return body, data
 
 
+# What an adapter raises when an upstream's body has the wrong shape.
+MALFORMED = (AttributeError, TypeError, KeyError, ValueError, IndexError)
+
+
+def decode(target: Target, translate: Callable, *args):
+    """Run an adapter's translation of an upstream answer; a body of the wrong
+    shape is the provider's fault (502), never the gateway's (500)."""
+    try:
+        return translate(*args)
+    except MALFORMED as exc:
+        raise UpstreamError(502, f"Provider '{target.provider_name}' sent an answer the gateway could not read.",
+                            retryable=False, code="upstream_bad_response") from exc
+
+
 async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEvent]) -> AsyncIterator[StreamEvent]:
     """The upstream stream's events, translated, as they arrive (never buffered whole)."""
     framing = adapters.for_kind(attempt.target.kind).STREAM_FRAMING
@@ -271,7 +285,7 @@ async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEve
     async for data in payloads:
         try:
             yield translate(data)
-        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as exc:
+        except MALFORMED as exc:
             raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream event.",
                                 retryable=False, code="upstream_error") from exc
 

@@ -40,31 +40,138 @@ def _optional(body: dict, name: str, kinds: tuple, check=None, hint: str = "") -
                                  code="invalid_value")
 
 
+def _invalid(param: str, message: str) -> errors.GatewayError:
+    return errors.bad_request(f"Invalid '{param}': {message}.", param=param, code="invalid_value")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _content(where: str, content) -> None:
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _invalid(where, "expected a string or an array of content parts")
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _invalid(at, "each content part is an object with a 'type'")
+        kind = part["type"]
+        if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
+            raise _invalid(at, f"a {kind} part needs a '{kind}' string")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str) or not image["url"]:
+                raise _invalid(at, "an image_url part needs 'image_url': {'url': ...}")
+            if image.get("detail") not in (None, "auto", "low", "high"):
+                raise _invalid(at, "'detail' is one of auto, low, high")
+        elif kind not in ("text", "refusal", "input_audio", "file"):
+            raise _invalid(at, f"unknown content part type '{kind}'")
+
+
+def _tool_calls(where: str, calls) -> None:
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _invalid(where, "expected an array of tool calls")
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(call.get("id") if isinstance(call, dict) else None, str) or not isinstance(function, dict)
+                or not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str)):
+            raise _invalid(f"{where}[{j}]", "a tool call is {'id', 'type': 'function', "
+                           "'function': {'name', 'arguments' (a JSON string)}}")
+
+
+def _message(i: int, message) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+        raise errors.bad_request(
+            f"Invalid message at {where}: each message needs a 'role' of " + ", ".join(sorted(CHAT_ROLES)) + ".",
+            param=where, code="invalid_value",
+        )
+    _content(f"{where}.content", message.get("content"))
+    _tool_calls(f"{where}.tool_calls", message.get("tool_calls"))
+    for name in ("name", "tool_call_id"):
+        if message.get(name) is not None and not isinstance(message[name], str):
+            raise _invalid(f"{where}.{name}", "expected a string")
+    if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise errors.bad_request(f"Missing 'tool_call_id' at {where}: a tool message answers a tool call.",
+                                 param=f"{where}.tool_call_id", code="missing_required_parameter")
+
+
+def _tools(body: dict) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _invalid("tools", "expected an array of tools")
+        for j, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if (not isinstance(function, dict) or tool.get("type", "function") != "function"
+                    or not isinstance(function.get("name"), str) or not function["name"]
+                    or not isinstance(function.get("parameters", {}), dict)
+                    or not isinstance(function.get("description", ""), str)):
+                raise _invalid(f"tools[{j}]", "a tool is {'type': 'function', 'function': {'name', "
+                               "'description'?, 'parameters'? (a JSON Schema object)}}")
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise _invalid("tool_choice", "expected none, auto, required or {'type': 'function', 'function': {'name'}}")
+
+
+def _response_format(body: dict) -> None:
+    value = body.get("response_format")
+    if value is None:
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise _invalid("response_format", "expected {'type': 'text' | 'json_object' | 'json_schema'}")
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(
+                spec.get("schema", {}), dict):
+            raise _invalid("response_format", "json_schema needs {'name', 'schema'}")
+
+
 def chat_body(request) -> dict:
-    body = json_body(request)
+    return chat(json_body(request))
+
+
+def chat(body: dict) -> dict:
+    """Check an OpenAI chat request (the client's, or one the gateway translated)."""
     _model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise errors.bad_request(
-                f"Invalid message at messages[{i}]: each message needs a 'role' of "
-                + ", ".join(sorted(CHAT_ROLES)) + ".",
-                param=f"messages[{i}]", code="invalid_value",
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise errors.bad_request(f"Invalid content at messages[{i}]: expected a string or an array of parts.",
-                                     param=f"messages[{i}].content", code="invalid_value")
+        _message(i, message)
+    _tools(body)
+    _response_format(body)
     _optional(body, "stream", (bool,), hint="expected a boolean")
-    _optional(body, "stream_options", (dict,), hint="expected an object")
+    _optional(body, "stream_options", (dict,), lambda v: isinstance(v.get("include_usage", False), bool),
+              "expected an object with a boolean 'include_usage'")
     _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
     _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
     _optional(body, "n", (int,), lambda v: 1 <= v <= 128, "expected an integer from 1 to 128")
     for name in ("max_tokens", "max_completion_tokens"):
         _optional(body, name, (int,), lambda v: v >= 1, "expected a positive integer")
+    for name in ("frequency_penalty", "presence_penalty"):
+        _optional(body, name, (int, float), lambda v: -2 <= v <= 2, "expected a number from -2 to 2")
+    _optional(body, "seed", (int,), hint="expected an integer")
+    _optional(body, "stop", (str, list), lambda v: isinstance(v, str) or (
+        len(v) <= 4 and all(isinstance(s, str) for s in v)), "expected a string or up to 4 strings")
+    _optional(body, "logprobs", (bool,), hint="expected a boolean")
+    _optional(body, "top_logprobs", (int,), lambda v: 0 <= v <= 20, "expected an integer from 0 to 20")
+    _optional(body, "parallel_tool_calls", (bool,), hint="expected a boolean")
+    _optional(body, "user", (str,), hint="expected a string")
+    _optional(body, "logit_bias", (dict,), hint="expected an object of token ids to numbers")
     return body
 
 

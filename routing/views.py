@@ -164,10 +164,10 @@ async def _read_chat(call: Call, attempt: upstream.Attempt, body: dict) -> tuple
     """The upstream's answer as (raw body, OpenAI-shaped completion, whether raw already is that completion)."""
     raw, data = await upstream.read_json(attempt)
     call.first_token()
-    adapter = for_kind(attempt.target.kind)
-    call.usage = adapter.parse_usage(data)
+    adapter, target = for_kind(attempt.target.kind), attempt.target
+    call.usage = upstream.decode(target, adapter.parse_usage, data)
     call.estimate_usage()
-    completion = adapter.chat_response(attempt.target, body, data)
+    completion = upstream.decode(target, adapter.chat_response, target, body, data)
     return raw, data if completion is None else completion, completion is None
 
 
@@ -188,7 +188,14 @@ async def chat_completions(request, call: Call) -> HttpResponse:
 @endpoint("messages", "POST", error_shape=anthropic_front.error_response)
 async def messages(request, call: Call) -> HttpResponse:
     """Anthropic's Messages API in front of any provider kind."""
-    body = anthropic_front.to_openai(validation.messages_body(request))
+    body = validation.messages_body(request)
+    try:
+        body = anthropic_front.to_openai(body)
+    except upstream.MALFORMED:
+        raise errors.bad_request("The request does not follow the Messages API: check the content blocks, "
+                                 "tools and system prompt.", code="invalid_value") from None
+    # What every adapter relies on holds for the translated request too.
+    body = validation.chat(body)
     attempt = await _open(request, call, body, "chat",
                           lambda adapter, t: adapter.chat_request(t, body, call.request_id),
                           stream=bool(body.get("stream")))
@@ -196,7 +203,7 @@ async def messages(request, call: Call) -> HttpResponse:
         translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, True)
         return _upstream_headers(_relay_stream(call, attempt, translate, anthropic_front.Stream(call.model)), call)
     _, completion, _ = await _read_chat(call, attempt, body)
-    message = anthropic_front.from_openai(completion, call.model)
+    message = upstream.decode(attempt.target, anthropic_front.from_openai, completion, call.model)
     return _upstream_headers(_json(orjson.dumps(message)), call)
 
 
@@ -215,7 +222,8 @@ async def completions(request, call: Call) -> HttpResponse:
         writer = OpenAIStream() if native else completions_front.Stream()
         return _upstream_headers(_relay_stream(call, attempt, translate, writer), call)
     raw, completion, verbatim = await _read_chat(call, attempt, chat_body)
-    answer = raw if verbatim else orjson.dumps(completion if native else completions_front.from_chat(completion))
+    answer = raw if verbatim else orjson.dumps(
+        completion if native else upstream.decode(attempt.target, completions_front.from_chat, completion))
     return _upstream_headers(_json(answer), call)
 
 
@@ -225,10 +233,10 @@ async def embeddings(request, call: Call) -> HttpResponse:
     attempt = await _open(request, call, body, "embedding",
                           lambda adapter, t: adapter.embeddings_request(t, body, call.request_id))
     raw, data = await upstream.read_json(attempt, allow_list=True)
-    adapter = for_kind(attempt.target.kind)
-    call.usage = adapter.parse_usage(data)
+    adapter, target = for_kind(attempt.target.kind), attempt.target
+    call.usage = upstream.decode(target, adapter.parse_usage, data)
     call.estimate_usage()
-    answer = adapter.embeddings_response(attempt.target, body, data)
+    answer = upstream.decode(target, adapter.embeddings_response, target, body, data)
     if answer is not None and "usage" not in answer:
         # The upstream reported no tokens: answer with the gateway's estimate.
         answer["usage"] = {"prompt_tokens": call.usage.prompt_tokens, "total_tokens": call.usage.prompt_tokens}

@@ -259,10 +259,12 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
     manage(env, "migrate", "--noinput")
     manage(env, "create_tenant", "bench")
     manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
+           "--allow-private-network",
            "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
            "--input-price", "0.15", "--output-price", "0.60")
     for n in (2, 3):
         manage(env, "add_provider", f"bench-mock-{n}", "--kind", "openai_compatible", "--base-url", mock_url,
+               "--allow-private-network",
                "--model", f"bench-chat-{n}=mock-gpt", "--input-price", "0.15", "--output-price", "0.60")
     manage(env, "shell", "-c", (
         "from routing.models import Route, RouteTarget; from providers.models import Deployment; "

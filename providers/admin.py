@@ -20,7 +20,7 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers",
-                  "settings", "tenant", "is_active"]
+                  "settings", "tenant", "is_active", "allow_private_network"]
 
     def save(self, commit=True):
         provider = super().save(commit=False)
@@ -48,6 +48,11 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ["name", "base_url"]
     inlines = [DeploymentInline]
     actions = ["test_connection"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Calling private networks is staff's decision alone (docs/security.md).
+        fields = list(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else [*fields, "allow_private_network"]
 
     @admin.action(description="Test connection (list the provider's models)")
     def test_connection(self, request, queryset) -> None:

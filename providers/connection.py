@@ -13,6 +13,7 @@ from providers.adapters import for_kind
 from providers.crypto import SecretUnreadable
 from routing.table import target_for
 
+from . import netguard
 from .models import Provider
 
 TIMEOUT_SECONDS = 10
@@ -41,6 +42,10 @@ def check_connection(provider: Provider) -> ConnectionCheck:
         return ConnectionCheck(False, None, 0, error="the stored key cannot be decrypted with the configured keys")
     adapter = for_kind(provider.kind)
     request = adapter.models_request(target)
+    try:
+        netguard.check_url(request.url, provider.allow_private_network)
+    except netguard.UnsafeAddress as exc:
+        return ConnectionCheck(False, None, 0, error=str(exc))
     started = time.perf_counter()
     try:
         response = httpx.request(request.method, request.url, headers=request.headers, content=request.body,

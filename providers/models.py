@@ -7,7 +7,7 @@ from django.db import models
 
 from tenants.models import Tenant
 
-from . import crypto
+from . import crypto, netguard
 from .adapters import for_kind
 
 
@@ -56,6 +56,11 @@ class Provider(models.Model):
         help_text="Empty: shared by every tenant.",
     )
     is_active = models.BooleanField(default=True)
+    allow_private_network = models.BooleanField(
+        default=False,
+        help_text="Let this provider's base URL point at loopback, private or link-local addresses "
+                  "(a local Ollama or vLLM, say). Only staff can set it; see docs/security.md.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -65,6 +70,11 @@ class Provider(models.Model):
         return self.name
 
     def clean(self) -> None:
+        if self.base_url:
+            try:
+                netguard.check_url(self.base_url, self.allow_private_network)
+            except netguard.UnsafeAddress as exc:
+                raise ValidationError({"base_url": str(exc)}) from None
         allowed = self.SETTINGS.get(self.kind, {})
         if not isinstance(self.settings, dict):
             raise ValidationError({"settings": "Expected a JSON object."})

@@ -53,6 +53,7 @@ class Target:
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
     total_timeout: float | None = None
+    allow_private_network: bool = False
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Exact cost in USD (prices are per million tokens)."""
@@ -160,6 +161,7 @@ def target_for(provider, deployment=None) -> Target:
         input_price_per_mtok=d.input_price_per_mtok if d else Decimal(0),
         output_price_per_mtok=d.output_price_per_mtok if d else Decimal(0),
         created=int(d.created_at.timestamp()) if d else 0,
+        allow_private_network=provider.allow_private_network,
         **({"priority": d.priority, "supports_vision": d.supports_vision, "supports_tools": d.supports_tools,
             "connect_timeout": d.connect_timeout, "first_byte_timeout": d.first_byte_timeout,
             "total_timeout": d.total_timeout} if d else {}),

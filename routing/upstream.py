@@ -15,21 +15,25 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from providers import adapters
+from providers import adapters, netguard
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
 
 from . import breakers, stats
 from .table import Target
 
-_session: aiohttp.ClientSession | None = None
+_sessions: dict[bool, aiohttp.ClientSession] = {}
 
 
-def session() -> aiohttp.ClientSession:
-    global _session
-    if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(
+def session(allow_private_network: bool = False) -> aiohttp.ClientSession:
+    """The pooled client: one for providers that may only reach public addresses
+    (its resolver refuses private ones, see providers/netguard.py), one for those
+    staff allowed onto private networks."""
+    existing = _sessions.get(allow_private_network)
+    if existing is None or existing.closed:
+        existing = _sessions[allow_private_network] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=settings.GATEWAY_UPSTREAM_POOL_SIZE, limit_per_host=0, ttl_dns_cache=300
+                limit=settings.GATEWAY_UPSTREAM_POOL_SIZE, limit_per_host=0, ttl_dns_cache=300,
+                resolver=None if allow_private_network else netguard.PublicOnlyResolver(),
             ),
             timeout=aiohttp.ClientTimeout(
                 total=settings.GATEWAY_UPSTREAM_TOTAL_TIMEOUT,
@@ -40,12 +44,13 @@ def session() -> aiohttp.ClientSession:
             # Upstreams must not set cookies that leak between tenants.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-    return _session
+    return existing
 
 
 async def close() -> None:
-    if _session is not None and not _session.closed:
-        await _session.close()
+    for existing in _sessions.values():
+        if not existing.closed:
+            await existing.close()
 
 
 @dataclass(slots=True)
@@ -108,20 +113,27 @@ async def _try(target: Target, build: BuildRequest, stream: bool, attempt_no: in
     """One call to one deployment, up to its headers (and, for a stream, its first bytes)."""
     adapter = adapters.for_kind(target.kind)
     request = build(adapter, target)
+    private = target.allow_private_network
+    if not private and not netguard.literal_allowed(_host(request.url)):
+        raise _refused(target)
     started = time.perf_counter()
     stats.started(target.deployment_id)
     try:
-        response = await session().request(request.method, request.url, data=request.body,
-                                           headers=request.headers, timeout=_timeout(target))
+        # Never a redirect: it could lead anywhere, private networks included.
+        response = await session(private).request(request.method, request.url, data=request.body,
+                                                  headers=request.headers, timeout=_timeout(target),
+                                                  allow_redirects=False)
     except TimeoutError:
         stats.finished(target.deployment_id)
         raise UpstreamError(504, f"Provider '{target.provider_name}' did not answer in time.",
                             retryable=True, code="upstream_timeout") from None
-    except aiohttp.ClientError:
+    except aiohttp.ClientError as exc:
         stats.finished(target.deployment_id)
+        if isinstance(getattr(exc, "os_error", None), netguard.UnsafeAddress):
+            raise _refused(target) from None
         raise UpstreamError(502, f"Could not reach provider '{target.provider_name}'.", retryable=True) from None
     attempt = Attempt(target, response, attempt_no, started)
-    if response.status >= 400:
+    if response.status >= 300:  # redirects are not followed: they count as failures
         try:
             body = await response.read()
         except (TimeoutError, aiohttp.ClientError):
@@ -140,6 +152,19 @@ async def _try(target: Target, build: BuildRequest, stream: bool, attempt_no: in
             raise UpstreamError(502, f"Provider '{target.provider_name}' ended the stream before any data.",
                                 retryable=True, code="upstream_stream_cut")
     return attempt
+
+
+def _host(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _refused(target: Target) -> UpstreamError:
+    return UpstreamError(502, f"Provider '{target.provider_name}' points at a private or reserved network address, "
+                              "which this provider may not call.", retryable=True, code="upstream_address_refused")
 
 
 def _schedule(targets: list[Target], max_attempts: int) -> list[Target]:

@@ -135,7 +135,8 @@ def mock_provider(transactional_db, mock_upstream):
     """A shared provider on the mock upstream with a chat and an embedding model."""
     from providers.models import Deployment, Provider
 
-    provider = Provider(name="mock", kind="openai_compatible", base_url=mock_upstream.url + "/v1")
+    provider = Provider(name="mock", kind="openai_compatible", base_url=mock_upstream.url + "/v1",
+                        allow_private_network=True)
     provider.set_api_key("sk-provider-secret-123456")
     provider.save()
     Deployment.objects.create(provider=provider, public_model="gpt-test", upstream_model="mock-gpt",
@@ -196,7 +197,8 @@ def make_provider(kind: str, url: str, name: str | None = None, knobs: str = "",
     suffix, chat_model, embed_model, kind_settings = KINDS[kind]
     name = name or kind
     base = url + (f"/knobs/{knobs}" if knobs else "") + suffix
-    provider = Provider(name=name, kind=kind, base_url=base, settings=kind_settings)
+    # The mock listens on loopback, which a provider may only call when staff allow it.
+    provider = Provider(name=name, kind=kind, base_url=base, settings=kind_settings, allow_private_network=True)
     provider.set_api_key(PROVIDER_SECRET)
     provider.full_clean()
     provider.save()

@@ -118,7 +118,7 @@ def test_unknown_path_and_wrong_method(gateway, api_key):
 def _provider(mock_provider, name, base_url, model, secret="sk-provider-secret-123456"):
     from providers.models import Deployment, Provider
 
-    provider = Provider(name=name, kind="openai_compatible", base_url=base_url)
+    provider = Provider(name=name, kind="openai_compatible", base_url=base_url, allow_private_network=True)
     provider.set_api_key(secret)
     provider.save()
     Deployment.objects.create(provider=provider, public_model=model, upstream_model="mock-gpt")

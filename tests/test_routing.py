@@ -15,7 +15,8 @@ from usage.models import UsageRecord
 def provider(mock, name: str, **knobs) -> Provider:
     """A provider on the mock whose every call carries these knobs (as x-mock-* headers)."""
     headers = {f"x-mock-{k.replace('_', '-')}": str(v) for k, v in knobs.items()}
-    p = Provider(name=name, kind="openai_compatible", base_url=mock.url + "/v1", extra_headers=headers)
+    p = Provider(name=name, kind="openai_compatible", base_url=mock.url + "/v1", extra_headers=headers,
+                 allow_private_network=True)
     p.save()
     return p
 

@@ -21,7 +21,8 @@ def records(**filters):
 def test_failed_upstream_call_is_recorded_with_zero_cost(key_client, gateway, api_key, mock_provider, mock):
     from providers.models import Deployment, Provider
 
-    broken = Provider.objects.create(name="broken", kind="openai_compatible", base_url=mock.url + "/knobs/error=500/v1")
+    broken = Provider.objects.create(name="broken", kind="openai_compatible", base_url=mock.url + "/knobs/error=500/v1",
+                                     allow_private_network=True)
     Deployment.objects.create(provider=broken, public_model="broken-model", upstream_model="mock-gpt",
                               input_price_per_mtok=100, output_price_per_mtok=100)
     headers = {"authorization": f"Bearer {api_key[1]}", "x-request-id": "failed-call-1"}

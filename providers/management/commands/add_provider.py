@@ -55,6 +55,8 @@ class Command(BaseCommand):
         parser.add_argument("--context-window", type=int, default=128_000)
         parser.add_argument("--max-output-tokens", type=int, default=16_384)
         parser.add_argument("--priority", type=int, default=0)
+        parser.add_argument("--allow-private-network", action="store_true",
+                            help="Let the base URL point at loopback or private addresses (a local Ollama, say)")
 
     @transaction.atomic
     def handle(self, name, **o):
@@ -67,6 +69,7 @@ class Command(BaseCommand):
             name=name, defaults={"kind": o["kind"], "base_url": o["base_url"], "tenant": tenant}
         )
         provider.kind, provider.base_url, provider.tenant = o["kind"], o["base_url"], tenant
+        provider.allow_private_network = o["allow_private_network"]
         if o["api_key_env"]:
             if o["store_key"]:
                 secret = os.environ.get(o["api_key_env"])

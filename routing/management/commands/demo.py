@@ -67,6 +67,7 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(tenant=tenant, user=admin, defaults={"role": Membership.Role.OWNER})
         provider, _ = Provider.objects.get_or_create(name="mock", defaults={"kind": Provider.Kind.OPENAI_COMPATIBLE})
         provider.base_url = f"http://127.0.0.1:{mock_port}/v1"
+        provider.allow_private_network = True  # the mock runs on loopback
         provider.set_api_key("mock-provider-secret")
         provider.save()
         for public, upstream, mode, price_in, price_out in DEMO_MODELS:

@@ -201,6 +201,21 @@ USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 # taken over by another drainer after this long.
 USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=60_000)
 
+# Retention (days), enforced daily by the retention job in bounded batches.
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=400)
+HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=14)
+ROLLUP_RETENTION_DAYS = env.int("ROLLUP_RETENTION_DAYS", default=1100)
+RETENTION_BATCH = env.int("RETENTION_BATCH", default=5000)
+
+# Email (cost reports, budget alerts): EMAIL_URL such as smtp://user:pass@host:587
+# or smtp+tls://..., submission+tls://...; console:// prints instead.
+vars().update(env.email_url("EMAIL_URL", default="smtp://127.0.0.1:25"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Gateway <gateway@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where admins reach the gateway, for links in emails.
+GATEWAY_PUBLIC_URL = env.str("GATEWAY_PUBLIC_URL", default="http://127.0.0.1:8000")
+
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)

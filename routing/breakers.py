@@ -101,6 +101,11 @@ def apply(deployment_id: int, open_until: float) -> None:
         b.consecutive = 0
 
 
+def force(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
+    """Open or close a breaker from outside the request path (health checks)."""
+    _change(deployment_id, open_until, new_state, reason)
+
+
 def _change(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
     apply(deployment_id, open_until)
     log.warning("breaker for deployment %s: %s (%s)", deployment_id, new_state, reason)

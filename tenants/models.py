@@ -22,6 +22,11 @@ class Tenant(models.Model):
     time_zone = models.CharField(
         max_length=64, default="UTC", help_text="Budget and quota periods (day, week, month) follow this time zone."
     )
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Keep this tenant's usage records and audit entries this many days; "
+                  "empty: the global USAGE_RETENTION_DAYS / AUDIT_RETENTION_DAYS.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -5,7 +5,7 @@ from django.contrib import admin
 from gateway_project.readonly_admin import ReadOnlyAdmin
 
 from . import limits
-from .models import Limit, UsageRecord
+from .models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -65,3 +65,17 @@ class LimitInline(admin.TabularInline):
     @admin.display(description="current use")
     def current_use(self, obj: Limit) -> str:
         return _use_summary(obj) if obj.pk else "—"
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = ["bucket", "granularity", "tenant", "key_prefix", "public_model", "provider_name", "requests",
+                    "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
+    list_filter = ["granularity", "tenant", "provider_name"]
+    date_hierarchy = "bucket"
+
+
+@admin.register(ReportDelivery)
+class ReportDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "period", "period_start", "tenant", "recipients", "sent_at"]
+    list_filter = ["period", "tenant"]

@@ -3,6 +3,9 @@ from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from usage import api as usage_api
 
 
 @ratelimit(key="ip", rate=settings.ADMIN_LOGIN_RATE, method="POST", block=False)
@@ -17,6 +20,10 @@ def admin_login(request, **kwargs):
 urlpatterns = [
     path("admin/login/", admin_login, name="admin_login"),
     path("admin/", admin.site.urls),
+    path("api/usage/records", usage_api.RecordList.as_view(), name="usage-records"),
+    path("api/usage/summary", usage_api.Summary.as_view(), name="usage-summary"),
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     # The same API views also answer here when the API handler is bypassed
     # (the test client, WSGI); production traffic reaches them via asgi.py.
     path("", include("routing.urls")),

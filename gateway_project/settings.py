@@ -206,6 +206,8 @@ BREAKER_FAILURES = env.int("BREAKER_FAILURES", default=5)
 BREAKER_FAILURE_RATE = env.float("BREAKER_FAILURE_RATE", default=0.5)
 BREAKER_MIN_CALLS = env.int("BREAKER_MIN_CALLS", default=20)
 BREAKER_COOLDOWN = env.float("BREAKER_COOLDOWN", default=30.0)
+# Seconds a health check waits for a provider's model list (the job runs every minute).
+HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=10.0)
 # Retries: exponential backoff with full jitter, and at most this share of
 # calls retried (plus a small floor) so that retries never multiply an outage.
 RETRY_BACKOFF_BASE = env.float("RETRY_BACKOFF_BASE", default=0.1)

@@ -74,11 +74,14 @@ class ProviderAdmin(admin.ModelAdmin):
 
     @admin.display(description="last health check")
     def health(self, obj: Provider) -> str:
-        check = getattr(self, "_latest", {}).get((obj.id, None))
-        if check is None:
-            return "not checked yet"
-        state = "ok" if check.ok else f"FAILED: {check.error[:80]}"
-        return f"{state} ({check.latency_ms} ms, {check.checked_at:%H:%M:%S})"
+        return describe_check(getattr(self, "_latest", {}).get((obj.id, None)))
+
+
+def describe_check(check: HealthCheck | None) -> str:
+    if check is None:
+        return "not checked yet"
+    state = "ok" if check.ok else f"FAILED: {check.error[:80]}"
+    return f"{state} ({check.latency_ms} ms, {check.checked_at:%H:%M:%S})"
 
 
 @admin.register(HealthCheck)
@@ -91,6 +94,14 @@ class HealthCheckAdmin(ReadOnlyAdmin):
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     list_display = ["public_model", "provider", "upstream_model", "mode", "context_window",
-                    "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active"]
+                    "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active", "health"]
     list_filter = ["mode", "is_active", "provider"]
     search_fields = ["public_model", "upstream_model"]
+
+    def changelist_view(self, request, extra_context=None):
+        self._latest = health.latest()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="last health check")
+    def health(self, obj: Deployment) -> str:
+        return describe_check(getattr(self, "_latest", {}).get((obj.provider_id, obj.id)))

@@ -35,7 +35,7 @@ class ConnectionCheck:
         return f"OK (HTTP {self.status}, {self.latency_ms} ms); {len(self.models)} model(s) found: {shown or 'none'}"
 
 
-def check_connection(provider: Provider) -> ConnectionCheck:
+def check_connection(provider: Provider, timeout: float = TIMEOUT_SECONDS) -> ConnectionCheck:
     try:
         target = target_for(provider, provider.deployments.first())
     except SecretUnreadable:
@@ -49,9 +49,9 @@ def check_connection(provider: Provider) -> ConnectionCheck:
     started = time.perf_counter()
     try:
         response = httpx.request(request.method, request.url, headers=request.headers, content=request.body,
-                                 timeout=TIMEOUT_SECONDS)
+                                 timeout=timeout)
     except httpx.TimeoutException:
-        return ConnectionCheck(False, None, _since(started), error=f"no answer within {TIMEOUT_SECONDS} s")
+        return ConnectionCheck(False, None, _since(started), error=f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         return ConnectionCheck(False, None, _since(started), error=f"could not connect ({type(exc).__name__})")
     latency = _since(started)

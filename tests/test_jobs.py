@@ -90,38 +90,6 @@ def test_rollups_add_up_exactly_and_racing_or_rerunning_changes_nothing(transact
     assert group.latency_p95_ms == round(rollups._percentile(mine, 0.95))
 
 
-def test_health_checks_are_kept_shown_and_open_or_close_breakers(transactional_db, mock, admin_client):
-    make_provider("openai", mock.url, name="good")
-    make_provider("openai", "http://127.0.0.1:9", name="dead")
-    unlisted = make_provider("openai", mock.url, name="unlisted")
-    Deployment.objects.filter(provider=unlisted).update(upstream_model="no-such-model")
-
-    checks = health.check_all()
-    by_name = {(c.provider.name, c.deployment.public_model if c.deployment else None): c for c in checks}
-    assert by_name[("good", None)].ok and by_name[("good", None)].models_found >= 3
-    assert by_name[("good", "chat-good")].ok
-    assert not by_name[("dead", None)].ok and "could not connect" in by_name[("dead", None)].error
-    assert not by_name[("unlisted", "chat-unlisted")].ok
-    assert "does not list the model 'no-such-model'" in by_name[("unlisted", "chat-unlisted")].error
-    assert HealthCheck.objects.count() == len(checks)
-
-    dead = Deployment.objects.get(public_model="chat-dead")
-    assert breakers.shared_state(dead.id).startswith("open")
-    assert breakers.shared_state(by_name[("good", "chat-good")].deployment.id) == "closed"
-
-    # The provider comes back; once the cooldown has run out, the next check closes the breaker.
-    dead.provider.base_url = mock.url + "/v1"
-    dead.provider.save()
-    breakers.force(dead.id, time.time() - 1, "open", "cooldown over (test)")
-    health.check_all()
-    assert breakers.shared_state(dead.id) == "closed"
-
-    page = admin_client.get("/admin/providers/provider/").content.decode()
-    assert "last health check" in page.lower() and "ok (" in page
-    assert "health check failed" in "".join(
-        __import__("routing.models", fromlist=["CircuitEvent"]).CircuitEvent.objects.values_list("reason", flat=True))
-
-
 def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, tenant, gateway_env, mock):
     from providers.tasks import check_health
     from usage.tasks import rollup_usage

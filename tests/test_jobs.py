@@ -9,7 +9,6 @@ import io
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -20,9 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from keys.models import ApiKey
-from providers import health
-from providers.models import Deployment, HealthCheck
-from routing import breakers
+from providers.models import HealthCheck
 from tenants.models import AuditLog, Membership
 from tests.conftest import ROOT, free_port, make_provider, wait_until
 from usage import reports, retention, rollups

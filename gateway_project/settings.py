@@ -229,6 +229,9 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=400)
 HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=14)
 ROLLUP_RETENTION_DAYS = env.int("ROLLUP_RETENTION_DAYS", default=1100)
+# How far back the rollup job looks for buckets that gained records (late
+# events, hours no job rolled up); older ones: `manage.py rollup_usage --since`.
+ROLLUP_LOOKBACK_HOURS = env.int("ROLLUP_LOOKBACK_HOURS", default=48)
 RETENTION_BATCH = env.int("RETENTION_BATCH", default=5000)
 
 # Email (cost reports, budget alerts): EMAIL_URL such as smtp://user:pass@host:587

@@ -8,7 +8,6 @@ import email.policy
 import io
 import subprocess
 import sys
-import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -16,13 +15,12 @@ from decimal import Decimal
 import pytest
 from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
-from django.db import connection
 
 from keys.models import ApiKey
 from providers.models import HealthCheck
 from tenants.models import AuditLog, Membership
 from tests.conftest import ROOT, free_port, make_provider, wait_until
-from usage import reports, retention, rollups
+from usage import reports, retention
 from usage.models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
 
@@ -46,45 +44,6 @@ def test_every_job_is_scheduled_and_editable_in_the_admin(db, admin_client):
     assert tasks["retention: delete expired records"].crontab.hour == "3"
     page = admin_client.get("/admin/django_celery_beat/periodictask/").content.decode()
     assert "reports: monthly cost report" in page and "providers: health checks" in page
-
-
-def test_rollups_add_up_exactly_and_racing_or_rerunning_changes_nothing(transactional_db, tenant):
-    key_a, _ = ApiKey.issue(tenant, "a")
-    key_b, _ = ApiKey.issue(tenant, "b")
-    hour = datetime(2026, 11, 20, 14, tzinfo=UTC)
-    latencies = list(range(10, 510, 10))  # 50 values
-    for i, latency in enumerate(latencies):
-        record(tenant, key_a if i % 2 else key_b, hour + timedelta(seconds=i * 60), latency=latency,
-               cost="0.000123456789", status="ok" if i % 10 else "upstream_error",
-               model="gpt-test" if i < 40 else "embed-test")
-    record(tenant, key_a, hour + timedelta(hours=1))  # the next hour: not in this bucket
-
-    def run():
-        try:
-            rollups.rollup("hour", hour)
-            rollups.rollup("day", hour)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rollups.rollup("hour", hour)  # and once more
-
-    hourly = UsageRollup.objects.filter(granularity="hour", bucket=hour)
-    assert hourly.count() == 4  # 2 keys x 2 models
-    assert sum(r.requests for r in hourly) == 50 and sum(r.errors for r in hourly) == 5
-    assert sum(r.cost_usd for r in hourly) == Decimal("0.000123456789") * 50
-    assert sum(r.prompt_tokens for r in hourly) == 500
-    day = UsageRollup.objects.filter(granularity="day", bucket=hour.replace(hour=0))
-    assert sum(r.requests for r in day) == 51
-    # percentile_cont over one group: key_b's gpt-test calls (even i < 40: latencies 10, 30, ..., 390).
-    group = hourly.get(api_key=key_b, public_model="gpt-test")
-    mine = [lat for i, lat in enumerate(latencies) if i % 2 == 0 and i < 40]
-    assert group.latency_p50_ms == round(rollups._percentile(mine, 0.5)) == 200
-    assert group.latency_p95_ms == round(rollups._percentile(mine, 0.95))
 
 
 def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, tenant, gateway_env, mock):

@@ -6,18 +6,20 @@ from usage import rollups
 
 
 class Command(BaseCommand):
-    help = "Recompute usage rollups: the current and previous hour and day, or every bucket since a date."
+    help = ("Recompute usage rollups: what the periodic job does (every bucket of the last "
+            "ROLLUP_LOOKBACK_HOURS that gained records), or every hour and day bucket since a moment.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--since", help="YYYY-MM-DD (UTC): backfill every hour and day bucket from then")
+        parser.add_argument("--since", help="YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC): backfill every bucket from then")
 
     def handle(self, since, **options):
         if not since:
             self.stdout.write(f"{rollups.rollup_recent()} rollup row(s) written")
             return
         try:
-            start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC)
+            start = datetime.fromisoformat(since)
         except ValueError:
-            raise CommandError("--since takes a date: YYYY-MM-DD") from None
+            raise CommandError("--since takes YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)") from None
+        start = start.replace(tzinfo=start.tzinfo or UTC)
         written = sum(rollups.rollup_since(start, granularity) for granularity in rollups.STEP)
         self.stdout.write(f"{written} rollup row(s) written")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
 
 from keys.models import ApiKey
@@ -149,7 +149,7 @@ def test_rollups_outlive_the_records_retention_deletes(transactional_db, tenant,
     assert rolled_up("hour")["requests"] == 5 and rolled_up("day")["cost_usd"] == Decimal("1.25")
 
 
-def scenario() -> list[list]:
+def scenario() -> dict:
     """Records of two tenants across midnight, rolled up; the rows as plain values.
 
     Run here on PostgreSQL and in a subprocess on SQLite (embedded mode)."""
@@ -173,7 +173,19 @@ def scenario() -> list[list]:
              r.public_model, r.provider_name, r.requests, r.errors, r.prompt_tokens, r.completion_tokens,
              r.cached_tokens, str(r.cost_usd.normalize()), r.latency_p50_ms, r.latency_p95_ms]
             for r in UsageRollup.objects.select_related("tenant", "api_key")]
-    return sorted(rows, key=lambda row: [str(value) for value in row])
+    return {"rows": sorted(rows, key=lambda row: [str(value) for value in row]),
+            "keyless rows unique": _refused(UsageRollup.objects.filter(api_key=None).first())}
+
+
+def _refused(row: UsageRollup) -> bool:
+    """Whether the database refuses a second copy of this rollup row."""
+    row.pk = None
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError:
+        return True
+    return False
 
 
 def test_sqlite_and_postgresql_roll_up_the_same(transactional_db, tmp_path):
@@ -189,5 +201,7 @@ def test_sqlite_and_postgresql_roll_up_the_same(transactional_db, tmp_path):
     on_sqlite = json.loads(embedded.stdout.splitlines()[-1])
     on_postgresql = scenario()
     assert connection.vendor == "postgresql"
-    assert len(on_postgresql) > 30 and sum(row[6] for row in on_postgresql) == 240  # hours and days: 120 each
+    rows = on_postgresql["rows"]
+    assert len(rows) > 30 and sum(row[6] for row in rows) == 240  # hours and days: 120 requests each
+    assert on_postgresql["keyless rows unique"]
     assert on_sqlite == on_postgresql

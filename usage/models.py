@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Coalesce
 
 from keys.models import ApiKey
 from providers.models import Deployment, Provider
@@ -171,9 +172,11 @@ class UsageRollup(models.Model):
 
     class Meta:
         ordering = ["-bucket"]
+        # One row per bucket and group; the key is coalesced (no key: 0) so that
+        # rows without one are unique too, on SQLite as on PostgreSQL.
         constraints = [models.UniqueConstraint(
-            fields=["granularity", "bucket", "tenant", "api_key", "public_model", "provider_name"],
-            name="usage_rollup_once", nulls_distinct=False)]
+            "granularity", "bucket", "tenant", Coalesce("api_key", 0), "public_model", "provider_name",
+            name="usage_rollup_once")]
         indexes = [models.Index(fields=["tenant", "granularity", "bucket"])]
 
 

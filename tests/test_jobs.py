@@ -18,9 +18,9 @@ from django.contrib.auth import get_user_model
 
 from keys.models import ApiKey
 from providers.models import HealthCheck
-from tenants.models import AuditLog, Membership
+from tenants.models import Membership
 from tests.conftest import ROOT, free_port, make_provider, wait_until
-from usage import reports, retention
+from usage import reports
 from usage.models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
 
@@ -64,33 +64,6 @@ def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, te
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-
-
-def test_retention_deletes_what_expired_per_tenant_in_batches(transactional_db, tenant, other_tenant, settings):
-    settings.USAGE_RETENTION_DAYS, settings.AUDIT_RETENTION_DAYS, settings.HEALTH_RETENTION_DAYS = 30, 60, 14
-    settings.RETENTION_BATCH = 3
-    tenant.retention_days = 7
-    tenant.save()
-    now = datetime.now(UTC)
-    for days, count in ((1, 2), (10, 4), (40, 5)):
-        for _ in range(count):
-            record(tenant, None, now - timedelta(days=days))
-            record(other_tenant, None, now - timedelta(days=days))
-    for days in (10, 90):
-        entry = AuditLog.record("test", tenant=tenant)
-        AuditLog.objects.filter(pk=entry.pk).update(created_at=now - timedelta(days=days))
-        entry = AuditLog.record("test", tenant=other_tenant)
-        AuditLog.objects.filter(pk=entry.pk).update(created_at=now - timedelta(days=days))
-    provider = make_provider("openai", "http://127.0.0.1:9", name="old")
-    HealthCheck.objects.create(provider=provider, checked_at=now - timedelta(days=20), ok=True)
-    HealthCheck.objects.create(provider=provider, checked_at=now - timedelta(days=1), ok=True)
-
-    deleted = retention.cleanup()
-    assert deleted == {"usage records": 4 + 5 + 5, "audit entries": 3, "health checks": 1, "rollups": 0}
-    assert UsageRecord.objects.filter(tenant=tenant).count() == 2  # 7 days
-    assert UsageRecord.objects.filter(tenant=other_tenant).count() == 2 + 4  # 30 days
-    assert AuditLog.objects.filter(tenant=other_tenant).count() == 1
-    assert retention.cleanup() == {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0}
 
 
 class Inbox:

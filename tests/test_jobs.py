@@ -6,6 +6,7 @@ import csv
 import email
 import email.policy
 import io
+import os
 import subprocess
 import sys
 import uuid
@@ -15,6 +16,7 @@ from decimal import Decimal
 import pytest
 from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from keys.models import ApiKey
 from providers.models import HealthCheck
@@ -37,33 +39,54 @@ def test_every_job_is_scheduled_and_editable_in_the_admin(db, admin_client):
     from django_celery_beat.models import PeriodicTask
 
     tasks = {t.name: t for t in PeriodicTask.objects.all()}
-    assert tasks["providers: health checks"].interval.every == 60
-    assert tasks["usage: hourly and daily rollups"].task == "usage.tasks.rollup_usage"
+    health = tasks["providers: health checks"]
+    assert (health.task, health.interval.every, health.interval.period) == ("providers.tasks.check_health", 60,
+                                                                            "seconds")
+    rollup = tasks["usage: hourly and daily rollups"]
+    assert (rollup.task, rollup.interval.every) == ("usage.tasks.rollup_usage", 300)
+    cleanup = tasks["retention: delete expired records"]
+    assert cleanup.task == "usage.tasks.cleanup_retention"
+    assert (cleanup.crontab.minute, cleanup.crontab.hour, cleanup.crontab.day_of_month,
+            cleanup.crontab.day_of_week) == ("30", "3", "*", "*")  # daily
     weekly = tasks["reports: weekly cost report"]
     assert weekly.crontab.day_of_week == "1" and weekly.crontab.hour == "6" and '"week"' in weekly.kwargs
-    assert tasks["retention: delete expired records"].crontab.hour == "3"
+    assert all(t.enabled for t in tasks.values())
     page = admin_client.get("/admin/django_celery_beat/periodictask/").content.decode()
     assert "reports: monthly cost report" in page and "providers: health checks" in page
 
+    # An admin slows the health checks down; the next migrate (a deploy) keeps that and adds nothing twice.
+    from django_celery_beat.models import IntervalSchedule
 
-def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, tenant, gateway_env, mock):
+    health.interval = IntervalSchedule.objects.create(every=120, period="seconds")
+    health.save()
+    call_command("migrate", verbosity=0)
+    assert PeriodicTask.objects.count() == len(tasks)
+    assert PeriodicTask.objects.get(name="providers: health checks").interval.every == 120
+
+
+def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, tenant, gateway_env, mock, settings):
     from providers.tasks import check_health
-    from usage.tasks import rollup_usage
+    from usage.tasks import cleanup_retention, rollup_usage
 
     make_provider("openai", mock.url, name="probed")
     record(tenant, None, datetime.now(UTC))
+    expired = record(tenant, None, datetime.now(UTC) - timedelta(days=settings.USAGE_RETENTION_DAYS + 1))
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "gateway_project", "worker", "--pool=solo", "--loglevel=WARNING",
          "--without-heartbeat", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env={**__import__("os").environ, **gateway_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=ROOT, env={**os.environ, **gateway_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        rollup_usage.delay()
-        check_health.delay()
-        assert wait_until(lambda: UsageRollup.objects.filter(tenant=tenant).count() == 2, timeout=60)
-        assert wait_until(lambda: HealthCheck.objects.filter(provider__name="probed", ok=True).exists(), timeout=60)
+        for task in (rollup_usage, rollup_usage, check_health, cleanup_retention):
+            task.delay()
+        assert wait_until(lambda: not UsageRecord.objects.filter(pk=expired.pk).exists(), timeout=60)
+        # Run twice: still one hourly and one daily row, counting the one request left.
+        assert [(r.granularity, r.requests) for r in UsageRollup.objects.order_by("granularity")] == [
+            ("day", 1), ("hour", 1)]
+        assert HealthCheck.objects.filter(provider__name="probed", ok=True).count() == 3  # provider, chat, embed
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+    assert worker.returncode == 0, worker.stderr.read().decode()[-2000:]
 
 
 class Inbox:

@@ -65,12 +65,14 @@ def test_every_job_is_scheduled_and_editable_in_the_admin(db, admin_client):
 
 
 def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, tenant, gateway_env, mock, settings):
+    from gateway_project.celery import app
     from providers.tasks import check_health
     from usage.tasks import cleanup_retention, rollup_usage
 
     make_provider("openai", mock.url, name="probed")
     record(tenant, None, datetime.now(UTC))
     expired = record(tenant, None, datetime.now(UTC) - timedelta(days=settings.USAGE_RETENTION_DAYS + 1))
+    app.control.purge()  # nothing but what this test sends
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "gateway_project", "worker", "--pool=solo", "--loglevel=WARNING",
          "--without-heartbeat", "--without-gossip", "--without-mingle"],

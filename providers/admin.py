@@ -89,6 +89,7 @@ class HealthCheckAdmin(ReadOnlyAdmin):
     list_display = ["checked_at", "provider", "deployment", "ok", "status", "latency_ms", "models_found", "error"]
     list_filter = ["ok", "provider"]
     date_hierarchy = "checked_at"
+    list_select_related = ["provider", "deployment__provider"]
 
 
 @admin.register(Deployment)

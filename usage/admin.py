@@ -73,6 +73,7 @@ class UsageRollupAdmin(ReadOnlyAdmin):
                     "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
     list_filter = ["granularity", "tenant", "provider_name"]
     date_hierarchy = "bucket"
+    list_select_related = ["tenant"]
 
 
 @admin.register(ReportDelivery)

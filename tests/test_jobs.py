@@ -82,7 +82,8 @@ def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, te
             task.delay()
         assert wait_until(lambda: not UsageRecord.objects.filter(pk=expired.pk).exists(), timeout=60)
         # Run twice: still one hourly and one daily row, counting the one request left.
-        assert [(r.granularity, r.requests) for r in UsageRollup.objects.order_by("granularity")] == [
+        assert [(r.granularity, r.requests) for r in UsageRollup.objects.filter(tenant=tenant).order_by(
+            "granularity")] == [
             ("day", 1), ("hour", 1)]
         assert HealthCheck.objects.filter(provider__name="probed", ok=True).count() == 3  # provider, chat, embed
     finally:

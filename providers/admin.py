@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 
+from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+
 from .connection import check_connection
 from .models import Deployment, Provider
 
@@ -33,7 +35,7 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
-class DeploymentInline(admin.TabularInline):
+class DeploymentInline(ScopedInlineMixin, admin.TabularInline):
     model = Deployment
     extra = 0
     fields = ["public_model", "upstream_model", "mode", "context_window", "max_output_tokens",
@@ -41,7 +43,7 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(ScopedAdminMixin, admin.ModelAdmin):
     form = ProviderForm
     list_display = ["name", "kind", "base_url", "tenant", "key_stored", "is_active"]
     list_filter = ["kind", "is_active", "tenant"]
@@ -67,7 +69,7 @@ class ProviderAdmin(admin.ModelAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ScopedAdminMixin, admin.ModelAdmin):
     list_display = ["public_model", "provider", "upstream_model", "mode", "context_window",
                     "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active"]
     list_filter = ["mode", "is_active", "provider"]

@@ -152,10 +152,13 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns at startup if
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 
+# Requests per user (or address) to the usage and management APIs (django-ratelimit syntax).
+MANAGEMENT_API_RATE = env.str("MANAGEMENT_API_RATE", default="300/m")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],
 }
 SPECTACULAR_SETTINGS = {"TITLE": "LLM Gateway management API", "VERSION": "0.1.0"}
 

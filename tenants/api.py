@@ -86,7 +86,7 @@ class MemberSerializer(ScopedSerializer):
 class MemberViewSet(ScopedViewSet):
     """People in a tenant and their roles. Owners manage everyone; admins manage admins and members."""
 
-    queryset = Membership.objects.select_related("user", "tenant")
+    queryset = Membership.objects.select_related("user", "tenant").order_by("tenant__name", "user__username")
     serializer_class = MemberSerializer
 
     def perform_create(self, serializer) -> None:

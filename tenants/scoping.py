@@ -81,7 +81,7 @@ def _follow(obj: Model, path: str):
 
 def tenant_of(obj: Model) -> int | None:
     """The tenant a row belongs to; None for shared rows and for models with no tenant."""
-    rule = rule_for(type(obj))
+    rule = rule_for(obj._meta.model)  # not type(obj): request.user is a lazy proxy
     if rule is None:
         return None
     return obj.pk if rule.tenant == "" else _follow(obj, rule.tenant)
@@ -181,12 +181,13 @@ class Scope:
         """Whether the user may `action` this row, in the state it is in now."""
         if self.everything:
             return True
-        rule = rule_for(type(obj))
+        model = obj._meta.model
+        rule = rule_for(model)
         if rule is None:
             return False
         tenant_id = tenant_of(obj)
         if tenant_id is None:
-            return action == "view" and rule.shared and self.may("view", type(obj))
+            return action == "view" and rule.shared and self.may("view", model)
         if action not in self.actions(rule, tenant_id):
             return False
         if self.role(tenant_id) == MEMBER and _follow(obj, rule.own) != self.user_id:

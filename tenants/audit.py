@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from django.apps import apps
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 
 AUDITED = [
     "tenants.Tenant", "tenants.Membership", "keys.ApiKey", "providers.Provider", "providers.Deployment",
@@ -192,6 +192,16 @@ def _after_delete(sender, instance, **kwargs) -> None:
         record("delete", instance, changes=diff(snapshot(instance), None))
 
 
+def _m2m_changed(sender, instance, action, reverse, pk_set, **kwargs) -> None:
+    # A user's groups and permissions, a group's permissions: recorded on the row whose field it is.
+    if current() is None or reverse or action not in ("post_add", "post_remove", "post_clear"):
+        return
+    name = next(f.name for f in instance._meta.many_to_many if f.remote_field.through is sender)
+    change = {"post_add": "added", "post_remove": "removed", "post_clear": "cleared"}[action]
+    if pk_set or action == "post_clear":
+        record("update", instance, changes={name: {change: sorted(pk_set or [])}})
+
+
 def _address(request) -> str | None:
     return request.META.get("REMOTE_ADDR") if request is not None else None
 
@@ -224,6 +234,8 @@ def connect() -> None:
         pre_save.connect(_before_save, sender=model, dispatch_uid=f"audit-pre-{label}")
         post_save.connect(_after_save, sender=model, dispatch_uid=f"audit-save-{label}")
         post_delete.connect(_after_delete, sender=model, dispatch_uid=f"audit-delete-{label}")
+        for m2m in model._meta.many_to_many:
+            m2m_changed.connect(_m2m_changed, sender=m2m.remote_field.through, dispatch_uid=f"audit-m2m-{m2m}")
     user_logged_in.connect(_logged_in, dispatch_uid="audit-login")
     user_login_failed.connect(_login_failed, dispatch_uid="audit-login-failed")
     user_logged_out.connect(_logged_out, dispatch_uid="audit-logout")

@@ -174,3 +174,20 @@ def test_deleting_a_tenant_keeps_its_trail(client, tenant, django_user_model):
     assert {(r.object_type, r.object_id) for r in gone} >= {("tenants.Tenant", str(tenant.id)),
                                                              ("keys.ApiKey", str(key.id))}
     assert "doomed" in client.get("/admin/tenants/auditlog/").content.decode()
+
+
+def test_group_and_permission_changes_are_recorded(client, django_user_model):
+    from django.contrib.auth.models import Group
+
+    staff = django_user_model.objects.create_superuser("root", "root@example.com", None)
+    someone = django_user_model.objects.create_user("someone", is_staff=True)
+    group = Group.objects.create(name="support")
+    client.force_login(staff)
+    joined = someone.date_joined
+    response = client.post(f"/admin/auth/user/{someone.id}/change/", {
+        "username": "someone", "first_name": "", "last_name": "", "email": "", "is_active": "on", "is_staff": "on",
+        "groups": [group.id], "user_permissions": [], "last_login_0": "", "last_login_1": "",
+        "date_joined_0": f"{joined:%Y-%m-%d}", "date_joined_1": f"{joined:%H:%M:%S}"})
+    assert response.status_code == 302
+    row = AuditLog.objects.get(object_type="auth.User", object_id=str(someone.id), changes__has_key="groups")
+    assert row.changes == {"groups": {"added": [group.id]}} and row.actor == staff

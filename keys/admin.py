@@ -115,8 +115,10 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def revoke_view(self, request, object_id: str):
         key = self._key_in_use(request, object_id)
         if request.method == "POST":
-            key.revoke()
-            self.message_user(request, f"Revoked {key}. The gateway refuses it from now on.")
+            if key.revoke():
+                self.message_user(request, f"Revoked {key}. The gateway refuses it from now on.")
+            else:
+                self.message_user(request, f"{key} was revoked already.", messages.WARNING)
             return redirect(reverse("admin:keys_apikey_change", args=[key.pk]))
         return self._confirm_page(request, key, "revoke", None)
 

@@ -19,7 +19,7 @@ def check_new_member(scope: Scope, tenant: Tenant, username: str, password: str)
     user = get_user_model()._default_manager.filter(username=username).first()
     if user is None:
         if not password:
-            raise ValidationError({"password": "A new user needs a first password."})
+            raise ValidationError({"password": "A new user needs a first password."})  # nosec B105: a message
         validate_password(password)
         return
     if not users_visible_to(scope).filter(pk=user.pk).exists():

@@ -235,3 +235,21 @@ def test_api_cannot_create_in_another_tenant(client, world, role, resource, body
     response = client.post(f"/api/manage/{resource}/", resolve(body), content_type="application/json")
     assert response.status_code in (400, 403), response.content
     assert snapshot() == before
+
+
+AUTOCOMPLETE = [("usage", "limit", "tenant"), ("usage", "limit", "api_key"), ("routing", "routetarget", "deployment"),
+                ("routing", "route", "context_fallback"), ("tenants", "membership", "user"),
+                ("providers", "deployment", "provider"), ("tenants", "auditlog", "tenant")]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_autocomplete_offers_nothing_of_another_tenant(client, world, role):
+    client.force_login(world["staff"])
+    everything = [client.get("/admin/autocomplete/", {"app_label": a, "model_name": m, "field_name": f,
+                                                       "term": "globex"}).json()["results"] for a, m, f in AUTOCOMPLETE]
+    assert all(everything)  # staff find the other tenant's rows: the queries do reach them
+    client.force_login(world["ours"][role])
+    for app_label, model_name, field_name in AUTOCOMPLETE:
+        response = client.get("/admin/autocomplete/", {"app_label": app_label, "model_name": model_name,
+                                                       "field_name": field_name, "term": "globex"})
+        assert response.status_code == 403 or response.json()["results"] == [], (model_name, field_name)

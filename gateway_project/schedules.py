@@ -10,6 +10,7 @@ from django.db import transaction
 # name: (task, every N seconds)
 SCHEDULES: dict[str, tuple[str, int]] = {
     "usage: drain buffered usage events": ("usage.tasks.drain_usage", 5),
+    "usage: delete logged prompts past their retention": ("usage.tasks.purge_prompts", 3600),
 }
 
 

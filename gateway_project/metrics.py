@@ -85,7 +85,12 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         "gauge", "Usage events held in gateway processes while Redis was unreachable.", (), ()),
 }
 
+_BUCKETS = {name: spec[3] for name, spec in SPECS.items()}
+
 # What the hot path adds to; emptied into Redis (or _totals) by push().
+# Finished calls, by (endpoint, route, model, provider, status, error): [calls, input tokens,
+# output tokens, cached tokens, cost]; spread over their metrics at push time, not per call.
+_calls: dict[tuple, list] = {}
 _counts: dict[tuple, float] = {}
 _histograms: dict[tuple, list[float]] = {}  # per bucket counts, then +Inf, then the sum
 _gauges: dict[str, float] = {"gateway_requests_in_flight": 0, "gateway_open_streams": 0}
@@ -99,10 +104,22 @@ def inc(name: str, *labels: str, by: float = 1) -> None:
     _counts[key] = _counts.get(key, 0) + by
 
 
+def count_call(labels: tuple, input_tokens: int, output_tokens: int, cached_tokens: int, cost: float) -> None:
+    """One finished API call; `labels` as gateway_requests_total's."""
+    entry = _calls.get(labels)
+    if entry is None:
+        entry = _calls[labels] = [0, 0, 0, 0, 0.0]
+    entry[0] += 1
+    entry[1] += input_tokens
+    entry[2] += output_tokens
+    entry[3] += cached_tokens
+    entry[4] += cost
+
+
 def observe(name: str, value: float, *labels: str) -> None:
     key = (name, *labels)
     counts = _histograms.get(key)
-    buckets = SPECS[name][3]
+    buckets = _BUCKETS[name]
     if counts is None:
         counts = _histograms[key] = [0] * (len(buckets) + 2)
     counts[bisect_left(buckets, value)] += 1
@@ -123,9 +140,20 @@ def _field(key: tuple) -> bytes:
 
 def _drain_local() -> dict[bytes, float]:
     """Take what this process counted since the last push, as hash fields."""
-    global _counts, _histograms
-    counts, histograms = _counts, _histograms
-    _counts, _histograms = {}, {}
+    global _calls, _counts, _histograms
+    calls, counts, histograms = _calls, _counts, _histograms
+    _calls, _counts, _histograms = {}, {}, {}
+    for labels, (n, input_tokens, output_tokens, cached_tokens, cost) in calls.items():
+        key = ("gateway_requests_total", *labels)
+        counts[key] = counts.get(key, 0) + n
+        model, provider = labels[2], labels[3]
+        for kind, value in (("input", input_tokens), ("output", output_tokens), ("cached", cached_tokens)):
+            if value:
+                key = ("gateway_tokens_total", model, provider, kind)
+                counts[key] = counts.get(key, 0) + value
+        if provider:
+            key = ("gateway_cost_usd_total", model, provider)
+            counts[key] = counts.get(key, 0) + cost
     fields: dict[bytes, float] = {_field(k): v for k, v in counts.items()}
     for key, values in histograms.items():
         for i, n in enumerate(values[:-1]):
@@ -245,10 +273,11 @@ async def collect() -> tuple[dict[bytes, float], list[dict], dict[str, float]]:
         counters, gauges, last = await pipe.execute()
     fields = {k: float(v) for k, v in counters.items()}
     # What this process counted since its last push, so a scrape is never a second behind it.
-    for field, value in _drain_local().items():
-        _unpushed[field] = _unpushed.get(field, 0) + value
-    for field, value in _unpushed.items():
-        fields[field] = fields.get(field, 0) + value
+    with _totals_lock:
+        for field, value in _drain_local().items():
+            _unpushed[field] = _unpushed.get(field, 0) + value
+        for field, value in _unpushed.items():
+            fields[field] = fields.get(field, 0) + value
     now, live, stale = time.time(), [], []
     for proc, value in gauges.items():
         entry = orjson.loads(value)

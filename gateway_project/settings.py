@@ -224,7 +224,7 @@ REQUEST_LOG = env.bool("REQUEST_LOG", default=True)
 # Longest prompt kept (after redaction) for tenants that opt into prompt logging.
 PROMPT_LOG_MAX_CHARS = env.int("PROMPT_LOG_MAX_CHARS", default=4000)
 
-LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 if LOG_FORMAT not in ("text", "json"):
     raise ValueError("LOG_FORMAT must be 'text' or 'json'")
 LOGGING = {

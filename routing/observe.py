@@ -31,8 +31,14 @@ def finished(call: Call) -> None:
     provider = target.provider_name if target else ""
     # Only names the routing table knows: a request for an unknown model gets no label of its own.
     model = call.model if call.route else ""
-    metrics.inc("gateway_requests_total", call.endpoint, call.route, model, provider, str(call.http_status),
-                call.status)
+    usage = call.usage if target is not None else None
+    if usage is None:
+        metrics.count_call((call.endpoint, call.route, model, provider, str(call.http_status), call.status),
+                           0, 0, 0, 0.0)
+    else:
+        cost = float(call.recorded["cost_usd"]) if call.recorded else float(call.cost())
+        metrics.count_call((call.endpoint, call.route, model, provider, str(call.http_status), call.status),
+                           usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, cost)
     elapsed = now - call.started
     metrics.observe("gateway_request_duration_seconds", elapsed, call.endpoint, _STREAMED[call.streamed])
     if call.upstream_started:
@@ -41,14 +47,6 @@ def finished(call: Call) -> None:
                         call.endpoint)
         if call.answered_started and target is not None:
             metrics.observe("gateway_upstream_latency_seconds", ended - call.answered_started, model, provider)
-    if call.usage is not None and target is not None:
-        usage = call.usage
-        metrics.inc("gateway_tokens_total", model, provider, "input", by=usage.prompt_tokens)
-        metrics.inc("gateway_tokens_total", model, provider, "output", by=usage.completion_tokens)
-        if usage.cached_tokens:
-            metrics.inc("gateway_tokens_total", model, provider, "cached", by=usage.cached_tokens)
-        cost = float(call.recorded["cost_usd"]) if call.recorded else float(call.cost())
-        metrics.inc("gateway_cost_usd_total", model, provider, by=cost)
     if call.streamed and call.ttft_ms is not None and target is not None:
         metrics.observe("gateway_time_to_first_token_seconds", call.ttft_ms / 1000, model, provider)
     if call.error_type in REFUSAL_CODES:

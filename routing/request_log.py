@@ -8,12 +8,14 @@ logging; then a redacted copy (usage.prompts) travels with it.
 
 The hot path only appends the call's fields to a queue; a background task
 (see asgi.py) writes the lines a few times a second, after the responses
-have gone out. Set REQUEST_LOG=false to turn the lines off; LOG_FORMAT picks
+have gone out, as one log record per write (gateway_project.log_format
+formats it as one line per request). Set REQUEST_LOG=false to turn the lines off; LOG_FORMAT picks
 JSON or text (gateway_project.log_format).
 """
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from django.conf import settings
@@ -33,20 +35,20 @@ def emit(call) -> None:
     # A copy: in embedded mode the recorded event itself waits in the usage buffer.
     fields = dict(call.recorded) if call.recorded is not None else call.event()
     fields["tenant"] = call.key.tenant_slug if call.key else ""
+    fields["ts"] = time.time()  # the line's time: when the call ended (the event's is when it began)
     _queue.append(fields)
     if len(_queue) > MAX_QUEUED:
         flush()
 
 
 def flush() -> int:
-    """Write every queued line; return how many."""
-    written = 0
-    while _queue:
-        fields = _queue.popleft()
-        fields.pop("ts", None)  # the log record has its own time
-        log.info("request", extra={"request": fields})
-        written += 1
-    return written
+    """Write every queued line, as one log record (gateway_project.log_format); return how many."""
+    if not _queue:
+        return 0
+    batch = list(_queue)
+    _queue.clear()
+    log.info("%d requests", len(batch), extra={"requests": batch})
+    return len(batch)
 
 
 async def flush_forever(stop: asyncio.Event, interval: float = 0.2) -> None:

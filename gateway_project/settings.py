@@ -211,7 +211,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW
 # (comma-separated CIDRs; loopback by default, empty for nobody).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="") or (
-    Path(env.str("METRICS_TOKEN_FILE")).read_text().strip() if env.str("METRICS_TOKEN_FILE", default="") else "")
+    Path(path).read_text().strip() if (path := env.str("METRICS_TOKEN_FILE", default="")) else "")
 METRICS_ALLOW = env.list("METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
 # Seconds between each process's pushes of its counts to Redis.
 METRICS_PUSH_INTERVAL = env.float("METRICS_PUSH_INTERVAL", default=1.0)

@@ -523,3 +523,18 @@ def test_readyz_is_unready_while_the_usage_buffer_is_backed_up(gateway_env, traf
         assert total(scrape(server), "gateway_usage_buffer_events") == 0
     finally:
         server.stop()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exports(gateway):
+    from gateway_project.metrics import SPECS
+    from usage.tasks import drain_usage
+
+    drain_usage.apply()  # so that the job's last success is exported too
+    text = httpx.get(gateway.url + "/metrics").text
+    exported = set(SPECS) | set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    assert len(queries) > 25
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for q in queries for n in re.findall(r"gateway_[a-z_]+", q)}
+    assert used - exported == set()
+    assert len(used) >= 20

@@ -107,10 +107,6 @@ def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
     return response
 
 
-
-
-
-
 async def _route(call: Call, mode: str, facts: strategies.Facts):
     """Pick the route and order its targets; None of this touches the network."""
     spec = await table.route_for_key(call.key, call.model, mode)

@@ -5,7 +5,7 @@ from django.contrib import admin
 from gateway_project.readonly_admin import ReadOnlyAdmin
 
 from . import limits
-from .models import Limit, ReportDelivery, UsageRecord, UsageRollup
+from .models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -17,6 +17,17 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                     "streamed"]
     list_filter = ["status", "streamed", "endpoint", "tokens_estimated", "tenant"]
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+
+
+@admin.register(PromptLog)
+class PromptLogAdmin(ReadOnlyAdmin):
+    """Redacted prompts of tenants that log them, until the prompt purge deletes them."""
+
+    list_display = ["created_at", "request_id", "tenant", "public_model", "expires_at"]
+    list_filter = ["tenant"]
+    search_fields = ["request_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
 

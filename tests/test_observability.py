@@ -74,7 +74,8 @@ def request_lines(server) -> list[dict]:
 
 def provider(mock, name: str, **knobs) -> Provider:
     headers = {f"x-mock-{k.replace('_', '-')}": str(v) for k, v in knobs.items()}
-    p = Provider(name=name, kind="openai_compatible", base_url=mock.url + "/v1", extra_headers=headers)
+    p = Provider(name=name, kind="openai_compatible", base_url=mock.url + "/v1", extra_headers=headers,
+                 allow_private_network=True)
     p.set_api_key(PROVIDER_SECRET)
     p.save()
     return p

@@ -22,11 +22,11 @@ from django.conf import settings
 
 from gateway_project import metrics
 from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import sync_redis
+from gateway_project.redis_pool import channel, sync_redis
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "gw:breaker"
+CHANNEL = channel("breaker")
 
 
 @dataclass(slots=True)

@@ -7,16 +7,34 @@ existing entry's interval is left as the admin set it.
 
 from django.db import transaction
 
-# name: (task, every N seconds)
-SCHEDULES: dict[str, tuple[str, int]] = {
-    "usage: drain buffered usage events": ("usage.tasks.drain_usage", 5),
+# name: (task, every N seconds, or a crontab "minute hour day_of_month month day_of_week" in UTC, kwargs)
+SCHEDULES: dict[str, tuple[str, int | str, dict]] = {
+    "usage: drain buffered usage events": ("usage.tasks.drain_usage", 5, {}),
+    "providers: health checks": ("providers.tasks.check_health", 60, {}),
+    "usage: hourly and daily rollups": ("usage.tasks.rollup_usage", 300, {}),
+    "retention: delete expired records": ("usage.tasks.cleanup_retention", "30 3 * * *", {}),
+    "reports: daily cost report": ("usage.tasks.send_cost_reports", "0 6 * * *", {"period": "day"}),
+    "reports: weekly cost report": ("usage.tasks.send_cost_reports", "0 6 * * 1", {"period": "week"}),
+    "reports: monthly cost report": ("usage.tasks.send_cost_reports", "0 6 1 * *", {"period": "month"}),
+    "usage: delete logged prompts past their retention": ("usage.tasks.purge_prompts", 3600, {}),
 }
 
 
 @transaction.atomic
 def install_schedules(**kwargs) -> None:
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+    import json
 
-    for name, (task, seconds) in SCHEDULES.items():
-        every, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
-        PeriodicTask.objects.get_or_create(name=name, defaults={"task": task, "interval": every})
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    for name, (task, when, kwargs) in SCHEDULES.items():
+        if isinstance(when, int):
+            every, _ = IntervalSchedule.objects.get_or_create(every=when, period=IntervalSchedule.SECONDS)
+            schedule = {"interval": every}
+        else:
+            minute, hour, day_of_month, month, day_of_week = when.split()
+            crontab, _ = CrontabSchedule.objects.get_or_create(
+                minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week,
+                timezone="UTC")
+            schedule = {"crontab": crontab}
+        PeriodicTask.objects.get_or_create(name=name, defaults={"task": task, "kwargs": json.dumps(kwargs),
+                                                                **schedule})

@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "tenants",
     "keys",
@@ -156,17 +157,34 @@ WHITENOISE_USE_FINDERS = True
 MANAGEMENT_API_RATE = env.str("MANAGEMENT_API_RATE", default="300/m")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Basic first: a wrong password gets 401 with WWW-Authenticate, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "LLM Gateway management API", "VERSION": "0.1.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Gateway API",
+    "DESCRIPTION": "The usage and management APIs. The OpenAI- and Anthropic-compatible /v1 API is described "
+                   "by OpenAI's and Anthropic's own references.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's files are served from this server (drf-spectacular-sidecar): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 # --- The gateway itself -----------------------------------------------------
 
 # Largest request body the API accepts (bytes); larger gets 413.
 GATEWAY_MAX_REQUEST_BYTES = env.int("GATEWAY_MAX_REQUEST_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES
+# Most messages in one chat request, and the largest max_tokens a client may ask for.
+GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=2048)
+GATEWAY_MAX_OUTPUT_TOKENS = env.int("GATEWAY_MAX_OUTPUT_TOKENS", default=1_000_000)
 # Upstream timeouts in seconds: connecting, waiting for the first byte, whole call.
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env.float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_UPSTREAM_READ_TIMEOUT = env.float("GATEWAY_UPSTREAM_READ_TIMEOUT", default=60.0)
@@ -205,16 +223,53 @@ USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 # taken over by another drainer after this long.
 USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=60_000)
 
+# Retention (days), enforced daily by the retention job in bounded batches.
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=400)
+HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=14)
+ROLLUP_RETENTION_DAYS = env.int("ROLLUP_RETENTION_DAYS", default=1100)
+RETENTION_BATCH = env.int("RETENTION_BATCH", default=5000)
+
+# Email (cost reports, budget alerts): EMAIL_URL such as smtp://user:pass@host:587
+# or smtp+tls://..., submission+tls://...; console:// prints instead.
+vars().update(env.email_url("EMAIL_URL", default="smtp://127.0.0.1:25"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Gateway <gateway@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where admins reach the gateway, for links in emails.
+GATEWAY_PUBLIC_URL = env.str("GATEWAY_PUBLIC_URL", default="http://127.0.0.1:8000")
+
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
+# --- Observability (docs/observability.md) --------------------------------------
+# GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW
+# (comma-separated CIDRs; loopback by default, empty for nobody).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="") or (
+    Path(path).read_text().strip() if (path := env.str("METRICS_TOKEN_FILE", default="")) else "")
+METRICS_ALLOW = env.list("METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+# Seconds between each process's pushes of its counts to Redis.
+METRICS_PUSH_INTERVAL = env.float("METRICS_PUSH_INTERVAL", default=1.0)
+# /readyz answers 503 when the usage buffer holds more events than this, or its
+# oldest event waited longer than this many seconds.
+READY_MAX_USAGE_BACKLOG = env.int("READY_MAX_USAGE_BACKLOG", default=100_000)
+READY_MAX_USAGE_LAG = env.float("READY_MAX_USAGE_LAG", default=300.0)
+# One log line per request on the "gateway.request" logger (INFO, whatever LOG_LEVEL says).
+REQUEST_LOG = env.bool("REQUEST_LOG", default=True)
+# Longest prompt kept (after redaction) for tenants that opt into prompt logging.
+PROMPT_LOG_MAX_CHARS = env.int("PROMPT_LOG_MAX_CHARS", default=4000)
+
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("text", "json"):
+    raise ValueError("LOG_FORMAT must be 'text' or 'json'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"text": {"()": "gateway_project.log_format.TextFormatter"},
+                   "json": {"()": "gateway_project.log_format.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"gateway.request": {"level": "INFO" if REQUEST_LOG else "WARNING"}},
 }

@@ -3,13 +3,14 @@ from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
 from routing.api import RouteViewSet
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
+from usage import api as usage_api
 from usage.limits_api import LimitViewSet
 
 
@@ -36,8 +37,11 @@ manage.register("audit", AuditLogViewSet, basename="manage-audit")
 urlpatterns = [
     path("admin/login/", admin_login, name="admin_login"),
     path("admin/", admin.site.urls),
-    path("api/manage/", include(manage.urls)),
+    path("api/usage/records", usage_api.RecordList.as_view(), name="usage-records"),
+    path("api/usage/summary", usage_api.Summary.as_view(), name="usage-summary"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("api/manage/", include(manage.urls)),
     # The same API views also answer here when the API handler is bypassed
     # (the test client, WSGI); production traffic reaches them via asgi.py.
     path("", include("routing.urls")),

@@ -1,10 +1,12 @@
 from django import forms
 from django.contrib import admin, messages
 
+from gateway_project.readonly_admin import ReadOnlyAdmin
 from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
+from . import health
 from .connection import check_connection
-from .models import Deployment, Provider
+from .models import Deployment, HealthCheck, Provider
 
 
 class ProviderForm(forms.ModelForm):
@@ -45,7 +47,7 @@ class DeploymentInline(ScopedInlineMixin, admin.TabularInline):
 @admin.register(Provider)
 class ProviderAdmin(ScopedAdminMixin, admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["name", "kind", "base_url", "tenant", "key_stored", "is_active"]
+    list_display = ["name", "kind", "base_url", "tenant", "key_stored", "is_active", "health"]
     list_filter = ["kind", "is_active", "tenant"]
     search_fields = ["name", "base_url"]
     inlines = [DeploymentInline]
@@ -66,6 +68,25 @@ class ProviderAdmin(ScopedAdminMixin, admin.ModelAdmin):
     @admin.display(boolean=True, description="key set")
     def key_stored(self, obj: Provider) -> bool:
         return obj.has_api_key
+
+    def changelist_view(self, request, extra_context=None):
+        self._latest = health.latest()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="last health check")
+    def health(self, obj: Provider) -> str:
+        check = getattr(self, "_latest", {}).get((obj.id, None))
+        if check is None:
+            return "not checked yet"
+        state = "ok" if check.ok else f"FAILED: {check.error[:80]}"
+        return f"{state} ({check.latency_ms} ms, {check.checked_at:%H:%M:%S})"
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    list_display = ["checked_at", "provider", "deployment", "ok", "status", "latency_ms", "models_found", "error"]
+    list_filter = ["ok", "provider"]
+    date_hierarchy = "checked_at"
 
 
 @admin.register(Deployment)

@@ -156,3 +156,30 @@ class Deployment(models.Model):
         provider = self.provider if self.provider_id else None
         if provider and self.mode == self.Mode.EMBEDDING and not for_kind(provider.kind).EMBEDDINGS:
             raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no embeddings."})
+
+
+class HealthCheck(models.Model):
+    """One probe of a provider (its model list) or of one of its deployments.
+
+    Written by the `providers.tasks.check_health` job; failures open the
+    deployment's circuit breaker fleet-wide, successes close a half-open one.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="health_checks")
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.CASCADE, related_name="health_checks",
+        help_text="Empty: the provider itself.",
+    )
+    checked_at = models.DateTimeField(db_index=True)
+    ok = models.BooleanField()
+    status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status, if it answered.")
+    latency_ms = models.PositiveIntegerField(default=0)
+    models_found = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["provider", "deployment", "-checked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {'ok' if self.ok else 'failed'} at {self.checked_at:%Y-%m-%d %H:%M:%S}"

@@ -5,6 +5,7 @@ validates the rest and its 400s are passed on.
 """
 
 import orjson
+from django.conf import settings
 
 from . import errors
 
@@ -150,6 +151,9 @@ def chat(body: dict) -> dict:
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
+    if len(messages) > settings.GATEWAY_MAX_MESSAGES:
+        raise errors.bad_request(f"Too many messages: at most {settings.GATEWAY_MAX_MESSAGES} per request.",
+                                 param="messages", code="too_many_messages")
     for i, message in enumerate(messages):
         _message(i, message)
     _tools(body)
@@ -160,8 +164,11 @@ def chat(body: dict) -> dict:
     _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
     _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
     _optional(body, "n", (int,), lambda v: 1 <= v <= 128, "expected an integer from 1 to 128")
+    cap = settings.GATEWAY_MAX_OUTPUT_TOKENS
     for name in ("max_tokens", "max_completion_tokens"):
-        _optional(body, name, (int,), lambda v: v >= 1, "expected a positive integer")
+        _optional(body, name, (int,), lambda v: 1 <= v <= cap, f"expected a positive integer up to {cap}")
+    if isinstance(body.get("tools"), list) and len(body["tools"]) > 128:
+        raise _invalid("tools", "at most 128 tools")
     for name in ("frequency_penalty", "presence_penalty"):
         _optional(body, name, (int, float), lambda v: -2 <= v <= 2, "expected a number from -2 to 2")
     _optional(body, "seed", (int,), hint="expected an integer")

@@ -18,8 +18,8 @@ class MembershipInline(ScopedInlineMixin, admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(ScopedAdminMixin, admin.ModelAdmin):
-    list_display = ["name", "slug", "is_active", "time_zone", "created_at"]
-    list_filter = ["is_active"]
+    list_display = ["name", "slug", "is_active", "time_zone", "log_prompts", "created_at"]
+    list_filter = ["is_active", "log_prompts"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, LimitInline]

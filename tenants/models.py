@@ -22,6 +22,19 @@ class Tenant(models.Model):
     time_zone = models.CharField(
         max_length=64, default="UTC", help_text="Budget and quota periods (day, week, month) follow this time zone."
     )
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Keep this tenant's usage records and audit entries this many days; "
+                  "empty: the global USAGE_RETENTION_DAYS / AUDIT_RETENTION_DAYS.",
+    )
+    log_prompts = models.BooleanField(
+        default=False,
+        help_text="Log this tenant's prompts, redacted (e-mail addresses, key-like strings and digit runs "
+                  "removed), in the request log and the prompt log, kept for the retention below.",
+    )
+    prompt_retention_days = models.PositiveSmallIntegerField(
+        default=7, help_text="Days logged prompts are kept before the prompt purge deletes them."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

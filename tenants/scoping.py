@@ -55,6 +55,10 @@ RULES: dict[str, Rule] = {
     "routing.circuitevent": Rule("deployment__provider__tenant", managers=VIEW),
     "usage.limit": Rule("tenant", members=VIEW, own="api_key__created_by"),
     "usage.usagerecord": Rule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
+    "usage.usagerollup": Rule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
+    "usage.reportdelivery": Rule("tenant", managers=VIEW),
+    "usage.promptlog": Rule("tenant", managers=VIEW),
+    "providers.healthcheck": Rule("provider__tenant", managers=VIEW, shared=True),
 }
 
 # Tenant fields an owner may change; every other field (including any added

@@ -42,6 +42,15 @@ def assert_openai_error(response, status: int, code: str | None = None) -> dict:
         (b'{"model": "gpt-test", "messages": [{"content": "no role"}]}', "messages[0]"),
         (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
         (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "temperature": 7}', "temperature"),
+        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+         "messages[0].content[0]"),
+        (b'{"model": "gpt-test", "messages": [{"role": "tool", "content": "x"}]}', "messages[0].tool_call_id"),
+        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
+         "tools[0]"),
+        (b'{"model": "gpt-test", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000001}',
+         "max_tokens"),
+        (b'{"model": "gpt-test", "messages": [' + b'{"role": "user", "content": "x"},' * 2048
+         + b'{"role": "user", "content": "x"}]}', "messages"),
     ],
 )
 def test_malformed_requests_get_400(key_client, gateway, api_key, content, param):

@@ -4,7 +4,7 @@ holding another tenant's objects: 404 (or absent from lists), and nothing change
 Staff run the same requests first, to prove each URL does reach the object.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.apps import apps
@@ -13,10 +13,10 @@ from django.contrib.sessions.models import Session
 
 from gateway_project.urls import manage
 from keys.models import ApiKey
-from providers.models import Deployment, Provider
+from providers.models import Deployment, HealthCheck, Provider
 from routing.models import CircuitEvent, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
-from usage.models import Limit, UsageRecord
+from usage.models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
 
 ROLES = ["owner", "admin", "member"]
 
@@ -47,6 +47,15 @@ def make_world(tenant, people: dict) -> dict:
                                             public_model=f"{slug}-model"),
         "audit": AuditLog.objects.create(tenant=tenant, action="update", object_repr=f"{slug} thing"),
         "circuit": CircuitEvent.objects.create(deployment=deployment, state="open", reason=f"{slug} down"),
+        "health": HealthCheck.objects.create(provider=provider, deployment=deployment, checked_at=datetime.now(UTC),
+                                             ok=False, error=f"{slug} down"),
+        "rollup": UsageRollup.objects.create(granularity="hour", bucket=datetime(2026, 11, 1, tzinfo=UTC),
+                                             tenant=tenant, api_key=key, public_model=f"{slug}-model", requests=1),
+        "delivery": ReportDelivery.objects.create(tenant=tenant, period="day", period_start=date(2026, 11, 1),
+                                                  recipients=[f"{slug}@example.com"]),
+        "prompt": PromptLog.objects.create(tenant=tenant, request_id=f"req_{slug}", prompt=f"{slug} secret plan",
+                                           created_at=datetime.now(UTC),
+                                           expires_at=datetime.now(UTC) + timedelta(days=1)),
         "user": people["member"],
     }
 
@@ -96,6 +105,10 @@ ADMIN_OBJECTS = [
     ("usage/limit", "key_limit"),
     ("usage/limit", "tenant_limit"),
     ("usage/usagerecord", "usage"),
+    ("providers/healthcheck", "health"),
+    ("usage/usagerollup", "rollup"),
+    ("usage/reportdelivery", "delivery"),
+    ("usage/promptlog", "prompt"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

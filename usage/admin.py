@@ -7,7 +7,7 @@ from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
 from . import limits
-from .models import Limit, UsageRecord
+from .models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -19,6 +19,17 @@ class UsageRecordAdmin(ScopedAdminMixin, ReadOnlyAdmin):
                     "streamed"]
     list_filter = ["status", "streamed", "endpoint", "tokens_estimated", "tenant"]
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+
+
+@admin.register(PromptLog)
+class PromptLogAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    """Redacted prompts of tenants that log them, until the prompt purge deletes them."""
+
+    list_display = ["created_at", "request_id", "tenant", "public_model", "expires_at"]
+    list_filter = ["tenant"]
+    search_fields = ["request_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
 
@@ -72,3 +83,17 @@ class LimitInline(ScopedInlineMixin, admin.TabularInline):
     @admin.display(description="current use")
     def current_use(self, obj: Limit) -> str:
         return _use_summary(obj) if obj.pk else "—"
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    list_display = ["bucket", "granularity", "tenant", "key_prefix", "public_model", "provider_name", "requests",
+                    "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
+    list_filter = ["granularity", "tenant", "provider_name"]
+    date_hierarchy = "bucket"
+
+
+@admin.register(ReportDelivery)
+class ReportDeliveryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    list_display = ["created_at", "period", "period_start", "tenant", "recipients", "sent_at"]
+    list_filter = ["period", "tenant"]

@@ -138,3 +138,79 @@ class BudgetAlert(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["limit", "period_start", "threshold", "kind"], name="budget_alert_once")
         ]
+
+
+class UsageRollup(models.Model):
+    """Usage summed per hour or day by tenant, key, model and provider.
+
+    Recomputed from the records of a bucket and upserted, so running the job
+    twice, or on two workers at once, gives the same rows.
+    """
+
+    class Granularity(models.TextChoices):
+        HOUR = "hour", "hour"
+        DAY = "day", "day"
+
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    bucket = models.DateTimeField(help_text="Start of the hour or (UTC) day.")
+    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                                related_name="+")
+    key_prefix = models.CharField(max_length=32, blank=True)
+    public_model = models.CharField(max_length=200)
+    provider_name = models.CharField(max_length=100, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    latency_p50_ms = models.PositiveIntegerField(default=0)
+    latency_p95_ms = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-bucket"]
+        constraints = [models.UniqueConstraint(
+            fields=["granularity", "bucket", "tenant", "api_key", "public_model", "provider_name"],
+            name="usage_rollup_once", nulls_distinct=False)]
+        indexes = [models.Index(fields=["tenant", "granularity", "bucket"])]
+
+
+class ReportDelivery(models.Model):
+    """One cost report sent (or being sent): claimed before sending, so a report
+    goes out once however many workers run the job."""
+
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                               help_text="Empty: the overall report to staff.")
+    period = models.CharField(max_length=8)  # day, week, month
+    period_start = models.DateField()
+    recipients = models.JSONField(default=list)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "period", "period_start"],
+                                               name="report_once", nulls_distinct=False)]
+
+
+class PromptLog(models.Model):
+    """A call's prompt, redacted, for a tenant that opted into prompt logging (usage.prompts).
+
+    Deleted once past expires_at by the periodic prompt purge.
+    """
+
+    request_id = models.CharField(max_length=100, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="prompt_logs")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    public_model = models.CharField(max_length=200, blank=True)
+    prompt = models.TextField(help_text="Redacted: e-mail addresses, key-like strings and digit runs removed.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"])]
+
+    def __str__(self) -> str:
+        return self.request_id

@@ -1,9 +1,40 @@
+"""The periodic jobs (scheduled in gateway_project/schedules.py). Each is safe to
+run twice and on two workers at once: a Redis lock lets one run at a time, and
+each is idempotent besides (recomputed buckets, claimed deliveries)."""
+
 from celery import shared_task
 
-from . import recorder
+from gateway_project.joblock import single_run
+
+from . import prompts, recorder, reports, retention, rollups
 
 
 @shared_task(ignore_result=True)
 def drain_usage() -> int:
     """Write buffered usage events to the database (safe on many workers at once)."""
     return recorder.drain_all()
+
+
+@shared_task
+def rollup_usage() -> int:
+    """Recompute the current and previous hour and day of usage rollups."""
+    with single_run("rollup_usage") as mine:
+        return rollups.rollup_recent() if mine else 0
+
+
+@shared_task
+def cleanup_retention() -> dict:
+    with single_run("cleanup_retention", ttl_seconds=3600) as mine:
+        return retention.cleanup() if mine else {}
+
+
+@shared_task
+def send_cost_reports(period: str) -> int:
+    with single_run(f"send_cost_reports:{period}") as mine:
+        return reports.send_reports(period) if mine else 0
+
+
+@shared_task(ignore_result=True)
+def purge_prompts() -> int:
+    """Delete logged prompts past their tenant's retention."""
+    return prompts.purge_expired()

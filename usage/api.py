@@ -1,0 +1,146 @@
+"""The usage API (Django REST framework), for tenant admins and staff.
+
+GET /api/usage/records  usage records, newest first, filtered and paginated
+GET /api/usage/summary  totals, optionally grouped by model, key, provider, day or tenant
+
+Signed in with the admin session (or HTTP basic auth with the same
+credentials); scoped by tenants.scoping: staff see every tenant, owners and
+admins their tenant, members their own keys' usage.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDay
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, pagination, permissions, serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants.scoping import scope_for
+
+from .models import UsageRecord
+from .rollups import NOT_ERRORS
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = UsageRecord
+        fields = ["request_id", "client_request_id", "created_at", "tenant", "key_prefix", "endpoint",
+                  "public_model", "upstream_model", "provider_name", "route", "strategy", "attempts",
+                  "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "tokens_estimated",
+                  "cost_usd", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed"]
+
+
+class NewestFirst(pagination.CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+FILTERS = [
+    OpenApiParameter("start", OpenApiTypes.DATETIME, description="From this time (ISO 8601; a date means its start)"),
+    OpenApiParameter("end", OpenApiTypes.DATETIME, description="Before this time"),
+    OpenApiParameter("key", str, description="Key prefix, as shown in the admin"),
+    OpenApiParameter("model", str, description="Public model name"),
+    OpenApiParameter("provider", str, description="Provider name"),
+    OpenApiParameter("tenant", str, description="Tenant slug (staff only; others see their own tenants)"),
+]
+
+
+def _moment(value: str, name: str) -> datetime:
+    parsed = parse_datetime(value)
+    if parsed is None and (day := parse_date(value)) is not None:
+        parsed = datetime(day.year, day.month, day.day)
+    if parsed is None:
+        raise ValidationError({name: "Expected an ISO 8601 date or time, such as 2026-11-01 or 2026-11-01T12:00Z."})
+    if parsed.tzinfo is None:
+        from django.utils import timezone
+
+        parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
+    return parsed
+
+
+def visible_records(request):
+    scope = scope_for(request.user)
+    records = UsageRecord.objects.select_related("tenant").filter(scope.key_filter())
+    params = request.query_params
+    if value := params.get("start"):
+        records = records.filter(created_at__gte=_moment(value, "start"))
+    if value := params.get("end"):
+        records = records.filter(created_at__lt=_moment(value, "end"))
+    for param, field in (("key", "key_prefix"), ("model", "public_model"), ("provider", "provider_name"),
+                         ("tenant", "tenant__slug")):
+        if value := params.get(param):
+            records = records.filter(**{field: value})
+    return records
+
+
+class SignedIn(permissions.BasePermission):
+    """Any active user: what they see is narrowed by their scope, down to nothing."""
+
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_authenticated and request.user.is_active)
+
+
+@extend_schema(parameters=FILTERS, tags=["usage"])
+class RecordList(generics.ListAPIView):
+    """Usage records you may see, newest first (cursor pagination: follow `next`)."""
+
+    serializer_class = UsageRecordSerializer
+    pagination_class = NewestFirst
+    permission_classes = [SignedIn]
+
+    def get_queryset(self):
+        return visible_records(self.request)
+
+
+GROUPS = {"model": "public_model", "key": "key_prefix", "provider": "provider_name", "tenant": "tenant__slug",
+          "day": "day"}
+
+
+def _exact(sums: dict) -> dict:
+    """Counts as numbers, money as a decimal string (JSON numbers would round it)."""
+    result = {name: value or 0 for name, value in sums.items()}
+    result["cost_usd"] = str(sums.get("cost_usd") or Decimal(0))
+    return result
+
+
+class Summary(APIView):
+    permission_classes = [SignedIn]
+
+    @extend_schema(
+        tags=["usage"],
+        parameters=[*FILTERS, OpenApiParameter("group_by", str, enum=list(GROUPS))],
+        responses=inline_serializer("UsageSummary", {
+            "totals": inline_serializer("UsageTotals", {
+                "requests": serializers.IntegerField(), "errors": serializers.IntegerField(),
+                "prompt_tokens": serializers.IntegerField(), "completion_tokens": serializers.IntegerField(),
+                "cost_usd": serializers.CharField(help_text="USD, exact, as a decimal string")}),
+            "groups": serializers.ListField(child=serializers.DictField()),
+        }),
+    )
+    def get(self, request):
+        """Totals of the usage you may see, and the same per group."""
+        records = visible_records(request)
+        sums = {"requests": Count("id"), "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
+                "prompt_tokens": Sum("prompt_tokens"), "completion_tokens": Sum("completion_tokens"),
+                "cost_usd": Sum("cost_usd")}
+        totals = _exact(records.aggregate(**sums))
+        groups = []
+        if group_by := request.query_params.get("group_by"):
+            if group_by not in GROUPS:
+                raise ValidationError({"group_by": f"Expected one of {', '.join(GROUPS)}."})
+            field = GROUPS[group_by]
+            if field == "day":
+                records = records.annotate(day=TruncDay("created_at"))
+            rows = records.order_by().values(field).annotate(**sums).order_by(field)
+            groups = [{group_by: row.pop(field), **_exact(row)} for row in rows]
+        return Response({"totals": totals, "groups": groups})

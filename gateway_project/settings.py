@@ -158,7 +158,7 @@ MANAGEMENT_API_RATE = env.str("MANAGEMENT_API_RATE", default="300/m")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Basic first: a wrong password gets 401 with WWW-Authenticate, not 403.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway_project.api.ThrottledBasicAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],

@@ -1,11 +1,10 @@
-from django.conf import settings
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
-from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from gateway_project.api import sign_in_limited
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
 from routing.api import RouteViewSet
@@ -14,10 +13,10 @@ from usage import api as usage_api
 from usage.limits_api import LimitViewSet
 
 
-@ratelimit(key="ip", rate=settings.ADMIN_LOGIN_RATE, method="POST", block=False)
 def admin_login(request, **kwargs):
-    """The admin login, throttled per address so passwords cannot be guessed at speed."""
-    if getattr(request, "limited", False):
+    """The admin login, throttled per address so passwords cannot be guessed at speed
+    (one allowance with HTTP basic auth on the APIs, see gateway_project/api.py)."""
+    if request.method == "POST" and sign_in_limited(request, count=True):
         return HttpResponse("Too many login attempts. Wait a minute and try again.", status=429,
                             content_type="text/plain", headers={"retry-after": "60"})
     return admin.site.login(request, **kwargs)

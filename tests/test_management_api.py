@@ -168,3 +168,25 @@ def test_the_schema_documents_the_management_api(client):
     assert components["NewApiKey"]["properties"]["secret"]["readOnly"] is True
     assert "secret" not in components["ApiKey"]["properties"]
     assert components["Member"]["properties"]["password"]["writeOnly"] is True
+
+
+def test_passwords_cannot_be_guessed_through_the_api_faster_than_at_the_login_page(client, tenant,
+                                                                                   django_user_model):
+    import base64
+
+    user = member_of(tenant, "admin", django_user_model)
+    user.set_password("the-Right-password-31")
+    user.save()
+
+    def attempt(password: str, address: str = "10.9.8.7") -> int:
+        token = base64.b64encode(f"{user.username}:{password}".encode()).decode()
+        return client.get("/api/manage/keys/", HTTP_AUTHORIZATION=f"Basic {token}", REMOTE_ADDR=address).status_code
+
+    statuses = [attempt(f"guess{i}") for i in range(22)]
+    first_refusal = statuses.index(429)
+    # ADMIN_LOGIN_RATE, 10 a minute; a burst straddling two fixed windows may get 20 through, never more.
+    assert 10 <= first_refusal <= 20 and set(statuses[:first_refusal]) == {401}
+    assert attempt("the-Right-password-31") == 429  # that address waits, as at the login page
+    assert attempt("the-Right-password-31", address="10.9.8.8") == 200
+    assert client.post("/admin/login/", {"username": user.username, "password": "guess"},
+                       REMOTE_ADDR="10.9.8.7").status_code == 429  # one allowance for both doors

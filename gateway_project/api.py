@@ -2,6 +2,8 @@
 
 from django.conf import settings
 from django_ratelimit.core import is_ratelimited
+from rest_framework.authentication import BasicAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.throttling import BaseThrottle
 
 
@@ -15,3 +17,30 @@ class ManagementThrottle(BaseThrottle):
 
     def wait(self) -> float:
         return 60.0
+
+
+# The admin login page and HTTP basic auth on the APIs share one allowance of
+# sign-in attempts per address (ADMIN_LOGIN_RATE).
+SIGN_IN_GROUP = "sign-in"
+
+
+def sign_in_limited(request, count: bool) -> bool:
+    """Whether `request`'s address is over its sign-in attempts (counting this one if `count`)."""
+    return is_ratelimited(request, group=SIGN_IN_GROUP, key="ip", rate=settings.ADMIN_LOGIN_RATE, increment=count)
+
+
+class ThrottledBasicAuthentication(BasicAuthentication):
+    """HTTP basic auth no faster a way to guess passwords than the login page:
+    failures count against the address's sign-in allowance, and an address over
+    it gets 429 (Retry-After) until the minute is out, right password or not."""
+
+    def authenticate(self, request):
+        if not get_authorization_header(request).lower().startswith(b"basic "):
+            return None
+        if sign_in_limited(request._request, count=False):
+            raise Throttled(wait=60, detail="Too many failed sign-ins from this address. Wait a minute.")
+        try:
+            return super().authenticate(request)
+        except AuthenticationFailed:
+            sign_in_limited(request._request, count=True)
+            raise

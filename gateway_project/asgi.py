@@ -1,9 +1,11 @@
-"""The ASGI application: the API on its lean handler, everything else on Django's.
+"""The ASGI application: the API and the operator's endpoints (health, readiness,
+metrics) on lean handlers, everything else on Django's.
 
 It also speaks the ASGI lifespan protocol, which Django does not: at startup it
 starts this process's background work (draining the usage buffer, listening for
-configuration changes), and at shutdown it stops them and writes every usage
-event still buffered, so a normal stop loses nothing.
+configuration changes, pushing metrics, writing request log lines), and at
+shutdown it stops them and writes every usage event still buffered, so a
+normal stop loses nothing.
 """
 
 import asyncio
@@ -17,13 +19,18 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (after Django is set up)
 
+from gateway_project import metrics, operator  # noqa: E402
 from gateway_project.orm_thread import run_orm  # noqa: E402
-from routing import invalidation, stats, upstream  # noqa: E402
+from routing import invalidation, request_log, stats, tracing, upstream  # noqa: E402
 from routing.handler import ApiHandler  # noqa: E402
 from usage import recorder, tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 api_application = ApiHandler()
+
+
+def _sample_gauges() -> None:
+    metrics.gauge_set("gateway_usage_events_held", recorder.held())
 
 
 class Lifespan:
@@ -33,7 +40,10 @@ class Lifespan:
 
     async def startup(self) -> None:
         local_only = bool(settings.REDIS_URL) and not settings.USAGE_DRAIN_IN_PROCESS
+        tracing.setup()
         self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop, local_only=local_only)))
+        self.tasks.append(asyncio.create_task(metrics.push_forever(self.stop, sample=_sample_gauges)))
+        self.tasks.append(asyncio.create_task(request_log.flush_forever(self.stop)))
         if settings.REDIS_URL:
             self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
             self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))
@@ -48,6 +58,12 @@ class Lifespan:
             log.info("shutdown: wrote %d buffered usage events", written)
         except Exception:
             log.exception("shutdown: could not write buffered usage events")
+        request_log.flush()
+        try:
+            await metrics.leave()
+        except Exception:
+            log.warning("shutdown: could not push the last metrics")
+        await asyncio.to_thread(tracing.shutdown)
         await upstream.close()
 
     async def __call__(self, receive, send) -> None:
@@ -66,6 +82,8 @@ async def application(scope, receive, send) -> None:
     if scope["type"] == "http":
         if scope["path"].startswith("/v1/"):
             await api_application(scope, receive, send)
+        elif scope["path"] in operator.PATHS:
+            await operator.handle(scope, receive, send)
         else:
             await django_application(scope, receive, send)
     elif scope["type"] == "lifespan":

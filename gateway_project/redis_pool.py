@@ -31,3 +31,19 @@ def async_redis() -> aioredis.Redis:
 @cache
 def sync_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+def channel(name: str) -> str:
+    """A pub/sub channel name for this deployment's Redis database.
+
+    Keys live in the database of REDIS_URL, but pub/sub channels are shared by
+    every database of a server: two gateways on one Redis server (staging on
+    db 1, production on db 0, say) would otherwise hear each other's breaker
+    and configuration news.
+    """
+    return f"gw:{_database()}:{name}"
+
+
+@cache
+def _database() -> int:
+    return int(redis.connection.parse_url(settings.REDIS_URL).get("db") or 0) if settings.REDIS_URL else 0

@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -157,7 +158,7 @@ MANAGEMENT_API_RATE = env.str("MANAGEMENT_API_RATE", default="300/m")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Basic first: a wrong password gets 401 with WWW-Authenticate, not 403.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway_project.api.ThrottledBasicAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],
@@ -251,10 +252,32 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SYNC_EVERY = env.int("CELERY_BEAT_SYNC_EVERY", default=1)
 CELERY_TIMEZONE = TIME_ZONE
 
+# --- Observability (docs/observability.md) --------------------------------------
+# GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW
+# (comma-separated CIDRs; loopback by default, empty for nobody).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="") or (
+    Path(path).read_text().strip() if (path := env.str("METRICS_TOKEN_FILE", default="")) else "")
+METRICS_ALLOW = env.list("METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+# Seconds between each process's pushes of its counts to Redis.
+METRICS_PUSH_INTERVAL = env.float("METRICS_PUSH_INTERVAL", default=1.0)
+# /readyz answers 503 when the usage buffer holds more events than this, or its
+# oldest event waited longer than this many seconds.
+READY_MAX_USAGE_BACKLOG = env.int("READY_MAX_USAGE_BACKLOG", default=100_000)
+READY_MAX_USAGE_LAG = env.float("READY_MAX_USAGE_LAG", default=300.0)
+# One log line per request on the "gateway.request" logger (INFO, whatever LOG_LEVEL says).
+REQUEST_LOG = env.bool("REQUEST_LOG", default=True)
+# Longest prompt kept (after redaction) for tenants that opt into prompt logging.
+PROMPT_LOG_MAX_CHARS = env.int("PROMPT_LOG_MAX_CHARS", default=4000)
+
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("text", "json"):
+    raise ValueError("LOG_FORMAT must be 'text' or 'json'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"text": {"()": "gateway_project.log_format.TextFormatter"},
+                   "json": {"()": "gateway_project.log_format.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"gateway.request": {"level": "INFO" if REQUEST_LOG else "WARNING"}},
 }

@@ -1,21 +1,37 @@
-from django.conf import settings
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
-from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
+from gateway_project.api import sign_in_limited
+from keys.api import KeyViewSet
+from providers.api import DeploymentViewSet, ProviderViewSet
+from routing.api import RouteViewSet
+from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
+from usage.limits_api import LimitViewSet
 
 
-@ratelimit(key="ip", rate=settings.ADMIN_LOGIN_RATE, method="POST", block=False)
 def admin_login(request, **kwargs):
-    """The admin login, throttled per address so passwords cannot be guessed at speed."""
-    if getattr(request, "limited", False):
+    """The admin login, throttled per address so passwords cannot be guessed at speed
+    (one allowance with HTTP basic auth on the APIs, see gateway_project/api.py)."""
+    if request.method == "POST" and sign_in_limited(request, count=True):
         return HttpResponse("Too many login attempts. Wait a minute and try again.", status=429,
                             content_type="text/plain", headers={"retry-after": "60"})
     return admin.site.login(request, **kwargs)
 
+
+# The management API (docs/admin.md): the same tenant scoping as the admin.
+manage = SimpleRouter()
+manage.register("tenants", TenantViewSet, basename="manage-tenant")
+manage.register("members", MemberViewSet, basename="manage-member")
+manage.register("keys", KeyViewSet, basename="manage-key")
+manage.register("providers", ProviderViewSet, basename="manage-provider")
+manage.register("deployments", DeploymentViewSet, basename="manage-deployment")
+manage.register("routes", RouteViewSet, basename="manage-route")
+manage.register("limits", LimitViewSet, basename="manage-limit")
+manage.register("audit", AuditLogViewSet, basename="manage-audit")
 
 urlpatterns = [
     path("admin/login/", admin_login, name="admin_login"),
@@ -24,6 +40,7 @@ urlpatterns = [
     path("api/usage/summary", usage_api.Summary.as_view(), name="usage-summary"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("api/manage/", include(manage.urls)),
     # The same API views also answer here when the API handler is bypassed
     # (the test client, WSGI); production traffic reaches them via asgi.py.
     path("", include("routing.urls")),

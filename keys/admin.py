@@ -1,11 +1,34 @@
-from django.contrib import admin, messages
-from django.utils import timezone
+from datetime import timedelta
 
-from tenants.models import AuditLog
+from django import forms
+from django.contrib import admin, messages
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+
+from gateway_project.scoped_admin import ScopedAdminMixin, check
+from tenants import audit
 from usage.admin import LimitInline
 
-from . import hashing
 from .models import ApiKey
+
+GRACE_CHOICES = [
+    (0, "None: refuse the old key at once"),
+    (600, "10 minutes"),
+    (3600, "1 hour"),
+    (86400, "24 hours"),
+    (7 * 86400, "7 days"),
+    (30 * 86400, "30 days"),
+]
+
+
+class RotateForm(forms.Form):
+    grace = forms.TypedChoiceField(
+        choices=GRACE_CHOICES, coerce=int, initial=86400, label="Old key keeps working for",
+        help_text="Time to deploy the new key everywhere the old one is used.",
+    )
 
 
 class KeyLimitInline(LimitInline):
@@ -13,59 +36,114 @@ class KeyLimitInline(LimitInline):
     fields = [f for f in LimitInline.fields if f != "api_key"]
 
 
+def secret_page(request, key: ApiKey, secret: str, replaced: ApiKey | None = None) -> TemplateResponse:
+    """The one page that ever shows a key's secret; recorded as a reveal."""
+    audit.record("key.reveal", key)
+    response = TemplateResponse(request, "admin/keys/apikey/secret.html", {
+        **admin.site.each_context(request),
+        "title": "Copy your new API key",
+        "opts": ApiKey._meta,
+        "key": key,
+        "secret": secret,
+        "replaced": replaced,
+    })
+    add_never_cache_headers(response)  # the back button must not bring it back from a cache
+    return response
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     """Keys are created here and shown once; the admin never sees a stored secret."""
 
-    list_display = ["name", "prefix", "tenant", "state", "expires_at", "last_used_at", "created_at"]
-    list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_display = ["name", "prefix", "tenant", "created_by", "state", "expires_at", "last_used_at", "created_at"]
+    list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter), ("expires_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "tenant__name"]
-    readonly_fields = ["prefix", "last_used_at", "revoked_at", "created_by", "created_at"]
+    list_select_related = ["tenant", "created_by"]
+    readonly_fields = ["prefix", "state", "last_used_at", "revoked_at", "replaced_by", "created_by", "created_at"]
     fields = ["tenant", "name", "allowed_models", "default_model", "expires_at", *readonly_fields]
-    actions = ["revoke_keys"]
+    actions = ["revoke_keys", "rotate_key"]
     inlines = [KeyLimitInline]
 
     @admin.display(description="state")
     def state(self, obj: ApiKey) -> str:
-        if obj.is_revoked:
-            return "revoked"
-        return "expired" if obj.is_expired else "active"
+        if obj.state == "rotated":
+            return f"rotated: valid until {timezone.localtime(obj.expires_at):%Y-%m-%d %H:%M}"
+        return obj.state
 
     def get_readonly_fields(self, request, obj=None):
         # The tenant of an existing key is fixed: moving it would hand a live
         # secret to another tenant.
         return self.readonly_fields + (["tenant"] if obj else [])
 
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/rotate/", view(self.rotate_view), name="keys_apikey_rotate"),
+            path("<path:object_id>/revoke/", view(self.revoke_view), name="keys_apikey_revoke"),
+            *super().get_urls(),
+        ]
+
     def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        secret = hashing.generate_key()
-        obj.prefix = hashing.display_prefix(secret)
-        obj.key_hash = hashing.hash_key(secret)
-        obj.created_by = request.user
+        if not change:
+            request._new_key_secret = obj.assign_secret()
+            obj.created_by = request.user
         super().save_model(request, obj, form, change)
-        AuditLog.record("key.create", obj, actor=request.user, tenant=obj.tenant,
-                        address=request.META.get("REMOTE_ADDR"))
-        messages.warning(
-            request,
-            f"New API key for {obj.tenant}: {secret} — copy it now, it will not be shown again.",
-        )
 
-    def save_formset(self, request, form, formset, change):
-        # A key's limits belong to the key's tenant.
-        for limit in formset.save(commit=False):
-            limit.tenant_id = form.instance.tenant_id
-            limit.save()
-        for gone in formset.deleted_objects:
-            gone.delete()
+    def response_add(self, request, obj, post_url_continue=None):
+        return secret_page(request, obj, request._new_key_secret)
 
-    @admin.action(description="Revoke selected keys")
+    def prepare_inline(self, request, parent, obj) -> None:
+        obj.tenant_id = parent.tenant_id  # a key's limits belong to the key's tenant
+
+    def _key_in_use(self, request, object_id: str) -> ApiKey:
+        key = self.get_object(request, object_id)  # 404 outside the user's tenants
+        check(request, "change", key)
+        return key
+
+    def rotate_view(self, request, object_id: str):
+        key = self._key_in_use(request, object_id)
+        form = RotateForm(request.POST or None)
+        if key.is_revoked or key.is_expired:
+            messages.error(request, "Only a key in use can be rotated.")
+            return redirect(reverse("admin:keys_apikey_change", args=[key.pk]))
+        if request.method == "POST" and form.is_valid():
+            new, secret = key.rotate(timedelta(seconds=form.cleaned_data["grace"]))
+            key.refresh_from_db()
+            return secret_page(request, new, secret, replaced=key)
+        return self._confirm_page(request, key, "rotate", form)
+
+    def revoke_view(self, request, object_id: str):
+        key = self._key_in_use(request, object_id)
+        if request.method == "POST":
+            if key.revoke():
+                self.message_user(request, f"Revoked {key}. The gateway refuses it from now on.")
+            else:
+                self.message_user(request, f"{key} was revoked already.", messages.WARNING)
+            return redirect(reverse("admin:keys_apikey_change", args=[key.pk]))
+        return self._confirm_page(request, key, "revoke", None)
+
+    def _confirm_page(self, request, key: ApiKey, what: str, form) -> TemplateResponse:
+        return TemplateResponse(request, "admin/keys/apikey/confirm.html", {
+            **self.admin_site.each_context(request),
+            "title": f"{what.capitalize()} {key}",
+            "opts": self.model._meta,
+            "original": key,
+            "key": key,
+            "what": what,
+            "form": form,
+        })
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset) -> None:
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            key.revoke()
-            AuditLog.record("key.revoke", key, actor=request.user, tenant=key.tenant,
-                            address=request.META.get("REMOTE_ADDR"))
-            count += 1
+            check(request, "change", key)
+            count += key.revoke()
         self.message_user(request, f"Revoked {count} key(s) at {timezone.now():%Y-%m-%d %H:%M:%S} UTC.")
+
+    @admin.action(description="Rotate selected key (choose a grace period next)", permissions=["change"])
+    def rotate_key(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Rotate one key at a time: each new key is shown once.", messages.ERROR)
+            return None
+        return redirect(reverse("admin:keys_apikey_rotate", args=[queryset.get().pk]))

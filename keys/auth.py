@@ -33,6 +33,9 @@ class KeyInfo:
     tenant_allowed_models: frozenset[str]
     expires_at: float | None
     default_model: str = ""
+    tenant_slug: str = ""
+    # Days the tenant keeps logged prompts; 0 when it does not log them.
+    prompt_retention_days: int = 0
 
     def may_use(self, model: str) -> bool:
         if self.allowed_models and model not in self.allowed_models:
@@ -49,7 +52,8 @@ def _load(digest: str) -> KeyInfo | None:
         ApiKey.objects.active()
         .select_related("tenant")
         .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "default_model",
-              "tenant__allowed_models", "tenant__default_model")
+              "tenant__allowed_models", "tenant__default_model", "tenant__slug", "tenant__log_prompts",
+              "tenant__prompt_retention_days")
         .filter(key_hash=digest)
         .first()
     )
@@ -65,6 +69,8 @@ def _load(digest: str) -> KeyInfo | None:
         tenant_allowed_models=frozenset(row.tenant.allowed_models or ()),
         expires_at=row.expires_at.timestamp() if row.expires_at else None,
         default_model=row.default_model or row.tenant.default_model,
+        tenant_slug=row.tenant.slug,
+        prompt_retention_days=max(1, row.tenant.prompt_retention_days) if row.tenant.log_prompts else 0,
     )
 
 

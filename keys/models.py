@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -39,6 +39,10 @@ class ApiKey(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
     )
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False,
+        help_text="The key this one was rotated to.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ApiKeyQuerySet.as_manager()
@@ -51,22 +55,23 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, tenant: Tenant, name: str, *, models_allowed=(), expires_in_days=None, created_by=None):
+    def issue(cls, tenant: Tenant, name: str, *, models_allowed=(), expires_in_days=None, created_by=None,
+              **fields) -> tuple["ApiKey", str]:
         """Create a key and return (row, secret). The secret is not kept anywhere."""
-        secret = hashing.generate_key()
-        expires_at = None
         if expires_in_days:
-            expires_at = timezone.now() + timedelta(days=expires_in_days)
-        key = cls.objects.create(
-            tenant=tenant,
-            name=name,
-            prefix=hashing.display_prefix(secret),
-            key_hash=hashing.hash_key(secret),
-            allowed_models=list(models_allowed),
-            expires_at=expires_at,
-            created_by=created_by,
-        )
+            fields["expires_at"] = timezone.now() + timedelta(days=expires_in_days)
+        key = cls(tenant=tenant, name=name, allowed_models=list(models_allowed), created_by=created_by, **fields)
+        secret = key.assign_secret()
+        key.save()
         return key, secret
+
+    def assign_secret(self) -> str:
+        """Give a new, unsaved key its secret; return the secret, which is shown once and never stored."""
+        secret = hashing.generate_key()
+        self.prefix = hashing.display_prefix(secret)
+        self.key_hash = hashing.hash_key(secret)
+        self._audit_action = "key.create"
+        return secret
 
     @property
     def is_revoked(self) -> bool:
@@ -76,7 +81,40 @@ class ApiKey(models.Model):
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
-    def revoke(self) -> None:
-        if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
+    @property
+    def state(self) -> str:
+        if self.is_revoked:
+            return "revoked"
+        if self.is_expired:
+            return "expired"
+        return "rotated" if self.replaced_by_id else "active"
+
+    def revoke(self) -> bool:
+        """Refuse the key from now on, on every gateway process; False if it was revoked already."""
+        if self.revoked_at is not None:
+            return False
+        self.revoked_at = timezone.now()
+        self._audit_action = "key.revoke"
+        self.save(update_fields=["revoked_at"])
+        return True
+
+    def rotate(self, grace: timedelta) -> tuple["ApiKey", str]:
+        """Issue a replacement with the same settings, owner and limits; this key keeps
+        working for `grace` (zero: not at all), then is refused. Returns (new key, secret)."""
+        from usage.models import Limit
+
+        if self.is_revoked or self.is_expired:
+            raise ValueError("Only a key in use can be rotated.")
+        with transaction.atomic():
+            new, secret = ApiKey.issue(self.tenant, self.name, models_allowed=self.allowed_models,
+                                       created_by=self.created_by, default_model=self.default_model,
+                                       expires_at=self.expires_at)
+            for limit in Limit.objects.filter(api_key=self):
+                limit.pk, limit.api_key = None, new
+                limit.save()
+            ends = timezone.now() + grace
+            self.expires_at = ends if self.expires_at is None else min(self.expires_at, ends)
+            self.replaced_by = new
+            self._audit_action = "key.rotate"
+            self.save(update_fields=["expires_at", "replaced_by"])
+        return new, secret

@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from gateway_project.readonly_admin import ReadOnlyAdmin
+from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import health
 from .connection import check_connection
@@ -36,7 +37,7 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
-class DeploymentInline(admin.TabularInline):
+class DeploymentInline(ScopedInlineMixin, admin.TabularInline):
     model = Deployment
     extra = 0
     fields = ["public_model", "upstream_model", "mode", "context_window", "max_output_tokens",
@@ -44,7 +45,7 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(ScopedAdminMixin, admin.ModelAdmin):
     form = ProviderForm
     list_display = ["name", "kind", "base_url", "tenant", "key_stored", "is_active", "health"]
     list_filter = ["kind", "is_active", "tenant"]
@@ -85,7 +86,7 @@ def describe_check(check: HealthCheck | None) -> str:
 
 
 @admin.register(HealthCheck)
-class HealthCheckAdmin(ReadOnlyAdmin):
+class HealthCheckAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["checked_at", "provider", "deployment", "ok", "status", "latency_ms", "models_found", "error"]
     list_filter = ["ok", "provider"]
     date_hierarchy = "checked_at"
@@ -93,7 +94,7 @@ class HealthCheckAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ScopedAdminMixin, admin.ModelAdmin):
     list_display = ["public_model", "provider", "upstream_model", "mode", "context_window",
                     "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active", "health"]
     list_filter = ["mode", "is_active", "provider"]

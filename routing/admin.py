@@ -1,12 +1,13 @@
 from django.contrib import admin
 
 from gateway_project.readonly_admin import ReadOnlyAdmin
+from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import breakers
 from .models import CircuitEvent, Route, RouteRule, RouteTarget
 
 
-class RouteTargetInline(admin.TabularInline):
+class RouteTargetInline(ScopedInlineMixin, admin.TabularInline):
     model = RouteTarget
     extra = 1
     autocomplete_fields = ["deployment"]
@@ -18,7 +19,7 @@ class RouteTargetInline(admin.TabularInline):
         return breakers.shared_state(obj.deployment_id) if obj.pk else "—"
 
 
-class RouteRuleInline(admin.TabularInline):
+class RouteRuleInline(ScopedInlineMixin, admin.TabularInline):
     model = RouteRule
     fk_name = "route"
     extra = 0
@@ -26,7 +27,7 @@ class RouteRuleInline(admin.TabularInline):
 
 
 @admin.register(Route)
-class RouteAdmin(admin.ModelAdmin):
+class RouteAdmin(ScopedAdminMixin, admin.ModelAdmin):
     list_display = ["name", "tenant", "strategy", "hedge_after_ms", "max_attempts", "is_active"]
     list_filter = ["strategy", "is_active", "tenant"]
     search_fields = ["name"]
@@ -35,7 +36,7 @@ class RouteAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitEvent)
-class CircuitEventAdmin(ReadOnlyAdmin):
+class CircuitEventAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     """Breaker history: when traffic left a deployment, and why. Read-only."""
 
     list_display = ["created_at", "deployment", "state", "reason"]

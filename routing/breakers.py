@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import redis
 from django.conf import settings
 
+from gateway_project import metrics
 from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import sync_redis
+from gateway_project.redis_pool import channel, sync_redis
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "gw:breaker"
+CHANNEL = channel("breaker")
 
 
 @dataclass(slots=True)
@@ -108,6 +109,7 @@ def force(deployment_id: int, open_until: float, new_state: str, reason: str) ->
 
 def _change(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
     apply(deployment_id, open_until)
+    metrics.inc("gateway_circuit_breaker_transitions_total", str(deployment_id), new_state)
     log.warning("breaker for deployment %s: %s (%s)", deployment_id, new_state, reason)
     if settings.REDIS_URL:
         try:
@@ -155,6 +157,18 @@ def shared_state(deployment_id: int) -> str:
     if time.time() >= until:
         return "half-open (next call probes)"
     return "open until " + time.strftime("%H:%M:%S UTC", time.gmtime(until))
+
+
+async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
+    """Each deployment's breaker as the fleet sees it, for /metrics: 0 closed, 1 open, 2 half-open."""
+    codes = {"closed": 0, "open": 1, "half_open": 2}
+    if not settings.REDIS_URL or not deployment_ids:
+        return {d: codes[state(d)] for d in deployment_ids}
+    from gateway_project.redis_pool import async_redis
+
+    values = await async_redis().mget([f"gw:cb:{d}" for d in deployment_ids])
+    now = time.time()
+    return {d: 0 if not v else 1 if now < float(v) else 2 for d, v in zip(deployment_ids, values, strict=True)}
 
 
 def load_shared() -> None:

@@ -10,7 +10,7 @@ import orjson
 
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
-from usage import limits, recorder, tokens
+from usage import limits, prompts, recorder, tokens
 from usage.limits import Admission
 
 from .errors import GatewayError
@@ -63,6 +63,17 @@ class Call:
     admission: Admission | None = None
     route: str = ""
     strategy: str = ""
+    # For metrics and traces (perf_counter times): around admission, the upstream
+    # calls (first attempt sent to last byte read) and accounting.
+    admit_span: tuple[float, float] | None = None
+    upstream_started: float = 0.0
+    upstream_ended: float = 0.0
+    answered_started: float = 0.0  # the attempt that answered
+    account_span: tuple[float, float] | None = None
+    # Each upstream attempt, (target, start, end, error or None), kept only while tracing.
+    attempt_log: list | None = None
+    traceparent: str = ""
+    recorded: dict | None = None  # the usage event, once built
 
     @property
     def response_id(self) -> str:
@@ -75,13 +86,19 @@ class Call:
 
     async def settle_and_record(self) -> None:
         """Settle the limits reservation with what the call used, and buffer its usage event."""
-        event = self.event()
-        if self.admission is not None:
-            used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
-            serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
-            if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized):
-                return  # the settle script buffered the event too
-        await recorder.record(event)
+        started = time.perf_counter()
+        event = self.recorded = self.event()
+        if self.key.prompt_retention_days:
+            prompts.attach(event, self.body, self.key.prompt_retention_days)
+        try:
+            if self.admission is not None:
+                used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
+                serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
+                if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized):
+                    return  # the settle script buffered the event too
+            await recorder.record(event)
+        finally:
+            self.account_span = (started, time.perf_counter())
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -127,15 +144,16 @@ class Call:
         return event
 
     def event(self) -> dict:
+        """The usage event (also the request log line's fields; a call with no key is logged, not recorded)."""
         usage = self.usage or Usage()
         target = self.target
         return {
             "request_id": self.request_id,
             "client_request_id": self.client_request_id,
             "ts": self.ts,
-            "tenant_id": self.key.tenant_id,
-            "api_key_id": self.key.id,
-            "key_prefix": self.key.prefix,
+            "tenant_id": self.key.tenant_id if self.key else None,
+            "api_key_id": self.key.id if self.key else None,
+            "key_prefix": self.key.prefix if self.key else "",
             "provider_id": target.provider_id if target else None,
             "provider_name": target.provider_name if target else "",
             "deployment_id": target.deployment_id if target else None,

@@ -16,11 +16,19 @@ from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import Resolver404, get_resolver
 
+from gateway_project import metrics
+
 from . import errors
 from .call import request_id_from
 
 
+def _count_refused(status: int) -> None:
+    """Requests answered before any endpoint saw them still count in gateway_requests_total."""
+    metrics.count_call(("none", "", "", "", str(status), "client_error"), 0, 0, 0, 0.0)
+
+
 async def not_found(request):
+    _count_refused(404)
     response = errors.GatewayError(
         404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
     ).response()
@@ -40,6 +48,7 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except errors.GatewayError as error:
+            _count_refused(error.status)
             response = error.response()
             response["x-request-id"] = f"req_{uuid.uuid4().hex}"
             await self.send_response(response, send)
@@ -47,6 +56,7 @@ class ApiHandler(ASGIHandler):
         try:
             request = self.request_class(scope, body_file)
         except UnicodeDecodeError:
+            _count_refused(400)
             response = errors.bad_request("The request URL is not valid UTF-8.").response()
             response["x-request-id"] = f"req_{uuid.uuid4().hex}"
             await self.send_response(response, send)

@@ -18,9 +18,11 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import transaction
 
+from gateway_project.redis_pool import channel
+
 log = logging.getLogger(__name__)
 
-CHANNEL = "gw:config-changed"
+CHANNEL = channel("config-changed")
 NAMES = ("keys", "routes", "limits")
 
 _generations: dict[str, int] = defaultdict(int)

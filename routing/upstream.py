@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
+from gateway_project import metrics
 from providers import adapters, netguard
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
 
@@ -188,12 +189,14 @@ def _outcome(target: Target, error: UpstreamError | None, started: float = 0.0) 
 
 
 async def open_call(targets: list[Target], build: BuildRequest, *, stream: bool = False, max_attempts: int = 3,
-                    deadline_seconds: float = 120.0, hedge_after_ms: int | None = None) -> Attempt:
+                    deadline_seconds: float = 120.0, hedge_after_ms: int | None = None,
+                    log: list | None = None) -> Attempt:
     """Call the first target that answers; retry and fall back on retryable failures.
 
     Returns with the response headers read (and a stream's first bytes) and the
     body otherwise unread. Nothing has reached the client yet, which is what
-    makes retrying and falling back safe.
+    makes retrying and falling back safe. Each attempt is noted in `log`, when
+    given, for the trace.
     """
     if not targets:
         raise UpstreamError(503, "Every deployment for this model is failing; try again shortly.",
@@ -212,15 +215,17 @@ async def open_call(targets: list[Target], build: BuildRequest, *, stream: bool 
                 if time.monotonic() + delay >= deadline:
                     break
                 await asyncio.sleep(delay)
+            metrics.inc("gateway_retries_total" if target.deployment_id in tried else "gateway_fallbacks_total",
+                        target.provider_name)
         remaining = deadline - time.monotonic()
         hedge = hedge_after_ms and i + 1 < len(schedule) and schedule[i + 1] != target
         try:
             if hedge:
                 attempt = await asyncio.wait_for(
-                    _hedged(target, schedule[i + 1], build, stream, i + 1, hedge_after_ms / 1000), remaining)
+                    _hedged(target, schedule[i + 1], build, stream, i + 1, hedge_after_ms / 1000, log), remaining)
                 i += 1
             else:
-                attempt = await asyncio.wait_for(_attempt_with_outcome(target, build, stream, i + 1), remaining)
+                attempt = await asyncio.wait_for(_attempt_with_outcome(target, build, stream, i + 1, log), remaining)
         except UpstreamError as error:
             tried.add(target.deployment_id)
             last_error = error
@@ -236,13 +241,15 @@ async def open_call(targets: list[Target], build: BuildRequest, *, stream: bool 
     raise last_error
 
 
-async def _hedged(first: Target, second: Target, build, stream: bool, attempt_no: int, after: float) -> Attempt:
+async def _hedged(first: Target, second: Target, build, stream: bool, attempt_no: int, after: float,
+                  log: list | None) -> Attempt:
     """Call `first`; if it has not answered within `after` seconds, call `second` too. First answer wins."""
-    tasks = {asyncio.create_task(_attempt_with_outcome(first, build, stream, attempt_no))}
+    tasks = {asyncio.create_task(_attempt_with_outcome(first, build, stream, attempt_no, log))}
     done, _ = await asyncio.wait(tasks, timeout=after)
     if done:
         return tasks.pop().result()
-    tasks.add(asyncio.create_task(_attempt_with_outcome(second, build, stream, attempt_no + 1)))
+    metrics.inc("gateway_hedges_total", second.provider_name)
+    tasks.add(asyncio.create_task(_attempt_with_outcome(second, build, stream, attempt_no + 1, log)))
     last_error: UpstreamError | None = None
     while tasks:
         done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -257,13 +264,33 @@ async def _hedged(first: Target, second: Target, build, stream: bool, attempt_no
     raise last_error
 
 
-async def _attempt_with_outcome(target: Target, build, stream: bool, attempt_no: int) -> Attempt:
+def _outcome_label(error: UpstreamError) -> str:
+    if error.status == 429:
+        return "rate_limited"
+    if error.code == "upstream_timeout":
+        return "timeout"
+    return "server_error" if error.status >= 500 else "client_error"
+
+
+async def _attempt_with_outcome(target: Target, build, stream: bool, attempt_no: int, log: list | None) -> Attempt:
+    started = time.perf_counter()
     try:
         attempt = await _try(target, build, stream, attempt_no)
     except UpstreamError as error:
         _outcome(target, error)
+        metrics.inc("gateway_upstream_attempts_total", target.provider_name, _outcome_label(error))
+        if log is not None:
+            log.append((target, started, time.perf_counter(), error))
+        raise
+    except asyncio.CancelledError:  # a hedge the other call won
+        metrics.inc("gateway_upstream_attempts_total", target.provider_name, "cancelled")
+        if log is not None:
+            log.append((target, started, time.perf_counter(), asyncio.CancelledError("hedge lost")))
         raise
     _outcome(target, None, attempt.started)
+    metrics.inc("gateway_upstream_attempts_total", target.provider_name, "ok")
+    if log is not None:
+        log.append((target, started, time.perf_counter(), None))
     return attempt
 
 

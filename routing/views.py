@@ -8,6 +8,7 @@ call shares: the request id, errors in OpenAI's shape, and the usage event.
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -15,13 +16,14 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from gateway_project import metrics
 from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamError
 from usage import limits, recorder, tokens
 
-from . import anthropic_front, completions_front, errors, estimates, strategies, table, upstream, validation
+from . import anthropic_front, completions_front, errors, estimates, observe, strategies, table, upstream, validation
 from .call import Call, client_request_id
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
         @functools.wraps(handler)
         async def view(request):
             call = Call(endpoint=name, client_request_id=client_request_id(request.headers))
+            observe.started(call, request.headers)
             try:
                 if request.method != method:
                     raise errors.GatewayError(405, f"Use {method} for this endpoint.", code="method_not_allowed")
@@ -52,8 +55,10 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
             if call.admission is not None:
                 for name_, value in call.admission.headers.items():
                     response[name_] = value
-            if call.key is not None and not call.recorded_by_stream:
-                await call.settle_and_record()
+            if not call.recorded_by_stream:
+                if call.key is not None:
+                    await call.settle_and_record()
+                observe.finished(call)
             return response
 
         return view
@@ -77,27 +82,12 @@ async def _authenticate(request, call: Call) -> None:
 
 async def _admit(call: Call, estimate, targets) -> None:
     """Check every limit and reserve the estimate; raises 429 when refused."""
-    call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
-                                        lambda: estimate(call.body, targets))
-
-
-def _json(body: bytes) -> HttpResponse:
-    response = HttpResponse(body, content_type="application/json")
-    response["content-length"] = str(len(body))
-    return response
-
-
-def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
-    target = call.target
-    response["x-gateway-provider"] = target.provider_name
-    response["x-gateway-model"] = target.upstream_model
-    response["x-gateway-deployment"] = str(target.deployment_id)
-    response["x-gateway-route"] = call.route
-    response["x-gateway-strategy"] = call.strategy
-    response["x-gateway-attempts"] = str(call.attempts)
-    return response
-
-
+    started = time.perf_counter()
+    try:
+        call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
+                                            lambda: estimate(call.body, targets))
+    finally:
+        call.admit_span = (started, time.perf_counter())
 
 
 def _json(body: bytes) -> HttpResponse:
@@ -134,14 +124,16 @@ async def _route(call: Call, mode: str, facts: strategies.Facts):
 
 
 async def _call(call: Call, spec, targets, build, stream: bool = False) -> upstream.Attempt:
+    call.upstream_started = time.perf_counter()
     try:
         attempt = await upstream.open_call(targets, build, stream=stream, max_attempts=spec.max_attempts,
                                            deadline_seconds=spec.deadline_seconds,
-                                           hedge_after_ms=spec.hedge_after_ms)
+                                           hedge_after_ms=spec.hedge_after_ms, log=call.attempt_log)
     except errors.GatewayError:
+        call.upstream_ended = time.perf_counter()
         call.attempts = min(len(targets), spec.max_attempts) or 0
         raise
-    call.target, call.attempts = attempt.target, attempt.attempts
+    call.target, call.attempts, call.answered_started = attempt.target, attempt.attempts, attempt.started
     if attempt.hedge_loser is not None:
         await recorder.record(call.hedge_loser_event(attempt.hedge_loser))
     return attempt
@@ -162,7 +154,10 @@ async def _open(request, call: Call, body: dict, mode: str, build, stream: bool 
 
 async def _read_chat(call: Call, attempt: upstream.Attempt, body: dict) -> tuple[bytes, dict, bool]:
     """The upstream's answer as (raw body, OpenAI-shaped completion, whether raw already is that completion)."""
-    raw, data = await upstream.read_json(attempt)
+    try:
+        raw, data = await upstream.read_json(attempt)
+    finally:
+        call.upstream_ended = time.perf_counter()
     call.first_token()
     adapter, target = for_kind(attempt.target.kind), attempt.target
     call.usage = upstream.decode(target, adapter.parse_usage, data)
@@ -232,7 +227,10 @@ async def embeddings(request, call: Call) -> HttpResponse:
     body = validation.embeddings_body(request)
     attempt = await _open(request, call, body, "embedding",
                           lambda adapter, t: adapter.embeddings_request(t, body, call.request_id))
-    raw, data = await upstream.read_json(attempt, allow_list=True)
+    try:
+        raw, data = await upstream.read_json(attempt, allow_list=True)
+    finally:
+        call.upstream_ended = time.perf_counter()
     adapter, target = for_kind(attempt.target.kind), attempt.target
     call.usage = upstream.decode(target, adapter.parse_usage, data)
     call.estimate_usage()
@@ -270,6 +268,11 @@ class OpenAIStream:
         return b"data: " + error.body() + b"\n\n"
 
 
+async def _settle_and_finish(call: Call) -> None:
+    await call.settle_and_record()
+    observe.finished(call)
+
+
 def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
     """Relay the upstream stream event by event through `writer`; record usage when it ends, however it ends."""
     call.streamed = True
@@ -277,6 +280,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
 
     async def relay():
         finished = False
+        metrics.gauge_add("gateway_open_streams", 1)
         try:
             async for event in upstream.stream_events(attempt, translate):
                 if event.usage is not None:
@@ -307,10 +311,12 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
             yield writer.error(errors.internal_error())
         finally:
             attempt.release()
+            call.upstream_ended = time.perf_counter()
+            metrics.gauge_add("gateway_open_streams", -1)
             call.estimate_usage()
             # Shielded: a client that hangs up cancels this task, and the
             # tokens it already received must still be settled and recorded.
-            await asyncio.shield(call.settle_and_record())
+            await asyncio.shield(_settle_and_finish(call))
 
     response = StreamingHttpResponse(relay(), content_type="text/event-stream")
     response["cache-control"] = "no-cache"

@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class TenantsConfig(AppConfig):
     name = "tenants"
+
+    def ready(self) -> None:
+        from . import audit
+
+        audit.connect()

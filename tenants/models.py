@@ -27,6 +27,14 @@ class Tenant(models.Model):
         help_text="Keep this tenant's usage records and audit entries this many days; "
                   "empty: the global USAGE_RETENTION_DAYS / AUDIT_RETENTION_DAYS.",
     )
+    log_prompts = models.BooleanField(
+        default=False,
+        help_text="Log this tenant's prompts, redacted (e-mail addresses, key-like strings and digit runs "
+                  "removed), in the request log and the prompt log, kept for the retention below.",
+    )
+    prompt_retention_days = models.PositiveSmallIntegerField(
+        default=7, help_text="Days logged prompts are kept before the prompt purge deletes them."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -71,38 +79,39 @@ class Membership(models.Model):
 
 
 class AuditLog(models.Model):
-    """Who did what to which object. Written by admin actions and commands."""
+    """Who did what to which object, from where, in which request (tenants/audit.py writes it).
+
+    A ledger: a row outlives the tenant and the user it names, so those links
+    carry no database constraint and the actor's name is copied in.
+    """
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                               related_name="+")
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False,
+        related_name="+",
     )
-    actor_label = models.CharField(max_length=200, blank=True)
-    action = models.CharField(max_length=64)
+    actor_label = models.CharField("actor", max_length=200, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
     object_type = models.CharField(max_length=100, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
-    object_repr = models.CharField(max_length=200, blank=True)
-    changes = models.JSONField(default=dict, blank=True)
+    object_repr = models.CharField("object", max_length=200, blank=True)
+    changes = models.JSONField(default=dict, blank=True, help_text="Field by field: [old, new]; secrets redacted.")
     address = models.GenericIPAddressField(null=True, blank=True)
+    request_id = models.CharField(max_length=100, blank=True, db_index=True)
 
     class Meta:
-        ordering = ["-created_at"]
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="auditlog_tenant_time")]
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type} {self.object_repr}"
 
     @classmethod
     def record(cls, action: str, obj=None, *, actor=None, tenant=None, changes=None, address=None):
-        label = actor.get_username() if actor is not None else "system"
-        return cls.objects.create(
-            action=action,
-            actor=actor,
-            actor_label=label,
-            tenant=tenant,
-            object_type=obj._meta.label if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None else "",
-            object_repr=str(obj)[:200] if obj is not None else "",
-            changes=changes or {},
-            address=address,
-        )
+        """Write one row; see tenants.audit.record, which fills in the request's actor and id."""
+        from . import audit
+
+        return audit.record(action, obj, actor=actor, tenant_id=tenant.pk if tenant is not None else None,
+                            changes=changes, address=address)

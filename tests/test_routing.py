@@ -77,7 +77,7 @@ def test_429_with_retry_after_cools_the_deployment_down(key_client, gateway, api
 
 @pytest.fixture()
 def breaker_gateways(gateway_env, mock_upstream):
-    env = {**gateway_env, "BREAKER_FAILURES": "3", "BREAKER_COOLDOWN": "1"}
+    env = {**gateway_env, "BREAKER_FAILURES": "3", "BREAKER_COOLDOWN": "4"}
     servers = [Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"], env=env,
                       ready_path="/v1/models") for _ in range(2)]
     yield servers
@@ -104,7 +104,7 @@ def test_breaker_opens_after_its_threshold_is_shared_and_closes_after_a_probe(br
 
     flaky_provider.extra_headers = {}
     flaky_provider.save()  # the deployment recovers
-    time.sleep(1.2)  # the cooldown
+    time.sleep(4.2)  # the cooldown
     probed = wait_until(lambda: served_by(ask(one, api_key[1], "guarded")) == "flaky", timeout=5)
     assert probed
     assert wait_until(lambda: CircuitEvent.objects.filter(deployment=flaky, state="closed").exists())

@@ -3,13 +3,15 @@ from decimal import Decimal
 from django.contrib import admin
 
 from gateway_project.readonly_admin import ReadOnlyAdmin
+from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+from tenants.scoping import scope_of
 
 from . import limits
-from .models import Limit, ReportDelivery, UsageRecord, UsageRollup
+from .models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     """The billing ledger: read-only."""
 
     list_display = ["created_at", "request_id", "tenant", "key_prefix", "public_model", "provider_name",
@@ -17,6 +19,17 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                     "streamed"]
     list_filter = ["status", "streamed", "endpoint", "tokens_estimated", "tenant"]
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+
+
+@admin.register(PromptLog)
+class PromptLogAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    """Redacted prompts of tenants that log them, until the prompt purge deletes them."""
+
+    list_display = ["created_at", "request_id", "tenant", "public_model", "expires_at"]
+    list_filter = ["tenant"]
+    search_fields = ["request_id"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
 
@@ -40,7 +53,7 @@ def _use_summary(limit: Limit) -> str:
 
 
 @admin.register(Limit)
-class LimitAdmin(admin.ModelAdmin):
+class LimitAdmin(ScopedAdminMixin, admin.ModelAdmin):
     """Limits with their current use, read live from the counters that enforce them."""
 
     list_display = ["__str__", "tenant", "api_key", "model", "requests_per_minute", "tokens_per_minute",
@@ -54,8 +67,13 @@ class LimitAdmin(admin.ModelAdmin):
     def current_use(self, obj: Limit) -> str:
         return _use_summary(obj) if obj.pk else "—"
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "api_key" and not scope_of(request).everything:
+            kwargs["required"] = True  # tenant-wide limits are staff's (tenants/scoping.py)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
-class LimitInline(admin.TabularInline):
+
+class LimitInline(ScopedInlineMixin, admin.TabularInline):
     model = Limit
     extra = 0
     fields = ["api_key", "model", "requests_per_minute", "tokens_per_minute", "max_concurrent", "period",
@@ -68,7 +86,7 @@ class LimitInline(admin.TabularInline):
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
+class UsageRollupAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["bucket", "granularity", "tenant", "key_prefix", "public_model", "provider_name", "requests",
                     "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
     list_filter = ["granularity", "tenant", "provider_name"]
@@ -77,6 +95,6 @@ class UsageRollupAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ReportDelivery)
-class ReportDeliveryAdmin(ReadOnlyAdmin):
+class ReportDeliveryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["created_at", "period", "period_start", "tenant", "recipients", "sent_at"]
     list_filter = ["period", "tenant"]

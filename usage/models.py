@@ -196,3 +196,24 @@ class ReportDelivery(models.Model):
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["tenant", "period", "period_start"],
                                                name="report_once", nulls_distinct=False)]
+
+
+class PromptLog(models.Model):
+    """A call's prompt, redacted, for a tenant that opted into prompt logging (usage.prompts).
+
+    Deleted once past expires_at by the periodic prompt purge.
+    """
+
+    request_id = models.CharField(max_length=100, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="prompt_logs")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    public_model = models.CharField(max_length=200, blank=True)
+    prompt = models.TextField(help_text="Redacted: e-mail addresses, key-like strings and digit runs removed.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"])]
+
+    def __str__(self) -> str:
+        return self.request_id

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import deque
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,11 +22,12 @@ import orjson
 import redis
 from django.conf import settings
 
+from gateway_project import metrics
 from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
-from .models import UsageRecord
+from .models import PromptLog, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,18 @@ async def record(event: dict) -> None:
 
 def _to_row(event: dict) -> UsageRecord:
     fields = dict(event)
+    fields.pop("prompt", None)
+    fields.pop("prompt_expires_at", None)
     fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=UTC)
     fields["cost_usd"] = Decimal(fields["cost_usd"])
     return UsageRecord(**fields)
+
+
+def _prompt_row(event: dict) -> PromptLog:
+    return PromptLog(request_id=event["request_id"], tenant_id=event["tenant_id"],
+                     created_at=datetime.fromtimestamp(event["ts"], tz=UTC),
+                     expires_at=datetime.fromtimestamp(event["prompt_expires_at"], tz=UTC),
+                     public_model=event["public_model"], prompt=event["prompt"])
 
 
 def write(events: list[dict]) -> None:
@@ -64,6 +75,9 @@ def write(events: list[dict]) -> None:
     if not events:
         return
     UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
+    if prompts := [_prompt_row(e) for e in events if "prompt" in e]:
+        PromptLog.objects.bulk_create(prompts, ignore_conflicts=True)
+    metrics.shared_inc("gateway_usage_events_written_total", by=len(events))
     last_used: dict[int, float] = {}
     for e in events:
         if e.get("api_key_id"):
@@ -126,6 +140,24 @@ def drain_all(*, local_only: bool = False) -> int:
     return total
 
 
+def held() -> int:
+    """Events this process holds itself (Redis was unreachable when they were recorded)."""
+    return len(_local) if settings.REDIS_URL else 0
+
+
+async def buffer_state() -> tuple[int, float]:
+    """(events waiting in the buffer, seconds the oldest has waited), for /metrics and /readyz."""
+    if not settings.REDIS_URL:
+        return len(_local), time.time() - _local[0]["ts"] if _local else 0.0
+    async with async_redis().pipeline(transaction=False) as pipe:
+        pipe.xlen(STREAM)
+        pipe.xrange(STREAM, count=1)
+        length, oldest = await pipe.execute()
+    # A stream entry's id starts with the milliseconds it was added at.
+    lag = time.time() - int(oldest[0][0].split(b"-")[0]) / 1000 if oldest else 0.0
+    return length, max(0.0, lag)
+
+
 def pending() -> int:
     """Events buffered and not yet written."""
     if not settings.REDIS_URL:
@@ -144,6 +176,7 @@ async def drain_forever(stop: asyncio.Event, *, local_only: bool = False) -> Non
         try:
             await run_orm(drain_these)
         except Exception:
+            metrics.inc("gateway_usage_drain_failures_total")
             log.exception("usage drain failed; events stay buffered and are retried")
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.USAGE_FLUSH_INTERVAL)

@@ -6,7 +6,7 @@ from celery import shared_task
 
 from gateway_project.joblock import single_run
 
-from . import recorder, reports, retention, rollups
+from . import prompts, recorder, reports, retention, rollups
 
 
 @shared_task(ignore_result=True)
@@ -32,3 +32,9 @@ def cleanup_retention() -> dict:
 def send_cost_reports(period: str) -> int:
     with single_run(f"send_cost_reports:{period}") as mine:
         return reports.send_reports(period) if mine else 0
+
+
+@shared_task(ignore_result=True)
+def purge_prompts() -> int:
+    """Delete logged prompts past their tenant's retention."""
+    return prompts.purge_expired()

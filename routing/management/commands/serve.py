@@ -1,4 +1,5 @@
 import uvicorn
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 
@@ -16,6 +17,8 @@ def run_server(host: str, port: int, workers: int = 1, log_level: str = "info") 
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=30,
+        # In JSON, uvicorn's own lines go through the gateway's logging too (one format in the logs).
+        **({"log_config": None} if settings.LOG_FORMAT == "json" else {}),
     )
 
 

@@ -8,8 +8,8 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('keys', '0002_apikey_default_model'),
-        ('tenants', '0004_tenant_retention_days'),
-        ('usage', '0006_reportdelivery_usagerollup'),
+        ('tenants', '0006_merge_0004_audit_trail_0005_merge_20261124_0100'),
+        ('usage', '0007_merge_0006_promptlog_0006_reportdelivery_usagerollup'),
     ]
 
     operations = [

@@ -1,0 +1,76 @@
+"""Management API: providers (upstream accounts) and their deployments.
+
+A provider's API key is write-only: accepted on create and update, stored
+encrypted, never returned (`api_key_set` says whether one is stored).
+"""
+
+from rest_framework import serializers
+
+from gateway_project.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
+from tenants.scoping import scope_of
+
+from .models import Deployment, Provider
+
+
+class ProviderSerializer(ScopedSerializer):
+    tenant = TenantField(help_text="Empty: shared by every tenant (staff only).")
+    api_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=True,
+                                    style={"input_type": "password"},
+                                    help_text="Write-only. Empty string removes the stored key; omit to keep it.")
+    api_key_set = serializers.BooleanField(source="has_api_key", read_only=True)
+
+    class Meta:
+        model = Provider
+        fields = ["id", "name", "kind", "base_url", "api_key", "api_key_set", "api_key_env", "extra_headers",
+                  "settings", "tenant", "is_active", "allow_private_network", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def get_fields(self):
+        fields = super().get_fields()
+        if not scope_of(self.context["request"]).everything:
+            # Calling private networks is staff's decision alone (docs/security.md).
+            fields["allow_private_network"].read_only = True
+        return fields
+
+    def _save(self, provider: Provider, secret: str | None) -> Provider:
+        if secret is not None:
+            provider.set_api_key(secret)
+        provider.save()
+        return provider
+
+    def create(self, validated_data):
+        secret = validated_data.pop("api_key", None)
+        return self._save(Provider(**validated_data), secret)
+
+    def update(self, instance, validated_data):
+        secret = validated_data.pop("api_key", None)
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        return self._save(instance, secret)
+
+
+class ProviderViewSet(ScopedViewSet):
+    """Providers. Tenant owners and admins manage their tenant's own; shared ones are staff's and not listed."""
+
+    queryset = Provider.objects.all()
+    serializer_class = ProviderSerializer
+
+
+class DeploymentSerializer(ScopedSerializer):
+    provider = ScopedKey(manage=True, queryset=Provider.objects.all(),
+                         help_text="One of your tenant's providers.")
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "provider", "public_model", "upstream_model", "mode", "context_window",
+                  "max_output_tokens", "input_price_per_mtok", "output_price_per_mtok", "priority",
+                  "supports_vision", "supports_tools", "connect_timeout", "first_byte_timeout", "total_timeout",
+                  "is_active", "created_at"]
+        read_only_fields = ["created_at"]
+
+
+class DeploymentViewSet(ScopedViewSet):
+    """Deployments: your providers' (editable) and the shared ones your keys can call (read-only)."""
+
+    queryset = Deployment.objects.select_related("provider")
+    serializer_class = DeploymentSerializer

@@ -1,0 +1,43 @@
+"""Adding people to a tenant, from the admin and the management API alike."""
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+
+from .models import Membership, Tenant
+from .scoping import Scope
+
+
+def users_visible_to(scope: Scope):
+    """Users a tenant admin may add by name: those already in a tenant they manage."""
+    users = get_user_model()._default_manager.all()
+    return users if scope.everything else users.filter(memberships__tenant_id__in=scope.managed).distinct()
+
+
+def check_new_member(scope: Scope, tenant: Tenant, username: str, password: str) -> None:
+    """Raise ValidationError (by field) if `username` cannot join `tenant` this way."""
+    user = get_user_model()._default_manager.filter(username=username).first()
+    if user is None:
+        if not password:
+            raise ValidationError({"password": "A new user needs a first password."})  # nosec B105: a message
+        validate_password(password)
+        return
+    if not users_visible_to(scope).filter(pk=user.pk).exists():
+        # Tenant admins only create users or add their own tenants' people;
+        # joining someone from elsewhere is for staff.
+        raise ValidationError({"username": "A user with that username already exists."})
+    if Membership.objects.filter(tenant=tenant, user=user).exists():
+        raise ValidationError({"username": "Already a member of this tenant."})
+
+
+def member_add(tenant: Tenant, username: str, role: str, *, email: str = "", password: str = "") -> Membership:
+    """An unsaved membership of `username` in `tenant`, creating the user (with the
+    first password) if the name is new. Members sign in to the admin, so they are staff."""
+    users = get_user_model()._default_manager
+    user = users.filter(username=username).first()
+    if user is None:
+        user = users.create_user(username, email, password, is_staff=True)
+    elif not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+    return Membership(tenant=tenant, user=user, role=role)

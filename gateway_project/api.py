@@ -44,3 +44,12 @@ class ThrottledBasicAuthentication(BasicAuthentication):
         except AuthenticationFailed:
             sign_in_limited(request._request, count=True)
             raise
+
+
+from drf_spectacular.authentication import BasicScheme  # noqa: E402 (needs the class above)
+
+
+class ThrottledBasicScheme(BasicScheme):
+    """How the schema describes ThrottledBasicAuthentication: HTTP basic, as DRF's own."""
+
+    target_class = ThrottledBasicAuthentication

@@ -7,9 +7,11 @@ from rest_framework.routers import SimpleRouter
 from gateway_project.api import sign_in_limited
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
+from routing import playground
 from routing.api import RouteViewSet
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
+from usage import dashboard
 from usage.limits_api import LimitViewSet
 
 
@@ -33,8 +35,15 @@ manage.register("routes", RouteViewSet, basename="manage-route")
 manage.register("limits", LimitViewSet, basename="manage-limit")
 manage.register("audit", AuditLogViewSet, basename="manage-audit")
 
+# The admin index is the dashboard (usage/dashboard.py); the playground is routing/playground.py.
+admin.site.index_template = "admin/gateway_index.html"
+admin.site.site_header = admin.site.site_title = "LLM gateway"
+
 urlpatterns = [
     path("admin/login/", admin_login, name="admin_login"),
+    path("admin/dashboard/data", admin.site.admin_view(dashboard.view), name="admin-dashboard-data"),
+    path("admin/playground/", admin.site.admin_view(playground.page), name="admin-playground"),
+    path("admin/playground/call", playground.call, name="admin-playground-call"),
     path("admin/", admin.site.urls),
     path("api/usage/records", usage_api.RecordList.as_view(), name="usage-records"),
     path("api/usage/summary", usage_api.Summary.as_view(), name="usage-summary"),

@@ -47,20 +47,37 @@ _cache: dict[str, tuple[KeyInfo | None, float]] = {}
 _cache_generation = -1
 
 
-def _load(digest: str) -> KeyInfo | None:
-    row = (
+def _rows():
+    return (
         ApiKey.objects.active()
         .select_related("tenant")
         .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "default_model",
               "tenant__allowed_models", "tenant__default_model", "tenant__slug", "tenant__log_prompts",
               "tenant__prompt_retention_days")
-        .filter(key_hash=digest)
-        .first()
     )
+
+
+def _load(digest: str) -> KeyInfo | None:
+    row = _rows().filter(key_hash=digest).first()
     # The lookup is by hash already; comparing again in constant time keeps a
     # case-insensitive collation or an index quirk from ever matching loosely.
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
+    return info_for(row)
+
+
+def load_by_id(key_id: int) -> KeyInfo | None:
+    """A usable key by id, for callers that authenticated otherwise (the admin's
+    playground: a signed-in user calling with a key they may use)."""
+    row = _rows().filter(id=key_id).first()
+    if row is None:
+        return None
+    info = info_for(row)
+    return None if info.expires_at is not None and info.expires_at <= time.time() else info
+
+
+def info_for(row: ApiKey) -> KeyInfo:
+    """What the hot path needs of a key row (with its tenant)."""
     return KeyInfo(
         id=row.id,
         tenant_id=row.tenant_id,

@@ -14,7 +14,8 @@ published API reference):
   Hugging Face  POST /v1/chat/completions (TGI's dialect), /embed (TEI); GET /info
 A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
 /cohere/v1/models) to pick that format where paths are shared; OpenAI's is the default. Plus
-GET /_mock/stats (requests served per path, tokens reported in usage blocks) and POST /_mock/reset.
+GET /_mock/stats (requests served per path, tokens reported in usage blocks), GET /_mock/last (the
+last request body) and POST /_mock/reset.
 
 Knobs, each optional; later sources override earlier ones:
   1. server defaults: `--latency-ms` etc. or MOCK_LATENCY_MS, MOCK_CHUNKS, ...
@@ -54,6 +55,7 @@ from .server import (
     SETTINGS,
     Request,
     knobs_for,
+    last_body,
     query_of,
     read_body,
     send_json,
@@ -152,6 +154,9 @@ async def _handle(scope, path: str, receive, send) -> None:
     if path == "/_mock/stats":
         await send_json(send, 200, {"requests": dict(stats), "tokens": dict(served_tokens)})
         return
+    if path == "/_mock/last":
+        await send_json(send, 200, {"body": last_body[0] if last_body else None})
+        return
     if path == "/_mock/reset":
         stats.clear()
         served_tokens.clear()
@@ -164,6 +169,7 @@ async def _handle(scope, path: str, receive, send) -> None:
     body = await _parse(receive, scope, send)
     if body is None:
         return
+    last_body[:] = [body]
     if route is None:
         await _not_found(send, path)
         return

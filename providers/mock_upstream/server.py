@@ -23,6 +23,8 @@ _DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
 stats: Counter = Counter()
 # Tokens reported to clients in usage blocks, so tests can prove billing matches what was served.
 served_tokens: Counter = Counter()
+# The last request body the mock parsed (GET /_mock/last), so tests can see what the gateway sent.
+last_body: list = []
 
 
 class Abort(Exception):

@@ -1,0 +1,123 @@
+"""The admin's playground: chat with any model a key may use, from the browser.
+
+The page lists the keys the signed-in user may use (staff: all; a tenant's
+owners and admins: the tenant's; members: their own) and, for each, the models
+and routes that key may call. A call goes through the API's own view,
+`views.chat_completions`, so it is authenticated as that key, limited,
+routed, retried, streamed and billed to the key's tenant exactly like a
+client's call; only the key's secret is not needed, since the user proved who
+they are by signing in (secrets are never stored, so it could not be).
+
+The answer comes back as the API's own SSE stream (or JSON), followed by one
+`event: gateway` line with what the call cost: its usage event (deployment,
+attempts, tokens, cost, latency, time to first token), as recorded.
+"""
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.contrib import admin
+from django.http import HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+
+from gateway_project.orm_thread import run_orm
+from keys.auth import info_for, load_by_id
+from keys.models import ApiKey
+from tenants.scoping import scope_for
+
+from . import errors, table, views
+
+# What the page shows of the usage event.
+SHOWN = ("request_id", "provider_name", "deployment_id", "upstream_model", "route", "strategy", "attempts",
+         "prompt_tokens", "completion_tokens", "total_tokens", "tokens_estimated", "cost_usd", "latency_ms",
+         "ttft_ms", "status")
+
+
+def usable_keys(user):
+    """The active keys `user` may call with: what the key admin shows them, less revoked and expired keys."""
+    return scope_for(user).visible(ApiKey.objects.active().select_related("tenant")).order_by("tenant__name", "name")
+
+
+def _choices(user) -> list[dict]:
+    routing_table = table._load()
+    choices = []
+    for key in usable_keys(user):
+        info = info_for(key)
+        models = [name for name, _, _ in routing_table.models_for(key.tenant_id) if info.may_use(name)]
+        choices.append({"id": key.id, "label": f"{key.tenant.name} / {key.name} ({key.prefix}…)", "models": models,
+                        "default_model": info.default_model})
+    return choices
+
+
+def page(request):
+    context = {
+        **admin.site.each_context(request),
+        "title": "Playground",
+        "choices": _choices(request.user),
+    }
+    return TemplateResponse(request, "admin/playground.html", context)
+
+
+def _error(status: int, message: str, param: str | None = None) -> HttpResponse:
+    return errors.GatewayError(status, message, param=param, code="playground_error" if status != 404 else
+                               "key_not_found").response()
+
+
+def _key_for(user, key_id) -> int | None:
+    return usable_keys(user).filter(id=key_id).values_list("id", flat=True).first()
+
+
+def _chat_body(form: dict) -> dict:
+    body = {"model": form.get("model"), "messages": form.get("messages"), "stream": bool(form.get("stream"))}
+    for name in ("temperature", "max_tokens"):
+        if form.get(name) not in (None, ""):
+            body[name] = form[name]
+    if body["stream"]:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _summary(call) -> bytes:
+    event = call.recorded or {}
+    return orjson.dumps({name: event.get(name) for name in SHOWN})
+
+
+async def call(request) -> HttpResponse:
+    """POST {key, model, messages, temperature, max_tokens, stream}: the API's answer, then the call's usage."""
+    user = await request.auser()
+    if not (user.is_active and user.is_staff):
+        return _error(403, "Sign in to the admin to use the playground.")
+    if request.method != "POST":
+        return _error(405, "Use POST.")
+    try:
+        form = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return _error(400, "The body must be JSON.")
+    if not isinstance(form, dict) or not isinstance(form.get("key"), int):
+        return _error(400, "Pick a key.", param="key")
+    key_id = await sync_to_async(_key_for)(user, form["key"])
+    info = await run_orm(load_by_id, key_id) if key_id is not None else None
+    if info is None:
+        return _error(404, "No such key, or you may not use it.", param="key")
+
+    request.gateway_key = info
+    request._body = orjson.dumps(_chat_body(form))
+    response = await views.chat_completions(request)
+    gateway_call = request.gateway_call
+    if not isinstance(response, StreamingHttpResponse):
+        if response.status_code != 200:
+            return response
+        body = b'{"response":' + response.content + b',"gateway":' + _summary(gateway_call) + b"}"
+        out = HttpResponse(body, content_type="application/json")
+    else:
+        async def relay():
+            async for chunk in response.streaming_content:
+                yield chunk
+            # The stream settled and recorded the call before ending.
+            yield b"event: gateway\ndata: " + _summary(gateway_call) + b"\n\n"
+
+        out = StreamingHttpResponse(relay(), content_type="text/event-stream")
+        out["cache-control"] = "no-cache"
+    for name, value in response.items():
+        if name.lower().startswith(("x-gateway-", "x-request-id", "x-ratelimit-")):
+            out[name] = value
+    return out

@@ -1,0 +1,258 @@
+"""The admin index's dashboard: what the gateway served, what it cost, and what needs a look.
+
+`data(user, params)` answers the dashboard's one JSON request: totals, a time
+series and breakdowns by tenant, provider and model of the usage records the
+user may see (tenants.scoping: staff all, a tenant's owners and admins the
+tenant's, members their own keys'), the health of the deployments they may see,
+and the budgets and quotas closest to their limits. Counts and money come from
+the usage records themselves, exact (money as decimal strings); latency
+percentiles are PostgreSQL's percentile_cont (computed in Python on SQLite).
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, Q, Sum
+from django.db.models.functions import Trunc
+from django.http import HttpResponse
+from django.utils.dateparse import parse_datetime
+
+from providers import health
+from providers.models import Deployment
+from routing import breakers, errors
+from tenants.models import Tenant
+from tenants.scoping import scope_for
+
+from . import limits
+from .models import Limit, UsageRecord
+from .rollups import NOT_ERRORS, _percentile
+
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+BREAKDOWNS = {"tenant": "tenant__name", "provider": "provider_name", "model": "public_model"}
+# Budgets and quotas shown: the fullest first, those at least this used.
+BUDGET_SHOWN_FROM = 0.5
+BUDGET_WARN_AT = 0.8
+MAX_BUDGETS = 20
+MAX_GROUPS = 20
+
+
+class BadRange(ValueError):
+    pass
+
+
+class PercentileCont(Aggregate):
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, fraction: float, **extra):
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    step: str
+
+    def buckets(self) -> list[datetime]:
+        first = _truncate(self.start, self.step)
+        out, moment = [], first
+        while moment < self.end:
+            out.append(moment)
+            moment += STEPS[self.step]
+        return out
+
+
+def _truncate(moment: datetime, step: str) -> datetime:
+    moment = moment.astimezone(UTC).replace(second=0, microsecond=0)
+    if step in ("hour", "day"):
+        moment = moment.replace(minute=0)
+    return moment.replace(hour=0) if step == "day" else moment
+
+
+def _moment(value: str, name: str) -> datetime:
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise BadRange(f"'{name}' must be an ISO 8601 time, such as 2026-11-01T12:00.")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def window(params, now: datetime | None = None) -> Window:
+    """The time range asked for: a named range ending now, or start and end."""
+    now = now or datetime.now(UTC)
+    if params.get("start"):
+        start = _moment(params["start"], "start")
+        end = _moment(params["end"], "end") if params.get("end") else now
+        if end <= start:
+            raise BadRange("'end' must be after 'start'.")
+        if end - start > timedelta(days=400):
+            raise BadRange("A range may span at most 400 days.")
+    else:
+        name = params.get("range") or "24h"
+        if name not in RANGES:
+            raise BadRange(f"'range' must be one of {', '.join(RANGES)}.")
+        start, end = now - RANGES[name], now
+    span = end - start
+    step = "minute" if span <= timedelta(hours=3) else "hour" if span <= timedelta(days=8) else "day"
+    return Window(start, end, step)
+
+
+def _records(scope, params, win: Window):
+    records = UsageRecord.objects.filter(scope.key_filter(), created_at__gte=win.start, created_at__lt=win.end)
+    if value := params.get("tenant"):
+        records = records.filter(tenant_id=int(value) if value.isdigit() else -1)
+    if value := params.get("provider"):
+        records = records.filter(provider_name=value)
+    if value := params.get("model"):
+        records = records.filter(public_model=value)
+    return records.order_by()
+
+
+SUMS = {
+    "requests": Count("id"),
+    "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
+    "prompt_tokens": Sum("prompt_tokens"),
+    "completion_tokens": Sum("completion_tokens"),
+    "cost_usd": Sum("cost_usd"),
+}
+
+
+def _row(values: dict) -> dict:
+    requests = values.get("requests") or 0
+    prompt, completion = values.get("prompt_tokens") or 0, values.get("completion_tokens") or 0
+    return {
+        "requests": requests,
+        "errors": values.get("errors") or 0,
+        "error_rate": round((values.get("errors") or 0) / requests, 4) if requests else 0,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "tokens": prompt + completion,
+        "cost_usd": str(values.get("cost_usd") or Decimal(0)),
+        "p50_ms": round(values["p50"]) if values.get("p50") is not None else None,
+        "p95_ms": round(values["p95"]) if values.get("p95") is not None else None,
+    }
+
+
+def _grouped(records, field: str | None) -> list[dict]:
+    """SUMS and latency p50/p95 per value of `field` (one group of everything when None)."""
+    rows = records.values(field) if field else records
+    if connection.vendor == "postgresql":
+        aggregates = {**SUMS, "p50": PercentileCont("latency_ms", 0.5), "p95": PercentileCont("latency_ms", 0.95)}
+        return [dict(r) for r in rows.annotate(**aggregates)] if field else [records.aggregate(**aggregates)]
+    result = [dict(r) for r in rows.annotate(**SUMS)] if field else [records.aggregate(**SUMS)]
+    latencies: dict = defaultdict(list)
+    for value, latency in records.values_list(field or "id", "latency_ms"):
+        latencies[value if field else None].append(latency)
+    for row in result:
+        values = latencies.get(row[field] if field else None)
+        row["p50"] = _percentile(values, 0.5) if values else None
+        row["p95"] = _percentile(values, 0.95) if values else None
+    return result
+
+
+def _series(records, win: Window) -> dict:
+    by_bucket = {row["bucket"]: row for row in _grouped(records.annotate(bucket=Trunc("created_at", win.step,
+                                                                                       tzinfo=UTC)), "bucket")}
+    series = defaultdict(list)
+    for bucket in win.buckets():
+        row = _row(by_bucket.get(bucket, {}))
+        series["labels"].append(bucket.isoformat())
+        for name in ("requests", "errors", "tokens", "cost_usd", "p50_ms", "p95_ms"):
+            series[name].append(row[name])
+    return dict(series)
+
+
+def _breakdown(records, name: str) -> list[dict]:
+    field = BREAKDOWNS[name]
+    rows = [{"name": row[field] or "—", **_row(row)} for row in _grouped(records, field)]
+    rows.sort(key=lambda r: (-Decimal(r["cost_usd"]), -r["requests"], r["name"]))
+    return rows[:MAX_GROUPS]
+
+
+def _health(scope, everything: bool) -> list[dict]:
+    deployments = list(scope.visible(Deployment.objects.select_related("provider")).filter(is_active=True)
+                       .order_by("provider__name", "public_model")[:200])
+    checks = health.latest({d.provider_id for d in deployments})
+    out = []
+    for d in deployments:
+        check = checks.get((d.provider_id, d.id)) or checks.get((d.provider_id, None))
+        out.append({
+            "provider": d.provider.name,
+            "model": d.public_model,
+            "deployment_id": d.id,
+            "breaker": breakers.shared_state(d.id),
+            "ok": check.ok if check else None,
+            "latency_ms": check.latency_ms if check else None,
+            "checked_at": check.checked_at.isoformat() if check else None,
+            # Error texts name the provider's addresses: the platform's business.
+            "error": (check.error if everything else "") if check and not check.ok else "",
+        })
+    return out
+
+
+def _budgets(scope) -> list[dict]:
+    rows = list(scope.visible(Limit.objects.select_related("tenant", "api_key"))
+                .filter(Q(budget_usd__isnull=False) | Q(token_quota__isnull=False))[:500])
+    uses = limits.current_uses(rows)
+    out = []
+    for limit in rows:
+        use = uses.get(limit.id)
+        if not use:
+            continue
+        measures = []
+        if limit.budget_usd:
+            spent = Decimal(use["period_micros"]) / 1_000_000
+            measures.append(("budget", str(spent.quantize(Decimal("0.000001"))), str(limit.budget_usd),
+                             float(spent / limit.budget_usd)))
+        if limit.token_quota:
+            measures.append(("tokens", use["period_tokens"], limit.token_quota,
+                             use["period_tokens"] / limit.token_quota))
+        for kind, used, allowed, share in measures:
+            if share >= BUDGET_SHOWN_FROM:
+                out.append({"limit_id": limit.id, "tenant": limit.tenant.name,
+                            "key": limit.api_key.name if limit.api_key else "", "model": limit.model,
+                            "period": limit.period, "kind": kind, "used": used, "allowed": allowed,
+                            "percent": round(share * 100, 1), "warn": share >= BUDGET_WARN_AT})
+    out.sort(key=lambda b: -b["percent"])
+    return out[:MAX_BUDGETS]
+
+
+def _filters(scope, win: Window) -> dict:
+    tenants = scope.visible(Tenant.objects.all()) if not scope.everything else Tenant.objects.all()
+    seen = UsageRecord.objects.filter(scope.key_filter(), created_at__gte=win.start, created_at__lt=win.end)
+    return {
+        "tenants": [{"id": t.id, "name": t.name} for t in tenants.order_by("name")[:500]],
+        "providers": sorted(p for p in seen.order_by().values_list("provider_name", flat=True).distinct()[:500] if p),
+        "models": sorted(seen.order_by().values_list("public_model", flat=True).distinct()[:500]),
+    }
+
+
+def data(user, params) -> dict:
+    scope = scope_for(user)
+    win = window(params)
+    records = _records(scope, params, win)
+    totals = _row(_grouped(records, None)[0])
+    return {
+        "range": {"start": win.start.isoformat(), "end": win.end.isoformat(), "step": win.step},
+        "totals": totals,
+        "series": _series(records, win),
+        "by": {name: _breakdown(records, name) for name in BREAKDOWNS},
+        "filters": _filters(scope, win),
+        "health": _health(scope, scope.everything),
+        "budgets": _budgets(scope),
+    }
+
+
+def view(request) -> HttpResponse:
+    """GET the dashboard's data (behind the admin's sign-in)."""
+    try:
+        body = data(request.user, request.GET)
+    except BadRange as exc:
+        return errors.bad_request(str(exc), param="range").response()
+    return HttpResponse(orjson.dumps(body), content_type="application/json")

@@ -38,6 +38,7 @@ manage.register("audit", AuditLogViewSet, basename="manage-audit")
 # The admin index is the dashboard (usage/dashboard.py); the playground is routing/playground.py.
 admin.site.index_template = "admin/gateway_index.html"
 admin.site.site_header = admin.site.site_title = "LLM gateway"
+admin.site.index_title = "Dashboard"
 
 urlpatterns = [
     path("admin/login/", admin_login, name="admin_login"),

@@ -26,7 +26,7 @@
     return d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit" });
   }
 
-  function draw(id, type, labels, datasets) {
+  function draw(id, type, labels, datasets, tick) {
     if (charts[id]) {
       charts[id].data.labels = labels;
       charts[id].data.datasets = datasets;
@@ -38,7 +38,7 @@
       data: { labels: labels, datasets: datasets },
       options: { animation: false, responsive: true, maintainAspectRatio: false,
                  interaction: { mode: "index", intersect: false },
-                 scales: { y: { beginAtZero: true } } },
+                 scales: { y: { beginAtZero: true, ticks: tick ? { callback: tick } : {} } } },
     });
   }
 
@@ -86,7 +86,8 @@
     ]);
     draw("chart-tokens", "line", labels, [{ label: "tokens", data: s.tokens, borderColor: "#79aec8", fill: false }]);
     draw("chart-cost", "line", labels, [
-      { label: "cost (USD)", data: s.cost_usd.map(Number), borderColor: "#2e7d32", fill: false }]);
+      { label: "cost (USD)", data: s.cost_usd.map(Number), borderColor: "#2e7d32", fill: false }],
+      (v) => "$" + (v === 0 ? "0" : Number(v.toPrecision(2)).toString()));
     draw("chart-latency", "line", labels, [
       { label: "p50", data: s.p50_ms, borderColor: "#417690", spanGaps: true },
       { label: "p95", data: s.p95_ms, borderColor: "#e65100", spanGaps: true },
@@ -116,6 +117,7 @@
     fillSelect("dashboard-provider", data.filters.providers, state.provider);
     fillSelect("dashboard-model", data.filters.models, state.model);
     root.dataset.loaded = String(Date.now());
+    root.dataset.shown = state.start ? "custom" : state.range;
   }
 
   async function load() {

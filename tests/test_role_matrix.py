@@ -266,3 +266,24 @@ def test_autocomplete_offers_nothing_of_another_tenant(client, world, role):
         response = client.get("/admin/autocomplete/", {"app_label": app_label, "model_name": model_name,
                                                        "field_name": field_name, "term": "globex"})
         assert response.status_code == 403 or response.json()["results"] == [], (model_name, field_name)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_dashboard_and_playground_show_nothing_of_another_tenant(client, world, role):
+    import orjson
+
+    theirs = world["theirs"]
+    client.force_login(world["staff"])
+    seen_by_staff = client.get("/admin/dashboard/data", {"tenant": theirs["tenant"].id}).content.decode()
+    assert "globex-model" in seen_by_staff and theirs["key"].name in client.get("/admin/playground/").content.decode()
+    client.force_login(world["ours"][role])
+    before = snapshot()
+    for params in ({}, {"tenant": theirs["tenant"].id}, {"model": "globex-model"}, {"range": "30d"}):
+        body = client.get("/admin/dashboard/data", params).content.decode()
+        assert "globex" not in body.lower() and "Globex" not in body, params
+    assert theirs["key"].name not in client.get("/admin/playground/").content.decode()
+    call = client.post("/admin/playground/call", orjson.dumps({"key": theirs["key"].id, "model": "globex-model",
+                                                               "messages": [{"role": "user", "content": "hi"}]}),
+                       content_type="application/json")
+    assert call.status_code == 404 and call.json()["error"]["code"] == "key_not_found"
+    assert snapshot() == before

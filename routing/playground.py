@@ -42,10 +42,17 @@ def _choices(user) -> list[dict]:
     choices = []
     for key in usable_keys(user):
         info = info_for(key)
-        models = [name for name, _, _ in routing_table.models_for(key.tenant_id) if info.may_use(name)]
+        models = [name for name, _, _ in routing_table.models_for(key.tenant_id)
+                  if info.may_use(name) and _chats(routing_table, key.tenant_id, name)]
         choices.append({"id": key.id, "label": f"{key.tenant.name} / {key.name} ({key.prefix}…)", "models": models,
                         "default_model": info.default_model})
     return choices
+
+
+def _chats(routing_table, tenant_id: int, name: str) -> bool:
+    """Whether `name` (a model or a route) reaches a chat deployment: embedding models are not offered."""
+    spec = routing_table.route_for(tenant_id, name)
+    return spec is not None and any(t.mode == "chat" for t in spec.targets)
 
 
 def page(request):

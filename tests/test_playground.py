@@ -2,6 +2,7 @@
 calls with a key they may use, the answer streams in, and the call is billed to the
 key's tenant like any API call."""
 
+import re
 from decimal import Decimal
 
 import httpx
@@ -78,6 +79,10 @@ def test_staff_stream_in_the_playground_and_the_tenant_is_billed(gateway, staff,
 
 def test_json_answer_carries_the_same_facts(gateway, staff, ready):
     client = signed_in(gateway, staff)
+    page = client.get("/admin/playground/").text
+    choices = orjson.loads(re.search(r'id="playground-choices" type="application/json">(.*?)</script>', page).group(1))
+    # The key's chat models are offered; its embedding model is not.
+    assert [c["models"] for c in choices if c["id"] == ready.id] == [["gpt-test"]]
     response = play(client, key=ready.id, stream=False)
     assert response.status_code == 200
     body = response.json()

@@ -37,6 +37,10 @@ def test_new_key_is_shown_once_and_only_its_hash_is_kept(staff_client, tenant):
     listing = staff_client.get("/admin/keys/apikey/").content.decode()
     assert secret not in page and secret not in listing
     assert key.prefix in listing
+    # Nor on the pages that list keys for use: the playground offers the prefix only.
+    for elsewhere in ("/admin/playground/", "/admin/", "/admin/dashboard/data", "/admin/tenants/auditlog/"):
+        assert secret not in staff_client.get(elsewhere).content.decode(), elsewhere
+    assert key.prefix in staff_client.get("/admin/playground/").content.decode()
 
 
 @pytest.mark.django_db

@@ -8,11 +8,13 @@ call shares: the request id, errors in OpenAI's shape, and the usage event.
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 
 import aiohttp
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,7 +23,7 @@ from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamError
-from usage import limits, recorder, tokens
+from usage import inflight, limits, recorder, tokens
 
 from . import anthropic_front, completions_front, errors, estimates, observe, strategies, table, upstream, validation
 from .call import Call, client_request_id
@@ -273,6 +275,18 @@ async def _settle_and_finish(call: Call) -> None:
     observe.finished(call)
 
 
+async def _checkpoint(call: Call) -> None:
+    """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
+    after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
+    if call.inflight is None:
+        # Named before the write: a write cut short by a client hanging up may still land.
+        call.inflight = inflight.entries_key() if settings.REDIS_URL else ""
+    written = bool(call.inflight) and await inflight.checkpoint(call.inflight, call.request_id,
+                                                                orjson.dumps(call.interrupted_event()))
+    # Not written (no Redis, or unreachable): not retried mid-stream, where each try could wait for a timeout.
+    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT if written else math.inf
+
+
 def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
     """Relay the upstream stream event by event through `writer`; record usage when it ends, however it ends."""
     call.streamed = True
@@ -290,6 +304,8 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
                     call.delivered_chunks += 1
                 if out := writer.feed(event):
                     yield out
+                if time.monotonic() >= call.checkpoint_due:
+                    await _checkpoint(call)
                 finished = finished or event.done
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",

@@ -254,18 +254,22 @@ async def _rebuild(rule: Rule, now: float) -> None:
     log.info("limits: rebuilt %s from the database (%d tokens, %d micro-USD)", key, tokens, micros)
 
 
-async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None) -> bool:
+async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None,
+                 inflight: tuple[str, str] | None = None) -> bool:
     """Replace the reservation with real usage (exactly once) and raise threshold alerts.
 
     With Redis, `event` (a serialized usage event) is appended to the usage
-    buffer in the same script; returns whether it was.
+    buffer in the same script, and the `inflight` entry (hash, request id) of
+    its stream deleted; returns whether it was.
     """
     if admission is None or admission.settled:
         return False
     admission.settled = True
     if admission.engine == "redis":
         try:
-            args = [admission.reservation, tokens, micros] + ([event] if event is not None else [])
+            args = [admission.reservation, tokens, micros]
+            if event is not None:
+                args += [event, *(inflight or ())]
             result = await _scripts().settle(args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at its estimate.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -46,6 +47,12 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
                     raise errors.GatewayError(405, f"Use {method} for this endpoint.", code="method_not_allowed")
                 response = await handler(request, call)
             except errors.GatewayError as error:
+                call.failed(error)
+                response = error_shape(error) if error_shape else error.response()
+            except DatabaseError as exc:
+                # Only a cache miss reaches the database; what was cached keeps serving (docs/security.md).
+                log.warning("request %s: database unreachable (%s)", call.request_id, exc)
+                error = errors.database_unavailable()
                 call.failed(error)
                 response = error_shape(error) if error_shape else error.response()
             except Exception:

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Sum
 
 from gateway_project.orm_thread import run_orm
@@ -134,8 +135,15 @@ async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
     generation = invalidation.generation("limits")
     if (_rules is None or generation != _rules_generation
             or time.monotonic() - _rules_loaded > settings.GATEWAY_CONFIG_CACHE_SECONDS):
-        _rules = await run_orm(_load_rules)
-        _rules_generation, _rules_loaded = generation, time.monotonic()
+        try:
+            _rules, _rules_loaded = await run_orm(_load_rules), time.monotonic()
+        except DatabaseError:
+            if _rules is None:
+                raise
+            # The database is away: keep the limits we have, and ask again in a second.
+            log.warning("limits not reloaded: database unreachable; keeping the cached ones")
+            _rules_loaded = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
+        _rules_generation = generation
     return [r for r in _rules.get(tenant_id, ()) if r.applies(key_id, model)]
 
 

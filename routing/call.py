@@ -1,5 +1,6 @@
 """What the hot path knows about one call, and the usage event it becomes."""
 
+import asyncio
 import re
 import time
 import uuid
@@ -77,6 +78,7 @@ class Call:
     # A stream's in-flight entry (usage/inflight.py): the hash holding it, and when to rewrite it next.
     inflight: str | None = None  # "" when there is none (no Redis)
     checkpoint_due: float = 0.0
+    checkpointing: asyncio.Task | None = None
     prompt_counted: int | None = None
 
     @property

@@ -278,20 +278,29 @@ class OpenAIStream:
 
 
 async def _settle_and_finish(call: Call) -> None:
+    if call.checkpointing is not None:
+        await asyncio.wait([call.checkpointing])  # the in-flight entry lands before the event that deletes it
     await call.settle_and_record()
     observe.finished(call)
 
 
-async def _checkpoint(call: Call) -> None:
+def _checkpoint(call: Call) -> None:
     """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
     after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
     if call.inflight is None:
-        # Named before the write: a write cut short by a client hanging up may still land.
         call.inflight = inflight.entries_key() if settings.REDIS_URL else ""
-    written = bool(call.inflight) and await inflight.checkpoint(call.inflight, call.request_id,
-                                                                orjson.dumps(call.interrupted_event()))
-    # Not written (no Redis, or unreachable): not retried mid-stream, where each try could wait for a timeout.
-    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT if written else math.inf
+    if not call.inflight:
+        call.checkpoint_due = math.inf
+        return
+    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT
+    if call.checkpointing is None or call.checkpointing.done():
+        # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
+        call.checkpointing = asyncio.ensure_future(_write_checkpoint(call, orjson.dumps(call.interrupted_event())))
+
+
+async def _write_checkpoint(call: Call, event: bytes) -> None:
+    if not await inflight.checkpoint(call.inflight, call.request_id, event):
+        call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
 
 
 def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
@@ -312,7 +321,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
                 if out := writer.feed(event):
                     yield out
                 if time.monotonic() >= call.checkpoint_due:
-                    await _checkpoint(call)
+                    _checkpoint(call)
                 finished = finished or event.done
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",

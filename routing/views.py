@@ -279,7 +279,10 @@ class OpenAIStream:
 
 async def _settle_and_finish(call: Call) -> None:
     if call.checkpointing is not None:
-        await asyncio.wait([call.checkpointing])  # the in-flight entry lands before the event that deletes it
+        try:
+            await call.checkpointing  # the in-flight entry lands before the event that deletes it
+        except Exception:
+            log.exception("stream %s: in-flight entry failed", call.request_id)
     await call.settle_and_record()
     observe.finished(call)
 

@@ -85,11 +85,9 @@ def entries_key() -> str:
 async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
     """Write (or rewrite) a stream's in-flight entry into `key` (this worker's hash); whether it was."""
     try:
-        async with async_redis().pipeline(transaction=False) as pipe:
-            pipe.hset(key, request_id, event)
-            # Known to the reapers even before this process's first beat.
-            pipe.hsetnx(WORKERS, worker_id(), int(time.time() * 1000))
-            await pipe.execute()
+        # One command, no pipeline: this is the stream's one added round trip. The worker is
+        # known to the reapers from its first beat, which runs at startup, before any request.
+        await async_redis().hset(key, request_id, event)
     except (redis.RedisError, OSError) as exc:
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return False

@@ -208,11 +208,13 @@ def test_a_provider_failing_then_hanging_is_served_by_the_fallback_and_every_cal
         callers = [Caller(server.url, api_key[1], "resilient", f"caller{i}", phase) for i in range(4)]
         time.sleep(2)
         before_fault = httpx.get(primary_mock.url + "/_mock/stats").json()["requests"].get("/v1/chat/completions", 0)
-        for phase[0], knobs in (("failing", {"error": 503}), ("hanging", {"hang": 1})):
+        for name, knobs in (("failing", {"error": 503}), ("hanging", {"hang": 1}), ("recovering", {})):
+            # Calls that start while the mock changes behaviour belong to neither phase.
+            phase[0] = "changing"
             httpx.post(primary_mock.url + "/_mock/knobs", json=knobs)
-            time.sleep(FAULT_SECONDS)
-        phase[0] = "recovering"
-        httpx.post(primary_mock.url + "/_mock/knobs", json={})
+            phase[0] = name
+            if name != "recovering":
+                time.sleep(FAULT_SECONDS)
         during_fault = httpx.get(primary_mock.url + "/_mock/stats").json()["requests"]["/v1/chat/completions"]
         assert wait_until(lambda: any(c["phase"] == "recovering" and c["provider"] == "primary"
                                       for caller in callers for c in caller.calls), timeout=cooldown + 10)

@@ -233,7 +233,9 @@ def test_a_provider_failing_then_hanging_is_served_by_the_fallback_and_every_cal
         assert {c["status"] for c in calls} == {200} and all(c["complete"] for c in calls)
         assert len(faulty) > 10 * 4 and {c["provider"] for c in faulty} == {"fallback"}
         assert {c["provider"] for c in calls if c["phase"] == "healthy"} == {"primary"}
-        assert {c["provider"] for c in calls if c["phase"] == "recovered"} == {"primary"}
+        recovered = [(c["provider"], c["attempts"], round(c["seconds"], 2)) for c in calls if c["phase"] == "recovered"]
+        assert {provider for provider, _, _ in recovered} == {"primary"}, (recovered, list(
+            CircuitEvent.objects.filter(deployment=deployments["primary"]).values_list("state", "reason", "created_at")))
         # The breaker opened: only the calls that opened it and its probes (one per cooldown) tried the
         # primary, so the hanging provider cost a few calls 2 s each, not every call.
         probes_bound = failures + len(callers) + 2 * (2 * FAULT_SECONDS / cooldown + 2)

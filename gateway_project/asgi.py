@@ -3,7 +3,8 @@ metrics) on lean handlers, everything else on Django's.
 
 It also speaks the ASGI lifespan protocol, which Django does not: at startup it
 starts this process's background work (draining the usage buffer, listening for
-configuration changes, pushing metrics, writing request log lines), and at
+configuration changes, pushing metrics, writing request log lines, beating and
+reaping the streams of dead workers), and at
 shutdown it stops them and writes every usage event still buffered, so a
 normal stop loses nothing.
 """
@@ -23,7 +24,7 @@ from gateway_project import metrics, operator  # noqa: E402
 from gateway_project.orm_thread import run_orm  # noqa: E402
 from routing import invalidation, request_log, stats, tracing, upstream  # noqa: E402
 from routing.handler import ApiHandler  # noqa: E402
-from usage import recorder, tokens  # noqa: E402
+from usage import inflight, recorder, tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 api_application = ApiHandler()
@@ -47,6 +48,8 @@ class Lifespan:
         if settings.REDIS_URL:
             self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
             self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))
+            # This process's heartbeat, and the reaper of streams whose worker died.
+            self.tasks.append(asyncio.create_task(inflight.beat_forever(self.stop, recorder.held_ids)))
         # Load the tokenizer now rather than on a first request.
         await asyncio.to_thread(tokens.encoding)
 

@@ -224,6 +224,11 @@ USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 # A buffered event a drainer read but never acknowledged (it died mid-batch) is
 # taken over by another drainer after this long.
 USAGE_CLAIM_IDLE_MS = env.int("USAGE_CLAIM_IDLE_MS", default=60_000)
+# Streams in flight (usage/inflight.py): a worker that stops beating for this
+# many seconds is dead, and its streams are billed as far as they went; each
+# stream's entry is rewritten at most every USAGE_INFLIGHT_CHECKPOINT seconds.
+USAGE_INFLIGHT_LEASE = env.float("USAGE_INFLIGHT_LEASE", default=30.0)
+USAGE_INFLIGHT_CHECKPOINT = env.float("USAGE_INFLIGHT_CHECKPOINT", default=1.0)
 
 # Retention (days), enforced daily by the retention job in bounded batches.
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)

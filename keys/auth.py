@@ -2,7 +2,8 @@
 
 The key is checked for shape and checksum, hashed, and looked up in an
 in-process cache; the database is read only on a miss. Unknown keys are cached
-too (briefly), so a flood of bad keys cannot reach the database.
+too (briefly), so a flood of bad keys cannot reach the database. While the
+database is unreachable, cached answers keep serving past their expiry.
 """
 
 import hmac
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from gateway_project.orm_thread import run_orm
 from routing import errors, invalidation
@@ -104,8 +106,15 @@ async def authenticate(raw_key: str | None) -> KeyInfo:
         _cache_generation = generation
     now = time.monotonic()
     entry = _cache.get(digest)
-    if entry is None or now - entry[1] > (settings.GATEWAY_CONFIG_CACHE_SECONDS if entry[0] else NEGATIVE_TTL):
-        info = await run_orm(_load, digest)
+    ttl = settings.GATEWAY_CONFIG_CACHE_SECONDS if entry and entry[0] else NEGATIVE_TTL
+    if entry is None or now - entry[1] > ttl:
+        try:
+            info = await run_orm(_load, digest)
+        except DatabaseError:
+            if entry is None:
+                raise
+            # The database is away: keep trusting what it said last, and ask again in a second.
+            info, now = entry[0], now - ttl + 1
         if len(_cache) >= MAX_ENTRIES:
             _cache.clear()
         if invalidation.generation("keys") == generation:

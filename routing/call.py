@@ -1,5 +1,6 @@
 """What the hot path knows about one call, and the usage event it becomes."""
 
+import asyncio
 import re
 import time
 import uuid
@@ -74,6 +75,11 @@ class Call:
     attempt_log: list | None = None
     traceparent: str = ""
     recorded: dict | None = None  # the usage event, once built
+    # A stream's in-flight entry (usage/inflight.py): the hash holding it, and when to rewrite it next.
+    inflight: str | None = None  # "" when there is none (no Redis)
+    checkpoint_due: float = 0.0
+    checkpointing: asyncio.Task | None = None
+    prompt_counted: int | None = None
 
     @property
     def response_id(self) -> str:
@@ -91,12 +97,13 @@ class Call:
         if self.key.prompt_retention_days:
             prompts.attach(event, self.body, self.key.prompt_retention_days)
         try:
+            inflight = (self.inflight, self.request_id) if self.inflight else None
             if self.admission is not None:
                 used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
                 serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
-                if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized):
-                    return  # the settle script buffered the event too
-            await recorder.record(event)
+                if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized, inflight):
+                    return  # the settle script buffered the event too (and deleted the in-flight entry)
+            await recorder.record(event, self.inflight or None)
         finally:
             self.account_span = (started, time.perf_counter())
 
@@ -124,7 +131,22 @@ class Call:
         self.tokens_estimated = True
         self.usage = Usage(prompt_tokens=self._estimated_prompt(), completion_tokens=self.delivered_chunks)
 
+    def interrupted_event(self) -> dict:
+        """The usage event as it stands if the stream stopped now: what is billed should this worker die."""
+        reported = self.usage or Usage()
+        usage = Usage(prompt_tokens=reported.prompt_tokens or self._estimated_prompt(),
+                      completion_tokens=max(reported.completion_tokens, self.delivered_chunks),
+                      cached_tokens=reported.cached_tokens)
+        event = self.event(usage)
+        event.update(status="interrupted", error_type="worker_lost", tokens_estimated=True)
+        return event
+
     def _estimated_prompt(self) -> int:
+        if self.prompt_counted is None:
+            self.prompt_counted = self._count_prompt()
+        return self.prompt_counted
+
+    def _count_prompt(self) -> int:
         body = self.body or {}
         if "messages" in body:  # chat, and Anthropic messages once translated
             return tokens.count_messages(body.get("messages") or [], self.model)
@@ -143,9 +165,10 @@ class Call:
                      cached_tokens=0, cost_usd="0", status="hedge_cancelled", ttft_ms=None)
         return event
 
-    def event(self) -> dict:
+    def event(self, usage: Usage | None = None) -> dict:
         """The usage event (also the request log line's fields; a call with no key is logged, not recorded)."""
-        usage = self.usage or Usage()
+        cost = self.cost() if usage is None else self.target.cost(usage.prompt_tokens, usage.completion_tokens)
+        usage = usage or self.usage or Usage()
         target = self.target
         return {
             "request_id": self.request_id,
@@ -168,7 +191,7 @@ class Call:
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "cached_tokens": usage.cached_tokens,
             "tokens_estimated": self.tokens_estimated,
-            "cost_usd": str(self.cost()),
+            "cost_usd": str(cost),
             "latency_ms": self.elapsed_ms(),
             "ttft_ms": self.ttft_ms,
             "status": self.status,

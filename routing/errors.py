@@ -96,6 +96,12 @@ def upstream_timeout(message: str) -> GatewayError:
     return GatewayError(504, message, type="upstream_error", code="upstream_timeout")
 
 
+def database_unavailable() -> GatewayError:
+    """The database is away and what this request needs (a key, a route, limits) was never cached."""
+    return GatewayError(503, "The gateway cannot reach its database to check this request; try again shortly.",
+                        type="server_error", code="database_unavailable", headers={"retry-after": "5"})
+
+
 def internal_error() -> GatewayError:
     return GatewayError(
         500, "The gateway failed to handle this request.", type="server_error", code="internal_error"

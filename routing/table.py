@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Q
 
 from gateway_project.orm_thread import run_orm
@@ -214,8 +215,16 @@ async def current() -> RoutingTable:
     async with _lock:
         generation = invalidation.generation("routes")
         if not _fresh(generation):
-            _table = await run_orm(_load)
-            _table_generation, _loaded_at = generation, time.monotonic()
+            try:
+                _table = await run_orm(_load)
+                _loaded_at = time.monotonic()
+            except DatabaseError:
+                if _table is None:
+                    raise
+                # The database is away: keep routing with the table we have, and ask again in a second.
+                log.warning("routing table not reloaded: database unreachable; keeping the cached one")
+                _loaded_at = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
+            _table_generation = generation
     return _table
 
 

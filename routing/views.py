@@ -8,11 +8,14 @@ call shares: the request id, errors in OpenAI's shape, and the usage event.
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 
 import aiohttp
 import orjson
+from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,7 +24,7 @@ from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamError
-from usage import limits, recorder, tokens
+from usage import inflight, limits, recorder, tokens
 
 from . import anthropic_front, completions_front, errors, estimates, observe, strategies, table, upstream, validation
 from .call import Call, client_request_id
@@ -44,6 +47,12 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
                     raise errors.GatewayError(405, f"Use {method} for this endpoint.", code="method_not_allowed")
                 response = await handler(request, call)
             except errors.GatewayError as error:
+                call.failed(error)
+                response = error_shape(error) if error_shape else error.response()
+            except DatabaseError as exc:
+                # Only a cache miss reaches the database; what was cached keeps serving (docs/security.md).
+                log.warning("request %s: database unreachable (%s)", call.request_id, exc)
+                error = errors.database_unavailable()
                 call.failed(error)
                 response = error_shape(error) if error_shape else error.response()
             except Exception:
@@ -271,8 +280,32 @@ class OpenAIStream:
 
 
 async def _settle_and_finish(call: Call) -> None:
+    if call.checkpointing is not None:
+        try:
+            await call.checkpointing  # the in-flight entry lands before the event that deletes it
+        except Exception:
+            log.exception("stream %s: in-flight entry failed", call.request_id)
     await call.settle_and_record()
     observe.finished(call)
+
+
+def _checkpoint(call: Call) -> None:
+    """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
+    after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
+    if call.inflight is None:
+        call.inflight = inflight.entries_key() if settings.REDIS_URL else ""
+    if not call.inflight:
+        call.checkpoint_due = math.inf
+        return
+    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT
+    if call.checkpointing is None or call.checkpointing.done():
+        # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
+        call.checkpointing = asyncio.ensure_future(_write_checkpoint(call, orjson.dumps(call.interrupted_event())))
+
+
+async def _write_checkpoint(call: Call, event: bytes) -> None:
+    if not await inflight.checkpoint(call.inflight, call.request_id, event):
+        call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
 
 
 def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
@@ -292,6 +325,8 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
                     call.delivered_chunks += 1
                 if out := writer.feed(event):
                     yield out
+                if time.monotonic() >= call.checkpoint_due:
+                    _checkpoint(call)
                 finished = finished or event.done
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",

@@ -47,10 +47,12 @@ end
 """
 
 # ARGV: reservation id, tokens, micro-dollars, and optionally the usage event,
-# appended to the usage stream in the same step (one round trip, not two).
+# appended to the usage stream in the same step (one round trip, not two), and
+# the hash and field of the stream's in-flight entry, deleted with it.
 SETTLE = _COMMON + r"""
 local out = settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ARGV[4] then redis.call('XADD', 'gw:usage', '*', 'e', ARGV[4]) end
+if ARGV[5] then redis.call('HDEL', ARGV[5], ARGV[6]) end
 return out
 """
 

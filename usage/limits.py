@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Sum
 
 from gateway_project.orm_thread import run_orm
@@ -134,8 +135,15 @@ async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
     generation = invalidation.generation("limits")
     if (_rules is None or generation != _rules_generation
             or time.monotonic() - _rules_loaded > settings.GATEWAY_CONFIG_CACHE_SECONDS):
-        _rules = await run_orm(_load_rules)
-        _rules_generation, _rules_loaded = generation, time.monotonic()
+        try:
+            _rules, _rules_loaded = await run_orm(_load_rules), time.monotonic()
+        except DatabaseError:
+            if _rules is None:
+                raise
+            # The database is away: keep the limits we have, and ask again in a second.
+            log.warning("limits not reloaded: database unreachable; keeping the cached ones")
+            _rules_loaded = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
+        _rules_generation = generation
     return [r for r in _rules.get(tenant_id, ()) if r.applies(key_id, model)]
 
 
@@ -254,18 +262,22 @@ async def _rebuild(rule: Rule, now: float) -> None:
     log.info("limits: rebuilt %s from the database (%d tokens, %d micro-USD)", key, tokens, micros)
 
 
-async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None) -> bool:
+async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None,
+                 inflight: tuple[str, str] | None = None) -> bool:
     """Replace the reservation with real usage (exactly once) and raise threshold alerts.
 
     With Redis, `event` (a serialized usage event) is appended to the usage
-    buffer in the same script; returns whether it was.
+    buffer in the same script, and the `inflight` entry (hash, request id) of
+    its stream deleted; returns whether it was.
     """
     if admission is None or admission.settled:
         return False
     admission.settled = True
     if admission.engine == "redis":
         try:
-            args = [admission.reservation, tokens, micros] + ([event] if event is not None else [])
+            args = [admission.reservation, tokens, micros]
+            if event is not None:
+                args += [event, *(inflight or ())]
             result = await _scripts().settle(args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at its estimate.

@@ -27,6 +27,7 @@ from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
+from . import inflight
 from .models import PromptLog, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,28 @@ def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def record(event: dict) -> None:
-    """Buffer one usage event. Called once per request on the hot path."""
+async def record(event: dict, inflight_key: str | None = None) -> None:
+    """Buffer one usage event. Called once per request on the hot path.
+
+    `inflight_key` names the hash holding the stream's in-flight entry (usage/inflight.py),
+    deleted in the same round trip.
+    """
     if settings.REDIS_URL:
         try:
-            await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
+            if inflight_key is None:
+                await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
+            else:
+                async with async_redis().pipeline(transaction=False) as pipe:
+                    pipe.xadd(STREAM, {"e": orjson.dumps(event)})
+                    pipe.hdel(inflight_key, event["request_id"])
+                    await pipe.execute()
             return
         except (redis.RedisError, OSError):
             # Redis is unreachable: keep the event in this process; the next
             # drain writes it straight to the database.
             log.warning("usage buffer unreachable; holding event %s in process", event["request_id"])
+            if inflight_key is not None:
+                inflight.delete_later(inflight_key, event["request_id"])
     _local.append(event)
 
 
@@ -116,17 +129,30 @@ def drain(limit: int | None = None, *, local_only: bool = False) -> int:
     client = sync_redis()
     _ensure_group(client)
     consumer = _consumer()
+    # This drainer's own entries whose write failed (the database was away), retried
+    # at once rather than after USAGE_CLAIM_IDLE_MS; a batch that keeps failing is
+    # logged and does not hold up the rest.
+    retried = 0
+    if own := [entry for _, entries in client.xreadgroup(GROUP, consumer, {STREAM: "0"}, count=limit) or ()
+               for entry in entries]:
+        try:
+            retried = _write_and_ack(client, own)
+        except Exception:
+            log.exception("usage drain: %d events failed again; they wait for the claim", len(own))
     # Entries claimed by a drainer that died before acknowledging them.
     _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0", count=limit)
     if len(entries) < limit:
         fresh = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=limit - len(entries))
         for _, stream_entries in fresh or ():
             entries.extend(stream_entries)
+    return retried + _write_and_ack(client, entries)
+
+
+def _write_and_ack(client: redis.Redis, entries: list) -> int:
     if not entries:
         return 0
     # Entries deleted under a dead drainer come back with no fields: just ack them.
-    events = [orjson.loads(fields[b"e"]) for _, fields in entries if fields]
-    write(events)
+    write([orjson.loads(fields[b"e"]) for _, fields in entries if fields])
     ids = [entry_id for entry_id, _ in entries]
     client.xack(STREAM, GROUP, *ids)
     client.xdel(STREAM, *ids)
@@ -143,6 +169,11 @@ def drain_all(*, local_only: bool = False) -> int:
 def held() -> int:
     """Events this process holds itself (Redis was unreachable when they were recorded)."""
     return len(_local) if settings.REDIS_URL else 0
+
+
+def held_ids() -> set[str]:
+    """Request ids of the events this process holds itself."""
+    return {event["request_id"] for event in _local}
 
 
 async def buffer_state() -> tuple[int, float]:

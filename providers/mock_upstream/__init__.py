@@ -15,7 +15,9 @@ published API reference):
 A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
 /cohere/v1/models) to pick that format where paths are shared; OpenAI's is the default. Plus
 GET /_mock/stats (requests served per path, tokens reported in usage blocks), GET /_mock/last (the
-last request body) and POST /_mock/reset.
+last request body), POST /_mock/reset, and POST /_mock/knobs with a JSON object of knobs that every
+request then gets, over every source below ({} clears them): a provider that starts failing or
+hanging mid-test.
 
 Knobs, each optional; later sources override earlier ones:
   1. server defaults: `--latency-ms` etc. or MOCK_LATENCY_MS, MOCK_CHUNKS, ...
@@ -52,6 +54,8 @@ import orjson
 from . import anthropic, cohere, gemini, huggingface, ollama, openai
 from .server import (
     DEFAULTS,
+    FORCED,
+    KNOBS,
     SETTINGS,
     Request,
     knobs_for,
@@ -161,6 +165,12 @@ async def _handle(scope, path: str, receive, send) -> None:
         stats.clear()
         served_tokens.clear()
         await send_json(send, 200, b"{}")
+        return
+    if path == "/_mock/knobs":
+        forced = orjson.loads(await read_body(receive) or b"{}")
+        FORCED.clear()
+        FORCED.update({name: int(value) for name, value in forced.items() if name in KNOBS})
+        await send_json(send, 200, FORCED)
         return
     stats[path] += 1
     prefix_knobs, flavour, rest = split_path(path)

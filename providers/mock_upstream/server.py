@@ -16,6 +16,9 @@ KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_
          "cached_tokens", "reasoning_tokens")
 DEFAULTS: dict[str, int] = {"chunks": 20, "retry_after": 1}
 SETTINGS: dict[str, str | None] = {"required_key": None}
+# Knobs every request gets, over every other source, set at run time (POST /_mock/knobs):
+# a provider that starts failing or hanging in the middle of a test.
+FORCED: dict[str, int] = {}
 # OpenAI's is the default format and has no prefix: Azure's paths begin with /openai.
 FLAVOURS = ("azure", "anthropic", "gemini", "cohere", "ollama", "huggingface")
 _DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
@@ -72,6 +75,7 @@ def knobs_for(prefix_knobs: dict, headers: dict, user_text: str) -> dict[str, in
                 knobs[knob] = _int(value.decode())
     if match := _DIRECTIVE.search(user_text.encode()):
         knobs.update(_parse_pairs(match.group(1).decode(), " "))
+    knobs.update(FORCED)
     return knobs
 
 

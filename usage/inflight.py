@@ -1,0 +1,160 @@
+"""Streams in flight, so that a gateway worker killed mid-stream still bills what it relayed.
+
+A stream's usage event is normally buffered when the stream ends, and a worker
+that dies (SIGKILL, out of memory, a crashed host) never gets there. So, once a
+stream's first chunk has gone out, the worker writes the event as it would
+stand if the stream stopped there (status "interrupted", prompt tokens,
+completion tokens relayed so far, cost) into its own hash in Redis,
+`gw:inflight:<worker>`, and rewrites it at most every
+USAGE_INFLIGHT_CHECKPOINT seconds while chunks flow: one round trip per stream,
+plus one per checkpoint of a long one. The stream's real event deletes the
+entry in the round trip that buffers it (the settle script, or a pipeline).
+
+Every gateway process beats (`gw:workers`: worker -> last beat, by Redis's
+clock) several times per USAGE_INFLIGHT_LEASE, and reaps: the entries of a
+worker whose last beat is older than the lease are moved into the usage stream
+by one Lua script, so exactly once; the drain then writes them like any event
+(and, the request id being unique, an event written twice is one row).
+
+A process reaps only after its own beats have gone through promptly for a
+whole lease: after Redis was paused or unreachable, every live worker has
+beaten again before anyone judges it dead.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+
+import redis
+from django.conf import settings
+
+from gateway_project.redis_pool import async_redis
+
+log = logging.getLogger(__name__)
+
+WORKERS = "gw:workers"
+PREFIX = "gw:inflight:"
+
+_BEAT = r"""
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000))
+return 1
+"""
+
+# Move the entries of every worker silent for longer than the lease (ARGV[1],
+# ms) into the usage stream; forget the worker. Returns how many were moved.
+_REAP = r"""
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local moved = 0
+local workers = redis.call('HGETALL', KEYS[1])
+for i = 1, #workers, 2 do
+  if now - tonumber(workers[i + 1]) > tonumber(ARGV[1]) then
+    local entries = KEYS[2] .. workers[i]
+    for _, event in ipairs(redis.call('HVALS', entries)) do
+      redis.call('XADD', 'gw:usage', '*', 'e', event)
+      moved = moved + 1
+    end
+    redis.call('DEL', entries)
+    redis.call('HDEL', KEYS[1], workers[i])
+  end
+end
+return moved
+"""
+
+_worker: tuple[int, str] | None = None
+# (hash, request id) of entries whose stream ended while Redis was unreachable.
+_undeleted: set[tuple[str, str]] = set()
+
+
+def worker_id() -> str:
+    """This process's name in gw:workers (new after a fork)."""
+    global _worker
+    if _worker is None or _worker[0] != os.getpid():
+        _worker = (os.getpid(), f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+    return _worker[1]
+
+
+def entries_key() -> str:
+    return PREFIX + worker_id()
+
+
+async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
+    """Write (or rewrite) a stream's in-flight entry into `key` (this worker's hash); whether it was."""
+    try:
+        # One command, no pipeline: this is the stream's one added round trip. The worker is
+        # known to the reapers from its first beat, which runs at startup, before any request.
+        await async_redis().hset(key, request_id, event)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("in-flight entry of %s not written (%s)", request_id, exc)
+        return False
+    return True
+
+
+def delete_later(key: str, request_id: str) -> None:
+    """The stream ended but its entry could not be deleted (Redis unreachable): retry from the beat."""
+    _undeleted.add((key, request_id))
+
+
+async def _delete_undeleted(held: set[str]) -> None:
+    # An event still held in this process is not in the database yet: its entry
+    # stays, so that it is billed should this process die first.
+    due = [(key, rid) for key, rid in _undeleted if rid not in held]
+    if not due:
+        return
+    async with async_redis().pipeline(transaction=False) as pipe:
+        for key, rid in due:
+            pipe.hdel(key, rid)
+        await pipe.execute()
+    _undeleted.difference_update(due)
+
+
+class Beat:
+    """This process's heartbeat and reaper (one per gateway process, see asgi.py)."""
+
+    def __init__(self) -> None:
+        client = async_redis()
+        self.beat = client.register_script(_BEAT)
+        self.reap = client.register_script(_REAP)
+        self.healthy_since: float | None = None
+
+    async def once(self, held: set[str]) -> int:
+        """Beat; reap if this process has beaten promptly for a whole lease. Returns events reaped."""
+        lease = settings.USAGE_INFLIGHT_LEASE
+        started = time.monotonic()
+        try:
+            await self.beat(keys=[WORKERS], args=[worker_id()])
+        except (redis.RedisError, OSError):
+            self.healthy_since = None
+            raise
+        now = time.monotonic()
+        if now - started > min(1.0, lease / 3):
+            self.healthy_since = None  # a slow beat: Redis may have been paused, others may have missed theirs
+            return 0
+        if self.healthy_since is None:
+            self.healthy_since = started
+        await _delete_undeleted(held)
+        if now - self.healthy_since < lease:
+            return 0
+        moved = int(await self.reap(keys=[WORKERS, PREFIX], args=[int(lease * 1000)]))
+        if moved:
+            log.warning("reaped %d streams of gateway workers that died mid-stream", moved)
+        return moved
+
+
+async def beat_forever(stop: asyncio.Event, held) -> None:
+    """Beat and reap until `stop`; `held()` gives the request ids of events this process still holds."""
+    beat = Beat()
+    interval = max(0.2, settings.USAGE_INFLIGHT_LEASE / 6)
+    while not stop.is_set():
+        try:
+            await beat.once(held())
+        except (redis.RedisError, OSError) as exc:
+            log.warning("in-flight heartbeat failed (%s)", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass

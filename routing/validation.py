@@ -83,6 +83,7 @@ def _tool_calls(where: str, calls) -> None:
     for j, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if (not isinstance(call.get("id") if isinstance(call, dict) else None, str) or not isinstance(function, dict)
+                or call.get("type", "function") != "function"
                 or not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str)):
             raise _invalid(f"{where}[{j}]", "a tool call is {'id', 'type': 'function', "
                            "'function': {'name', 'arguments' (a JSON string)}}")
@@ -90,7 +91,8 @@ def _tool_calls(where: str, calls) -> None:
 
 def _message(i: int, message) -> None:
     where = f"messages[{i}]"
-    if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+    role = message.get("role") if isinstance(message, dict) else None
+    if not isinstance(role, str) or role not in CHAT_ROLES:  # a dict or list role is unhashable
         raise errors.bad_request(
             f"Invalid message at {where}: each message needs a 'role' of " + ", ".join(sorted(CHAT_ROLES)) + ".",
             param=where, code="invalid_value",
@@ -205,6 +207,7 @@ def embeddings_body(request) -> dict:
         )
     _optional(body, "dimensions", (int,), lambda v: v >= 1, "expected a positive integer")
     _optional(body, "encoding_format", (str,), lambda v: v in ("float", "base64"), "expected 'float' or 'base64'")
+    _optional(body, "user", (str,), hint="expected a string")
     return body
 
 
@@ -257,4 +260,5 @@ def completions_body(request) -> dict:
     _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
     _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
     _positive_int(body, "max_tokens")
+    _optional(body, "user", (str,), hint="expected a string")
     return body

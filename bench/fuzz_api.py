@@ -4,7 +4,8 @@
     python3 bench/fuzz_api.py [--cases 10000] [--seed N] [--workers 2]
 
 Starts the mock upstream and the gateway (PostgreSQL database `<name>_fuzz`,
-Redis db 13 or FUZZ_REDIS_URL), with one provider of every kind on the mock,
+Redis db 13 or FUZZ_REDIS_URL; settings bench/fuzz_settings.py), with one
+provider of every kind on the mock,
 a gateway key and a staff user, then runs `schemathesis run` (every phase:
 examples, coverage, fuzzing, stateful; valid and invalid data) against
 
@@ -67,6 +68,7 @@ def setup_data(mock_url: str) -> dict:
     Returns what the fuzzer needs: the key, the user's credentials and the model names.
     """
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import MD5PasswordHasher
 
     from keys.models import ApiKey
     from providers.models import Deployment, Provider
@@ -95,7 +97,10 @@ def setup_data(mock_url: str) -> dict:
     tenant.default_model = "chat-openai"
     tenant.save()
     password = secrets.token_urlsafe(16)
-    get_user_model().objects.create_superuser("fuzz-staff", "staff@example.com", password)
+    user = get_user_model().objects.create_superuser("fuzz-staff", "staff@example.com")
+    # The cheap hash bench/fuzz_settings.py checks: basic auth on every request of thousands.
+    user.password = MD5PasswordHasher().encode(password, MD5PasswordHasher().salt())
+    user.save()
     return {"key": ApiKey.issue(tenant, "fuzz")[1], "user": "fuzz-staff", "password": password,
             "chat_models": chat, "embedding_models": embedding}
 

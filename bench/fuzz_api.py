@@ -173,8 +173,11 @@ def schemathesis_run(name: str, location: str, base_url: str, checks: str, optio
 
 
 def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: int | None = None,
-                 schemas: tuple[str, ...] = ("v1", "api")) -> list[Outcome]:
-    """Fuzz the /v1 API, then the management and usage APIs (which may delete what /v1 needs)."""
+                 schemas: tuple[str, ...] = ("v1", "api"), api_phases: str = "") -> list[Outcome]:
+    """Fuzz the /v1 API, then the management and usage APIs (which may delete what /v1 needs).
+
+    `api_phases` limits the phases run against the management and usage APIs (all by default).
+    """
     import httpx
 
     outcomes = []
@@ -192,7 +195,8 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
     if "api" in schemas:
         outcomes.append(schemathesis_run("api", url + "/api/schema/?format=json", url, API_CHECKS,
                                          ["--auth", f"{data['user']}:{data['password']}",
-                                          "--exclude-path-regex", "^/api/(schema|docs)"],
+                                          "--exclude-path-regex", "^/api/(schema|docs)",
+                                          *(["--phases", api_phases] if api_phases else [])],
                                          max_examples, workdir, seed))
     return outcomes
 

@@ -36,18 +36,22 @@ def test_the_public_api_survives_schemathesis(transactional_db, fuzz_target, moc
     key = {"authorization": f"Bearer {data['key']}"}
     assert wait_until(lambda: "chat-gemini" in str(httpx.get(fuzz_target.url + "/v1/models", headers=key).json()))
 
-    outcomes = {o.name: o for o in fuzz_gateway(fuzz_target.url, data, max_examples=3, workdir=tmp_path, seed=1)}
+    # Every phase on /v1; on the (much larger) management API, the schema's examples and fuzzing.
+    outcomes = {o.name: o for o in fuzz_gateway(fuzz_target.url, data, max_examples=3, workdir=tmp_path, seed=1,
+                                                 api_phases="examples,fuzzing")}
 
     assert set(outcomes) == {"v1", "v1-messages", "v1-bad-keys", "api"}
     for outcome in outcomes.values():
         # Schemathesis' checks and the gateway's (bench/fuzz_checks.py) all passed.
         assert outcome.returncode == 0, outcome.output[-6000:]
-        assert outcome.cases > 50 and outcome.server_errors == 0, outcome.summary()
+        assert outcome.server_errors == 0, outcome.summary()
+        print(outcome.summary())
     statuses = {name: o.by_status() for name, o in outcomes.items()}
     # Valid requests reached the upstream and invalid ones were refused, on both schemas.
-    assert statuses["v1"][200] and statuses["v1"][400] and statuses["v1-messages"][200], statuses
-    assert set(statuses["v1-bad-keys"]) <= {401, 405}, statuses
-    assert statuses["api"][200] and statuses["api"][400], statuses
+    assert statuses["v1"][200] > 20 and statuses["v1"][400] > 100 and statuses["v1-messages"][200] > 20, statuses
+    # Made-up keys: 401 (the body is checked before the key, so some 400s; the schema itself is public).
+    assert statuses["v1-bad-keys"][401] and set(statuses["v1-bad-keys"]) <= {200, 400, 401, 405}, statuses
+    assert statuses["api"][200] > 10 and statuses["api"][400], statuses
     assert not re.search(r"^Traceback", fuzz_target.output(), re.M)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz the public API with schemathesis: no 5xx, and every /v1 error in OpenAI's shape.
 
-    python3 bench/fuzz_api.py [--cases 10000] [--seed N] [--workers 2]
+    python3 bench/fuzz_api.py [--cases 10000] [--v1-examples 1000] [--api-examples 50] [--seed N]
 
 Starts the mock upstream and the gateway (PostgreSQL database `<name>_fuzz`,
 Redis db 13 or FUZZ_REDIS_URL; settings bench/fuzz_settings.py), with one
@@ -16,7 +16,8 @@ examples, coverage, fuzzing, stateful; valid and invalid data) against
   the staff user (HTTP basic auth), creating, changing and deleting objects.
 
 It stops when at least `--cases` requests have been made in all: each round
-doubles the examples per operation. Every response must be no 5xx, and every
+doubles the examples per operation (fuzzing phase; the other phases make
+their own number of cases). Every response must be no 5xx, and every
 /v1 error must be in OpenAI's shape (Anthropic's on /v1/messages), as checked
 by bench/fuzz_checks.py beside schemathesis' own checks of the schemas.
 Prints one summary per schema and exits non-zero on any failure.
@@ -173,10 +174,12 @@ def schemathesis_run(name: str, location: str, base_url: str, checks: str, optio
 
 
 def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: int | None = None,
-                 schemas: tuple[str, ...] = ("v1", "api"), api_phases: str = "") -> list[Outcome]:
+                 schemas: tuple[str, ...] = ("v1", "api"), api_phases: str = "",
+                 api_examples: int | None = None) -> list[Outcome]:
     """Fuzz the /v1 API, then the management and usage APIs (which may delete what /v1 needs).
 
-    `api_phases` limits the phases run against the management and usage APIs (all by default).
+    `api_phases` limits the phases run against the management and usage APIs (all by default),
+    `api_examples` their examples per operation (`max_examples` by default).
     """
     import httpx
 
@@ -197,7 +200,7 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
                                          ["--auth", f"{data['user']}:{data['password']}",
                                           "--exclude-path-regex", "^/api/(schema|docs)",
                                           *(["--phases", api_phases] if api_phases else [])],
-                                         max_examples, workdir, seed))
+                                         api_examples or max_examples, workdir, seed))
     return outcomes
 
 
@@ -216,7 +219,9 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=10_000, help="least requests in all, both schemas together")
-    parser.add_argument("--examples", type=int, default=100, help="examples per operation in the first round")
+    parser.add_argument("--v1-examples", type=int, default=1000, help="examples per /v1 operation, first round")
+    parser.add_argument("--api-examples", type=int, default=50,
+                        help="examples per management and usage API operation, first round")
     parser.add_argument("--seed", type=int, default=None)
     opts = parser.parse_args()
 
@@ -241,16 +246,16 @@ def main() -> int:
         procs.append(_start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--log-level", "warning"],
                             env, tmp / "gateway.log"))
         wait_http(url + "/v1/openapi.json")
-        examples, total = opts.examples, 0
+        examples, api_examples, total = opts.v1_examples, opts.api_examples, 0
         while total < opts.cases:
-            round_ = fuzz_gateway(url, data, examples, tmp, opts.seed)
+            round_ = fuzz_gateway(url, data, examples, tmp, opts.seed, api_examples=api_examples)
             for outcome in round_:
-                print(f"[{examples} examples per operation] {outcome.summary()}", flush=True)
+                print(f"[{examples} / {api_examples} examples] {outcome.summary()}", flush=True)
             outcomes += round_
             total += sum(o.cases for o in round_)
             if any(o.returncode for o in round_):
                 break
-            examples *= 2
+            examples, api_examples = examples * 2, api_examples * 2
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

@@ -123,3 +123,45 @@ def test_embeddings_of_a_billion_dimensions_get_the_upstreams_400_not_a_stalled_
     assert_openai_error(response, 400)
     small = post(gateway, api_key[1], {"model": "embed-test", "input": "x", "dimensions": 8}, path="/v1/embeddings")
     assert len(small.json()["data"][0]["embedding"]) == 8
+
+
+@pytest.mark.parametrize(("path", "query", "status"), [
+    ("/api/manage/audit/", "action=a%00b", 400),  # NUL in a text filter: was a 500 (PostgreSQL refuses it)
+    ("/api/manage/audit/", "until=2026-13-45T00:00", 400),  # was a 500 (parse_datetime's ValueError)
+    ("/api/manage/audit/", "since=0001-01-01T00:00%2B05:00", 400),  # before the year 1 in UTC
+    ("/api/manage/audit/", "until=0541-09-13T18:30:15-00:32", 200),
+    ("/api/usage/records", "model=a%00b", 400),
+    ("/api/usage/records", "start=2026-13-45", 400),
+    ("/api/usage/records", "end=0220-01-04T02:10:39-18:11", 200),  # an offset PostgreSQL refused: was a 500
+    ("/api/usage/summary", "provider=%00", 400),
+])
+def test_filters_the_fuzzer_found_get_an_answer_not_a_500(admin_client, path, query, status):
+    response = admin_client.get(f"{path}?{query}")
+    assert response.status_code == status, response.content
+
+
+@pytest.mark.parametrize("value", [5, {"a": 1}, [["x"]], None])
+def test_allowed_models_must_be_a_list_of_names(admin_client, value):
+    response = admin_client.post("/api/manage/tenants/", {"name": "T", "slug": "t", "allowed_models": value},
+                                 content_type="application/json")
+    assert response.status_code == 400 and "allowed_models" in response.json(), response.content
+
+
+def test_a_form_posted_tenant_with_null_allowed_models_is_not_a_500(admin_client):
+    # A multipart "null" was read as JSON null and hit the NOT NULL column.
+    response = admin_client.post("/api/manage/tenants/", {"name": "T", "slug": "t", "allowed_models": "null"})
+    assert response.status_code in (201, 400), response.content
+
+
+def test_allowed_models_are_checked_in_the_admin_too(tenant):
+    from django.core.exceptions import ValidationError
+
+    from keys.models import ApiKey
+
+    tenant.allowed_models = {"gpt-4o": True}
+    with pytest.raises(ValidationError):
+        tenant.full_clean()
+    key, _ = ApiKey.issue(tenant, "k")
+    key.allowed_models = 5
+    with pytest.raises(ValidationError):
+        key.full_clean()

@@ -1,10 +1,43 @@
 """What every REST API of the gateway shares (usage API, management API)."""
 
+from datetime import UTC, datetime
+
 from django.conf import settings
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 from django_ratelimit.core import is_ratelimited
 from rest_framework.authentication import BasicAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed, Throttled
+from rest_framework.exceptions import AuthenticationFailed, Throttled, ValidationError
 from rest_framework.throttling import BaseThrottle
+
+
+def query_text(params, name: str) -> str:
+    """A query parameter to filter on ("" when absent): PostgreSQL refuses NUL characters
+    in text, which would otherwise be a 500."""
+    value = params.get(name) or ""
+    if "\x00" in value:
+        raise ValidationError({name: "NUL characters are not allowed."})
+    return value
+
+
+def query_moment(params, name: str, hint: str, dates: bool = False) -> datetime | None:
+    """A query parameter as a moment in UTC (None when absent); a date alone means its start,
+    where `dates`. What PostgreSQL could not compare (month 13, an offset of 18 hours,
+    the year 1 pushed past its start) is a 400 saying `hint`, not a 500."""
+    value = params.get(name)
+    if not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None and dates and (day := parse_date(value)) is not None:
+            parsed = datetime(day.year, day.month, day.day)
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
+            return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        pass
+    raise ValidationError({name: hint})
 
 
 class ManagementThrottle(BaseThrottle):

@@ -37,6 +37,14 @@ class ScopedPermission(permissions.BasePermission):
         return scope_of(request).allows(view.required_action(request), obj)
 
 
+class ModelNamesField(serializers.ListField):
+    """`allowed_models`: a list of model names. The column is JSON, and a form's "null"
+    or a JSON object stored there broke the tenant's keys (and its create was a 500)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(child=serializers.CharField(max_length=200), required=False, **kwargs)
+
+
 class Pages(pagination.PageNumberPagination):
     page_size = 100
     page_size_query_param = "page_size"

@@ -167,8 +167,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Gateway API",
-    "DESCRIPTION": "The usage and management APIs. The OpenAI- and Anthropic-compatible /v1 API is described "
-                   "by OpenAI's and Anthropic's own references.",
+    "DESCRIPTION": "The usage and management APIs. The OpenAI- and Anthropic-compatible /v1 API has a schema "
+                   "of its own at /v1/openapi.json.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI's files are served from this server (drf-spectacular-sidecar): no CDN.

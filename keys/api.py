@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from gateway_project.manage_api import ScopedSerializer, ScopedViewSet, TenantField
+from gateway_project.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 from tenants import audit
 
 from .models import ApiKey
@@ -20,6 +20,7 @@ class ApiKeySerializer(ScopedSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True,
                                               help_text="The key's owner: members see and manage their own keys.")
     state = serializers.ChoiceField(choices=["active", "rotated", "expired", "revoked"], read_only=True)
+    allowed_models = ModelNamesField(help_text="Public model names this key may call; empty means all its tenant's.")
 
     class Meta:
         model = ApiKey

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from tenants.models import Tenant
+from tenants.models import Tenant, check_model_names
 
 from . import hashing
 
@@ -50,6 +50,9 @@ class ApiKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+
+    def clean(self) -> None:
+        check_model_names(self.allowed_models)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

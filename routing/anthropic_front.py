@@ -125,7 +125,7 @@ def _options(body: dict, result: dict) -> None:
         if body.get(name) is not None:
             raise _unsupported(name)
     thinking = body.get("thinking")
-    if thinking and thinking.get("type") != "disabled":
+    if thinking is not None and (not isinstance(thinking, dict) or thinking.get("type") != "disabled"):
         raise _unsupported("thinking")
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("stop_sequences", "stop")):
         if body.get(ours) is not None:

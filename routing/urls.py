@@ -8,4 +8,5 @@ urlpatterns = [
     path("v1/completions", views.completions),
     path("v1/embeddings", views.embeddings),
     path("v1/models", views.models),
+    path("v1/openapi.json", views.openapi),
 ]

@@ -83,6 +83,7 @@ def _tool_calls(where: str, calls) -> None:
     for j, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if (not isinstance(call.get("id") if isinstance(call, dict) else None, str) or not isinstance(function, dict)
+                or call.get("type", "function") != "function"
                 or not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str)):
             raise _invalid(f"{where}[{j}]", "a tool call is {'id', 'type': 'function', "
                            "'function': {'name', 'arguments' (a JSON string)}}")
@@ -90,7 +91,8 @@ def _tool_calls(where: str, calls) -> None:
 
 def _message(i: int, message) -> None:
     where = f"messages[{i}]"
-    if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+    role = message.get("role") if isinstance(message, dict) else None
+    if not isinstance(role, str) or role not in CHAT_ROLES:  # a dict or list role is unhashable
         raise errors.bad_request(
             f"Invalid message at {where}: each message needs a 'role' of " + ", ".join(sorted(CHAT_ROLES)) + ".",
             param=where, code="invalid_value",
@@ -122,7 +124,8 @@ def _tools(body: dict) -> None:
     if choice is None or choice in ("none", "auto", "required"):
         return
     function = choice.get("function") if isinstance(choice, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+    if (not isinstance(function, dict) or choice.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)):
         raise _invalid("tool_choice", "expected none, auto, required or {'type': 'function', 'function': {'name'}}")
 
 
@@ -158,6 +161,19 @@ def chat(body: dict) -> dict:
         _message(i, message)
     _tools(body)
     _response_format(body)
+    _sampling(body)
+    _optional(body, "max_completion_tokens", (int,), lambda v: 1 <= v <= settings.GATEWAY_MAX_OUTPUT_TOKENS,
+              f"expected a positive integer up to {settings.GATEWAY_MAX_OUTPUT_TOKENS}")
+    if isinstance(body.get("tools"), list) and len(body["tools"]) > 128:
+        raise _invalid("tools", "at most 128 tools")
+    _optional(body, "logprobs", (bool,), hint="expected a boolean")
+    _optional(body, "top_logprobs", (int,), lambda v: 0 <= v <= 20, "expected an integer from 0 to 20")
+    _optional(body, "parallel_tool_calls", (bool,), hint="expected a boolean")
+    return body
+
+
+def _sampling(body: dict) -> None:
+    """What chat and legacy completions requests share: streaming, sampling, output cap."""
     _optional(body, "stream", (bool,), hint="expected a boolean")
     _optional(body, "stream_options", (dict,), lambda v: isinstance(v.get("include_usage", False), bool),
               "expected an object with a boolean 'include_usage'")
@@ -165,21 +181,14 @@ def chat(body: dict) -> dict:
     _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
     _optional(body, "n", (int,), lambda v: 1 <= v <= 128, "expected an integer from 1 to 128")
     cap = settings.GATEWAY_MAX_OUTPUT_TOKENS
-    for name in ("max_tokens", "max_completion_tokens"):
-        _optional(body, name, (int,), lambda v: 1 <= v <= cap, f"expected a positive integer up to {cap}")
-    if isinstance(body.get("tools"), list) and len(body["tools"]) > 128:
-        raise _invalid("tools", "at most 128 tools")
+    _optional(body, "max_tokens", (int,), lambda v: 1 <= v <= cap, f"expected a positive integer up to {cap}")
     for name in ("frequency_penalty", "presence_penalty"):
         _optional(body, name, (int, float), lambda v: -2 <= v <= 2, "expected a number from -2 to 2")
     _optional(body, "seed", (int,), hint="expected an integer")
     _optional(body, "stop", (str, list), lambda v: isinstance(v, str) or (
         len(v) <= 4 and all(isinstance(s, str) for s in v)), "expected a string or up to 4 strings")
-    _optional(body, "logprobs", (bool,), hint="expected a boolean")
-    _optional(body, "top_logprobs", (int,), lambda v: 0 <= v <= 20, "expected an integer from 0 to 20")
-    _optional(body, "parallel_tool_calls", (bool,), hint="expected a boolean")
     _optional(body, "user", (str,), hint="expected a string")
     _optional(body, "logit_bias", (dict,), hint="expected an object of token ids to numbers")
-    return body
 
 
 def _is_token_list(value) -> bool:
@@ -205,6 +214,7 @@ def embeddings_body(request) -> dict:
         )
     _optional(body, "dimensions", (int,), lambda v: v >= 1, "expected a positive integer")
     _optional(body, "encoding_format", (str,), lambda v: v in ("float", "base64"), "expected 'float' or 'base64'")
+    _optional(body, "user", (str,), hint="expected a string")
     return body
 
 
@@ -252,9 +262,5 @@ def completions_body(request) -> dict:
     if not ok:
         raise errors.bad_request("'prompt' must be a string, an array of strings, or token arrays.",
                                  param="prompt", code="invalid_value")
-    _optional(body, "stream", (bool,), hint="expected a boolean")
-    _optional(body, "stream_options", (dict,), hint="expected an object")
-    _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
-    _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
-    _positive_int(body, "max_tokens")
+    _sampling(body)
     return body

@@ -11,9 +11,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import orjson
+import yaml
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpResponse, StreamingHttpResponse
@@ -262,6 +264,17 @@ async def models(request, call: Call) -> HttpResponse:
         if key.may_use(name)
     ]
     return _json(orjson.dumps({"object": "list", "data": data}))
+
+
+@functools.cache
+def _schema() -> bytes:
+    return orjson.dumps(yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text()))
+
+
+@endpoint("openapi", "GET")
+async def openapi(request, call: Call) -> HttpResponse:
+    """This API's OpenAPI schema (routing/openapi.yaml): public, like /api/schema/."""
+    return _json(_schema())
 
 
 class OpenAIStream:

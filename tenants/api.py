@@ -2,12 +2,12 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers
 
-from gateway_project.manage_api import ScopedSerializer, ScopedViewSet, TenantField
+from gateway_project.api import query_moment, query_text
+from gateway_project.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 
 from . import members
 from .models import AuditLog, Membership, Tenant
@@ -15,6 +15,9 @@ from .scoping import TENANT_FIELDS_FOR_OWNERS, scope_of
 
 
 class TenantSerializer(ScopedSerializer):
+    allowed_models = ModelNamesField(help_text="Public model names this tenant may call; empty means every model "
+                                               "it can see.")
+
     class Meta:
         model = Tenant
         fields = ["id", "name", "slug", "is_active", "allowed_models", "default_model", "time_zone", "created_at"]
@@ -128,12 +131,9 @@ class AuditLogViewSet(ScopedViewSet):
         if params.get("tenant") and not params["tenant"].isdigit():
             raise serializers.ValidationError({"tenant": "A tenant id."})
         for param, lookup in (("action", "action"), ("actor", "actor_label"), ("tenant", "tenant_id")):
-            if params.get(param):
-                rows = rows.filter(**{lookup: params[param]})
+            if value := query_text(params, param):
+                rows = rows.filter(**{lookup: value})
         for param, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
-            if params.get(param):
-                moment = parse_datetime(params[param])
-                if moment is None:
-                    raise serializers.ValidationError({param: "An ISO 8601 date and time."})
+            if moment := query_moment(params, param, "An ISO 8601 date and time."):
                 rows = rows.filter(**{lookup: moment})
         return rows

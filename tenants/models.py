@@ -2,6 +2,15 @@ from django.conf import settings
 from django.db import models
 
 
+def check_model_names(value) -> None:
+    """`allowed_models` is a JSON column: anything but a list of names would break
+    every key of the tenant when the gateway reads it (keys/auth.py)."""
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValidationError({"allowed_models": "A list of model names, such as [\"gpt-4o\"]."})
+
+
 class Tenant(models.Model):
     """An organisation using the gateway: owns keys, providers, limits and usage."""
 
@@ -45,6 +54,7 @@ class Tenant(models.Model):
 
         from django.core.exceptions import ValidationError
 
+        check_model_names(self.allowed_models)
         try:
             ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):

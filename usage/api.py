@@ -8,12 +8,10 @@ credentials); scoped by tenants.scoping: staff see every tenant, owners and
 admins their tenant, members their own keys' usage.
 """
 
-from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDay
-from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, pagination, permissions, serializers
@@ -21,6 +19,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway_project.api import query_moment, query_text
 from tenants.scoping import scope_for
 
 from .models import UsageRecord
@@ -55,30 +54,20 @@ FILTERS = [
 ]
 
 
-def _moment(value: str, name: str) -> datetime:
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)) is not None:
-        parsed = datetime(day.year, day.month, day.day)
-    if parsed is None:
-        raise ValidationError({name: "Expected an ISO 8601 date or time, such as 2026-11-01 or 2026-11-01T12:00Z."})
-    if parsed.tzinfo is None:
-        from django.utils import timezone
-
-        parsed = timezone.make_aware(parsed, timezone.get_default_timezone())
-    return parsed
+MOMENT = "Expected an ISO 8601 date or time, such as 2026-11-01 or 2026-11-01T12:00Z."
 
 
 def visible_records(request):
     scope = scope_for(request.user)
     records = UsageRecord.objects.select_related("tenant").filter(scope.key_filter())
     params = request.query_params
-    if value := params.get("start"):
-        records = records.filter(created_at__gte=_moment(value, "start"))
-    if value := params.get("end"):
-        records = records.filter(created_at__lt=_moment(value, "end"))
+    if start := query_moment(params, "start", MOMENT, dates=True):
+        records = records.filter(created_at__gte=start)
+    if end := query_moment(params, "end", MOMENT, dates=True):
+        records = records.filter(created_at__lt=end)
     for param, field in (("key", "key_prefix"), ("model", "public_model"), ("provider", "provider_name"),
                          ("tenant", "tenant__slug")):
-        if value := params.get(param):
+        if value := query_text(params, param):
             records = records.filter(**{field: value})
     return records
 

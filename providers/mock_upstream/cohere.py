@@ -5,7 +5,7 @@ import uuid
 import orjson
 
 from .answers import Answer, Ask, answer
-from .openai import vector
+from .openai import MAX_DIMENSIONS, dimensions, vector
 from .server import Request, send_json, send_stream, sse
 
 FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool": "TOOL_CALL"}
@@ -108,7 +108,11 @@ async def embed(req: Request) -> None:
         await send_json(req.send, 400, {"id": str(uuid.uuid4()), "message": "invalid request: valid input_type "
                                         "must be provided with the provided model"})
         return
-    dims = body.get("output_dimension") or 1024
+    dims = dimensions(body.get("output_dimension"), 1024)
+    if dims is None:
+        await send_json(req.send, 400, {"id": str(uuid.uuid4()),
+                                        "message": f"invalid request: output_dimension must be at most {MAX_DIMENSIONS}"})
+        return
     tokens = sum(max(1, len(t.split())) for t in texts)
     await send_json(req.send, 200, {
         "id": str(uuid.uuid4()), "embeddings": {"float": [vector(t.encode(), dims) for t in texts]}, "texts": texts,

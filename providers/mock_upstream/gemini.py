@@ -6,7 +6,7 @@ import time
 import orjson
 
 from .answers import Answer, Ask, answer
-from .openai import vector
+from .openai import dimensions, vector
 from .server import Request, send_json, send_stream, sse
 
 STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -117,7 +117,11 @@ async def embed(req: Request) -> None:
     vectors = []
     for request in requests:
         text = _texts((request.get("content") or {}).get("parts"))
-        vectors.append({"values": vector(text.encode(), request.get("outputDimensionality") or 768)})
+        dims = dimensions(request.get("outputDimensionality"), 768)
+        if dims is None:
+            await send_json(req.send, 400, error_body(400))
+            return
+        vectors.append({"values": vector(text.encode(), dims)})
     await send_json(req.send, 200, {"embeddings": vectors} if method == "batchEmbedContents" else
                     {"embedding": vectors[0]})
 

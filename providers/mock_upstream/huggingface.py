@@ -1,9 +1,9 @@
 """Hugging Face: TGI's Messages API (POST /v1/chat/completions, in openai.py's
 TGI dialect), Text Embeddings Inference's POST /embed, and GET /info."""
 
+from .openai import MAX_DIMENSIONS, dimensions, vector
 from .openai import chat as openai_chat
 from .openai import user_text as chat_user_text
-from .openai import vector
 from .server import Request, send_json
 
 
@@ -30,7 +30,11 @@ async def embed(req: Request) -> None:
         await send_json(req.send, 422, {"error": "Input validation error: `inputs` cannot be empty",
                                         "error_type": "Validation"})
         return
-    dims = req.body.get("dimensions") or 384
+    dims = dimensions(req.body.get("dimensions"), 384)
+    if dims is None:
+        await send_json(req.send, 422, {"error": f"Input validation error: `dimensions` must be at most {MAX_DIMENSIONS}",
+                                        "error_type": "Validation"})
+        return
     await send_json(req.send, 200, [vector(str(t).encode(), dims) for t in texts])
 
 

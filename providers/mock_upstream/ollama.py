@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import orjson
 
 from .answers import Answer, Ask, answer
-from .openai import vector
+from .openai import MAX_DIMENSIONS, dimensions, vector
 from .server import Request, send_json, send_stream
 
 MODELS = ("mock-llama:latest", "mock-embed:latest")
@@ -90,7 +90,10 @@ async def embed(req: Request) -> None:
     if not isinstance(body.get("model"), str) or not isinstance(texts, list) or not texts:
         await send_json(req.send, 400, {"error": "model and input are required"})
         return
-    dims = body.get("dimensions") or 768
+    dims = dimensions(body.get("dimensions"), 768)
+    if dims is None:
+        await send_json(req.send, 400, {"error": f"dimensions must be at most {MAX_DIMENSIONS}"})
+        return
     await send_json(req.send, 200, {
         "model": body["model"], "embeddings": [vector(str(t).encode(), dims) for t in texts],
         "total_duration": 1_000_000, "load_duration": 100_000,

@@ -196,6 +196,17 @@ async def completions(req: Request, model: str | None = None) -> None:
     await send_stream(req, frames())
 
 
+# More than any real embedding model has: a request for 10**9 dimensions gets a
+# 400, as from a real provider, instead of stalling the mock while it computes them.
+MAX_DIMENSIONS = 4096
+
+
+def dimensions(value, default: int) -> int | None:
+    """The dimensions asked for (or the model's default), None when no real model has that many."""
+    dims = value or default
+    return dims if isinstance(dims, int) and 0 < dims <= MAX_DIMENSIONS else None
+
+
 def vector(seed: bytes, dims: int) -> list[float]:
     out: list[float] = []
     counter = 0
@@ -226,7 +237,10 @@ async def embeddings(req: Request, model: str | None = None) -> None:
     if not isinstance(model, str) or inputs is None:
         await send_json(req.send, 400, invalid("'model' and a non-empty 'input' are required.", "input"))
         return
-    dims = body.get("dimensions") or 1536
+    dims = dimensions(body.get("dimensions"), 1536)
+    if dims is None:
+        await send_json(req.send, 400, invalid(f"'dimensions' must be at most {MAX_DIMENSIONS}.", "dimensions"))
+        return
     as_base64 = body.get("encoding_format") == "base64"
     data, tokens = [], 0
     for index, item in enumerate(inputs):

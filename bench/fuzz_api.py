@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Fuzz the public API with schemathesis: no 5xx, and every /v1 error in OpenAI's shape.
+
+    python3 bench/fuzz_api.py [--cases 10000] [--v1-examples 1000] [--api-examples 50] [--seed N]
+
+Starts the mock upstream and the gateway (PostgreSQL database `<name>_fuzz`,
+Redis db 13 or FUZZ_REDIS_URL; settings bench/fuzz_settings.py), with one
+provider of every kind on the mock,
+a gateway key and a staff user, then runs `schemathesis run` (every phase:
+examples, coverage, fuzzing, stateful; valid and invalid data) against
+
+- the /v1 schema (`/v1/openapi.json`, from routing/openapi.yaml), with the
+  gateway key, its `model` fields narrowed to the models set up here so that
+  calls reach the upstream; then
+- the management and usage API schema (`/api/schema/`, drf-spectacular) as
+  the staff user (HTTP basic auth), creating, changing and deleting objects.
+
+It stops when at least `--cases` requests have been made in all: each round
+doubles the examples per operation (fuzzing phase; the other phases make
+their own number of cases). Every response must be no 5xx, and every
+/v1 error must be in OpenAI's shape (Anthropic's on /v1/messages), as checked
+by bench/fuzz_checks.py beside schemathesis' own checks of the schemas.
+Prints one summary per schema and exits non-zero on any failure.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Every provider kind on the mock upstream: (base URL suffix, chat model, embedding model or "", settings).
+KINDS = {
+    "openai": ("/v1", "mock-gpt", "mock-embed", {}),
+    "openai_compatible": ("/v1", "mock-gpt", "mock-embed", {}),
+    "azure": ("/azure", "my-gpt-deployment", "my-embedding-deployment", {"api_version": "2024-10-21"}),
+    "anthropic": ("", "mock-claude", "", {}),
+    "gemini": ("", "mock-gemini", "mock-text-embed", {}),
+    "cohere": ("/cohere", "mock-command", "mock-embed-v4", {}),
+    "ollama": ("", "mock-llama", "mock-embed", {}),
+    "huggingface": ("/huggingface", "tgi", "tei", {}),
+}
+# Checks on every response: schemathesis' own, and the gateway's (bench/fuzz_checks.py).
+V1_CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+             "negative_data_rejection,ignored_auth,gateway_error_shape,gateway_tally")
+# The Anthropic front fills in what a content block leaves out, as Anthropic's
+# SDKs never do, so "invalid data must be refused" is not asserted there.
+MESSAGES_CHECKS = V1_CHECKS.replace("negative_data_rejection,", "")
+# Without the key: schemathesis makes up credentials from the schema's security schemes.
+BAD_KEY_CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,gateway_error_shape,gateway_tally"
+API_CHECKS = "not_a_server_error,gateway_tally"
+
+
+def setup_data(mock_url: str) -> dict:
+    """Inside Django: a tenant with a key, a staff user, and a provider of every kind on the mock.
+
+    Returns what the fuzzer needs: the key, the user's credentials and the model names.
+    """
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import MD5PasswordHasher
+
+    from keys.models import ApiKey
+    from providers.models import Deployment, Provider
+    from routing.models import Route, RouteTarget
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.create(name="Fuzz", slug="fuzz")
+    chat, embedding = ["default"], []
+    for kind, (suffix, chat_model, embed_model, settings) in KINDS.items():
+        # The mock listens on loopback, which a provider may only call when staff allow it.
+        provider = Provider(name=f"fuzz-{kind}", kind=kind, base_url=mock_url + suffix, settings=settings,
+                            allow_private_network=True)
+        provider.set_api_key("sk-fuzz-provider-secret")
+        provider.save()
+        Deployment.objects.create(provider=provider, public_model=f"chat-{kind}", upstream_model=chat_model,
+                                  input_price_per_mtok="1.5", output_price_per_mtok="6")
+        chat.append(f"chat-{kind}")
+        if embed_model:
+            Deployment.objects.create(provider=provider, public_model=f"embed-{kind}", upstream_model=embed_model,
+                                      mode="embedding", input_price_per_mtok="0.1")
+            embedding.append(f"embed-{kind}")
+    route = Route.objects.create(name="fuzz-route", strategy="weighted")
+    for i, deployment in enumerate(Deployment.objects.filter(public_model__in=["chat-openai", "chat-anthropic"])):
+        RouteTarget.objects.create(route=route, deployment=deployment, priority=i, weight=1)
+    chat.append("fuzz-route")
+    tenant.default_model = "chat-openai"
+    tenant.save()
+    password = secrets.token_urlsafe(16)
+    user = get_user_model().objects.create_superuser("fuzz-staff", "staff@example.com")
+    # The cheap hash bench/fuzz_settings.py checks: basic auth on every request of thousands.
+    user.password = MD5PasswordHasher().encode(password, MD5PasswordHasher().salt())
+    user.save()
+    return {"key": ApiKey.issue(tenant, "fuzz")[1], "user": "fuzz-staff", "password": password,
+            "chat_models": chat, "embedding_models": embedding}
+
+
+def narrow_models(schema: dict, chat_models: list[str], embedding_models: list[str]) -> dict:
+    """The /v1 schema with each request's `model` one of the models set up, so that valid
+    requests reach the upstream instead of stopping at 404 model_not_found."""
+    schemas = schema["components"]["schemas"]
+    schemas["ChatModel"] = {"type": "string", "enum": chat_models}
+    schemas["EmbeddingModel"] = {"type": "string", "enum": embedding_models}
+    for name, model in (("ChatCompletionRequest", "ChatModel"), ("CompletionRequest", "ChatModel"),
+                        ("MessagesRequest", "ChatModel"), ("EmbeddingRequest", "EmbeddingModel")):
+        schemas[name]["properties"]["model"] = {"$ref": f"#/components/schemas/{model}"}
+    return schema
+
+
+@dataclass
+class Outcome:
+    """One `schemathesis run`: the responses it got and whether every check passed."""
+
+    name: str
+    statuses: Counter = field(default_factory=Counter)  # (method path, status) -> responses
+    returncode: int = 0
+    output: str = ""
+    seconds: float = 0.0
+
+    @property
+    def cases(self) -> int:
+        return sum(self.statuses.values())
+
+    def by_status(self) -> Counter:
+        totals: Counter = Counter()
+        for (_, status), count in self.statuses.items():
+            totals[status] += count
+        return totals
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for status, count in self.by_status().items() if status >= 500)
+
+    def summary(self) -> str:
+        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.by_status().items()))
+        verdict = "passed" if self.returncode == 0 else f"FAILED (schemathesis exit {self.returncode})"
+        return (f"{self.name}: {self.cases} cases in {self.seconds:.0f} s, {self.server_errors} 5xx; "
+                f"statuses {statuses}; {verdict}")
+
+
+def schemathesis_run(name: str, location: str, base_url: str, checks: str, options: list[str],
+                     max_examples: int, workdir: Path, seed: int | None = None, timeout: float = 3600) -> Outcome:
+    """Run the schemathesis CLI once, with the gateway's checks loaded, and count what it got."""
+    tally = workdir / f"{name}-{max_examples}.tally"
+    tally.unlink(missing_ok=True)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.fuzz_checks", "FUZZ_TALLY": str(tally),
+           "PYTHONPATH": str(ROOT)}
+    args = ["schemathesis", "run", location, "--url", base_url, "--checks", checks, "--max-examples",
+            str(max_examples), "--workers", "1", "--request-timeout", "30", "--no-color",
+            "--suppress-health-check", "all", "--warnings", "off", "--continue-on-failure",
+            "--report", "junit", "--report-dir", str(workdir / f"{name}-report"), *options]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    started = time.monotonic()
+    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    outcome = Outcome(name, returncode=result.returncode, output=result.stdout + result.stderr,
+                      seconds=time.monotonic() - started)
+    if tally.exists():
+        for line in tally.read_text().splitlines():
+            method, path, status = line.rsplit(" ", 2)
+            outcome.statuses[(f"{method} {path}", int(status))] += 1
+    return outcome
+
+
+def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: int | None = None,
+                 schemas: tuple[str, ...] = ("v1", "api"), api_phases: str = "",
+                 api_examples: int | None = None) -> list[Outcome]:
+    """Fuzz the /v1 API, then the management and usage APIs (which may delete what /v1 needs).
+
+    `api_phases` limits the phases run against the management and usage APIs (all by default),
+    `api_examples` their examples per operation (`max_examples` by default).
+    """
+    import httpx
+
+    outcomes = []
+    if "v1" in schemas:
+        schema = httpx.get(url + "/v1/openapi.json", timeout=10).raise_for_status().json()
+        v1 = workdir / "v1-openapi.json"
+        v1.write_text(json.dumps(narrow_models(schema, data["chat_models"], data["embedding_models"])))
+        auth = ["--header", f"Authorization: Bearer {data['key']}"]
+        outcomes.append(schemathesis_run("v1", str(v1), url, V1_CHECKS, [*auth, "--exclude-path", "/v1/messages"],
+                                         max_examples, workdir, seed))
+        outcomes.append(schemathesis_run("v1-messages", str(v1), url, MESSAGES_CHECKS,
+                                         [*auth, "--include-path", "/v1/messages"], max_examples, workdir, seed))
+        outcomes.append(schemathesis_run("v1-bad-keys", str(v1), url, BAD_KEY_CHECKS, ["--phases", "fuzzing"],
+                                         max(1, max_examples // 5), workdir, seed))
+    if "api" in schemas:
+        outcomes.append(schemathesis_run("api", url + "/api/schema/?format=json", url, API_CHECKS,
+                                         ["--auth", f"{data['user']}:{data['password']}",
+                                          "--exclude-path-regex", "^/api/(schema|docs)",
+                                          *(["--phases", api_phases] if api_phases else [])],
+                                         api_examples or max_examples, workdir, seed))
+    return outcomes
+
+
+def _manage_json(env: dict, code: str) -> dict:
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def main() -> int:
+    from bench.run import free_port, wait_http
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=10_000, help="least requests in all, both schemas together")
+    parser.add_argument("--v1-examples", type=int, default=1000, help="examples per /v1 operation, first round")
+    parser.add_argument("--api-examples", type=int, default=50,
+                        help="examples per management and usage API operation, first round")
+    parser.add_argument("--seed", type=int, default=None)
+    opts = parser.parse_args()
+
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway")
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-fuzz-"))
+    env = {**os.environ, "DATABASE_URL": base + "_fuzz",
+           "REDIS_URL": os.environ.get("FUZZ_REDIS_URL", "redis://127.0.0.1:6379/13"),
+           "GATEWAY_DATA_DIR": str(tmp), "DJANGO_SETTINGS_MODULE": "bench.fuzz_settings", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", "DEBUG": "false",
+           # The fuzzer is one client sending thousands of requests, many with bad credentials.
+           "MANAGEMENT_API_RATE": "1000000/m", "ADMIN_LOGIN_RATE": "1000000/m", "AUTH_FAILURES_PER_MINUTE": "1000000"}
+    mock_port, gw_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{gw_port}"
+    procs = [_start([sys.executable, "-m", "providers.mock_upstream", "--port", str(mock_port)], env,
+                    tmp / "mock.log")]
+    outcomes: list[Outcome] = []
+    started = time.monotonic()
+    try:
+        wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
+        prepare_database(env)
+        data = _manage_json(env, f"import json; from bench.fuzz_api import setup_data; "
+                                 f"print(json.dumps(setup_data('http://127.0.0.1:{mock_port}')))")
+        procs.append(_start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--log-level", "warning"],
+                            env, tmp / "gateway.log"))
+        wait_http(url + "/v1/openapi.json")
+        examples, api_examples, total = opts.v1_examples, opts.api_examples, 0
+        while total < opts.cases:
+            round_ = fuzz_gateway(url, data, examples, tmp, opts.seed, api_examples=api_examples)
+            for outcome in round_:
+                print(f"[{examples} / {api_examples} examples] {outcome.summary()}", flush=True)
+            outcomes += round_
+            total += sum(o.cases for o in round_)
+            if any(o.returncode for o in round_):
+                break
+            examples, api_examples = examples * 2, api_examples * 2
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+    failed = [o for o in outcomes if o.returncode]
+    for outcome in failed:
+        print(f"--- {outcome.name} output (last 8000 characters) ---\n{outcome.output[-8000:]}")
+    gateway_log = (tmp / "gateway.log").read_text()
+    tracebacks = len(re.findall(r"^Traceback", gateway_log, re.M))
+    print(_totals(outcomes, time.monotonic() - started, tracebacks))
+    return 1 if failed or tracebacks else 0
+
+
+def _totals(outcomes: list[Outcome], seconds: float, tracebacks: int) -> str:
+    per_schema: Counter = Counter()
+    statuses: Counter = Counter()
+    for outcome in outcomes:
+        per_schema[outcome.name] += outcome.cases
+        statuses.update(outcome.by_status())
+    return (f"{datetime.date.today()}: {sum(per_schema.values())} cases ("
+            + ", ".join(f"{name} {count}" for name, count in per_schema.items())
+            + f") in {seconds:.0f} s; statuses " + ", ".join(f"{s}: {c}" for s, c in sorted(statuses.items()))
+            + f"; 5xx: {sum(c for s, c in statuses.items() if s >= 500)}; tracebacks in the gateway log: {tracebacks}")
+
+
+def prepare_database(env: dict) -> None:
+    import psycopg
+
+    url = env["DATABASE_URL"]
+    admin_url, name = url.rsplit("/", 1)[0] + "/postgres", url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    import redis
+
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

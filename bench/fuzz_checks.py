@@ -1,0 +1,71 @@
+"""Schemathesis checks for the gateway, loaded by `schemathesis run` through
+SCHEMATHESIS_HOOKS=bench.fuzz_checks (see bench/fuzz_api.py).
+
+`gateway_error_shape`: every error from /v1 is in OpenAI's shape, and in
+Anthropic's on /v1/messages; never a traceback, never an HTML page.
+`gateway_tally`: writes one line per response (method, path, status) to the
+file named by FUZZ_TALLY, which is how the runner counts cases and statuses.
+"""
+
+import json
+import os
+import threading
+
+import schemathesis
+
+_lock = threading.Lock()
+
+
+def openai_error_problem(body) -> str | None:
+    """What is wrong with `body` as an OpenAI error, or None."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
+        return 'expected {"error": {"message", "type", "param", "code"}}'
+    if not isinstance(error["message"], str) or not error["message"] or not isinstance(error["type"], str):
+        return "message and type must be non-empty strings"
+    if not all(error[name] is None or isinstance(error[name], str) for name in ("param", "code")):
+        return "param and code must be strings or null"
+    return None
+
+
+def anthropic_error_problem(body) -> str | None:
+    """What is wrong with `body` as an Anthropic error, or None."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if body.get("type") != "error" if isinstance(body, dict) else True:
+        return 'expected {"type": "error", "error": {"type", "message"}}'
+    if not isinstance(error, dict) or not isinstance(error.get("type"), str) or not isinstance(
+            error.get("message"), str) or not error["message"]:
+        return 'expected {"type": "error", "error": {"type", "message"}}'
+    return None
+
+
+def error_problem(path: str, status: int, content_type: str, text: str) -> str | None:
+    """What is wrong with an error response from the /v1 API, or None."""
+    if status < 400 or not path.startswith("/v1/"):
+        return None
+    if "Traceback" in text:
+        return "the body holds a traceback"
+    if not content_type.startswith("application/json"):
+        return f"content type {content_type!r}, expected application/json"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "the body is not JSON"
+    return (anthropic_error_problem if path == "/v1/messages" else openai_error_problem)(body)
+
+
+@schemathesis.check
+def gateway_error_shape(ctx, response, case):
+    problem = error_problem(case.operation.path, response.status_code,
+                            response.headers.get("content-type", [""])[0], response.text)
+    if problem:
+        raise AssertionError(f"{case.method} {case.operation.path} answered {response.status_code}: {problem}: "
+                             f"{response.text[:500]}")
+
+
+@schemathesis.check
+def gateway_tally(ctx, response, case):
+    path = os.environ.get("FUZZ_TALLY")
+    if path:
+        with _lock, open(path, "a") as tally:
+            tally.write(f"{case.method} {case.operation.path} {response.status_code}\n")

@@ -19,13 +19,18 @@ from playwright.sync_api import expect, sync_playwright
 from tenants.models import AuditLog, Membership
 from tests.conftest import ROOT, wait_until
 
-# Playwright runs its own event loop between calls; the ORM calls here are plain
-# synchronous test code, not inside that loop.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", ROOT / "tests" / "screenshots"))
 PASSWORD = "A-long-pass-phrase-7"
+
+
+@pytest.fixture(autouse=True)
+def _orm_beside_playwright(gateway, mock_upstream, monkeypatch):
+    """Playwright's sync API leaves its event loop marked running in this thread between
+    calls, and Django refuses ORM calls while a loop runs; the ORM calls here are plain
+    synchronous test code, so allow them, for these tests only. The servers start first
+    (they take this process's environment, which must not carry this)."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="module")

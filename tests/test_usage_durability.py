@@ -37,8 +37,11 @@ async def send_all(url: str, key: str, bodies: list[dict], concurrency: int = 32
                 response = await client.post("/v1/chat/completions", json=body)
             statuses.append(response.status_code)
 
+    # A new connection per request: a connection the server closed as idle while the
+    # loaded machine stalled it would otherwise fail a request that never reached it.
     async with httpx.AsyncClient(base_url=url, timeout=60, headers={"authorization": f"Bearer {key}"},
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+                                 limits=httpx.Limits(max_connections=concurrency,
+                                                     max_keepalive_connections=0)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return statuses
 

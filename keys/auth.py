@@ -68,16 +68,6 @@ def _load(digest: str) -> KeyInfo | None:
     return info_for(row)
 
 
-def load_by_id(key_id: int) -> KeyInfo | None:
-    """A usable key by id, for callers that authenticated otherwise (the admin's
-    playground: a signed-in user calling with a key they may use)."""
-    row = _rows().filter(id=key_id).first()
-    if row is None:
-        return None
-    info = info_for(row)
-    return None if info.expires_at is not None and info.expires_at <= time.time() else info
-
-
 def info_for(row: ApiKey) -> KeyInfo:
     """What the hot path needs of a key row (with its tenant)."""
     return KeyInfo(

@@ -19,8 +19,7 @@ from django.contrib import admin
 from django.http import HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 
-from gateway_project.orm_thread import run_orm
-from keys.auth import info_for, load_by_id
+from keys.auth import info_for
 from keys.models import ApiKey
 from tenants.scoping import scope_for
 
@@ -69,8 +68,10 @@ def _error(status: int, message: str, param: str | None = None) -> HttpResponse:
                                "key_not_found").response()
 
 
-def _key_for(user, key_id) -> int | None:
-    return usable_keys(user).filter(id=key_id).values_list("id", flat=True).first()
+def _usable(user, key_id: int):
+    """The key as the hot path sees it, if `user` may call with it (active keys only); else None."""
+    row = usable_keys(user).filter(id=key_id).first()
+    return info_for(row) if row is not None else None
 
 
 def _chat_body(form: dict) -> dict:
@@ -101,8 +102,7 @@ async def call(request) -> HttpResponse:
         return _error(400, "The body must be JSON.")
     if not isinstance(form, dict) or not isinstance(form.get("key"), int):
         return _error(400, "Pick a key.", param="key")
-    key_id = await sync_to_async(_key_for)(user, form["key"])
-    info = await run_orm(load_by_id, key_id) if key_id is not None else None
+    info = await sync_to_async(_usable)(user, form["key"])
     if info is None:
         return _error(404, "No such key, or you may not use it.", param="key")
 

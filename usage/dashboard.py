@@ -19,8 +19,9 @@ from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Q, Sum
 from django.db.models.functions import Trunc
 from django.http import HttpResponse
-from django.utils.dateparse import parse_datetime
+from rest_framework.exceptions import ValidationError
 
+from gateway_project.api import query_moment
 from providers import health
 from providers.models import Deployment
 from routing import breakers, errors
@@ -76,19 +77,19 @@ def _truncate(moment: datetime, step: str) -> datetime:
     return moment.replace(hour=0) if step == "day" else moment
 
 
-def _moment(value: str, name: str) -> datetime:
-    parsed = parse_datetime(value)
-    if parsed is None:
-        raise BadRange(f"'{name}' must be an ISO 8601 time, such as 2026-11-01T12:00.")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+def _moment(params, name: str) -> datetime:
+    try:
+        return query_moment(params, name, "Expected an ISO 8601 time, such as 2026-11-01T12:00Z.")
+    except ValidationError as exc:
+        raise BadRange(f"'{name}': {exc.detail[name][0]}") from exc
 
 
 def window(params, now: datetime | None = None) -> Window:
     """The time range asked for: a named range ending now, or start and end."""
     now = now or datetime.now(UTC)
     if params.get("start"):
-        start = _moment(params["start"], "start")
-        end = _moment(params["end"], "end") if params.get("end") else now
+        start = _moment(params, "start")
+        end = _moment(params, "end") or now
         if end <= start:
             raise BadRange("'end' must be after 'start'.")
         if end - start > timedelta(days=400):

@@ -330,41 +330,57 @@ def decode(target: Target, translate: Callable, *args):
                             retryable=False, code="upstream_bad_response") from exc
 
 
-async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """The upstream stream's events, translated, as they arrive (never buffered whole)."""
+async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEvent]) -> AsyncIterator[list[StreamEvent]]:
+    """The upstream stream's events, translated, as they arrive (never buffered whole): one list
+    per network read, so events that arrived together are relayed in one write, as a bare relay would."""
     framing = adapters.for_kind(attempt.target.kind).STREAM_FRAMING
-    payloads = _ndjson_lines(attempt) if framing == "ndjson" else _sse_data(attempt)
-    async for data in payloads:
-        try:
-            yield translate(data)
-        except MALFORMED as exc:
+    batches = _ndjson_lines(attempt) if framing == "ndjson" else _sse_data(attempt)
+    async for payloads in batches:
+        events, malformed = [], None
+        for data in payloads:
+            try:
+                events.append(translate(data))
+            except MALFORMED as exc:
+                malformed = exc
+                break
+        if events:
+            yield events  # what came before a malformed event is relayed first
+        if malformed is not None:
             raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream event.",
-                                retryable=False, code="upstream_error") from exc
+                                retryable=False, code="upstream_error") from malformed
 
 
-async def _sse_data(attempt: Attempt) -> AsyncIterator[bytes]:
+async def _sse_data(attempt: Attempt) -> AsyncIterator[list[bytes]]:
+    """The data of each complete SSE event, a list per network read (empty reads skipped)."""
     buffer = b""
     async for chunk in _chunks(attempt):
         buffer += chunk
         if b"\r\n" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
+        payloads = []
         while (end := buffer.find(b"\n\n")) != -1:
             block, buffer = buffer[:end], buffer[end + 2 :]
             data = _data_of(block)
             if data is not None:
-                yield data
+                payloads.append(data)
+        if payloads:
+            yield payloads
 
 
-async def _ndjson_lines(attempt: Attempt) -> AsyncIterator[bytes]:
+async def _ndjson_lines(attempt: Attempt) -> AsyncIterator[list[bytes]]:
+    """Each non-blank line, a list per network read (and the unterminated last line at the end)."""
     buffer = b""
     async for chunk in _chunks(attempt):
         buffer += chunk
+        lines = []
         while (end := buffer.find(b"\n")) != -1:
             line, buffer = buffer[:end].strip(), buffer[end + 1 :]
             if line:
-                yield line
+                lines.append(line)
+        if lines:
+            yield lines
     if buffer.strip():
-        yield buffer.strip()
+        yield [buffer.strip()]
 
 
 async def _chunks(attempt: Attempt):

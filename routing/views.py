@@ -330,17 +330,20 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
         finished = False
         metrics.gauge_add("gateway_open_streams", 1)
         try:
-            async for event in upstream.stream_events(attempt, translate):
-                if event.usage is not None:
-                    call.usage = event.usage
-                if event.has_content:
-                    call.first_token()
-                    call.delivered_chunks += 1
-                if out := writer.feed(event):
-                    yield out
+            async for events in upstream.stream_events(attempt, translate):
+                out = []
+                for event in events:
+                    if event.usage is not None:
+                        call.usage = event.usage
+                    if event.has_content:
+                        call.first_token()
+                        call.delivered_chunks += 1
+                    out.append(writer.feed(event))
+                    finished = finished or event.done
+                if out := b"".join(out):
+                    yield out  # one write for what arrived in one read
                 if time.monotonic() >= call.checkpoint_due:
                     _checkpoint(call)
-                finished = finished or event.done
             if not finished:
                 raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
                                     retryable=False, code="upstream_stream_cut")

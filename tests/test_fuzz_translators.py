@@ -158,7 +158,7 @@ def test_sse_and_ndjson_framing_never_crash_or_hang(stream, cuts, ndjson):
 
     async def read():
         reader = upstream._ndjson_lines if ndjson else upstream._sse_data
-        return [data async for data in reader(attempt)]
+        return [data async for batch in reader(attempt) for data in batch]
 
     payloads = asyncio.run(asyncio.wait_for(read(), timeout=5))
     assert all(isinstance(p, bytes) for p in payloads)
@@ -170,7 +170,7 @@ def test_sse_and_ndjson_framing_never_crash_or_hang(stream, cuts, ndjson):
 
 
 async def _collect(iterator):
-    return [item async for item in iterator]
+    return [item async for batch in iterator for item in batch]
 
 
 block = (st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20) | json_values})

@@ -1,9 +1,13 @@
 """The OpenAI-compatible API, driven by the official openai SDK against a live gateway."""
 
+import asyncio
+import time
 from decimal import Decimal
+from types import SimpleNamespace
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.conftest import wait_until
@@ -70,6 +74,56 @@ def test_stream_with_include_usage_ends_with_the_usage_chunk(key_client):
     chunks = list(stream)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
     assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 20
+
+
+def test_stream_chunks_reach_the_client_as_the_upstream_sends_them(key_client, gateway, api_key):
+    """Events are relayed per network read: ones that arrive apart are not held back for the next."""
+    body = {"model": "gpt-test", "stream": True,
+            "messages": [{"role": "user", "content": "slowly [[mock chunks=6 chunk_delay_ms=150]]"}]}
+    arrivals = []
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {api_key[1]}"}) as response:
+        started = time.monotonic()
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 6
+    # Each content chunk arrives on its own, about 150 ms after the one before.
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert all(gap > 0.08 for gap in gaps), gaps
+
+
+def test_stream_events_arriving_together_are_relayed_together_and_one_malformed_ends_it_after_them():
+    from providers.adapters.base import StreamEvent
+    from routing import upstream
+    from routing.errors import GatewayError
+
+    def chunk(text):
+        return b'data: {"content": "' + text + b'"}\n\n'
+
+    reads = [chunk(b"a") + chunk(b"b"), chunk(b"c"), chunk(b"d") + b"data: {not json\n\n" + chunk(b"e")]
+
+    class Content:
+        async def iter_any(self):
+            for read in reads:
+                yield read
+
+    def translate(data):  # as a translating adapter does: a malformed payload raises
+        return StreamEvent(forward=None, chunks=[orjson.loads(data)], has_content=True)
+
+    attempt = SimpleNamespace(target=SimpleNamespace(kind="openai", provider_name="p"), first_chunk=b"",
+                              response=SimpleNamespace(content=Content()))
+    batches = []
+
+    async def read():
+        async for events in upstream.stream_events(attempt, translate):
+            batches.append([event.chunks[0]["content"] for event in events])
+
+    with pytest.raises(GatewayError) as raised:
+        asyncio.run(read())
+    assert batches == [["a", "b"], ["c"], ["d"]]
+    assert raised.value.status == 502 and raised.value.code == "upstream_error"
 
 
 def test_embeddings_float_and_base64(key_client):

@@ -1,6 +1,7 @@
 """What the hot path knows about one call, and the usage event it becomes."""
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -16,6 +17,8 @@ from usage.limits import Admission
 
 from .errors import GatewayError
 from .table import Target
+
+log = logging.getLogger(__name__)
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 
@@ -80,6 +83,7 @@ class Call:
     checkpoint_due: float = 0.0
     checkpointing: asyncio.Task | None = None
     prompt_counted: int | None = None
+    planned: Target | None = None  # the deployment the upstream call goes to first
 
     @property
     def response_id(self) -> str:
@@ -93,6 +97,11 @@ class Call:
     async def settle_and_record(self) -> None:
         """Settle the limits reservation with what the call used, and buffer its usage event."""
         started = time.perf_counter()
+        if self.checkpointing is not None:
+            try:
+                await self.checkpointing  # the in-flight entry lands before the event that deletes it
+            except Exception:
+                log.exception("request %s: in-flight entry failed", self.request_id)
         event = self.recorded = self.event()
         if self.key.prompt_retention_days:
             prompts.attach(event, self.body, self.key.prompt_retention_days)
@@ -124,6 +133,14 @@ class Call:
         else:
             self.status = "client_error"
 
+    def client_left(self) -> None:
+        """The client hung up before the answer: once the upstream was called, its prompt is billed
+        (estimated, at the first deployment's prices when none has answered yet)."""
+        self.status, self.http_status, self.error_type = "client_disconnected", 499, "client_disconnected"
+        if self.upstream_started:
+            self.target = self.target or self.planned
+            self.estimate_usage()
+
     def estimate_usage(self) -> None:
         """Fill in usage the upstream did not report, marked as estimated."""
         if self.usage is not None:
@@ -131,14 +148,20 @@ class Call:
         self.tokens_estimated = True
         self.usage = Usage(prompt_tokens=self._estimated_prompt(), completion_tokens=self.delivered_chunks)
 
-    def interrupted_event(self) -> dict:
-        """The usage event as it stands if the stream stopped now: what is billed should this worker die."""
+    def interrupted_event(self, target: Target | None = None) -> dict:
+        """The usage event as it stands if the call stopped now: what is billed should this worker die.
+
+        Before the upstream answers, `target` is the deployment it is about to
+        call; the client then gets no answer, which a proxy in front reports as 502.
+        """
         reported = self.usage or Usage()
         usage = Usage(prompt_tokens=reported.prompt_tokens or self._estimated_prompt(),
                       completion_tokens=max(reported.completion_tokens, self.delivered_chunks),
                       cached_tokens=reported.cached_tokens)
-        event = self.event(usage)
+        event = self.event(usage, target)
         event.update(status="interrupted", error_type="worker_lost", tokens_estimated=True)
+        if not self.streamed:
+            event["http_status"] = 502
         return event
 
     def _estimated_prompt(self) -> int:
@@ -165,11 +188,11 @@ class Call:
                      cached_tokens=0, cost_usd="0", status="hedge_cancelled", ttft_ms=None)
         return event
 
-    def event(self, usage: Usage | None = None) -> dict:
+    def event(self, usage: Usage | None = None, target: Target | None = None) -> dict:
         """The usage event (also the request log line's fields; a call with no key is logged, not recorded)."""
-        cost = self.cost() if usage is None else self.target.cost(usage.prompt_tokens, usage.completion_tokens)
+        target = target or self.target
+        cost = self.cost() if usage is None else target.cost(usage.prompt_tokens, usage.completion_tokens)
         usage = usage or self.usage or Usage()
-        target = self.target
         return {
             "request_id": self.request_id,
             "client_request_id": self.client_request_id,

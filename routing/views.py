@@ -57,6 +57,12 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
                 error = errors.database_unavailable()
                 call.failed(error)
                 response = error_shape(error) if error_shape else error.response()
+            except asyncio.CancelledError:
+                # The client hung up before the answer: record what the call cost so far, then stop.
+                if call.key is not None and not call.recorded_by_stream:
+                    call.client_left()
+                    await asyncio.shield(_record_and_finish(call))
+                raise
             except Exception:
                 log.exception("request %s failed inside the gateway", call.request_id)
                 error = errors.internal_error()
@@ -94,13 +100,42 @@ async def _authenticate(request, call: Call) -> None:
 
 
 async def _admit(call: Call, estimate, targets) -> None:
-    """Check every limit and reserve the estimate; raises 429 when refused."""
+    """Check every limit and reserve the estimate; raises 429 when refused.
+
+    With Redis, an admitted call also gets its in-flight entry (usage/inflight.py):
+    should this worker die before the call is recorded, the reaper bills its
+    prompt as an interrupted call. The admission script writes it; with no limit
+    to check, it is written beside the upstream call.
+    """
     started = time.perf_counter()
+    call.planned = targets[0] if targets else None
+    entry = _inflight_entry(call, call.planned) if settings.REDIS_URL and call.planned else None
     try:
         call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
-                                            lambda: estimate(call.body, targets))
+                                            lambda: estimate(call.body, targets), entry)
+    except errors.GatewayError:
+        call.inflight = None  # refused: no entry was written
+        raise
     finally:
         call.admit_span = (started, time.perf_counter())
+    if entry is None:
+        return
+    if call.admission is None:
+        _, _, event = entry()
+        call.checkpointing = asyncio.ensure_future(_write_checkpoint(call, event))
+    elif call.admission.engine != "redis":
+        call.inflight = None  # Redis is unreachable: the offline policy admitted it, with no entry
+
+
+def _inflight_entry(call: Call, target):
+    """The call's in-flight entry as it stands before the upstream answers (prompt only, at
+    `target`'s prices), for the admission script to write."""
+
+    def entry() -> tuple[str, str, bytes]:
+        call.inflight = inflight.entries_key()
+        return call.inflight, call.request_id, orjson.dumps(call.interrupted_event(target))
+
+    return entry
 
 
 def _json(body: bytes) -> HttpResponse:
@@ -292,12 +327,7 @@ class OpenAIStream:
         return b"data: " + error.body() + b"\n\n"
 
 
-async def _settle_and_finish(call: Call) -> None:
-    if call.checkpointing is not None:
-        try:
-            await call.checkpointing  # the in-flight entry lands before the event that deletes it
-        except Exception:
-            log.exception("stream %s: in-flight entry failed", call.request_id)
+async def _record_and_finish(call: Call) -> None:
     await call.settle_and_record()
     observe.finished(call)
 
@@ -369,7 +399,7 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
             call.estimate_usage()
             # Shielded: a client that hangs up cancels this task, and the
             # tokens it already received must still be settled and recorded.
-            await asyncio.shield(_settle_and_finish(call))
+            await asyncio.shield(_record_and_finish(call))
 
     response = StreamingHttpResponse(relay(), content_type="text/event-stream")
     response["cache-control"] = "no-cache"

@@ -3,12 +3,13 @@
 - a provider failing, then hanging, while clients keep calling: the fallback serves every call;
 - Redis paused and resumed: the documented behaviour of limits holds, every call is recorded;
 - PostgreSQL stopped and started: calls keep being served from the caches, usage lands afterwards;
-- a gateway worker killed with streams in flight: those streams are billed as far as they went.
+- a gateway worker killed with streams and JSON calls in flight: those are billed as far as they went.
 
 docs/security.md ("Faults") says what each proves. FAULT_SECONDS (default 8) sets how long the
 provider fails and then hangs; `FAULT_SECONDS=60` runs the full minute of each.
 """
 
+import collections
 import os
 import shutil
 import signal
@@ -72,6 +73,25 @@ class Stream(threading.Thread):
             self.broken = exc
 
 
+class JsonCall(threading.Thread):
+    """One JSON chat call in a thread."""
+
+    def __init__(self, url: str, key: str, request_id: str, text: str) -> None:
+        super().__init__(daemon=True)
+        self.args = (url, key, request_id, chat_body(text))
+        self.status: int | None = None
+        self.broken: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        url, key, request_id, body = self.args
+        headers = {"authorization": f"Bearer {key}", "x-request-id": request_id}
+        try:
+            self.status = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
+        except httpx.HTTPError as exc:
+            self.broken = exc
+
+
 def records(**filters):
     return UsageRecord.objects.filter(**filters)
 
@@ -102,6 +122,10 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         cut = [Stream(doomed.url, key, f"doomed-{i}", slow) for i in range(6)]
         # The survivor's streams run through the reap: a live worker's streams must not be reaped.
         kept = [Stream(survivor.url, key, f"kept-{i}", slow) for i in range(3)]
+        # JSON calls waiting on the upstream when the worker dies: the provider was asked, the client got nothing.
+        pondering = "think it over [[mock latency_ms=20000]]"
+        lost = [JsonCall(doomed.url, key, f"lost-json-{i}", pondering) for i in range(2)]
+        answered = JsonCall(survivor.url, key, "answered-json", "think briefly [[mock latency_ms=6000]]")
         assert wait_until(lambda: all(s.received >= 25 for s in cut + kept), timeout=15)
         doomed.proc.send_signal(signal.SIGKILL)  # no cleanup, no lifespan shutdown: the streams just stop
         doomed.proc.wait()
@@ -109,6 +133,9 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         for stream in cut + kept:
             stream.join(30)
         assert all(s.broken is not None and not s.done for s in cut)
+        for call in (*lost, answered):
+            call.join(30)
+        assert all(c.broken is not None for c in lost) and answered.status == 200
         assert all(s.done and s.received == 80 for s in kept), [(s.done, s.received, s.broken) for s in kept]
 
         # Billed as far as each went, once: the reaper records them when the lease has run out.
@@ -125,6 +152,14 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
             assert stream.received - 12 <= record.completion_tokens <= stream.received + 1, (
                 stream.received, record.completion_tokens)
             assert record.cost_usd == exact_cost(prompt, record.completion_tokens, "0.15", "0.60") > 0
+        # The JSON calls the dead worker was waiting on: their prompts, at the deployment's prices.
+        lost_records = records(client_request_id__startswith="lost-json-")
+        assert wait_until(lambda: lost_records.count() == len(lost), timeout=15), lost_records.count()
+        json_prompt = tokens.count_messages(chat_body(pondering)["messages"])
+        assert set(lost_records.values_list("status", "http_status", "streamed", "tokens_estimated", "prompt_tokens",
+                                            "completion_tokens", "cost_usd", "provider_name")) == {
+            ("interrupted", 502, False, True, json_prompt, 0, exact_cost(json_prompt, 0, "0.15", "0.60"), "mock")}
+        assert records(client_request_id="answered-json").get().status == "ok"
         kept_records = records(client_request_id__startswith="kept-")
         assert wait_until(lambda: kept_records.count() == len(kept))
         assert set(kept_records.values_list("status", "completion_tokens", "tokens_estimated")) == {
@@ -132,7 +167,8 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         assert 3 <= reaped_after < 15
 
         time.sleep(4)  # another lease: nothing is reaped twice, the survivor's entries are gone
-        assert interrupted.count() == len(cut) and records(tenant=tenant).count() == 2 + len(cut) + len(kept)
+        assert interrupted.count() == len(cut) and lost_records.count() == len(lost)
+        assert records(tenant=tenant).count() == 2 + len(cut) + len(kept) + len(lost) + 1
         client = redis.Redis.from_url(own_redis.url)
         assert [k for k in client.scan_iter("gw:inflight:*") if client.hlen(k)] == []
         assert client.hlen("gw:workers") == 1  # the survivor; the dead worker is forgotten
@@ -260,7 +296,12 @@ def test_a_provider_failing_then_hanging_is_served_by_the_fallback_and_every_cal
         for name, (input_price, output_price) in (("fallback", ("3", "6")),):
             sums = rows.filter(deployment=deployments[name]).aggregate(
                 p=Sum("prompt_tokens"), c=Sum("completion_tokens"), cost=Sum("cost_usd"))
-            assert (sums["p"], sums["c"]) == (served["prompt"], served["completion"])
+            # Should they differ, say whether the fallback was asked more often than calls were recorded there.
+            asked = httpx.get(mock.url + "/_mock/stats").json()["requests"]
+            assert (sums["p"], sums["c"]) == (served["prompt"], served["completion"]), (
+                asked, rows.filter(deployment=deployments[name]).count(),
+                sorted(collections.Counter((c["phase"], c["provider"], c["attempts"], c["stream"])
+                                           for c in calls).items(), key=str))
             assert sums["cost"] == exact_cost(sums["p"], sums["c"], input_price, output_price)
         client = redis.Redis.from_url(own_redis.url)
         assert [k for k in client.scan_iter("gw:inflight:*") if client.hlen(k)] == []

@@ -1,10 +1,13 @@
 """Every request becomes exactly one usage record, however it ends."""
 
 import socket
+import time
+from decimal import Decimal
 
 import httpx
 import orjson
 import pytest
+import redis
 
 from tests.conftest import wait_until
 from usage import recorder
@@ -65,6 +68,34 @@ def test_client_disconnecting_mid_stream_is_billed_for_what_it_received(key_clie
     assert record.status == "client_disconnected" and record.streamed
     assert 5 <= record.completion_tokens < 40
     assert record.cost_usd > 0
+
+
+def test_client_hanging_up_before_a_json_answer_is_billed_its_prompt_and_leaves_no_entry(key_client, gateway,
+                                                                                        api_key):
+    from django.conf import settings
+
+    from usage import tokens
+
+    text = "slow answer [[mock latency_ms=1500]]"
+    body = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": text}]})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + api_key[1].encode() + b"\r\nx-request-id: hangup-json-1\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(request)
+        time.sleep(0.5)  # the upstream has the request; no answer yet
+    record = wait_until(lambda: records(client_request_id="hangup-json-1"), timeout=10)[0]
+    assert record.status == "client_disconnected" and record.http_status == 499 and not record.streamed
+    # The provider was asked: the prompt is billed (estimated), nothing more.
+    prompt = tokens.count_messages([{"role": "user", "content": text}])
+    assert record.prompt_tokens == prompt and record.completion_tokens == 0 and record.tokens_estimated
+    assert record.cost_usd == prompt * Decimal("0.15") / 1_000_000
+    assert record.provider_name == "mock" and record.upstream_model == "mock-gpt"
+    # No in-flight entry is left behind for the reaper to bill a second time.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    assert wait_until(lambda: not any(client.hlen(k) for k in client.scan_iter("gw:inflight:*")))
 
 
 def test_drain_is_idempotent_per_request_id(transactional_db, tenant, api_key):

@@ -1,14 +1,16 @@
-"""Streams in flight, so that a gateway worker killed mid-stream still bills what it relayed.
+"""Calls in flight, so that a gateway worker killed mid-call still bills what it sent and relayed.
 
-A stream's usage event is normally buffered when the stream ends, and a worker
-that dies (SIGKILL, out of memory, a crashed host) never gets there. So, once a
-stream's first chunk has gone out, the worker writes the event as it would
-stand if the stream stopped there (status "interrupted", prompt tokens,
-completion tokens relayed so far, cost) into its own hash in Redis,
-`gw:inflight:<worker>`, and rewrites it at most every
-USAGE_INFLIGHT_CHECKPOINT seconds while chunks flow: one round trip per stream,
-plus one per checkpoint of a long one. The stream's real event deletes the
-entry in the round trip that buffers it (the settle script, or a pipeline).
+A call's usage event is normally buffered when the call ends, and a worker
+that dies (SIGKILL, out of memory, a crashed host) never gets there. So, when
+a call is admitted, the worker writes the event as it would stand if the call
+stopped there (status "interrupted", the prompt's tokens at the prices of the
+deployment about to be called) into its own hash in Redis,
+`gw:inflight:<worker>`: inside the admission script when a limit applies (no
+added round trip), else with one HSET beside the upstream call. Once a
+stream's first chunk has gone out, the entry is rewritten with the completion
+tokens relayed so far, then at most every USAGE_INFLIGHT_CHECKPOINT seconds
+while chunks flow. The call's real event deletes the entry in the round trip
+that buffers it (the settle script, or a pipeline).
 
 Every gateway process beats (`gw:workers`: worker -> last beat, by Redis's
 clock) several times per USAGE_INFLIGHT_LEASE, and reaps: the entries of a
@@ -141,7 +143,7 @@ class Beat:
             return 0
         moved = int(await self.reap(keys=[WORKERS, PREFIX], args=[int(lease * 1000)]))
         if moved:
-            log.warning("reaped %d streams of gateway workers that died mid-stream", moved)
+            log.warning("reaped %d calls of gateway workers that died mid-call", moved)
         return moved
 
 

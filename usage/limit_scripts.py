@@ -58,7 +58,9 @@ return out
 
 # ARGV: now_ms, reservation id, ttl_ms, rule count, then 10 values per rule:
 # id, rpm, tpm, concurrency, token quota, budget, period start, period end (ms, 0 = never),
-# estimated tokens, estimated cost. A limit of 0 means "no limit".
+# estimated tokens, estimated cost. A limit of 0 means "no limit". Then, optionally,
+# the call's in-flight entry (hash, request id, event; usage/inflight.py), written
+# only if the call is admitted.
 ADMIT = _COMMON + r"""
 local now = tonumber(ARGV[1])
 local resv = ARGV[2]
@@ -168,6 +170,8 @@ if #entries > 0 then
   redis.call('SET', 'gw:resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
   redis.call('ZADD', 'gw:resv:exp', now + ttl, resv)
 end
+local e = 5 + n * 10
+if ARGV[e] then redis.call('HSET', ARGV[e], ARGV[e + 1], ARGV[e + 2]) end
 best_req = best_req or {0, 0, 0}
 best_tok = best_tok or {0, 0, 0}
 return {1, 'ok', 0, '', best_req[1], best_req[2], best_req[3], best_tok[1], best_tok[2], best_tok[3]}

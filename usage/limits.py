@@ -200,11 +200,14 @@ def _rule_args(rule: Rule, now: float, tokens: int, micros: int) -> list:
             start, end, tokens, micros]
 
 
-async def admit(tenant_id: int, key_id: int, model: str, estimate) -> Admission | None:
+async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None) -> Admission | None:
     """Check and reserve, or raise a 429 GatewayError. None when no limit applies.
 
     `estimate()` gives (tokens, micro-dollars) to reserve; it is only called
-    when some limit applies, since counting tokens costs CPU.
+    when some limit applies, since counting tokens costs CPU. `inflight()`, if
+    given, gives the call's in-flight entry (hash, request id, event;
+    usage/inflight.py), which the Redis script writes when it admits: in the
+    same round trip, not one more.
     """
     rules = await rules_for(tenant_id, key_id, model)
     if not rules:
@@ -213,19 +216,20 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate) -> Admission 
     admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis")
     if settings.REDIS_URL:
         try:
-            return await _admit_redis(admission)
+            return await _admit_redis(admission, inflight() if inflight else ())
         except (redis.RedisError, OSError) as exc:
             log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)
     admission.engine = "local"
     return await local.admit(admission)
 
 
-async def _admit_redis(admission: Admission) -> Admission:
+async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
     for _ in range(3):
         now = time.time()
         args = [int(now * 1000), admission.reservation, RESERVATION_TTL_MS, len(admission.rules)]
         for rule in admission.rules:
             args += _rule_args(rule, now, admission.tokens, admission.micros)
+        args += entry
         result = await _scripts().admit(args=args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:

@@ -21,7 +21,7 @@ class UsageRecord(models.Model):
         CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
         STREAM_CUT = "stream_cut", "Upstream stream cut short"
         HEDGE_CANCELLED = "hedge_cancelled", "Hedged call cancelled (the other answered first)"
-        INTERRUPTED = "interrupted", "Interrupted (the gateway worker died mid-stream)"
+        INTERRUPTED = "interrupted", "Interrupted (the gateway worker died mid-call)"
 
     request_id = models.CharField(max_length=100, unique=True, help_text="The gateway's own id for the call.")
     client_request_id = models.CharField(

@@ -156,6 +156,10 @@ class ThrottledBasicAuthentication(BasicAuthentication):
             raise
 
     def authenticate_credentials(self, userid, password, request=None):
+        if "\x00" in userid:
+            # No username holds one, and PostgreSQL refuses NUL in text: the lookup
+            # would be a 500. It also keeps "username NUL password" unambiguous.
+            raise AuthenticationFailed("Invalid username/password.")
         if (user := verified_credentials.user(userid, password)) is not None:
             return user, None
         # A miss, a stale entry or a wrong password: the full check, failures signalled

@@ -124,3 +124,11 @@ def test_nothing_remembered_reveals_the_password(client, user):
     for leak in (PASSWORD, hashlib.sha256(PASSWORD.encode()).hexdigest(), hashlib.sha256(plain).hexdigest(),
                  user.password, user.password.rsplit("$", 1)[-1]):
         assert leak not in remembered
+
+
+def test_a_username_holding_nul_is_refused_not_a_server_error(client, user):
+    # Found reading this code: PostgreSQL refuses NUL in text, and the user lookup was a 500.
+    assert call(client, user, PASSWORD) == 200
+    token = base64.b64encode(f"{user.username}\x00:{PASSWORD}".encode()).decode()
+    response = client.get("/api/manage/keys/", HTTP_AUTHORIZATION=f"Basic {token}", REMOTE_ADDR="10.20.30.40")
+    assert response.status_code == 401 and "www-authenticate" in response

@@ -1,9 +1,16 @@
 """What every REST API of the gateway shares (usage API, management API)."""
 
+import threading
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime
+from hmac import compare_digest
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.dateparse import parse_date, parse_datetime
 from django_ratelimit.core import is_ratelimited
 from rest_framework.authentication import BasicAuthentication, get_authorization_header
@@ -62,10 +69,80 @@ def sign_in_limited(request, count: bool) -> bool:
     return is_ratelimited(request, group=SIGN_IN_GROUP, key="ip", rate=settings.ADMIN_LOGIN_RATE, increment=count)
 
 
+class VerifiedCredentials:
+    """Username and password pairs whose password check passed lately, so that a script
+    calling the APIs pays for the password hasher (PBKDF2, about half a second of CPU)
+    once per API_BASIC_AUTH_CACHE_SECONDS, not on every request.
+
+    In this process's memory, bounded: nothing leaves the process, and nothing needs
+    to, since every entry is checked against the database on use. An entry is keyed by
+    an HMAC of the pair under SECRET_KEY (never the password, nor a plain hash of it),
+    and holds the user's id and an HMAC of their stored password hash as it was when
+    verified. A hit still loads the user (one query) and holds only while the user is
+    active and that stored hash unchanged: a new password, an unusable one or a
+    deactivated user void it at once. Only passed checks are remembered.
+    """
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[object, str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def user(self, username: str, password: str) -> AbstractBaseUser | None:
+        """The active user these credentials passed the password check for within the TTL,
+        their password unchanged since; else None (check the password)."""
+        ttl = settings.API_BASIC_AUTH_CACHE_SECONDS
+        if ttl <= 0:
+            return None
+        key = _credentials_key(username, password)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        pk, stamp, verified_at = entry
+        user = None
+        if time.monotonic() - verified_at < ttl:
+            users = get_user_model()._default_manager
+            user = users.filter(pk=pk, **{users.model.USERNAME_FIELD: username}).first()
+        if user is None or not user.is_active or not compare_digest(_password_stamp(user), stamp):
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return user
+
+    def remember(self, username: str, password: str, user: AbstractBaseUser) -> None:
+        if settings.API_BASIC_AUTH_CACHE_SECONDS <= 0:
+            return
+        key = _credentials_key(username, password)
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (user.pk, _password_stamp(user), time.monotonic())
+            while len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)  # the oldest, the first to expire
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _credentials_key(username: str, password: str) -> str:
+    return salted_hmac("gateway_project.api.credentials", f"{username}\x00{password}", algorithm="sha256").hexdigest()
+
+
+def _password_stamp(user: AbstractBaseUser) -> str:
+    return salted_hmac("gateway_project.api.password-stamp", user.password, algorithm="sha256").hexdigest()
+
+
+verified_credentials = VerifiedCredentials()
+
+
 class ThrottledBasicAuthentication(BasicAuthentication):
     """HTTP basic auth no faster a way to guess passwords than the login page:
     failures count against the address's sign-in allowance, and an address over
-    it gets 429 (Retry-After) until the minute is out, right password or not."""
+    it gets 429 (Retry-After) until the minute is out, right password or not.
+    Credentials that passed lately skip the password hasher (VerifiedCredentials);
+    everything else, the throttle included, runs on every request."""
 
     def authenticate(self, request):
         if not get_authorization_header(request).lower().startswith(b"basic "):
@@ -77,6 +154,19 @@ class ThrottledBasicAuthentication(BasicAuthentication):
         except AuthenticationFailed:
             sign_in_limited(request._request, count=True)
             raise
+
+    def authenticate_credentials(self, userid, password, request=None):
+        if "\x00" in userid:
+            # No username holds one, and PostgreSQL refuses NUL in text: the lookup
+            # would be a 500. It also keeps "username NUL password" unambiguous.
+            raise AuthenticationFailed("Invalid username/password.")
+        if (user := verified_credentials.user(userid, password)) is not None:
+            return user, None
+        # A miss, a stale entry or a wrong password: the full check, failures signalled
+        # (and audited) by Django as before.
+        user, auth = super().authenticate_credentials(userid, password, request)
+        verified_credentials.remember(userid, password, user)
+        return user, auth
 
 
 from drf_spectacular.authentication import BasicScheme  # noqa: E402 (needs the class above)

@@ -219,6 +219,10 @@ RETRY_BUDGET_FLOOR = env.int("RETRY_BUDGET_FLOOR", default=10)
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 # Admin login attempts per client address (django-ratelimit rate syntax).
 ADMIN_LOGIN_RATE = env.str("ADMIN_LOGIN_RATE", default="10/m")
+# Seconds each process remembers HTTP basic credentials that passed the password
+# check on the usage and management APIs, so that repeated calls skip the hasher
+# (about half a second of CPU each); 0 checks the password on every request.
+API_BASIC_AUTH_CACHE_SECONDS = env.float("API_BASIC_AUTH_CACHE_SECONDS", default=60.0)
 # Whether each gateway process also drains the usage buffer (besides Celery).
 USAGE_DRAIN_IN_PROCESS = env.bool("USAGE_DRAIN_IN_PROCESS", default=True)
 # A buffered event a drainer read but never acknowledged (it died mid-batch) is

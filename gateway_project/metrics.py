@@ -79,6 +79,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         "counter", "Usage events written to the database by the drainers.", (), ()),
     "gateway_usage_drain_failures_total": ("counter", "Usage drain runs that failed and will retry.", (), ()),
     "gateway_job_runs_total": ("counter", "Celery job runs, by task and outcome.", ("task", "outcome"), ()),
+    "gateway_redis_unreachable_total": (
+        "counter", "Times a gateway process found Redis unreachable and served without it until a PING answered.",
+        (), ()),
     "gateway_requests_in_flight": ("gauge", "Requests being served right now.", (), ()),
     "gateway_open_streams": ("gauge", "Streams being relayed right now.", (), ()),
     "gateway_usage_events_held": (
@@ -210,7 +213,10 @@ async def push_forever(stop: asyncio.Event, sample=None) -> None:
             sample()
         try:
             await push()
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as exc:
+            from gateway_project import redis_health
+
+            redis_health.failed(exc)  # noticed here, the hot path need not wait to find out
             log.debug("metrics: Redis unreachable; counts kept for the next push")
 
 

@@ -20,12 +20,14 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from gateway_project import metrics
+from gateway_project import metrics, redis_health
 from gateway_project.orm_thread import run_orm
 
 PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 READY_CACHE_SECONDS = 1.0
 CHECK_TIMEOUT = 2.0
+# While this process finds Redis down (redis_health), readiness says so at once instead of waiting on it.
+REDIS_DOWN = "unreachable: this process serves without it until it answers a PING"
 
 
 async def handle(scope, receive, send) -> None:
@@ -39,6 +41,8 @@ async def handle(scope, receive, send) -> None:
     elif not _may_scrape(scope):
         await _answer(scope, send, 401, b"metrics need a bearer token or an allowed address\n", "text/plain",
                       [(b"www-authenticate", b'Bearer realm="metrics"')])
+    elif settings.REDIS_URL and redis_health.down:  # answer now, not after Redis's timeout
+        await _answer(scope, send, 503, b"metrics store (Redis) unreachable\n", "text/plain")
     else:
         try:
             text = await scrape()
@@ -148,11 +152,14 @@ async def _database() -> str:
 async def _redis() -> str:
     if not settings.REDIS_URL:
         return "ok (not used: embedded mode)"
+    if redis_health.down:
+        return REDIS_DOWN
     from gateway_project.redis_pool import async_redis
 
     try:
         await asyncio.wait_for(async_redis().ping(), CHECK_TIMEOUT)
     except (TimeoutError, redis.RedisError, OSError) as exc:
+        redis_health.failed(exc)
         return f"unreachable: {type(exc).__name__}"
     return "ok"
 
@@ -160,6 +167,8 @@ async def _redis() -> str:
 async def _usage_buffer() -> str:
     from usage import recorder
 
+    if settings.REDIS_URL and redis_health.down:
+        return REDIS_DOWN
     try:
         backlog, lag = await asyncio.wait_for(recorder.buffer_state(), CHECK_TIMEOUT)
     except (TimeoutError, redis.RedisError, OSError) as exc:

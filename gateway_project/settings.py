@@ -131,6 +131,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 # Redis connections each gateway process may open for the hot path.
 REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=50)
+# Seconds between PINGs of a Redis this process found unreachable (each waits at most as long);
+# until one answers, the hot path skips Redis (gateway_project/redis_health.py).
+REDIS_PROBE_INTERVAL = env.float("REDIS_PROBE_INTERVAL", default=0.5)
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:

@@ -3,7 +3,7 @@
 Only failed authentications are counted (per client address, per minute), and
 only their answers are delayed: a valid key from the same address is served
 at full speed. Counts live in Redis (shared by every process) or, in embedded
-mode, in this process.
+mode and while Redis is unreachable, in this process.
 """
 
 import asyncio
@@ -13,6 +13,7 @@ import time
 import redis
 from django.conf import settings
 
+from gateway_project import redis_health
 from gateway_project.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,14 @@ _local: dict[str, tuple[int, float]] = {}
 
 async def _count(address: str) -> int:
     """Failures from `address` in the minute since its first recent failure."""
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and not redis_health.down:
         key = f"gw:authfail:{address}"
         try:
             async with async_redis().pipeline(transaction=False) as pipe:
                 count, _ = await pipe.incr(key).expire(key, WINDOW, nx=True).execute()
             return count
-        except (redis.RedisError, OSError):
-            pass
+        except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)
     now = time.monotonic()
     count, since = _local.get(address, (0, now))
     if now - since > WINDOW:

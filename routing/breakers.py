@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import redis
 from django.conf import settings
 
-from gateway_project import metrics
+from gateway_project import metrics, redis_health
 from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import channel, sync_redis
 
@@ -111,7 +111,10 @@ def _change(deployment_id: int, open_until: float, new_state: str, reason: str) 
     apply(deployment_id, open_until)
     metrics.inc("gateway_circuit_breaker_transitions_total", str(deployment_id), new_state)
     log.warning("breaker for deployment %s: %s (%s)", deployment_id, new_state, reason)
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and redis_health.down:
+        # Synchronous, on the event loop: a hanging Redis would stall every call.
+        log.warning("breaker change for %s not shared: Redis unreachable", deployment_id)
+    elif settings.REDIS_URL:
         try:
             client = sync_redis()
             if open_until:
@@ -119,7 +122,8 @@ def _change(deployment_id: int, open_until: float, new_state: str, reason: str) 
             else:
                 client.delete(f"gw:cb:{deployment_id}")
             client.publish(CHANNEL, f"{deployment_id}:{open_until}")
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)
             log.warning("breaker change for %s not shared: Redis unreachable", deployment_id)
     _log_event(deployment_id, new_state, reason)
 

@@ -15,6 +15,7 @@ import time
 import redis
 from django.conf import settings
 
+from gateway_project import redis_health
 from gateway_project.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ async def sync_forever(stop: asyncio.Event) -> None:
         if settings.REDIS_URL:
             try:
                 await sync_once()
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, OSError) as exc:
+                redis_health.failed(exc)
                 log.debug("routing stats: Redis unreachable; deciding on this process's numbers")
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)

@@ -1,7 +1,8 @@
 """Faults, with real processes: what a client and an operator see, and that no usage is lost.
 
 - a provider failing, then hanging, while clients keep calling: the fallback serves every call;
-- Redis paused and resumed: the documented behaviour of limits holds, every call is recorded;
+- Redis paused and resumed: the documented behaviour of limits holds, calls after the first that found
+  it hanging skip it at once, it is used again within a second of its return, every call is recorded;
 - PostgreSQL stopped and started: calls keep being served from the caches, usage lands afterwards;
 - a gateway worker killed with streams and JSON calls in flight: those are billed as far as they went.
 
@@ -363,9 +364,15 @@ def test_redis_paused_and_resumed_keeps_the_documented_limits_behaviour_and_lose
                 [(post_chat, (server.url, keys["budget"][1], f"budget-{i}")) for i in range(2)]
                 + [(post_chat, (server.url, keys["credit"][1], f"credit-{i}", i == 1)) for i in range(2)]
                 + [(post_chat, (server.url, keys["rate"][1], f"rate-{i}", i % 2 == 1)) for i in range(7)])
+            # Those calls found Redis hanging, each waiting out a socket timeout; the process now
+            # knows (gateway_project/redis_health.py), and the calls after them skip Redis at once.
+            later = [post_chat(server.url, keys[name][1], f"{name}-later-{i}", stream)
+                     for i, (name, stream) in enumerate([("budget", False), ("credit", False), ("credit", True),
+                                                         ("rate", False), ("budget", False), ("credit", False)])]
             paused_for = time.monotonic() - paused_at
         finally:
             os.kill(own_redis.proc.pid, signal.SIGCONT)
+            resumed_at = time.monotonic()
         by_key = {name: [c for c in during if c["id"].startswith(name)] for name in keys}
         # Budgets fail closed without credit, 503 limits_unavailable with Retry-After ...
         assert [(c["status"], c["code"], c["retry_after"]) for c in by_key["budget"]] == [
@@ -375,26 +382,39 @@ def test_redis_paused_and_resumed_keeps_the_documented_limits_behaviour_and_lose
         # ... and rate limits hold in the process (its share: all of it with GATEWAY_PROCESSES=1).
         assert sorted((c["status"], c["code"]) for c in by_key["rate"]) == [(200, None)] * 5 + [
             (429, "rate_limit_exceeded")] * 2
-        # Redis is back: budgets admit again.
-        assert wait_until(lambda: post_chat(server.url, keys["budget"][1], "budget-after")["status"] == 200,
-                          timeout=15)
+        # The same policy for the later calls, each far quicker than the 5 s socket timeout.
+        assert [(c["status"], c["code"]) for c in later] == [
+            (503, "limits_unavailable"), (200, None), (200, None), (429, "rate_limit_exceeded"),
+            (503, "limits_unavailable"), (200, None)]
+        assert max(c["seconds"] for c in later) < 1.5, later
+
+        # Redis is back: within a second or so the process uses it again, and budgets admit again.
+        after = [post_chat(server.url, keys["budget"][1], "budget-after-0")]
+        while after[-1]["status"] != 200 and time.monotonic() - resumed_at < 15:
+            time.sleep(0.05)
+            after.append(post_chat(server.url, keys["budget"][1], f"budget-after-{len(after)}"))
+        back_after = time.monotonic() - resumed_at
+        assert after[-1]["status"] == 200 and back_after < 3, (back_after, after)
+        assert {(c["status"], c["code"]) for c in after[:-1]} <= {(503, "limits_unavailable")}
 
         rows = records(tenant=tenant)
-        total = 3 + len(during) + 1  # warm-ups, during the pause, after it
+        total = 3 + len(during) + len(later) + len(after)  # warm-ups, during the pause, after it
         assert wait_until(lambda: rows.count() >= total, timeout=30), (rows.count(), total)
         time.sleep(1)
         assert rows.count() == total
         refused = rows.exclude(http_status=200)
-        assert sorted(refused.values_list("http_status", "error_type")) == [(429, "rate_limit_exceeded")] * 2 + [
-            (503, "limits_unavailable")] * 2
+        assert sorted(refused.values_list("http_status", "error_type")) == [(429, "rate_limit_exceeded")] * 3 + [
+            (503, "limits_unavailable")] * (2 + 2 + len(after) - 1)
         assert set(refused.values_list("cost_usd", flat=True)) == {Decimal(0)}
         served = rows.filter(http_status=200).aggregate(n=Count("id"), p=Sum("prompt_tokens"),
                                                         c=Sum("completion_tokens"))
         tokens_served = httpx.get(mock.url + "/_mock/stats").json()["tokens"]
-        assert (served["n"], served["p"], served["c"]) == (3 + 2 + 5 + 1, tokens_served["prompt"],
+        assert (served["n"], served["p"], served["c"]) == (3 + 2 + 5 + 3 + 1, tokens_served["prompt"],
                                                            tokens_served["completion"])
-        print(f"\nRedis paused {paused_for:.1f} s: calls during the pause took "
-              f"{min(c['seconds'] for c in during):.1f}-{max(c['seconds'] for c in during):.1f} s; "
+        print(f"\nRedis paused {paused_for:.1f} s: the first calls took "
+              f"{min(c['seconds'] for c in during):.1f}-{max(c['seconds'] for c in during):.1f} s, "
+              f"the later ones {min(c['seconds'] for c in later):.2f}-{max(c['seconds'] for c in later):.2f} s; "
+              f"a budget admitted again {back_after:.1f} s after resuming ({len(after)} tries); "
               f"{rows.count()} usage records for {total} calls")
     finally:
         server.stop()

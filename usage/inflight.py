@@ -33,6 +33,7 @@ import time
 import redis
 from django.conf import settings
 
+from gateway_project import redis_health
 from gateway_project.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,14 @@ def entries_key() -> str:
 
 async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
     """Write (or rewrite) a stream's in-flight entry into `key` (this worker's hash); whether it was."""
+    if redis_health.down:
+        return False
     try:
         # One command, no pipeline: this is the stream's one added round trip. The worker is
         # known to the reapers from its first beat, which runs at startup, before any request.
         await async_redis().hset(key, request_id, event)
     except (redis.RedisError, OSError) as exc:
+        redis_health.failed(exc)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return False
     return True
@@ -155,6 +159,7 @@ async def beat_forever(stop: asyncio.Event, held) -> None:
         try:
             await beat.once(held())
         except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)  # noticed here, the hot path need not wait to find out
             log.warning("in-flight heartbeat failed (%s)", exc)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -11,6 +11,8 @@ Redis unreachable (docs/limits.md): rate limits fall back to this process's
 share of each limit (GATEWAY_PROCESSES); quotas and budgets refuse (fail
 closed) unless the limit grants an offline credit, which this process may then
 spend while Redis is down. Usage is never lost (usage.recorder holds it).
+Once a command has failed, Redis is skipped at once until it answers a PING
+again (gateway_project/redis_health.py).
 Period counters missing from Redis (a restart, a new period) are rebuilt from
 the usage records in the database.
 """
@@ -32,6 +34,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Sum
 
+from gateway_project import redis_health
 from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import async_redis
 from routing import errors, invalidation
@@ -214,10 +217,11 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
         return None
     tokens, micros = estimate()
     admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis")
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and not redis_health.down:
         try:
             return await _admit_redis(admission, inflight() if inflight else ())
         except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)
             log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)
     admission.engine = "local"
     return await local.admit(admission)
@@ -278,6 +282,8 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
         return False
     admission.settled = True
     if admission.engine == "redis":
+        if redis_health.down:
+            return False  # the reservation expires and is settled at its estimate
         try:
             args = [admission.reservation, tokens, micros]
             if event is not None:
@@ -285,6 +291,7 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
             result = await _scripts().settle(args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at its estimate.
+            redis_health.failed(exc)
             log.warning("limits: could not settle %s (%s); it will settle at its estimate", admission.reservation, exc)
             return False
         _alert_crossings(admission, [tuple(int(x) for x in row) for row in result])

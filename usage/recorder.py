@@ -22,7 +22,7 @@ import orjson
 import redis
 from django.conf import settings
 
-from gateway_project import metrics
+from gateway_project import metrics, redis_health
 from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
@@ -48,7 +48,7 @@ async def record(event: dict, inflight_key: str | None = None) -> None:
     `inflight_key` names the hash holding the stream's in-flight entry (usage/inflight.py),
     deleted in the same round trip.
     """
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and not redis_health.down:
         try:
             if inflight_key is None:
                 await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
@@ -58,12 +58,13 @@ async def record(event: dict, inflight_key: str | None = None) -> None:
                     pipe.hdel(inflight_key, event["request_id"])
                     await pipe.execute()
             return
-        except (redis.RedisError, OSError):
-            # Redis is unreachable: keep the event in this process; the next
-            # drain writes it straight to the database.
+        except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)
             log.warning("usage buffer unreachable; holding event %s in process", event["request_id"])
-            if inflight_key is not None:
-                inflight.delete_later(inflight_key, event["request_id"])
+    if inflight_key is not None:
+        inflight.delete_later(inflight_key, event["request_id"])
+    # Embedded mode, or Redis unreachable: keep the event in this process; the
+    # next drain writes it straight to the database.
     _local.append(event)
 
 
@@ -121,10 +122,12 @@ def _drain_local(limit: int) -> int:
 def drain(limit: int | None = None, *, local_only: bool = False) -> int:
     """Write up to `limit` buffered events to the database; return how many.
 
-    With `local_only`, only events this process held while Redis was down.
+    With `local_only`, or while this process finds Redis down (redis_health),
+    only the events this process held itself: those then land at once, not
+    after a Redis command's timeout.
     """
     limit = limit or settings.USAGE_FLUSH_BATCH
-    if _local or not settings.REDIS_URL or local_only:
+    if _local or not settings.REDIS_URL or local_only or redis_health.down:
         return _drain_local(limit)
     client = sync_redis()
     _ensure_group(client)

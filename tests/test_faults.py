@@ -124,8 +124,9 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         # The survivor's streams run through the reap: a live worker's streams must not be reaped.
         kept = [Stream(survivor.url, key, f"kept-{i}", slow) for i in range(3)]
         # JSON calls waiting on the upstream when the worker dies: the provider was asked, the client got nothing.
-        pondering = "think it over [[mock latency_ms=20000]]"
+        pondering = "think it over [[mock latency_ms=8000]]"
         lost = [JsonCall(doomed.url, key, f"lost-json-{i}", pondering) for i in range(2)]
+        pondering_until = time.monotonic() + 8.5
         answered = JsonCall(survivor.url, key, "answered-json", "think briefly [[mock latency_ms=6000]]")
         assert wait_until(lambda: all(s.received >= 25 for s in cut + kept), timeout=15)
         doomed.proc.send_signal(signal.SIGKILL)  # no cleanup, no lifespan shutdown: the streams just stop
@@ -173,6 +174,8 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         client = redis.Redis.from_url(own_redis.url)
         assert [k for k in client.scan_iter("gw:inflight:*") if client.hlen(k)] == []
         assert client.hlen("gw:workers") == 1  # the survivor; the dead worker is forgotten
+        # The shared mock still answers the lost calls into the void: let it finish before the next test counts.
+        time.sleep(max(0.0, pondering_until - time.monotonic()))
     finally:
         survivor.stop()
         doomed.stop()

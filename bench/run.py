@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark: the gateway against a bare Django relay and the mock upstream itself.
 
-    python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--smoke]
+    python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--smoke]
 
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
 from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
@@ -11,7 +11,8 @@ usage recording; `--no-limits` leaves the limits out), and the floor (a
 bare async Django view relaying through the same client), then loads each with
 wrk for JSON chat, streamed chat (21 events) and embeddings. It prints a
 Markdown table: requests per second, CPU time of the measured server per
-request, and latency p50/p99 at N connections and at one connection.
+request, and latency p50/p99 at N connections and at one connection (the
+median of `--rounds` rounds that take the servers in turn).
 """
 
 import argparse
@@ -124,6 +125,13 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float,
     result = parse_wrk(out)
     result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
     return result
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Rounds of one measurement as one: the median of their latencies, the sum of their counts."""
+    middle = lambda name: sorted(run[name] for run in runs)[len(runs) // 2]  # noqa: E731
+    return {"rps": middle("rps"), "p50": middle("p50"), "p99": middle("p99"), "cpu_ms": middle("cpu_ms"),
+            "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
 
 
 def family(pid: int) -> list[int]:
@@ -300,6 +308,8 @@ def main() -> None:
                         help="streams held open at once in the slow-stream run (0 skips it)")
     parser.add_argument("--slow-seconds", type=float, default=15.0, help="how long each slow stream lasts")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the one-connection runs, each server in turn (the median is shown)")
     opts = parser.parse_args()
     if opts.smoke:
         opts.slow_streams, opts.slow_seconds, opts.no_profile = min(opts.slow_streams, 20), 1.0, True
@@ -335,7 +345,9 @@ def main() -> None:
             "gateway": (f"http://127.0.0.1:{gw_port}", procs[1].pid, key, "gateway"),
         }
         rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
+        rounds = 1 if opts.smoke else opts.rounds
         for scenario, (path, body) in SCENARIOS.items():
+            measured = []
             for target, (url, pid, auth, names) in targets.items():
                 if scenario.startswith("chat,") and names != "gateway":
                     continue  # the same as plain chat for the mock and the floor
@@ -345,7 +357,15 @@ def main() -> None:
                 # Warm up pools, caches and the routing table.
                 run_wrk(wrk, url + path, script, 4, 1, pid)
                 loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
-                single = run_wrk(wrk, url + path, script, 1, duration / 2, pid)
+                measured.append((target, url, pid, auth, names, payload, script, loaded))
+            # One client at a time, in rounds that take each server in turn: the machine's noise
+            # then falls on all of them alike, and each figure is the median of its rounds.
+            singles = collections.defaultdict(list)
+            for _ in range(rounds):
+                for target, url, pid, _auth, _names, _payload, script, _ in measured:
+                    singles[target].append(run_wrk(wrk, url + path, script, 1, duration / 2, pid))
+            for target, url, _pid, auth, names, payload, _script, loaded in measured:
+                single = median_run(singles[target])
                 if scenario == "stream":
                     single["ttft"] = time_to_first_token(url, path, payload, auth, 20 if opts.smoke else 300)
                 rows.append((scenario, target, loaded, single))

@@ -46,16 +46,18 @@ def chat_body(text: str, stream: bool = False, model: str = "gpt-test") -> dict:
     return body
 
 
-class Stream(threading.Thread):
-    """One streamed chat read chunk by chunk in a thread; counts the content chunks received."""
+class Call(threading.Thread):
+    """One chat call in a thread (a JSON one; see Stream): its status, or the error that broke it."""
+
+    stream = False
 
     def __init__(self, url: str, key: str, request_id: str, text: str, model: str = "gpt-test") -> None:
         super().__init__(daemon=True)
-        self.args = (url, key, request_id, chat_body(text, stream=True, model=model))
-        self.received = 0
+        self.args = (url, key, request_id, chat_body(text, stream=self.stream, model=model))
         self.status: int | None = None
-        self.done = False  # [DONE] arrived
         self.broken: Exception | None = None
+        self.received = 0
+        self.done = False  # a stream's [DONE] arrived
         self.start()
 
     def run(self) -> None:
@@ -65,32 +67,25 @@ class Stream(threading.Thread):
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers,
                               timeout=60) as response:
                 self.status = response.status_code
-                for line in response.iter_lines():
-                    if line == "data: [DONE]":
-                        self.done = True
-                    elif line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
-                        self.received += 1
+                self.read(response)
         except httpx.HTTPError as exc:
             self.broken = exc
 
+    def read(self, response: httpx.Response) -> None:
+        response.read()
 
-class JsonCall(threading.Thread):
-    """One JSON chat call in a thread."""
 
-    def __init__(self, url: str, key: str, request_id: str, text: str) -> None:
-        super().__init__(daemon=True)
-        self.args = (url, key, request_id, chat_body(text))
-        self.status: int | None = None
-        self.broken: Exception | None = None
-        self.start()
+class Stream(Call):
+    """One streamed chat read chunk by chunk in a thread; counts the content chunks received."""
 
-    def run(self) -> None:
-        url, key, request_id, body = self.args
-        headers = {"authorization": f"Bearer {key}", "x-request-id": request_id}
-        try:
-            self.status = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
-        except httpx.HTTPError as exc:
-            self.broken = exc
+    stream = True
+
+    def read(self, response: httpx.Response) -> None:
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                self.done = True
+            elif line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                self.received += 1
 
 
 def records(**filters):
@@ -125,9 +120,9 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         kept = [Stream(survivor.url, key, f"kept-{i}", slow) for i in range(3)]
         # JSON calls waiting on the upstream when the worker dies: the provider was asked, the client got nothing.
         pondering = "think it over [[mock latency_ms=8000]]"
-        lost = [JsonCall(doomed.url, key, f"lost-json-{i}", pondering) for i in range(2)]
+        lost = [Call(doomed.url, key, f"lost-json-{i}", pondering) for i in range(2)]
         pondering_until = time.monotonic() + 8.5
-        answered = JsonCall(survivor.url, key, "answered-json", "think briefly [[mock latency_ms=6000]]")
+        answered = Call(survivor.url, key, "answered-json", "think briefly [[mock latency_ms=6000]]")
         assert wait_until(lambda: all(s.received >= 25 for s in cut + kept), timeout=15)
         doomed.proc.send_signal(signal.SIGKILL)  # no cleanup, no lifespan shutdown: the streams just stop
         doomed.proc.wait()

@@ -21,6 +21,14 @@ def records(**filters):
     return list(UsageRecord.objects.filter(**filters))
 
 
+def raw_chat_request(body: dict, key: str, request_id: str) -> bytes:
+    """A chat request as bytes, for a client that hangs up on its own socket."""
+    payload = orjson.dumps(body)
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + key.encode() + b"\r\nx-request-id: " + request_id.encode() + b"\r\n"
+            b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+
+
 def test_failed_upstream_call_is_recorded_with_zero_cost(key_client, gateway, api_key, mock_provider, mock):
     from providers.models import Deployment, Provider
 
@@ -52,15 +60,10 @@ def test_stream_cut_by_the_upstream_is_billed_as_estimated(key_client, gateway, 
 
 
 def test_client_disconnecting_mid_stream_is_billed_for_what_it_received(key_client, gateway, api_key):
-    body = orjson.dumps({"model": "gpt-test", "stream": True,
-                         "messages": [{"role": "user", "content": "slow [[mock chunks=40 chunk_delay_ms=50]]"}]})
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer " + api_key[1].encode() + b"\r\nx-request-id: hangup-1\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    body = {"model": "gpt-test", "stream": True,
+            "messages": [{"role": "user", "content": "slow [[mock chunks=40 chunk_delay_ms=50]]"}]}
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(request)
+        sock.sendall(raw_chat_request(body, api_key[1], "hangup-1"))
         received = b""
         while received.count(b'"content":"') < 6:
             received += sock.recv(65536)
@@ -77,14 +80,9 @@ def test_client_hanging_up_before_a_json_answer_is_billed_its_prompt_and_leaves_
     from usage import tokens
 
     text = "slow answer [[mock latency_ms=1500]]"
-    body = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": text}]})
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer " + api_key[1].encode() + b"\r\nx-request-id: hangup-json-1\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": text}]}
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(request)
+        sock.sendall(raw_chat_request(body, api_key[1], "hangup-json-1"))
         time.sleep(0.5)  # the upstream has the request; no answer yet
     record = wait_until(lambda: records(client_request_id="hangup-json-1"), timeout=10)[0]
     assert record.status == "client_disconnected" and record.http_status == 499 and not record.streamed

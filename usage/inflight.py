@@ -86,11 +86,11 @@ def entries_key() -> str:
 
 
 async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
-    """Write (or rewrite) a stream's in-flight entry into `key` (this worker's hash); whether it was."""
+    """Write (or rewrite) a call's in-flight entry into `key` (this worker's hash); whether it was."""
     if redis_health.down:
         return False
     try:
-        # One command, no pipeline: this is the stream's one added round trip. The worker is
+        # One command, no pipeline, beside the upstream call or the relay. The worker is
         # known to the reapers from its first beat, which runs at startup, before any request.
         await async_redis().hset(key, request_id, event)
     except (redis.RedisError, OSError) as exc:
@@ -101,7 +101,7 @@ async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
 
 
 def delete_later(key: str, request_id: str) -> None:
-    """The stream ended but its entry could not be deleted (Redis unreachable): retry from the beat."""
+    """The call ended but its entry could not be deleted (Redis unreachable): retry from the beat."""
     _undeleted.add((key, request_id))
 
 

@@ -146,7 +146,7 @@ class Call:
         if self.usage is not None:
             return
         self.tokens_estimated = True
-        self.usage = Usage(prompt_tokens=self._estimated_prompt(), completion_tokens=self.delivered_chunks)
+        self.usage = Usage(prompt_tokens=self.estimated_prompt(), completion_tokens=self.delivered_chunks)
 
     def interrupted_event(self, target: Target | None = None) -> dict:
         """The usage event as it stands if the call stopped now: what is billed should this worker die.
@@ -155,7 +155,7 @@ class Call:
         call; the client then gets no answer, which a proxy in front reports as 502.
         """
         reported = self.usage or Usage()
-        usage = Usage(prompt_tokens=reported.prompt_tokens or self._estimated_prompt(),
+        usage = Usage(prompt_tokens=reported.prompt_tokens or self.estimated_prompt(),
                       completion_tokens=max(reported.completion_tokens, self.delivered_chunks),
                       cached_tokens=reported.cached_tokens)
         event = self.event(usage, target)
@@ -164,7 +164,9 @@ class Call:
             event["http_status"] = 502
         return event
 
-    def _estimated_prompt(self) -> int:
+    def estimated_prompt(self) -> int:
+        """The prompt's tokens as the gateway counts them, counted once per call (routing,
+        the limits estimate, the in-flight entry and a missing usage report share it)."""
         if self.prompt_counted is None:
             self.prompt_counted = self._count_prompt()
         return self.prompt_counted

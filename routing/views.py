@@ -26,7 +26,7 @@ from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamError
-from usage import inflight, limits, recorder, tokens
+from usage import inflight, limits, recorder
 
 from . import anthropic_front, completions_front, errors, estimates, observe, strategies, table, upstream, validation
 from .call import Call, client_request_id
@@ -112,7 +112,7 @@ async def _admit(call: Call, estimate, targets) -> None:
     entry = _inflight_entry(call, call.planned) if settings.REDIS_URL and call.planned else None
     try:
         call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
-                                            lambda: estimate(call.body, targets), entry)
+                                            lambda: estimate(call.body, targets, call.estimated_prompt()), entry)
     except errors.GatewayError:
         call.inflight = None  # refused: no entry was written
         raise
@@ -158,14 +158,7 @@ def _upstream_headers(response: HttpResponse, call: Call) -> HttpResponse:
 async def _route(call: Call, mode: str, facts: strategies.Facts):
     """Pick the route and order its targets; None of this touches the network."""
     spec = await table.route_for_key(call.key, call.model, mode)
-    counted: list[int] = []
-
-    def count_prompt() -> int:
-        if not counted:
-            counted.append(tokens.count_messages(call.body.get("messages") or [], call.model)
-                           if mode == "chat" else facts.prompt_tokens)
-        return counted[0]
-
+    count_prompt = call.estimated_prompt if mode == "chat" else lambda: facts.prompt_tokens
     spec, targets = await strategies.plan(spec, facts, call.key.tenant_id, count_prompt)
     call.route, call.strategy = spec.name, spec.strategy
     return spec, targets

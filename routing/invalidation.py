@@ -10,14 +10,17 @@ which bounds staleness if a message is ever missed.
 
 import asyncio
 import logging
+import time
+import weakref
 from collections import defaultdict
 from functools import cache
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
+from gateway_project.orm_thread import run_orm
 from gateway_project.redis_pool import channel
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,46 @@ def _announce(name: str) -> None:
         except redis.RedisError:
             # Other processes fall back to their cache expiry.
             log.warning("could not announce a %s change through Redis", name)
+
+
+class Reloaded:
+    """A configuration table loaded from the database by `load` (sync, ORM) and kept
+    in this process: reloaded on use once its generation (`name`) moved or it is
+    GATEWAY_CONFIG_CACHE_SECONDS old, one load at a time. While the database is
+    away, the table it last gave keeps serving, asked for again each second (a
+    table never loaded has nothing to serve: the DatabaseError propagates)."""
+
+    def __init__(self, name: str, load, what: str) -> None:
+        self.name, self.load, self.what = name, load, what
+        self.value = None
+        self.generation = -1
+        self.loaded_at = 0.0
+        # One lock per event loop: an asyncio lock must not cross loops (tests run several).
+        self.locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _fresh(self, generation: int) -> bool:
+        return (self.value is not None and generation == self.generation
+                and time.monotonic() - self.loaded_at < settings.GATEWAY_CONFIG_CACHE_SECONDS)
+
+    async def get(self):
+        if self._fresh(_generations[self.name]):
+            return self.value
+        loop = asyncio.get_running_loop()
+        if (lock := self.locks.get(loop)) is None:
+            lock = self.locks[loop] = asyncio.Lock()
+        async with lock:
+            generation = _generations[self.name]
+            if not self._fresh(generation):
+                try:
+                    self.value = await run_orm(self.load)
+                    self.loaded_at = time.monotonic()
+                except DatabaseError:
+                    if self.value is None:
+                        raise
+                    log.warning("%s not reloaded: database unreachable; keeping the cached ones", self.what)
+                    self.loaded_at = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
+                self.generation = generation
+        return self.value
 
 
 def changed(name: str) -> None:

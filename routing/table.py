@@ -6,17 +6,12 @@ tenant's Route of that name, else a shared Route, else the deployments that
 carry the name as their public model (priority order).
 """
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from django.conf import settings
-from django.db import DatabaseError
 from django.db.models import Q
 
-from gateway_project.orm_thread import run_orm
 from providers.crypto import SecretUnreadable
 from providers.models import Deployment
 
@@ -197,35 +192,11 @@ def _load() -> RoutingTable:
 
 
 
-_table: RoutingTable | None = None
-_table_generation = -1
-_loaded_at = 0.0
-_lock = asyncio.Lock()
-
-
-def _fresh(generation: int) -> bool:
-    return (_table is not None and generation == _table_generation
-            and time.monotonic() - _loaded_at < settings.GATEWAY_CONFIG_CACHE_SECONDS)
+_table = invalidation.Reloaded("routes", _load, "routing table")
 
 
 async def current() -> RoutingTable:
-    global _table, _table_generation, _loaded_at
-    if _fresh(invalidation.generation("routes")):
-        return _table
-    async with _lock:
-        generation = invalidation.generation("routes")
-        if not _fresh(generation):
-            try:
-                _table = await run_orm(_load)
-                _loaded_at = time.monotonic()
-            except DatabaseError:
-                if _table is None:
-                    raise
-                # The database is away: keep routing with the table we have, and ask again in a second.
-                log.warning("routing table not reloaded: database unreachable; keeping the cached one")
-                _loaded_at = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
-            _table_generation = generation
-    return _table
+    return await _table.get()
 
 
 async def route_for_key(key, model: str, mode: str) -> RouteSpec:

@@ -31,7 +31,6 @@ from zoneinfo import ZoneInfo
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import DatabaseError
 from django.db.models import Sum
 
 from gateway_project import redis_health
@@ -115,11 +114,6 @@ def _compute_bounds(period: str, tz: str, now: float) -> tuple[int, int]:
 
 # --- the rules cache -------------------------------------------------------------
 
-_rules: dict[int, list[Rule]] | None = None
-_rules_generation = -1
-_rules_loaded = 0.0
-
-
 def _load_rules() -> dict[int, list[Rule]]:
     table: dict[int, list[Rule]] = {}
     for row in Limit.objects.select_related("tenant"):
@@ -133,21 +127,11 @@ def _load_rules() -> dict[int, list[Rule]]:
     return table
 
 
+_rules = invalidation.Reloaded("limits", _load_rules, "limits")
+
+
 async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
-    global _rules, _rules_generation, _rules_loaded
-    generation = invalidation.generation("limits")
-    if (_rules is None or generation != _rules_generation
-            or time.monotonic() - _rules_loaded > settings.GATEWAY_CONFIG_CACHE_SECONDS):
-        try:
-            _rules, _rules_loaded = await run_orm(_load_rules), time.monotonic()
-        except DatabaseError:
-            if _rules is None:
-                raise
-            # The database is away: keep the limits we have, and ask again in a second.
-            log.warning("limits not reloaded: database unreachable; keeping the cached ones")
-            _rules_loaded = time.monotonic() - settings.GATEWAY_CONFIG_CACHE_SECONDS + 1
-        _rules_generation = generation
-    return [r for r in _rules.get(tenant_id, ()) if r.applies(key_id, model)]
+    return [r for r in (await _rules.get()).get(tenant_id, ()) if r.applies(key_id, model)]
 
 
 # --- admission ------------------------------------------------------------------

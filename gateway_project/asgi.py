@@ -20,10 +20,16 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (after Django is set up)
 
-from gateway_project import metrics, operator  # noqa: E402
-from gateway_project.orm_thread import run_orm  # noqa: E402
-from routing import invalidation, request_log, stats, tracing, upstream  # noqa: E402
-from routing.handler import ApiHandler  # noqa: E402
+from gateway_project import operator  # noqa: E402
+from gateway_project.lib import (  # noqa: E402
+    config_cache,  # noqa: E402
+    metrics,
+    redis_health,
+)
+from gateway_project.lib.orm_thread import run_orm  # noqa: E402
+from routing import stats, upstream  # noqa: E402
+from routing.front import request_log, tracing  # noqa: E402
+from routing.front.handler import ApiHandler  # noqa: E402
 from usage import inflight, recorder, tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -43,10 +49,11 @@ class Lifespan:
         local_only = bool(settings.REDIS_URL) and not settings.USAGE_DRAIN_IN_PROCESS
         tracing.setup()
         self.tasks.append(asyncio.create_task(recorder.drain_forever(self.stop, local_only=local_only)))
-        self.tasks.append(asyncio.create_task(metrics.push_forever(self.stop, sample=_sample_gauges)))
+        self.tasks.append(asyncio.create_task(metrics.push_forever(
+            self.stop, sample=_sample_gauges, on_redis_error=redis_health.failed)))
         self.tasks.append(asyncio.create_task(request_log.flush_forever(self.stop)))
         if settings.REDIS_URL:
-            self.tasks.append(asyncio.create_task(invalidation.listen(self.stop)))
+            self.tasks.append(asyncio.create_task(config_cache.listen(self.stop)))
             self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))
             # This process's heartbeat, and the reaper of streams whose worker died.
             self.tasks.append(asyncio.create_task(inflight.beat_forever(self.stop, recorder.held_ids)))

@@ -5,7 +5,7 @@
   is not backed up (READY_MAX_USAGE_BACKLOG events, READY_MAX_USAGE_LAG
   seconds). 200 or 503, with each check's result. The answer is cached for a
   second, so a load balancer may poll it as often as it likes.
-- GET /metrics: Prometheus text format for the whole fleet (gateway_project.metrics),
+- GET /metrics: Prometheus text format for the whole fleet (gateway_project.lib.metrics),
   for a bearer METRICS_TOKEN or a client address in METRICS_ALLOW.
 """
 
@@ -20,8 +20,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from gateway_project import metrics, redis_health
-from gateway_project.orm_thread import run_orm
+from gateway_project.lib import metrics, redis_health
+from gateway_project.lib.orm_thread import run_orm
 
 PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 READY_CACHE_SECONDS = 1.0
@@ -154,7 +154,7 @@ async def _redis() -> str:
         return "ok (not used: embedded mode)"
     if redis_health.down:
         return REDIS_DOWN
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
 
     try:
         await asyncio.wait_for(async_redis().ping(), CHECK_TIMEOUT)

@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "providers",
     "routing",
     "usage",
+    "gateway_project",  # the composition root: the schedules (gateway_project/apps.py)
 ]
 
 MIDDLEWARE = [
@@ -132,7 +133,7 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # Redis connections each gateway process may open for the hot path.
 REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=50)
 # Seconds between PINGs of a Redis this process found unreachable (each waits at most as long);
-# until one answers, the hot path skips Redis (gateway_project/redis_health.py).
+# until one answers, the hot path skips Redis (gateway_project/lib/redis_health.py).
 REDIS_PROBE_INTERVAL = env.float("REDIS_PROBE_INTERVAL", default=0.5)
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -161,10 +162,10 @@ MANAGEMENT_API_RATE = env.str("MANAGEMENT_API_RATE", default="300/m")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Basic first: a wrong password gets 401 with WWW-Authenticate, not 403.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway_project.api.ThrottledBasicAuthentication",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway_project.lib.rest.ThrottledBasicAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["gateway_project.lib.rest.ManagementThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
                                  "rest_framework.renderers.BrowsableAPIRenderer"],
 }
@@ -202,6 +203,9 @@ USAGE_FLUSH_INTERVAL = env.float("USAGE_FLUSH_INTERVAL", default=1.0)
 USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
 # Gateway processes sharing one Redis: while Redis is unreachable each process
 # enforces 1/GATEWAY_PROCESSES of every rate limit on its own.
+# Extra stages of the request path (routing/front/stages.py), each "point=module.path:attribute",
+# point one of input, admitted, output; the gateway's own stages register themselves.
+GATEWAY_STAGES = env.list("GATEWAY_STAGES", default=[])
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
@@ -287,8 +291,8 @@ if LOG_FORMAT not in ("text", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"text": {"()": "gateway_project.log_format.TextFormatter"},
-                   "json": {"()": "gateway_project.log_format.JsonFormatter"}},
+    "formatters": {"text": {"()": "gateway_project.lib.log_format.TextFormatter"},
+                   "json": {"()": "gateway_project.lib.log_format.JsonFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"gateway.request": {"level": "INFO" if REQUEST_LOG else "WARNING"}},

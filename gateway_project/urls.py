@@ -4,20 +4,20 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from gateway_project.api import sign_in_limited
+from gateway_project import dashboard
+from gateway_project.lib.rest import sign_in_limited
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
-from routing import playground
 from routing.api import RouteViewSet
+from routing.front import playground
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
-from usage import dashboard
 from usage.limits_api import LimitViewSet
 
 
 def admin_login(request, **kwargs):
     """The admin login, throttled per address so passwords cannot be guessed at speed
-    (one allowance with HTTP basic auth on the APIs, see gateway_project/api.py)."""
+    (one allowance with HTTP basic auth on the APIs, see gateway_project/lib/rest.py)."""
     if request.method == "POST" and sign_in_limited(request, count=True):
         return HttpResponse("Too many login attempts. Wait a minute and try again.", status=429,
                             content_type="text/plain", headers={"retry-after": "60"})
@@ -35,7 +35,7 @@ manage.register("routes", RouteViewSet, basename="manage-route")
 manage.register("limits", LimitViewSet, basename="manage-limit")
 manage.register("audit", AuditLogViewSet, basename="manage-audit")
 
-# The admin index is the dashboard (usage/dashboard.py); the playground is routing/playground.py.
+# The admin index is the dashboard (gateway_project/dashboard.py); the playground is routing/front/playground.py.
 admin.site.index_template = "admin/gateway_index.html"
 admin.site.site_header = admin.site.site_title = "LLM gateway"
 admin.site.index_title = "Dashboard"

@@ -8,8 +8,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
-from gateway_project.scoped_admin import ScopedAdminMixin, check
 from tenants import audit
+from tenants.scoped_admin import ScopedAdminMixin, check
 from usage.admin import LimitInline
 
 from .models import ApiKey

@@ -9,8 +9,8 @@ from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from gateway_project.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 from tenants import audit
+from tenants.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 
 from .models import ApiKey
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import DatabaseError
 
-from gateway_project.orm_thread import run_orm
-from routing import errors, invalidation
+from gateway_project.lib import config_cache, errors
+from gateway_project.lib.orm_thread import run_orm
 
 from . import hashing
 from .models import ApiKey
@@ -90,7 +90,7 @@ async def authenticate(raw_key: str | None) -> KeyInfo:
     if not hashing.is_well_formed(raw_key):
         raise errors.invalid_key()
     digest = hashing.hash_key(raw_key)
-    generation = invalidation.generation("keys")
+    generation = config_cache.generation("keys")
     if generation != _cache_generation:
         _cache.clear()
         _cache_generation = generation
@@ -107,7 +107,7 @@ async def authenticate(raw_key: str | None) -> KeyInfo:
             info, now = entry[0], now - ttl + 1
         if len(_cache) >= MAX_ENTRIES:
             _cache.clear()
-        if invalidation.generation("keys") == generation:
+        if config_cache.generation("keys") == generation:
             _cache[digest] = (info, now)
     else:
         info = entry[0]

@@ -3,7 +3,7 @@
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from routing import invalidation
+from gateway_project.lib import config_cache
 from tenants.models import Tenant
 
 from .models import ApiKey
@@ -12,6 +12,6 @@ from .models import ApiKey
 @receiver([post_save, post_delete], sender=ApiKey)
 @receiver([post_save, post_delete], sender=Tenant)
 def keys_changed(sender, **kwargs) -> None:
-    invalidation.changed("keys")
+    config_cache.changed("keys")
     if sender is Tenant:
-        invalidation.changed("routes")
+        config_cache.changed("routes")

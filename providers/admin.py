@@ -1,8 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 
-from gateway_project.readonly_admin import ReadOnlyAdmin
-from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+from gateway_project.lib.readonly_admin import ReadOnlyAdmin
+from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import health
 from .connection import check_connection

@@ -6,7 +6,7 @@ encrypted, never returned (`api_key_set` says whether one is stored).
 
 from rest_framework import serializers
 
-from gateway_project.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
+from tenants.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 from tenants.scoping import scope_of
 
 from .models import Deployment, Provider

@@ -3,7 +3,7 @@
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from routing import invalidation
+from gateway_project.lib import config_cache
 
 from .models import Deployment, Provider
 
@@ -11,4 +11,4 @@ from .models import Deployment, Provider
 @receiver([post_save, post_delete], sender=Provider)
 @receiver([post_save, post_delete], sender=Deployment)
 def routes_changed(sender, **kwargs) -> None:
-    invalidation.changed("routes")
+    config_cache.changed("routes")

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from gateway_project.joblock import single_run
+from gateway_project.lib.joblock import single_run
 
 from . import health
 

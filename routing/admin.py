@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from gateway_project.readonly_admin import ReadOnlyAdmin
-from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+from gateway_project.lib.readonly_admin import ReadOnlyAdmin
+from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import breakers
 from .models import CircuitEvent, Route, RouteRule, RouteTarget

@@ -2,8 +2,8 @@
 
 from django.db import transaction
 
-from gateway_project.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 from providers.models import Deployment
+from tenants.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 
 from .models import Route, RouteRule, RouteTarget
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import redis
 from django.conf import settings
 
-from gateway_project import metrics, redis_health
-from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import channel, sync_redis
+from gateway_project.lib import config_cache, metrics, redis_health
+from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.redis_pool import channel, sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
     codes = {"closed": 0, "open": 1, "half_open": 2}
     if not settings.REDIS_URL or not deployment_ids:
         return {d: codes[state(d)] for d in deployment_ids}
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
 
     values = await async_redis().mget([f"gw:cb:{d}" for d in deployment_ids])
     now = time.time()
@@ -182,3 +182,7 @@ def load_shared() -> None:
         value = client.get(key)
         if value:
             apply(int(key.decode().split(":")[2]), float(value))
+
+
+# Every process follows other processes' breaker changes through the config listener.
+config_cache.subscribe(CHANNEL, on_message, resync=load_shared)

@@ -3,7 +3,8 @@
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import invalidation
+from gateway_project.lib import config_cache
+
 from .models import Route, RouteRule, RouteTarget
 
 
@@ -11,4 +12,4 @@ from .models import Route, RouteRule, RouteTarget
 @receiver([post_save, post_delete], sender=RouteTarget)
 @receiver([post_save, post_delete], sender=RouteRule)
 def routes_changed(sender, **kwargs) -> None:
-    invalidation.changed("routes")
+    config_cache.changed("routes")

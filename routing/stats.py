@@ -15,8 +15,8 @@ import time
 import redis
 from django.conf import settings
 
-from gateway_project import redis_health
-from gateway_project.redis_pool import async_redis
+from gateway_project.lib import redis_health
+from gateway_project.lib.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
 

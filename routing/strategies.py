@@ -123,7 +123,9 @@ def healthy_first(targets: list[Target]) -> list[Target]:
 
 async def plan(spec: RouteSpec, facts: Facts, tenant_id: int, count_prompt) -> tuple[RouteSpec, list[Target]]:
     """The route that serves this request and its targets in the order to try them."""
-    from . import errors, table
+    from gateway_project.lib import errors
+
+    from . import table
 
     preferred: list[Target] = []
     rule = matching_rule(spec, facts, count_prompt)

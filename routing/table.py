@@ -1,7 +1,7 @@
 """The routing table: public model names -> routes -> deployments, cached per process.
 
 Loaded whole from the database (it is small) and kept until a change is
-announced (routing.invalidation) or it expires. A name is served by the
+announced (gateway_project.lib.config_cache) or it expires. A name is served by the
 tenant's Route of that name, else a shared Route, else the deployments that
 carry the name as their public model (priority order).
 """
@@ -12,10 +12,10 @@ from decimal import Decimal
 
 from django.db.models import Q
 
+from gateway_project.lib import config_cache, errors
 from providers.crypto import SecretUnreadable
 from providers.models import Deployment
 
-from . import errors, invalidation
 from .models import Route, RouteRule, RouteTarget
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def target_for(provider, deployment=None) -> Target:
     )
 
 
-def _load() -> RoutingTable:
+def load() -> RoutingTable:
+    """The routing table as the database holds it now (sync, ORM)."""
     deployments = Deployment.objects.filter(_LIVE).select_related("provider").order_by(
         "public_model", "priority", "id")
     targets = [t for d in deployments if (t := _target(d)) is not None]
@@ -192,7 +193,7 @@ def _load() -> RoutingTable:
 
 
 
-_table = invalidation.Reloaded("routes", _load, "routing table")
+_table = config_cache.Reloaded("routes", load, "routing table")
 
 
 async def current() -> RoutingTable:

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from gateway_project import metrics
+from gateway_project.lib import metrics
 from providers import adapters, netguard
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
 

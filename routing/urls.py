@@ -1,12 +1,12 @@
 from django.urls import path
 
-from . import views
+from .front import chat, completions, embeddings, messages, models
 
 urlpatterns = [
-    path("v1/chat/completions", views.chat_completions),
-    path("v1/messages", views.messages),
-    path("v1/completions", views.completions),
-    path("v1/embeddings", views.embeddings),
-    path("v1/models", views.models),
-    path("v1/openapi.json", views.openapi),
+    path("v1/chat/completions", chat.chat_completions),
+    path("v1/messages", messages.messages),
+    path("v1/completions", completions.completions),
+    path("v1/embeddings", embeddings.embeddings),
+    path("v1/models", models.models),
+    path("v1/openapi.json", models.openapi),
 ]

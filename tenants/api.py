@@ -6,8 +6,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers
 
-from gateway_project.api import query_moment, query_text
-from gateway_project.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
+from gateway_project.lib.rest import query_moment, query_text
+from tenants.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 
 from . import members
 from .models import AuditLog, Membership, Tenant

@@ -24,6 +24,8 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 
+from gateway_project.lib.request_ids import request_id_from
+
 AUDITED = [
     "tenants.Tenant", "tenants.Membership", "keys.ApiKey", "providers.Provider", "providers.Deployment",
     "routing.Route", "routing.RouteTarget", "routing.RouteRule", "usage.Limit",
@@ -81,8 +83,6 @@ class AuditMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        from routing.call import request_id_from
-
         request.request_id = request_id_from(request.headers)
         with acting(request=request, address=request.META.get("REMOTE_ADDR"), request_id=request.request_id):
             response = self.get_response(request)

@@ -7,8 +7,8 @@ usage of those keys. Objects outside that are absent: lists leave them out and
 ids give 404, never 403, so nobody learns what exists elsewhere.
 
 What each role may do with each model is the table `RULES` below; the admin
-(gateway_project/scoped_admin.py) and the management API
-(gateway_project/api.py) both ask this module and nothing else. Django's own
+(tenants/scoped_admin.py) and the management API
+(gateway_project/lib/rest.py) both ask this module and nothing else. Django's own
 model permissions and groups play no part for tenant users: their Membership
 is their permission. (A non-superuser without a membership therefore sees no
 tenant's data, whatever Django permissions they hold: removing someone's last

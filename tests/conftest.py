@@ -72,7 +72,7 @@ class Server:
 @pytest.fixture(scope="session", autouse=True)
 def _close_orm_pool_connections(django_db_setup):
     yield
-    from gateway_project.orm_thread import close_connections
+    from gateway_project.lib.orm_thread import close_connections
 
     close_connections()
 

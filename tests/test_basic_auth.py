@@ -11,7 +11,7 @@ from django.conf import global_settings
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.cache import cache
 
-from gateway_project.api import verified_credentials
+from gateway_project.lib.rest import verified_credentials
 from tests.test_management_api import member_of
 
 PASSWORD = "the-Right-password-31"

@@ -363,7 +363,7 @@ def test_redis_paused_and_resumed_keeps_the_documented_limits_behaviour_and_lose
                 + [(post_chat, (server.url, keys["credit"][1], f"credit-{i}", i == 1)) for i in range(2)]
                 + [(post_chat, (server.url, keys["rate"][1], f"rate-{i}", i % 2 == 1)) for i in range(7)])
             # Those calls found Redis hanging, each waiting out a socket timeout; the process now
-            # knows (gateway_project/redis_health.py), and the calls after them skip Redis at once.
+            # knows (gateway_project/lib/redis_health.py), and the calls after them skip Redis at once.
             later = [post_chat(server.url, keys[name][1], f"{name}-later-{i}", stream)
                      for i, (name, stream) in enumerate([("budget", False), ("credit", False), ("credit", True),
                                                          ("rate", False), ("budget", False), ("credit", False)])]

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway_project.lib.errors import GatewayError
 from providers.adapters import ADAPTERS
 from providers.adapters.base import StreamEvent, UpstreamRequest
-from routing import upstream, validation
-from routing.errors import GatewayError
+from routing import upstream
+from routing.front import validation
 from routing.table import Target
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,7 +202,7 @@ anthropic_bodies = st.fixed_dictionaries(
 @FUZZ
 @given(body=anthropic_bodies)
 def test_any_messages_api_request_is_translated_or_refused_with_a_400(kind, body):
-    from routing import anthropic_front
+    from routing.front import messages as anthropic_front
 
     request = SimpleNamespace(body=orjson.dumps(body))
     try:
@@ -209,7 +210,7 @@ def test_any_messages_api_request_is_translated_or_refused_with_a_400(kind, body
         try:
             translated = anthropic_front.to_openai(checked)
         except upstream.MALFORMED:
-            return  # the view answers these with a 400 (see routing/views.py)
+            return  # the view answers these with a 400 (see routing/front/)
         built = ADAPTERS[kind].chat_request(target(kind), validation.chat(translated), "req_fuzz")
     except GatewayError as error:
         assert error.status == 400, error.status

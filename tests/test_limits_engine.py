@@ -8,7 +8,7 @@ import redis as redis_sync
 from django.conf import settings as django_settings
 from django.core import mail
 
-from routing.errors import GatewayError
+from gateway_project.lib.errors import GatewayError
 from tenants.models import AuditLog, Membership
 from usage import limits
 from usage.limits_local import local

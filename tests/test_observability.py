@@ -401,7 +401,7 @@ def test_traces_reach_an_otlp_collector_with_genai_attributes(gateway_env, traff
 
 def test_tracing_off_imports_no_tracing_sdk():
     # (redis-py imports opentelemetry.sdk.metrics on its own when it is installed, to see whether it is.)
-    code = ("import sys, gateway_project.asgi as a; from routing import tracing; "
+    code = ("import sys, gateway_project.asgi as a; from routing.front import tracing; "
             "print(tracing.enabled, any(m.startswith(('opentelemetry.sdk.trace', 'opentelemetry.exporter'"
             ")) for m in sys.modules))")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
@@ -527,7 +527,7 @@ def test_readyz_is_unready_while_the_usage_buffer_is_backed_up(gateway_env, traf
 
 
 def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exports(gateway):
-    from gateway_project.metrics import SPECS
+    from gateway_project.lib.metrics import SPECS
     from usage.tasks import drain_usage
 
     drain_usage.apply()  # so that the job's last success is exported too

@@ -95,9 +95,9 @@ def test_stream_chunks_reach_the_client_as_the_upstream_sends_them(key_client, g
 
 
 def test_stream_events_arriving_together_are_relayed_together_and_one_malformed_ends_it_after_them():
+    from gateway_project.lib.errors import GatewayError
     from providers.adapters.base import StreamEvent
     from routing import upstream
-    from routing.errors import GatewayError
 
     def chunk(text):
         return b'data: {"content": "' + text + b'"}\n\n'

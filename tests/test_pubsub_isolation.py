@@ -5,7 +5,7 @@ import time
 
 import redis
 
-from gateway_project.redis_pool import channel
+from gateway_project.lib.redis_pool import channel
 from providers.models import Deployment
 
 

@@ -1,4 +1,4 @@
-"""The "Redis is down" memo (gateway_project/redis_health.py), against a Redis server of the test's own
+"""The "Redis is down" memo (gateway_project/lib/redis_health.py), against a Redis server of the test's own
 paused with SIGSTOP: a hanging Redis costs one socket timeout, not one per call, and is used again as
 soon as it answers."""
 
@@ -20,7 +20,7 @@ def event(request_id: str) -> dict:
 
 def record_each(events: list[dict]) -> list[float]:
     """Buffer the events one after the other (usage.recorder.record, the hot path's last step); the seconds each took."""
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
     from usage import recorder
 
     async def run() -> list[float]:
@@ -42,7 +42,7 @@ def probing() -> bool:
 
 
 def test_a_hanging_redis_costs_one_timeout_then_is_skipped_until_it_answers_again(own_redis, settings):
-    from gateway_project import redis_health
+    from gateway_project.lib import redis_health
     from usage import recorder
 
     settings.REDIS_URL = own_redis.url
@@ -71,7 +71,7 @@ def test_a_hanging_redis_costs_one_timeout_then_is_skipped_until_it_answers_agai
 
 
 def test_an_error_reply_or_a_full_pool_does_not_mark_redis_down():
-    from gateway_project import redis_health
+    from gateway_project.lib import redis_health
 
     redis_health.failed(redis.ResponseError("ERR Error running script"))
     redis_health.failed(redis.ConnectionError("No connection available."))

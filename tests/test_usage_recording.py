@@ -116,7 +116,7 @@ def test_celery_task_drains_the_redis_buffer_once_per_request(transactional_db, 
 
     from django_celery_beat.models import PeriodicTask
 
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
     from usage.tasks import drain_usage
 
     event = {"request_id": "via-celery-1", "ts": 1_700_000_000.0, "tenant_id": tenant.id,

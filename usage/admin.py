@@ -2,8 +2,8 @@ from decimal import Decimal
 
 from django.contrib import admin
 
-from gateway_project.readonly_admin import ReadOnlyAdmin
-from gateway_project.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+from gateway_project.lib.readonly_admin import ReadOnlyAdmin
+from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
 from . import limits

@@ -19,7 +19,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway_project.api import query_moment, query_text
+from gateway_project.lib.rest import query_moment, query_text
 from tenants.scoping import scope_for
 
 from .models import UsageRecord

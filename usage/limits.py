@@ -12,7 +12,7 @@ share of each limit (GATEWAY_PROCESSES); quotas and budgets refuse (fail
 closed) unless the limit grants an offline credit, which this process may then
 spend while Redis is down. Usage is never lost (usage.recorder holds it).
 Once a command has failed, Redis is skipped at once until it answers a PING
-again (gateway_project/redis_health.py).
+again (gateway_project/lib/redis_health.py).
 Period counters missing from Redis (a restart, a new period) are rebuilt from
 the usage records in the database.
 """
@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -33,10 +33,10 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db.models import Sum
 
-from gateway_project import redis_health
-from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import async_redis
-from routing import errors, invalidation
+from gateway_project.lib import config_cache, errors, redis_health
+from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.periods import calendar_bounds
+from gateway_project.lib.redis_pool import async_redis
 
 from . import limit_scripts
 from .models import Limit, UsageRecord
@@ -90,26 +90,9 @@ def period_bounds(rule: Rule, now: float) -> tuple[int, int]:
     now_ms = now * 1000
     if cached and cached[0] <= now_ms < cached[1]:
         return cached
-    bounds = _compute_bounds(rule.period, rule.tz, now)
+    bounds = calendar_bounds(rule.period, rule.tz, now)
     _bounds[(rule.period, rule.tz)] = bounds
     return bounds
-
-
-def _compute_bounds(period: str, tz: str, now: float) -> tuple[int, int]:
-    local = datetime.fromtimestamp(now, ZoneInfo(tz))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == Limit.Period.DAY:
-        end = start + timedelta(days=1)
-    elif period == Limit.Period.WEEK:
-        start -= timedelta(days=start.weekday())
-        end = start + timedelta(days=7)
-    else:
-        start = start.replace(day=1)
-        end = (start + timedelta(days=32)).replace(day=1)
-    # Re-attach the zone after arithmetic so DST changes land on the right hour.
-    start = start.replace(tzinfo=None).replace(tzinfo=ZoneInfo(tz))
-    end = end.replace(tzinfo=None).replace(tzinfo=ZoneInfo(tz))
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
 # --- the rules cache -------------------------------------------------------------
@@ -127,7 +110,7 @@ def _load_rules() -> dict[int, list[Rule]]:
     return table
 
 
-_rules = invalidation.Reloaded("limits", _load_rules, "limits")
+_rules = config_cache.Reloaded("limits", _load_rules, "limits")
 
 
 async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
@@ -353,7 +336,7 @@ def current_uses(limits: list[Limit]) -> dict[int, dict[str, int]]:
 
 
 def _current_use_redis(rule: Rule, now: float, start: int) -> dict[str, int]:
-    from gateway_project.redis_pool import sync_redis
+    from gateway_project.lib.redis_pool import sync_redis
 
     client, base = sync_redis(), f"gw:lim:{rule.id}"
     buckets = client.hgetall(f"{base}:tpm")

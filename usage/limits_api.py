@@ -6,8 +6,8 @@ and admins see them and set limits on their keys (tenants/scoping.py).
 
 from rest_framework import serializers
 
-from gateway_project.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 from keys.models import ApiKey
+from tenants.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 from tenants.scoping import scope_of
 
 from .models import Limit

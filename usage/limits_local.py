@@ -11,8 +11,8 @@ from collections import deque
 
 from django.conf import settings
 
-from gateway_project.orm_thread import run_orm
-from routing import errors
+from gateway_project.lib import errors
+from gateway_project.lib.orm_thread import run_orm
 
 from . import limits
 from .limits import Admission, Rule

@@ -22,9 +22,9 @@ import orjson
 import redis
 from django.conf import settings
 
-from gateway_project import metrics, redis_health
-from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import async_redis, sync_redis
+from gateway_project.lib import metrics, redis_health
+from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
 from . import inflight

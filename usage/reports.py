@@ -25,6 +25,7 @@ from django.db.models import Count, Q, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from gateway_project.lib.periods import calendar_bounds
 from tenants.models import Tenant
 
 from .alerts import tenant_admin_emails
@@ -103,14 +104,12 @@ def _top(records, *fields: str) -> list[dict]:
 
 def _budgets(tenant: Tenant, until: datetime) -> list[dict]:
     """Each budget's use in its period, as of the end of the report's period."""
-    from .limits import _compute_bounds
-
     now = until - timedelta(microseconds=1)
     found = []
     for limit in Limit.objects.filter(tenant=tenant, budget_usd__isnull=False).select_related("api_key"):
         records = UsageRecord.objects.filter(tenant=tenant, created_at__lt=until)
         if limit.period != Limit.Period.TOTAL:
-            start_ms, _ = _compute_bounds(limit.period, tenant.time_zone or "UTC", now.timestamp())
+            start_ms, _ = calendar_bounds(limit.period, tenant.time_zone or "UTC", now.timestamp())
             records = records.filter(created_at__gte=datetime.fromtimestamp(start_ms / 1000, UTC))
         if limit.api_key_id:
             records = records.filter(api_key_id=limit.api_key_id)

@@ -23,6 +23,8 @@ from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncHour
 
+from gateway_project.lib.percentiles import percentile
+
 from .models import UsageRecord, UsageRollup
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,6 @@ def bucket_start(moment: datetime, granularity: str) -> datetime:
     return moment.replace(hour=0) if granularity == "day" else moment
 
 
-def _percentile(values: list[int], fraction: float) -> float:
-    """percentile_cont: linear interpolation between the closest ranks."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * fraction
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def _groups(start: datetime, end: datetime) -> list[tuple]:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -75,7 +68,7 @@ def _groups(start: datetime, end: datetime) -> list[tuple]:
         result.append((tenant, key, max(r[2] for r in rows), model, provider, len(rows),
                        sum(r[5] not in NOT_ERRORS for r in rows), sum(r[6] for r in rows), sum(r[7] for r in rows),
                        sum(r[8] for r in rows), sum((r[9] for r in rows), Decimal(0)),
-                       _percentile(latencies, 0.5), _percentile(latencies, 0.95)))
+                       percentile(latencies, 0.5), percentile(latencies, 0.95)))
     return result
 
 

@@ -3,7 +3,7 @@
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from routing import invalidation
+from gateway_project.lib import config_cache
 from tenants.models import Tenant
 
 from .models import Limit
@@ -12,4 +12,4 @@ from .models import Limit
 @receiver([post_save, post_delete], sender=Limit)
 @receiver([post_save, post_delete], sender=Tenant)
 def limits_changed(sender, **kwargs) -> None:
-    invalidation.changed("limits")
+    config_cache.changed("limits")

@@ -4,7 +4,7 @@ each is idempotent besides (recomputed buckets, claimed deliveries)."""
 
 from celery import shared_task
 
-from gateway_project.joblock import single_run
+from gateway_project.lib.joblock import single_run
 
 from . import prompts, recorder, reports, retention, rollups
 

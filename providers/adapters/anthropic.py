@@ -9,7 +9,7 @@ returned as the message text.
 
 import orjson
 
-from routing.errors import GatewayError
+from gateway_project.lib.errors import GatewayError
 
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_error

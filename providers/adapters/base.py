@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from routing.errors import GatewayError
+from gateway_project.lib.errors import GatewayError
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ import uuid
 
 import orjson
 
-from routing.errors import GatewayError
+from gateway_project.lib.errors import GatewayError
 
 from .base import StreamEvent, Usage
 

@@ -8,9 +8,9 @@ logging; then a redacted copy (usage.prompts) travels with it.
 
 The hot path only appends the call's fields to a queue; a background task
 (see asgi.py) writes the lines a few times a second, after the responses
-have gone out, as one log record per write (gateway_project.log_format
+have gone out, as one log record per write (gateway_project.lib.log_format
 formats it as one line per request). Set REQUEST_LOG=false to turn the lines off; LOG_FORMAT picks
-JSON or text (gateway_project.log_format).
+JSON or text (gateway_project.lib.log_format).
 """
 
 import asyncio
@@ -42,7 +42,7 @@ def emit(call) -> None:
 
 
 def flush() -> int:
-    """Write every queued line, as one log record (gateway_project.log_format); return how many."""
+    """Write every queued line, as one log record (gateway_project.lib.log_format); return how many."""
     if not _queue:
         return 0
     batch = list(_queue)

@@ -2,45 +2,21 @@
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
 
+from gateway_project.lib.errors import GatewayError
+from gateway_project.lib.request_ids import new_request_id
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
+from routing.table import Target
 from usage import limits, prompts, recorder, tokens
 from usage.limits import Admission
 
-from .errors import GatewayError
-from .table import Target
-
 log = logging.getLogger(__name__)
-
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
-
-
-def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
-
-
-def client_request_id(headers) -> str:
-    """The client's x-request-id when it is sane, else "".
-
-    It is echoed back and stored beside the gateway's own id, never used as the
-    usage record's key: a client repeating one id must still be billed per call.
-    """
-    given = headers.get("x-request-id")
-    return given if given and _CLIENT_REQUEST_ID.match(given) else ""
-
-
-def request_id_from(headers) -> str:
-    """The id to answer with: the client's, or a new one."""
-    return client_request_id(headers) or new_request_id()
-
 
 @dataclass(slots=True)
 class Call:

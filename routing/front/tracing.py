@@ -15,7 +15,7 @@ gen_ai.response.model, gen_ai.usage.input_tokens, ...). A `traceparent` sent
 by the client makes the request span its child.
 
 The spans are built when the call is over, from the times it noted on the way
-(routing.call.Call), so no span object lives through the request; the price is
+(routing.front.call.Call), so no span object lives through the request; the price is
 that the upstream calls carry no `traceparent` of their own.
 """
 

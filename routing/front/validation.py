@@ -7,7 +7,7 @@ validates the rest and its 400s are passed on.
 import orjson
 from django.conf import settings
 
-from . import errors
+from gateway_project.lib import errors
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

@@ -28,7 +28,7 @@ import time
 import redis
 from django.conf import settings
 
-from gateway_project import metrics
+from gateway_project.lib import metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ import logging
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import redis
@@ -20,15 +22,32 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from gateway_project.orm_thread import run_orm
-from gateway_project.redis_pool import channel
+from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.redis_pool import channel
 
 log = logging.getLogger(__name__)
 
 CHANNEL = channel("config-changed")
-NAMES = ("keys", "routes", "limits")
 
 _generations: dict[str, int] = defaultdict(int)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """Another pub/sub channel the listener follows for an app: `on_message` gets each
+    message's text; `resync` (sync, run in a thread) catches up on what was missed
+    while not subscribed."""
+
+    on_message: Callable[[str], None]
+    resync: Callable[[], None] | None = None
+
+
+_subscriptions: dict[str, Subscription] = {}
+
+
+def subscribe(channel_name: str, on_message: Callable[[str], None], resync: Callable[[], None] | None = None) -> None:
+    """Follow `channel_name` in every gateway process's listener (the app that owns it registers it)."""
+    _subscriptions[channel_name] = Subscription(on_message, resync)
 
 
 def generation(name: str) -> int:
@@ -101,24 +120,25 @@ def changed(name: str) -> None:
 
 async def listen(stop: asyncio.Event) -> None:
     """Apply changes announced by other processes until stop is set."""
-    from . import breakers
-
     while not stop.is_set():
         client = aioredis.Redis.from_url(settings.REDIS_URL)
         try:
             async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL, breakers.CHANNEL)
+                await pubsub.subscribe(CHANNEL, *_subscriptions)
                 # Anything may have changed while we were not subscribed.
-                for name in NAMES:
+                for name in list(_generations):
                     bump(name)
-                await asyncio.to_thread(breakers.load_shared)
+                for subscription in _subscriptions.values():
+                    if subscription.resync is not None:
+                        await asyncio.to_thread(subscription.resync)
                 while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and message["type"] == "message":
-                        if message["channel"] == breakers.CHANNEL.encode():
-                            breakers.on_message(message["data"].decode())
+                        name, data = message["channel"].decode(), message["data"].decode()
+                        if (subscription := _subscriptions.get(name)) is not None:
+                            subscription.on_message(data)
                         else:
-                            bump(message["data"].decode())
+                            bump(data)
         except (redis.RedisError, OSError):
             log.warning("config change listener lost Redis; retrying")
             await asyncio.sleep(1.0)

@@ -188,7 +188,7 @@ async def push() -> None:
             for field, value in fields.items():
                 _totals[field] = _totals.get(field, 0) + value
         return
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
 
     gauges = orjson.dumps({"ts": time.time(), "g": _gauges})
     try:
@@ -202,8 +202,9 @@ async def push() -> None:
         raise
 
 
-async def push_forever(stop: asyncio.Event, sample=None) -> None:
-    """Push every METRICS_PUSH_INTERVAL; `sample()` first sets gauges read rather than counted."""
+async def push_forever(stop: asyncio.Event, sample=None, on_redis_error=None) -> None:
+    """Push every METRICS_PUSH_INTERVAL; `sample()` first sets gauges read rather than counted.
+    `on_redis_error(exc)` hears of a push Redis did not take (the health memo, redis_health.failed)."""
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.METRICS_PUSH_INTERVAL)
@@ -214,9 +215,8 @@ async def push_forever(stop: asyncio.Event, sample=None) -> None:
         try:
             await push()
         except (redis.RedisError, OSError) as exc:
-            from gateway_project import redis_health
-
-            redis_health.failed(exc)  # noticed here, the hot path need not wait to find out
+            if on_redis_error is not None:
+                on_redis_error(exc)  # noticed here, the hot path need not wait to find out
             log.debug("metrics: Redis unreachable; counts kept for the next push")
 
 
@@ -225,7 +225,7 @@ async def leave() -> None:
     _gauges.update({name: 0 for name in _gauges})
     await push()
     if settings.REDIS_URL:
-        from gateway_project.redis_pool import async_redis
+        from gateway_project.lib.redis_pool import async_redis
 
         await async_redis().hdel(GAUGES_KEY, PROC)
 
@@ -234,7 +234,7 @@ def shared_inc(name: str, *labels: str, by: float = 1) -> None:
     """Count from code that runs outside the event loop (jobs, drains, Celery): straight to Redis."""
     field = _field((name, *labels))
     if settings.REDIS_URL:
-        from gateway_project.redis_pool import sync_redis
+        from gateway_project.lib.redis_pool import sync_redis
 
         try:
             sync_redis().hincrbyfloat(COUNTERS_KEY, field, by)
@@ -248,7 +248,7 @@ def shared_inc(name: str, *labels: str, by: float = 1) -> None:
 def job_finished(task: str, outcome: str) -> None:
     shared_inc("gateway_job_runs_total", task, outcome)
     if outcome == "success" and settings.REDIS_URL:
-        from gateway_project.redis_pool import sync_redis
+        from gateway_project.lib.redis_pool import sync_redis
 
         try:
             sync_redis().hset(LAST_RUN_KEY, task, time.time())
@@ -270,7 +270,7 @@ async def collect() -> tuple[dict[bytes, float], list[dict], dict[str, float]]:
         await push()
         with _totals_lock:
             return dict(_totals), [{"ts": time.time(), "g": dict(_gauges)}], dict(_last_runs)
-    from gateway_project.redis_pool import async_redis
+    from gateway_project.lib.redis_pool import async_redis
 
     async with async_redis().pipeline(transaction=False) as pipe:
         pipe.hgetall(COUNTERS_KEY)

@@ -21,16 +21,17 @@ from django.db.models.functions import Trunc
 from django.http import HttpResponse
 from rest_framework.exceptions import ValidationError
 
-from gateway_project.api import query_moment
+from gateway_project.lib import errors
+from gateway_project.lib.percentiles import percentile
+from gateway_project.lib.rest import query_moment
 from providers import health
 from providers.models import Deployment
-from routing import breakers, errors
+from routing import breakers
 from tenants.models import Tenant
 from tenants.scoping import scope_for
-
-from . import limits
-from .models import Limit, UsageRecord
-from .rollups import NOT_ERRORS, _percentile
+from usage import limits
+from usage.models import Limit, UsageRecord
+from usage.rollups import NOT_ERRORS
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -134,7 +135,7 @@ def _row(values: dict) -> dict:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "tokens": prompt + completion,
-        "cost_usd": str(values.get("cost_usd") or Decimal(0)),
+        "cost_usd": format(values.get("cost_usd") or Decimal(0), "f"),  # never "2E-8"
         "p50_ms": round(values["p50"]) if values.get("p50") is not None else None,
         "p95_ms": round(values["p95"]) if values.get("p95") is not None else None,
     }
@@ -152,8 +153,8 @@ def _grouped(records, field: str | None) -> list[dict]:
         latencies[value if field else None].append(latency)
     for row in result:
         values = latencies.get(row[field] if field else None)
-        row["p50"] = _percentile(values, 0.5) if values else None
-        row["p95"] = _percentile(values, 0.95) if values else None
+        row["p50"] = percentile(values, 0.5) if values else None
+        row["p95"] = percentile(values, 0.95) if values else None
     return result
 
 

@@ -3,7 +3,7 @@
 The page lists the keys the signed-in user may use (staff: all; a tenant's
 owners and admins: the tenant's; members: their own) and, for each, the models
 and routes that key may call. A call goes through the API's own view,
-`views.chat_completions`, so it is authenticated as that key, limited,
+`chat.chat_completions`, so it is authenticated as that key, limited,
 routed, retried, streamed and billed to the key's tenant exactly like a
 client's call; only the key's secret is not needed, since the user proved who
 they are by signing in (secrets are never stored, so it could not be).
@@ -19,11 +19,13 @@ from django.contrib import admin
 from django.http import HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 
+from gateway_project.lib import errors
 from keys.auth import info_for
 from keys.models import ApiKey
+from routing import table
 from tenants.scoping import scope_for
 
-from . import errors, table, views
+from . import chat
 
 # What the page shows of the usage event.
 SHOWN = ("request_id", "provider_name", "deployment_id", "upstream_model", "route", "strategy", "attempts",
@@ -37,7 +39,7 @@ def usable_keys(user):
 
 
 def _choices(user) -> list[dict]:
-    routing_table = table._load()
+    routing_table = table.load()
     choices = []
     for key in usable_keys(user):
         info = info_for(key)
@@ -108,7 +110,7 @@ async def call(request) -> HttpResponse:
 
     request.gateway_key = info
     request._body = orjson.dumps(_chat_body(form))
-    response = await views.chat_completions(request)
+    response = await chat.chat_completions(request)
     gateway_call = request.gateway_call
     if not isinstance(response, StreamingHttpResponse):
         if response.status_code != 200:

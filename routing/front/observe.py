@@ -3,12 +3,12 @@
 `finished` runs once per call, after its usage is settled (for a stream, after
 its last event). It only adds to this process's counters and queues the log
 line; the trace, when tracing is on, is built from times the call noted on the
-way (routing.tracing).
+way (routing.front.tracing).
 """
 
 import time
 
-from gateway_project import metrics
+from gateway_project.lib import metrics
 from usage.limits import REFUSALS
 
 from . import request_log, tracing

@@ -11,9 +11,14 @@ import uuid
 import orjson
 from django.http import HttpResponse
 
+from gateway_project.lib import errors
+from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, Usage
+from routing import upstream
 
-from . import errors
+from . import estimates, relay, validation
+from .endpoint import front_view
+from .pipeline import Front, json_response, read_chat
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -283,3 +288,33 @@ class Stream:
 
     def error(self, error: errors.GatewayError) -> bytes:
         return _sse("error", {"error": _error_body(error)["error"]})
+
+
+# --- the endpoint (POST /v1/messages) ----------------------------------------------
+
+def parse(request) -> dict:
+    body = validation.messages_body(request)
+    try:
+        body = to_openai(body)
+    except upstream.MALFORMED:
+        raise errors.bad_request("The request does not follow the Messages API: check the content blocks, "
+                                 "tools and system prompt.", code="invalid_value") from None
+    # What every adapter relies on holds for the translated request too.
+    return validation.chat(body)
+
+
+def build(adapter, target, body: dict, call):
+    return adapter.chat_request(target, body, call.request_id)
+
+
+async def answer(call, attempt, body: dict):
+    if body.get("stream"):
+        translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, True)
+        return relay.relay_stream(call, attempt, translate, Stream(call.model))
+    _, completion, _ = await read_chat(call, attempt, body)
+    message = upstream.decode(attempt.target, from_openai, completion, call.model)
+    return json_response(orjson.dumps(message))
+
+
+FRONT = Front("messages", "POST", "chat", parse, build, answer, estimates.chat, error_shape=error_response)
+messages = front_view(FRONT)

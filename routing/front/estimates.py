@@ -9,9 +9,8 @@ reserved and the settlement corrects it.
 
 from django.conf import settings
 
+from routing.table import Target
 from usage.limits import to_micros
-
-from .table import Target
 
 
 def _worst_cost(targets: list[Target], prompt: int, completion: int) -> int:

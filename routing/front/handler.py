@@ -16,10 +16,8 @@ from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import Resolver404, get_resolver
 
-from gateway_project import metrics
-
-from . import errors
-from .call import request_id_from
+from gateway_project.lib import errors, metrics
+from gateway_project.lib.request_ids import request_id_from
 
 
 def _count_refused(status: int) -> None:

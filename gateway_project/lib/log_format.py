@@ -1,6 +1,6 @@
 """Log formats: LOG_FORMAT=json (one JSON object per line) or text.
 
-Request lines (routing.request_log) reach the handler in batches: one log
+Request lines (routing.front.request_log) reach the handler in batches: one log
 record carries the fields of every request finished since the last write
 (`record.requests`), and these formatters turn it into one line per request.
 A record per request would cost about 25 µs of CPU each (record, caller

@@ -8,9 +8,14 @@ text completion.
 
 import orjson
 
+from gateway_project.lib import errors
+from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamRequest
+from routing import upstream
 
-from . import errors
+from . import estimates, relay, validation
+from .endpoint import front_view
+from .pipeline import Front, json_response, read_chat
 
 # Completions parameters that mean the same in chat.
 SHARED = ("model", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options",
@@ -78,3 +83,27 @@ class Stream:
 
     def error(self, error: errors.GatewayError) -> bytes:
         return b"data: " + error.body() + b"\n\n"
+
+
+# --- the endpoint (POST /v1/completions) -------------------------------------------
+
+def build(adapter, target, body: dict, call) -> UpstreamRequest:
+    return request(adapter, target, body, call.request_id)
+
+
+async def answer(call, attempt, body: dict):
+    adapter = for_kind(attempt.target.kind)
+    native = is_native(adapter)
+    chat_body = body if native else to_chat(body)
+    if body.get("stream"):
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translate = adapter.chat_stream(attempt.target, chat_body, want_usage)
+        writer = relay.OpenAIStream() if native else Stream()
+        return relay.relay_stream(call, attempt, translate, writer)
+    raw, completion, verbatim = await read_chat(call, attempt, chat_body)
+    return json_response(raw if verbatim else orjson.dumps(
+        completion if native else upstream.decode(attempt.target, from_chat, completion)))
+
+
+FRONT = Front("completions", "POST", "chat", validation.completions_body, build, answer, estimates.chat)
+completions = front_view(FRONT)

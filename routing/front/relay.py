@@ -1,0 +1,123 @@
+"""Relaying a stream: upstream events, translated, written to the client as they are read.
+
+The relay writes what one upstream read brought in one write, keeps the
+call's in-flight entry checkpointed (so a worker killed mid-stream still bills
+what it relayed), carries errors after the headers inside the stream, and
+records the call's usage however the stream ends: finished, cut, or the client
+gone.
+"""
+
+import asyncio
+import logging
+import math
+import time
+
+import aiohttp
+import orjson
+from django.conf import settings
+from django.http import StreamingHttpResponse
+
+from gateway_project.lib import errors, metrics
+from providers.adapters.base import StreamEvent, UpstreamError
+from routing import upstream
+from usage import inflight
+
+from . import observe, stages
+from .call import Call
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIStream:
+    """Writes stream events as OpenAI's SSE: pass-through payloads verbatim,
+    translated chunks serialised, and `[DONE]` at the end."""
+
+    def feed(self, event: StreamEvent) -> bytes:
+        if event.forward is not None:
+            return b"data: " + event.forward + b"\n\n"
+        out = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in event.chunks or ())
+        return out + b"data: [DONE]\n\n" if event.done and event.chunks is not None else out
+
+    def error(self, error: errors.GatewayError) -> bytes:
+        # OpenAI's SDKs raise an error found in the stream.
+        return b"data: " + error.body() + b"\n\n"
+
+
+async def record_and_finish(call: Call) -> None:
+    await call.settle_and_record()
+    observe.finished(call)
+
+
+def _checkpoint(call: Call) -> None:
+    """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
+    after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
+    if call.inflight is None:
+        call.inflight = inflight.entries_key() if settings.REDIS_URL else ""
+    if not call.inflight:
+        call.checkpoint_due = math.inf
+        return
+    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT
+    if call.checkpointing is None or call.checkpointing.done():
+        # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
+        call.checkpointing = asyncio.ensure_future(write_checkpoint(call, orjson.dumps(call.interrupted_event())))
+
+
+async def write_checkpoint(call: Call, event: bytes) -> None:
+    if not await inflight.checkpoint(call.inflight, call.request_id, event):
+        call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
+
+
+def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
+    """Relay the upstream stream event by event through `writer`; record usage when it ends, however it ends."""
+    call.streamed = True
+    call.recorded_by_stream = True
+
+    async def relay():
+        finished = False
+        metrics.gauge_add("gateway_open_streams", 1)
+        try:
+            async for events in stages.wrap_stream(call, upstream.stream_events(attempt, translate)):
+                out = []
+                for event in events:
+                    if event.usage is not None:
+                        call.usage = event.usage
+                    if event.has_content:
+                        call.first_token()
+                        call.delivered_chunks += 1
+                    out.append(writer.feed(event))
+                    finished = finished or event.done
+                if out := b"".join(out):
+                    yield out  # one write for what arrived in one read
+                if time.monotonic() >= call.checkpoint_due:
+                    _checkpoint(call)
+            if not finished:
+                raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
+                                    retryable=False, code="upstream_stream_cut")
+        except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the error travels in the stream.
+            error = exc if isinstance(exc, UpstreamError) else UpstreamError(
+                502, f"Provider '{attempt.target.provider_name}' broke off the stream.",
+                retryable=False, code="upstream_stream_cut",
+            )
+            call.status, call.error_type = "stream_cut", error.code
+            yield writer.error(error)
+        except (asyncio.CancelledError, GeneratorExit):
+            call.status = "client_disconnected"
+            raise
+        except Exception:
+            log.exception("stream %s failed inside the gateway", call.request_id)
+            call.status, call.error_type = "upstream_error", "internal_error"
+            yield writer.error(errors.internal_error())
+        finally:
+            attempt.release()
+            call.upstream_ended = time.perf_counter()
+            metrics.gauge_add("gateway_open_streams", -1)
+            call.estimate_usage()
+            # Shielded: a client that hangs up cancels this task, and the
+            # tokens it already received must still be settled and recorded.
+            await asyncio.shield(record_and_finish(call))
+
+    response = StreamingHttpResponse(relay(), content_type="text/event-stream")
+    response["cache-control"] = "no-cache"
+    response["x-accel-buffering"] = "no"
+    return response

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import redis
 from django.conf import settings
@@ -47,11 +48,33 @@ def _get(deployment_id: int) -> Breaker:
     return breaker
 
 
-def state(deployment_id: int) -> str:
+class State(StrEnum):
+    """A breaker's state, one spelling everywhere (the metric's code is CODES[state])."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"  # the cooldown is over: the next call probes
+
+
+CODES = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
+
+
+def _state_at(open_until: float, now: float) -> State:
+    if not open_until:
+        return State.CLOSED
+    return State.OPEN if now < open_until else State.HALF_OPEN
+
+
+def state(deployment_id: int) -> State:
     b = _breakers.get(deployment_id)
-    if b is None or not b.open_until:
-        return "closed"
-    return "open" if time.time() < b.open_until else "half_open"
+    return _state_at(b.open_until if b is not None else 0.0, time.time())
+
+
+def describe(state_: State, open_until: float = 0.0) -> str:
+    """The state in words, for the admin and the dashboard."""
+    if state_ is State.OPEN:
+        return "open until " + time.strftime("%H:%M:%S UTC", time.gmtime(open_until))
+    return "half-open (next call probes)" if state_ is State.HALF_OPEN else "closed"
 
 
 def allows(deployment_id: int) -> bool:
@@ -75,21 +98,21 @@ def record(deployment_id: int, ok: bool, *, retry_after: float | None = None, re
         was_open = bool(b.open_until)
         b.consecutive, b.probing = 0, False
         if was_open:
-            _change(deployment_id, 0.0, "closed", "probe succeeded")
+            _change(deployment_id, 0.0, State.CLOSED, "probe succeeded")
         return
     b.consecutive += 1
     b.probing = False
     if retry_after:
-        _change(deployment_id, now + retry_after, "open", f"429: cooling down {retry_after:g}s")
+        _change(deployment_id, now + retry_after, State.OPEN, f"429: cooling down {retry_after:g}s")
     elif b.open_until:
-        _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open", f"probe failed: {reason}")
+        _change(deployment_id, now + settings.BREAKER_COOLDOWN, State.OPEN, f"probe failed: {reason}")
     elif b.consecutive >= settings.BREAKER_FAILURES:
-        _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open",
+        _change(deployment_id, now + settings.BREAKER_COOLDOWN, State.OPEN,
                 f"{b.consecutive} consecutive failures: {reason}")
     elif len(b.calls) >= settings.BREAKER_MIN_CALLS:
         failed = sum(1 for _, good in b.calls if not good) / len(b.calls)
         if failed > settings.BREAKER_FAILURE_RATE:
-            _change(deployment_id, now + settings.BREAKER_COOLDOWN, "open",
+            _change(deployment_id, now + settings.BREAKER_COOLDOWN, State.OPEN,
                     f"{failed:.0%} of {len(b.calls)} calls failed in a minute")
 
 
@@ -102,12 +125,12 @@ def apply(deployment_id: int, open_until: float) -> None:
         b.consecutive = 0
 
 
-def force(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
+def force(deployment_id: int, open_until: float, new_state: State, reason: str) -> None:
     """Open or close a breaker from outside the request path (health checks)."""
     _change(deployment_id, open_until, new_state, reason)
 
 
-def _change(deployment_id: int, open_until: float, new_state: str, reason: str) -> None:
+def _change(deployment_id: int, open_until: float, new_state: State, reason: str) -> None:
     apply(deployment_id, open_until)
     metrics.inc("gateway_circuit_breaker_transitions_total", str(deployment_id), new_state)
     log.warning("breaker for deployment %s: %s (%s)", deployment_id, new_state, reason)
@@ -148,31 +171,27 @@ def on_message(data: str) -> None:
 
 
 def shared_state(deployment_id: int) -> str:
-    """The fleet's view (Redis), for the admin, which may run in a process that routes nothing."""
+    """The fleet's view (Redis) in words, for the admin, which may run in a process that routes nothing."""
     if not settings.REDIS_URL:
-        return state(deployment_id)
+        b = _breakers.get(deployment_id)
+        return describe(state(deployment_id), b.open_until if b is not None else 0.0)
     try:
         value = sync_redis().get(f"gw:cb:{deployment_id}")
     except (redis.RedisError, OSError):
         return "unknown (Redis unreachable)"
-    if not value:
-        return "closed"
-    until = float(value)
-    if time.time() >= until:
-        return "half-open (next call probes)"
-    return "open until " + time.strftime("%H:%M:%S UTC", time.gmtime(until))
+    until = float(value) if value else 0.0
+    return describe(_state_at(until, time.time()), until)
 
 
 async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
     """Each deployment's breaker as the fleet sees it, for /metrics: 0 closed, 1 open, 2 half-open."""
-    codes = {"closed": 0, "open": 1, "half_open": 2}
     if not settings.REDIS_URL or not deployment_ids:
-        return {d: codes[state(d)] for d in deployment_ids}
+        return {d: CODES[state(d)] for d in deployment_ids}
     from gateway_project.lib.redis_pool import async_redis
 
     values = await async_redis().mget([f"gw:cb:{d}" for d in deployment_ids])
     now = time.time()
-    return {d: 0 if not v else 1 if now < float(v) else 2 for d, v in zip(deployment_ids, values, strict=True)}
+    return {d: CODES[_state_at(float(v) if v else 0.0, now)] for d, v in zip(deployment_ids, values, strict=True)}
 
 
 def load_shared() -> None:

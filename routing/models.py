@@ -103,7 +103,7 @@ class CircuitEvent(models.Model):
     """A breaker changing state, kept for the admin: why traffic left a deployment."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="circuit_events")
-    state = models.CharField(max_length=12)  # open, half_open, closed
+    state = models.CharField(max_length=12)  # a breakers.State: open, half_open, closed
     reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 

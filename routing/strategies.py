@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from gateway_project.lib.messages import content_text
+
 from . import breakers, stats
 from .table import RouteSpec, Rule, Target
 
@@ -37,8 +39,7 @@ def facts_for_chat(body: dict, raw_size: int, headers) -> Facts:
                 if isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "image"):
                     has_images = True
         if message.get("role") == "user":
-            last_user = content if isinstance(content, str) else " ".join(
-                p.get("text", "") for p in content or () if isinstance(p, dict))
+            last_user = content_text(content)
     asked = body.get("max_completion_tokens") or body.get("max_tokens") or 0
     # A token is at least one byte of the request: the body size bounds the prompt.
     return Facts(raw_size, asked if isinstance(asked, int) else 0, has_images, bool(body.get("tools")),

@@ -21,7 +21,26 @@ def _tenant_choices(scope: Scope, model):
 
 
 class _ScopedFields:
-    """Foreign-key choices from the user's own tenants (both admins and inlines)."""
+    """Foreign-key choices from the user's own tenants, and the permissions both admins and inlines
+    answer from the scope (each subclass says how in `_allowed`)."""
+
+    def _allowed(self, request, action: str, obj=None) -> bool:
+        raise NotImplementedError
+
+    def has_view_permission(self, request, obj=None):
+        if scope_of(request).everything:
+            return super().has_view_permission(request, obj)
+        return self._allowed(request, "view", obj) or self._allowed(request, "change", obj)
+
+    def has_change_permission(self, request, obj=None):
+        if scope_of(request).everything:
+            return super().has_change_permission(request, obj)
+        return self._allowed(request, "change", obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if scope_of(request).everything:
+            return super().has_delete_permission(request, obj)
+        return self._allowed(request, "delete", obj)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         scope = scope_of(request)
@@ -75,25 +94,10 @@ class ScopedAdminMixin(_ScopedFields):
             return super().has_module_permission(request)
         return self._allowed(request, "view") or self._allowed(request, "change")
 
-    def has_view_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_view_permission(request, obj)
-        return self._allowed(request, "view", obj) or self._allowed(request, "change", obj)
-
     def has_add_permission(self, request):
         if scope_of(request).everything:
             return super().has_add_permission(request)
         return self._allowed(request, "add")
-
-    def has_change_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_change_permission(request, obj)
-        return self._allowed(request, "change", obj)
-
-    def has_delete_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_delete_permission(request, obj)
-        return self._allowed(request, "delete", obj)
 
     def get_list_filter(self, request):
         filters = super().get_list_filter(request)
@@ -161,22 +165,7 @@ class ScopedInlineMixin(_ScopedFields):
             return action == "view" and scope.may("view", self.model)
         return action in scope.actions(rule_for(self.model), tenant_id)
 
-    def has_view_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_view_permission(request, obj)
-        return self._allowed(request, "view", obj) or self._allowed(request, "change", obj)
-
     def has_add_permission(self, request, obj):
         if scope_of(request).everything:
             return super().has_add_permission(request, obj)
         return self._allowed(request, "add", obj)
-
-    def has_change_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_change_permission(request, obj)
-        return self._allowed(request, "change", obj)
-
-    def has_delete_permission(self, request, obj=None):
-        if scope_of(request).everything:
-            return super().has_delete_permission(request, obj)
-        return self._allowed(request, "delete", obj)

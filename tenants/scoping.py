@@ -29,7 +29,7 @@ NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
-class Rule:
+class AccessRule:
     """How one model is tied to a tenant, and what each role may do with its rows."""
 
     tenant: str  # lookup from a row to its tenant ("tenant", "provider__tenant"); "" for a Tenant itself
@@ -40,25 +40,25 @@ class Rule:
     shared: bool = False  # rows of no tenant (shared by all) are visible, read-only, to tenant users
 
 
-RULES: dict[str, Rule] = {
+RULES: dict[str, AccessRule] = {
     # A tenant's settings that bill or bound it (is_active, allowed_models) stay
     # with staff; owners may rename it and pick its default model and time zone.
-    "tenants.tenant": Rule("", managers=VIEW, owners=frozenset({"view", "change"})),
-    "tenants.membership": Rule("tenant"),
-    "tenants.auditlog": Rule("tenant", managers=VIEW),
-    "keys.apikey": Rule("tenant", members=frozenset({"view", "add", "change"}), own="created_by"),
-    "providers.provider": Rule("tenant"),
-    "providers.deployment": Rule("provider__tenant", shared=True),
-    "routing.route": Rule("tenant", shared=True),
-    "routing.routetarget": Rule("route__tenant", shared=True),
-    "routing.routerule": Rule("route__tenant", shared=True),
-    "routing.circuitevent": Rule("deployment__provider__tenant", managers=VIEW),
-    "usage.limit": Rule("tenant", members=VIEW, own="api_key__created_by"),
-    "usage.usagerecord": Rule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
-    "usage.usagerollup": Rule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
-    "usage.reportdelivery": Rule("tenant", managers=VIEW),
-    "usage.promptlog": Rule("tenant", managers=VIEW),
-    "providers.healthcheck": Rule("provider__tenant", managers=VIEW, shared=True),
+    "tenants.tenant": AccessRule("", managers=VIEW, owners=frozenset({"view", "change"})),
+    "tenants.membership": AccessRule("tenant"),
+    "tenants.auditlog": AccessRule("tenant", managers=VIEW),
+    "keys.apikey": AccessRule("tenant", members=frozenset({"view", "add", "change"}), own="created_by"),
+    "providers.provider": AccessRule("tenant"),
+    "providers.deployment": AccessRule("provider__tenant", shared=True),
+    "routing.route": AccessRule("tenant", shared=True),
+    "routing.routetarget": AccessRule("route__tenant", shared=True),
+    "routing.routerule": AccessRule("route__tenant", shared=True),
+    "routing.circuitevent": AccessRule("deployment__provider__tenant", managers=VIEW),
+    "usage.limit": AccessRule("tenant", members=VIEW, own="api_key__created_by"),
+    "usage.usagerecord": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
+    "usage.usagerollup": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
+    "usage.reportdelivery": AccessRule("tenant", managers=VIEW),
+    "usage.promptlog": AccessRule("tenant", managers=VIEW),
+    "providers.healthcheck": AccessRule("provider__tenant", managers=VIEW, shared=True),
 }
 
 # Tenant fields an owner may change; every other field (including any added
@@ -66,7 +66,7 @@ RULES: dict[str, Rule] = {
 TENANT_FIELDS_FOR_OWNERS = ("name", "default_model", "time_zone")
 
 
-def rule_for(model) -> Rule | None:
+def rule_for(model) -> AccessRule | None:
     return RULES.get(model._meta.label_lower)
 
 
@@ -91,7 +91,7 @@ def tenant_of(obj: Model) -> int | None:
     return obj.pk if rule.tenant == "" else _follow(obj, rule.tenant)
 
 
-def _tenant_lookup(rule: Rule) -> str:
+def _tenant_lookup(rule: AccessRule) -> str:
     return "pk" if rule.tenant == "" else rule.tenant
 
 
@@ -129,7 +129,7 @@ class Scope:
             return ADMIN
         return MEMBER if tenant_id in self.member_of else None
 
-    def actions(self, rule: Rule, tenant_id: int | None) -> frozenset[str]:
+    def actions(self, rule: AccessRule, tenant_id: int | None) -> frozenset[str]:
         """What the user's role in `tenant_id` allows on rows of `rule`'s model there."""
         role = self.role(tenant_id)
         if role == OWNER and rule.owners is not None:
@@ -150,24 +150,14 @@ class Scope:
         return self.everything or bool(self.tenants_for(action, model))
 
     def visible(self, queryset: QuerySet) -> QuerySet:
-        """The rows of `queryset` the user may see."""
-        if self.everything:
-            return queryset
-        rule = rule_for(queryset.model)
-        if rule is None:
-            return queryset.none()
-        lookup = _tenant_lookup(rule)
-        whole = [t for t in self.managed if "view" in self.actions(rule, t)]
-        own = [t for t in self.member_of if "view" in self.actions(rule, t)]
-        condition = Q(**{f"{lookup}__in": whole})
-        if own and rule.own:
-            condition |= Q(**{f"{lookup}__in": own, f"{rule.own}_id": self.user_id})
-        if rule.shared and (whole or own):
-            condition |= Q(**{f"{lookup}__isnull": True})
-        return queryset.filter(condition)
+        """The rows of `queryset` the user may see (shared rows too, where the model has them)."""
+        return self._permitted(queryset, "view", with_shared=True)
 
     def manageable(self, queryset: QuerySet, action: str = "change") -> QuerySet:
         """The rows of `queryset` the user may `action` (never shared rows, for tenant users)."""
+        return self._permitted(queryset, action, with_shared=False)
+
+    def _permitted(self, queryset: QuerySet, action: str, with_shared: bool) -> QuerySet:
         if self.everything:
             return queryset
         rule = rule_for(queryset.model)
@@ -179,6 +169,8 @@ class Scope:
         condition = Q(**{f"{lookup}__in": whole})
         if own and rule.own:
             condition |= Q(**{f"{lookup}__in": own, f"{rule.own}_id": self.user_id})
+        if with_shared and rule.shared and (whole or own):
+            condition |= Q(**{f"{lookup}__isnull": True})
         return queryset.filter(condition)
 
     def allows(self, action: str, obj: Model) -> bool:

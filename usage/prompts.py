@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 
+from gateway_project.lib.messages import prompt_text
+
 _REDACTIONS = [
     (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), "[email]"),
     # Secrets with a known shape: sk-/pk-/rk- keys (OpenAI, Stripe, this gateway's sk-gw-),
@@ -33,27 +35,6 @@ def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
-
-
-def _content_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text, name the rest
-        return " ".join(p.get("text", "") if p.get("type") == "text" else f"[{p.get('type', 'part')}]"
-                        for p in content if isinstance(p, dict))
-    return ""
-
-
-def prompt_text(body: dict | None) -> str:
-    """The prompt of a chat, completion or embeddings request as plain text."""
-    body = body or {}
-    if "messages" in body:
-        return "\n".join(f"{m.get('role', '')}: {_content_text(m.get('content'))}"
-                         for m in body.get("messages") or () if isinstance(m, dict))
-    value = body.get("input", body.get("prompt"))
-    if isinstance(value, str):
-        return value
-    return "\n".join(v for v in value or () if isinstance(v, str))
 
 
 def attach(event: dict, body: dict | None, retention_days: int) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 import tiktoken
 from django.conf import settings
 
+from gateway_project.lib.messages import content_text
+
 log = logging.getLogger(__name__)
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
@@ -65,18 +67,10 @@ def count_text(text: str, model: str = "") -> int:
     return len(enc.encode(text, disallowed_special=()))
 
 
-def _content_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
 def count_messages(messages: list, model: str = "") -> int:
     """Prompt tokens of a chat request, by OpenAI's published accounting."""
     total = 3
     for message in messages:
         if isinstance(message, dict):
-            total += 3 + count_text(_content_text(message.get("content")), model)
+            total += 3 + count_text(content_text(message.get("content")), model)
     return total

@@ -11,6 +11,7 @@ import uuid
 import orjson
 
 from gateway_project.lib.errors import GatewayError
+from gateway_project.lib.messages import content_text
 
 from .base import StreamEvent, Usage
 
@@ -55,9 +56,7 @@ def parts_of(content) -> list[dict]:
 
 def text_of(content) -> str:
     """The text of a message's content (string or parts), image parts left out."""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in parts_of(content) if p.get("type") in ("text", "input_text"))
+    return content_text(content, joiner="")
 
 
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)

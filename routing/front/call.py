@@ -9,6 +9,7 @@ from decimal import Decimal
 import orjson
 
 from gateway_project.lib.errors import GatewayError
+from gateway_project.lib.messages import prompt_inputs
 from gateway_project.lib.request_ids import new_request_id
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
@@ -148,14 +149,10 @@ class Call:
         return self.prompt_counted
 
     def _count_prompt(self) -> int:
-        body = self.body or {}
-        if "messages" in body:  # chat, and Anthropic messages once translated
-            return tokens.count_messages(body.get("messages") or [], self.model)
-        value = body.get("input", body.get("prompt"))
-        texts = [value] if isinstance(value, str) else [v for v in value or () if isinstance(v, str)]
-        if value and not texts:  # token arrays
-            return sum(len(v) if isinstance(v, list) else 1 for v in value)
-        return sum(tokens.count_text(t, self.model) for t in texts)
+        messages, texts, pretokenized = prompt_inputs(self.body)
+        if messages is not None:
+            return tokens.count_messages(messages, self.model)
+        return pretokenized + sum(tokens.count_text(t, self.model) for t in texts)
 
     def hedge_loser_event(self, target: Target) -> dict:
         """The call a hedge cancelled: recorded (no tokens known) so that nothing sent upstream is hidden."""

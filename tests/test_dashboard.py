@@ -158,3 +158,25 @@ def test_index_is_the_dashboard_and_needs_a_sign_in(client, world):
     page = client.get("/admin/").content.decode()
     assert 'id="dashboard"' in page and "vendor/chartjs/chart.umd.min.js" in page and "Playground" in page
     assert client.get("/static/vendor/chartjs/chart.umd.min.js").status_code == 200
+
+
+def test_every_money_figure_is_a_plain_decimal(client, world):
+    """A cost of two hundred-millionths of a dollar reads 0.00000002, never 2E-8, wherever it shows."""
+    acme, globex, users, keys = world
+    record(keys["acme"], 5, cost="0.00000002")
+    record(keys["acme"], 6, cost="0.00000002")
+    data = dashboard(client, users["staff"], range="1h")
+
+    def money(value, path="data"):
+        if isinstance(value, dict):
+            return [m for k, v in value.items() for m in money(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [m for i, v in enumerate(value) for m in money(v, f"{path}[{i}]")]
+        return [(path, value)] if "cost" in path else []
+
+    figures = money(data)
+    assert figures, "the dashboard shows no money figure"
+    for path, value in figures:
+        assert isinstance(value, str) and "E" not in value.upper(), (path, value)
+        Decimal(value)  # a number all the same
+    assert Decimal(data["totals"]["cost_usd"]) == Decimal("0.00000004")

@@ -3,6 +3,7 @@
 
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -11,7 +12,9 @@ from rest_framework.response import Response
 
 from gateway_project.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 from tenants import audit
+from tenants.scoping import scope_of
 
+from . import caps
 from .models import ApiKey
 
 
@@ -33,6 +36,20 @@ class ApiKeySerializer(ScopedSerializer):
         if self.instance is not None:
             fields["tenant"].read_only = True  # moving a live secret to another tenant: never
         return fields
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        scope = scope_of(self.context["request"])
+        tenant = self.instance.tenant if self.instance is not None else attrs.get("tenant")
+        if tenant is None or not caps.bound_by_caps(scope, tenant.pk):
+            return attrs
+        try:  # a plain member: only narrower (keys/caps.py)
+            if self.instance is not None:
+                caps.check_narrowing(self.instance, attrs)
+                return attrs
+            return caps.cap_new_key(tenant.pk, scope.user_id, attrs)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(serializers.as_serializer_error(error)) from None
 
 
 class NewApiKeySerializer(ApiKeySerializer):
@@ -69,6 +86,8 @@ class KeyViewSet(ScopedViewSet):
         with transaction.atomic():
             key.save()
             self.check_saved("add", key)
+            if caps.bound_by_caps(scope_of(request), key.tenant_id):
+                caps.copy_limits(key)
         return self._shown_once(key, secret, status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
@@ -88,5 +107,7 @@ class KeyViewSet(ScopedViewSet):
         body.is_valid(raise_exception=True)
         if key.is_revoked or key.is_expired:
             raise serializers.ValidationError({"detail": "Only a key in use can be rotated."})
+        if key.replaced_by_id:
+            raise serializers.ValidationError({"detail": "This key was rotated already: rotate its replacement."})
         new, secret = key.rotate(timedelta(seconds=body.validated_data["grace_seconds"]))
         return self._shown_once(new, secret, status.HTTP_201_CREATED)

@@ -75,6 +75,7 @@ def secret_page(request, key: ApiKey, secret: str, replaced: ApiKey | None = Non
         "replaced": replaced,
     })
     add_never_cache_headers(response)  # the back button must not bring it back from a cache
+    response["Pragma"] = "no-cache"  # and neither may an HTTP/1.0 cache
     return response
 
 

@@ -17,6 +17,9 @@ from tenants.scoping import scope_of
 from . import caps
 from .models import ApiKey
 
+# The answer that carries a secret must not be kept by a browser or a proxy.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
 
 class ApiKeySerializer(ScopedSerializer):
     tenant = TenantField(help_text="Fixed once the key exists.")
@@ -75,7 +78,8 @@ class KeyViewSet(ScopedViewSet):
     def _shown_once(self, key: ApiKey, secret: str, code: int) -> Response:
         audit.record("key.reveal", key)
         key.secret = secret
-        return Response(NewApiKeySerializer(key, context=self.get_serializer_context()).data, status=code)
+        return Response(NewApiKeySerializer(key, context=self.get_serializer_context()).data, status=code,
+                        headers=NO_STORE)
 
     @extend_schema(responses={201: NewApiKeySerializer})
     def create(self, request, *args, **kwargs) -> Response:

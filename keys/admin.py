@@ -2,6 +2,7 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -10,8 +11,10 @@ from django.utils.cache import add_never_cache_headers
 
 from tenants import audit
 from tenants.scoped_admin import ScopedAdminMixin, check
+from tenants.scoping import scope_of
 from usage.admin import LimitInline
 
+from . import caps
 from .models import ApiKey
 
 GRACE_CHOICES = [
@@ -31,6 +34,30 @@ class RotateForm(forms.Form):
     )
 
 
+class CappedKeyForm(forms.ModelForm):
+    """The key form for tenant users: a plain member's caps only narrower (keys/caps.py).
+    `scope` is set per request, in ApiKeyAdmin.get_form."""
+
+    scope = None
+
+    def clean(self):
+        data = super().clean()
+        adding = self.instance.pk is None
+        tenant = data.get("tenant") if adding else self.instance.tenant
+        if tenant is None or not caps.bound_by_caps(self.scope, tenant.pk):
+            return data
+        try:
+            if adding:
+                data.update(caps.cap_new_key(tenant.pk, self.scope.user_id,
+                                             {name: data.get(name) for name in ("allowed_models", "expires_at")}))
+            else:  # the instance holds the saved caps until the form is applied to it, after clean()
+                caps.check_narrowing(self.instance, {name: data[name] for name in self.changed_data
+                                                     if name in ("allowed_models", "expires_at") and name in data})
+        except ValidationError as error:
+            self.add_error(None, error)
+        return data
+
+
 class KeyLimitInline(LimitInline):
     fk_name = "api_key"
     fields = [f for f in LimitInline.fields if f != "api_key"]
@@ -48,6 +75,7 @@ def secret_page(request, key: ApiKey, secret: str, replaced: ApiKey | None = Non
         "replaced": replaced,
     })
     add_never_cache_headers(response)  # the back button must not bring it back from a cache
+    response["Pragma"] = "no-cache"  # and neither may an HTTP/1.0 cache
     return response
 
 
@@ -75,6 +103,13 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
         # secret to another tenant.
         return self.readonly_fields + (["tenant"] if obj else [])
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        scope = scope_of(request)
+        if scope.everything:
+            return form
+        return type(form.__name__, (CappedKeyForm, form), {"scope": scope})
+
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
@@ -84,10 +119,17 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
         ]
 
     def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        capped = not change and caps.bound_by_caps(scope_of(request), obj.tenant_id)
+        if capped:  # as CappedKeyForm checked; again here, for a field the post left out
+            for name, value in caps.cap_new_key(obj.tenant_id, request.user.pk, {
+                    "allowed_models": obj.allowed_models, "expires_at": obj.expires_at}).items():
+                setattr(obj, name, value)
         if not change:
             request._new_key_secret = obj.assign_secret()
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        if capped:
+            caps.copy_limits(obj)
 
     def response_add(self, request, obj, post_url_continue=None):
         return secret_page(request, obj, request._new_key_secret)
@@ -103,8 +145,8 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def rotate_view(self, request, object_id: str):
         key = self._key_in_use(request, object_id)
         form = RotateForm(request.POST or None)
-        if key.is_revoked or key.is_expired:
-            messages.error(request, "Only a key in use can be rotated.")
+        if key.is_revoked or key.is_expired or key.replaced_by_id:
+            messages.error(request, "Only a key in use, not rotated already, can be rotated.")
             return redirect(reverse("admin:keys_apikey_change", args=[key.pk]))
         if request.method == "POST" and form.is_valid():
             new, secret = key.rotate(timedelta(seconds=form.cleaned_data["grace"]))

@@ -3,6 +3,7 @@
 
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -11,8 +12,13 @@ from rest_framework.response import Response
 
 from tenants import audit
 from tenants.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
+from tenants.scoping import scope_of
 
+from . import caps
 from .models import ApiKey
+
+# The answer that carries a secret must not be kept by a browser or a proxy.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 class ApiKeySerializer(ScopedSerializer):
@@ -33,6 +39,20 @@ class ApiKeySerializer(ScopedSerializer):
         if self.instance is not None:
             fields["tenant"].read_only = True  # moving a live secret to another tenant: never
         return fields
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        scope = scope_of(self.context["request"])
+        tenant = self.instance.tenant if self.instance is not None else attrs.get("tenant")
+        if tenant is None or not caps.bound_by_caps(scope, tenant.pk):
+            return attrs
+        try:  # a plain member: only narrower (keys/caps.py)
+            if self.instance is not None:
+                caps.check_narrowing(self.instance, attrs)
+                return attrs
+            return caps.cap_new_key(tenant.pk, scope.user_id, attrs)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(serializers.as_serializer_error(error)) from None
 
 
 class NewApiKeySerializer(ApiKeySerializer):
@@ -58,7 +78,8 @@ class KeyViewSet(ScopedViewSet):
     def _shown_once(self, key: ApiKey, secret: str, code: int) -> Response:
         audit.record("key.reveal", key)
         key.secret = secret
-        return Response(NewApiKeySerializer(key, context=self.get_serializer_context()).data, status=code)
+        return Response(NewApiKeySerializer(key, context=self.get_serializer_context()).data, status=code,
+                        headers=NO_STORE)
 
     @extend_schema(responses={201: NewApiKeySerializer})
     def create(self, request, *args, **kwargs) -> Response:
@@ -69,6 +90,8 @@ class KeyViewSet(ScopedViewSet):
         with transaction.atomic():
             key.save()
             self.check_saved("add", key)
+            if caps.bound_by_caps(scope_of(request), key.tenant_id):
+                caps.copy_limits(key)
         return self._shown_once(key, secret, status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
@@ -88,5 +111,7 @@ class KeyViewSet(ScopedViewSet):
         body.is_valid(raise_exception=True)
         if key.is_revoked or key.is_expired:
             raise serializers.ValidationError({"detail": "Only a key in use can be rotated."})
+        if key.replaced_by_id:
+            raise serializers.ValidationError({"detail": "This key was rotated already: rotate its replacement."})
         new, secret = key.rotate(timedelta(seconds=body.validated_data["grace_seconds"]))
         return self._shown_once(new, secret, status.HTTP_201_CREATED)

@@ -102,12 +102,16 @@ class ApiKey(models.Model):
         return True
 
     def rotate(self, grace: timedelta) -> tuple["ApiKey", str]:
-        """Issue a replacement with the same settings, owner and limits; this key keeps
+        """Issue a replacement with the same settings, caps (models, expiry), owner and limits; this key keeps
         working for `grace` (zero: not at all), then is refused. Returns (new key, secret)."""
         from usage.models import Limit
 
         if self.is_revoked or self.is_expired:
             raise ValueError("Only a key in use can be rotated.")
+        if self.replaced_by_id:
+            # Its replacement carries the caps now, perhaps narrowed since: a second
+            # replacement copied from this one could be wider.
+            raise ValueError("This key was rotated already: rotate its replacement.")
         with transaction.atomic():
             new, secret = ApiKey.issue(self.tenant, self.name, models_allowed=self.allowed_models,
                                        created_by=self.created_by, default_model=self.default_model,

@@ -24,6 +24,19 @@ class ProviderSerializer(ScopedSerializer):
         fields = ["id", "name", "kind", "base_url", "api_key", "api_key_set", "api_key_env", "extra_headers",
                   "settings", "tenant", "is_active", "allow_private_network", "created_at"]
         read_only_fields = ["created_at"]
+        # Names are unique per tenant: checked in validate(), once the tenant is one of
+        # the caller's. DRF's own validator ran first and, given no tenant, answered
+        # whether a shared provider of that name exists.
+        validators = []
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        tenant = attrs["tenant"] if "tenant" in attrs else getattr(self.instance, "tenant", None)
+        same = Provider.objects.filter(name=name, tenant=tenant).exclude(pk=getattr(self.instance, "pk", None))
+        if same.exists():
+            raise serializers.ValidationError({"name": "This tenant has a provider of that name already."})
+        return attrs
 
     def get_fields(self):
         fields = super().get_fields()

@@ -32,7 +32,7 @@ class Provider(models.Model):
         "gemini": {"api_version": "v1beta"},
     }
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=100, help_text="Unique in its tenant (or among shared providers).")
     kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.OPENAI_COMPATIBLE)
     base_url = models.URLField(max_length=500, help_text="For example https://api.openai.com/v1")
     api_key_encrypted = models.TextField(blank=True, editable=False)
@@ -65,6 +65,13 @@ class Provider(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Per tenant, not global: a name taken elsewhere must not refuse a tenant's
+        # create, or the refusal tells it that the name exists in another tenant.
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="provider_unique_name_per_tenant"),
+            models.UniqueConstraint(fields=["name"], condition=models.Q(tenant__isnull=True),
+                                    name="provider_unique_shared_name"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -15,17 +15,22 @@ def users_visible_to(scope: Scope):
 
 
 def check_new_member(scope: Scope, tenant: Tenant, username: str, password: str) -> None:
-    """Raise ValidationError (by field) if `username` cannot join `tenant` this way."""
+    """Raise ValidationError (by field) if `username` cannot join `tenant` this way.
+
+    A name the caller cannot see (free, or a user of other tenants only) is a new
+    user as far as they may know: it gets the same checks, in the same order, and
+    the same answers, whether the name is free or taken; only a create that would
+    otherwise succeed learns that the name is not available (usernames are global:
+    people sign in with them)."""
     user = get_user_model()._default_manager.filter(username=username).first()
-    if user is None:
+    if user is None or not users_visible_to(scope).filter(pk=user.pk).exists():
         if not password:
             raise ValidationError({"password": "A new user needs a first password."})  # nosec B105: a message
         validate_password(password)
+        if user is not None:
+            # Joining someone from elsewhere is for staff.
+            raise ValidationError({"username": "That username is not available; pick another."})
         return
-    if not users_visible_to(scope).filter(pk=user.pk).exists():
-        # Tenant admins only create users or add their own tenants' people;
-        # joining someone from elsewhere is for staff.
-        raise ValidationError({"username": "A user with that username already exists."})
     if Membership.objects.filter(tenant=tenant, user=user).exists():
         raise ValidationError({"username": "Already a member of this tenant."})
 

@@ -5,6 +5,7 @@ import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from hmac import compare_digest
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -12,9 +13,10 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.http import is_same_domain
 from django_ratelimit.core import is_ratelimited
 from rest_framework.authentication import BasicAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed, Throttled, ValidationError
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, Throttled, ValidationError
 from rest_framework.throttling import BaseThrottle
 
 
@@ -137,16 +139,71 @@ def _password_stamp(user: AbstractBaseUser) -> str:
 verified_credentials = VerifiedCredentials()
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _origin(url: str) -> tuple[str, str] | None:
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), parts.netloc.lower()) if parts.scheme and parts.netloc else None
+
+
+def _trusted_origin(request, url: str) -> bool:
+    """Whether `url`'s origin is the request's own or one of CSRF_TRUSTED_ORIGINS (`*.` wildcards too)."""
+    origin = _origin(url)
+    if origin is None:
+        return False
+    if origin == (request.scheme, request.get_host().lower()):
+        return True
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        allowed = _origin(trusted)
+        if allowed is None or allowed[0] != origin[0]:
+            continue
+        if allowed[1] == origin[1] or (allowed[1].startswith("*.") and is_same_domain(origin[1], allowed[1][1:])):
+            return True
+    return False
+
+
+def check_not_cross_site(request) -> None:
+    """Refuse (403) a write that a browser sent from another site's page.
+
+    A browser attaches HTTP basic credentials it has cached to any request to the
+    gateway, a form posted from another site's page included, so basic-auth writes
+    need what Django's CSRF check gives session writes. Scripts (curl, httpx, the
+    SDKs) send none of the headers below and pass unchanged. A browser names where
+    the request comes from: `Origin` (every cross-origin POST, and same-origin ones
+    in current browsers) must be the gateway's own or in CSRF_TRUSTED_ORIGINS;
+    without one, `Sec-Fetch-Site` must not say cross-site or same-site, and on HTTPS
+    a `Referer` must be trusted as Django's CSRF check wants.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    meta = request.META
+    if (origin := meta.get("HTTP_ORIGIN")) is not None:
+        refused = not _trusted_origin(request, origin)
+    elif meta.get("HTTP_SEC_FETCH_SITE", "").lower() in ("cross-site", "same-site"):
+        refused = True
+    else:
+        referer = meta.get("HTTP_REFERER")
+        refused = bool(referer) and request.is_secure() and not _trusted_origin(request, referer)
+    if refused:
+        raise PermissionDenied("Cross-site request refused: a page of another site may not write with HTTP "
+                               "basic credentials. Send the request from a script (no Origin header), from the "
+                               "gateway's own pages, or from an origin in CSRF_TRUSTED_ORIGINS.")
+
+
 class ThrottledBasicAuthentication(BasicAuthentication):
     """HTTP basic auth no faster a way to guess passwords than the login page:
     failures count against the address's sign-in allowance, and an address over
     it gets 429 (Retry-After) until the minute is out, right password or not.
     Credentials that passed lately skip the password hasher (VerifiedCredentials);
-    everything else, the throttle included, runs on every request."""
+    everything else, the throttle included, runs on every request. Writes from another
+    site's page are refused before the password is checked (check_not_cross_site), so
+    such a page can neither write nor spend the address's sign-in allowance."""
 
     def authenticate(self, request):
         if not get_authorization_header(request).lower().startswith(b"basic "):
             return None
+        check_not_cross_site(request)
         if sign_in_limited(request._request, count=False):
             raise Throttled(wait=60, detail="Too many failed sign-ins from this address. Wait a minute.")
         try:

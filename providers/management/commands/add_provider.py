@@ -65,10 +65,11 @@ class Command(BaseCommand):
             tenant = Tenant.objects.filter(slug=o["tenant"]).first()
             if tenant is None:
                 raise CommandError(f"no tenant with slug {o['tenant']!r}")
+        # Names are unique per tenant (shared ones among shared providers).
         provider, created = Provider.objects.get_or_create(
-            name=name, defaults={"kind": o["kind"], "base_url": o["base_url"], "tenant": tenant}
+            name=name, tenant=tenant, defaults={"kind": o["kind"], "base_url": o["base_url"]}
         )
-        provider.kind, provider.base_url, provider.tenant = o["kind"], o["base_url"], tenant
+        provider.kind, provider.base_url = o["kind"], o["base_url"]
         provider.allow_private_network = o["allow_private_network"]
         if o["api_key_env"]:
             if o["store_key"]:

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         admin.save()
         tenant, _ = Tenant.objects.get_or_create(slug="demo", defaults={"name": "Demo"})
         Membership.objects.get_or_create(tenant=tenant, user=admin, defaults={"role": Membership.Role.OWNER})
-        provider, _ = Provider.objects.get_or_create(name="mock", defaults={"kind": Provider.Kind.OPENAI_COMPATIBLE})
+        provider, _ = Provider.objects.get_or_create(name="mock", tenant=None, defaults={"kind": Provider.Kind.OPENAI_COMPATIBLE})
         provider.base_url = f"http://127.0.0.1:{mock_port}/v1"
         provider.allow_private_network = True  # the mock runs on loopback
         provider.set_api_key("mock-provider-secret")

@@ -70,7 +70,7 @@ def setup_data(mock_url: str) -> dict:
     """
     from django.contrib.auth import get_user_model
 
-    from keys.models import ApiKey
+    from keys import services as key_services
     from providers.models import Deployment, Provider
     from routing.models import Route, RouteTarget
     from tenants.models import Tenant
@@ -98,7 +98,7 @@ def setup_data(mock_url: str) -> dict:
     tenant.save()
     password = secrets.token_urlsafe(16)
     get_user_model().objects.create_superuser("fuzz-staff", "staff@example.com", password)
-    return {"key": ApiKey.issue(tenant, "fuzz")[1], "user": "fuzz-staff", "password": password,
+    return {"key": key_services.issue(tenant, "fuzz")[1], "user": "fuzz-staff", "password": password,
             "chat_models": chat, "embedding_models": embedding}
 
 

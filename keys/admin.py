@@ -12,9 +12,8 @@ from django.utils.cache import add_never_cache_headers
 from tenants import audit
 from tenants.scoped_admin import ScopedAdminMixin, check
 from tenants.scoping import scope_of
-from usage.admin import LimitInline
 
-from . import caps
+from . import caps, services
 from .models import ApiKey
 
 GRACE_CHOICES = [
@@ -58,11 +57,6 @@ class CappedKeyForm(forms.ModelForm):
         return data
 
 
-class KeyLimitInline(LimitInline):
-    fk_name = "api_key"
-    fields = [f for f in LimitInline.fields if f != "api_key"]
-
-
 def secret_page(request, key: ApiKey, secret: str, replaced: ApiKey | None = None) -> TemplateResponse:
     """The one page that ever shows a key's secret; recorded as a reveal."""
     audit.record("key.reveal", key)
@@ -90,7 +84,7 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     readonly_fields = ["prefix", "state", "last_used_at", "revoked_at", "replaced_by", "created_by", "created_at"]
     fields = ["tenant", "name", "allowed_models", "default_model", "expires_at", *readonly_fields]
     actions = ["revoke_keys", "rotate_key"]
-    inlines = [KeyLimitInline]
+    inlines: list = []  # usage/admin.py adds the key's limits
 
     @admin.display(description="state")
     def state(self, obj: ApiKey) -> str:
@@ -124,12 +118,13 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
             for name, value in caps.cap_new_key(obj.tenant_id, request.user.pk, {
                     "allowed_models": obj.allowed_models, "expires_at": obj.expires_at}).items():
                 setattr(obj, name, value)
-        if not change:
-            request._new_key_secret = obj.assign_secret()
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-        if capped:
-            caps.copy_limits(obj)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        obj.created_by = request.user
+        request._new_key_secret = services.save_new(
+            obj, caps.capping_keys(obj) if capped else (), save=lambda: super(ApiKeyAdmin, self).save_model(
+                request, obj, form, change))
 
     def response_add(self, request, obj, post_url_continue=None):
         return secret_page(request, obj, request._new_key_secret)
@@ -149,7 +144,7 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
             messages.error(request, "Only a key in use, not rotated already, can be rotated.")
             return redirect(reverse("admin:keys_apikey_change", args=[key.pk]))
         if request.method == "POST" and form.is_valid():
-            new, secret = key.rotate(timedelta(seconds=form.cleaned_data["grace"]))
+            new, secret = services.rotate(key, timedelta(seconds=form.cleaned_data["grace"]))
             key.refresh_from_db()
             return secret_page(request, new, secret, replaced=key)
         return self._confirm_page(request, key, "rotate", form)
@@ -157,7 +152,7 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def revoke_view(self, request, object_id: str):
         key = self._key_in_use(request, object_id)
         if request.method == "POST":
-            if key.revoke():
+            if services.revoke(key):
                 self.message_user(request, f"Revoked {key}. The gateway refuses it from now on.")
             else:
                 self.message_user(request, f"{key} was revoked already.", messages.WARNING)
@@ -180,7 +175,7 @@ class ApiKeyAdmin(ScopedAdminMixin, admin.ModelAdmin):
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
             check(request, "change", key)
-            count += key.revoke()
+            count += services.revoke(key)
         self.message_user(request, f"Revoked {count} key(s) at {timezone.now():%Y-%m-%d %H:%M:%S} UTC.")
 
     @admin.action(description="Rotate selected key (choose a grace period next)", permissions=["change"])

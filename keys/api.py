@@ -4,7 +4,6 @@
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -14,7 +13,7 @@ from tenants import audit
 from tenants.manage_api import ModelNamesField, ScopedSerializer, ScopedViewSet, TenantField
 from tenants.scoping import scope_of
 
-from . import caps
+from . import caps, services
 from .models import ApiKey
 
 # The answer that carries a secret must not be kept by a browser or a proxy.
@@ -86,12 +85,13 @@ class KeyViewSet(ScopedViewSet):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key = ApiKey(**serializer.validated_data, created_by=request.user)
-        secret = key.assign_secret()
-        with transaction.atomic():
+        capped = caps.bound_by_caps(scope_of(request), key.tenant_id)
+
+        def save() -> None:
             key.save()
             self.check_saved("add", key)
-            if caps.bound_by_caps(scope_of(request), key.tenant_id):
-                caps.copy_limits(key)
+
+        secret = services.save_new(key, caps.capping_keys(key) if capped else (), save=save)
         return self._shown_once(key, secret, status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
@@ -99,7 +99,7 @@ class KeyViewSet(ScopedViewSet):
     def revoke(self, request, pk=None) -> Response:
         """Refuse the key from now on, on every gateway process."""
         key = self.get_object()
-        key.revoke()
+        services.revoke(key)
         return Response(self.get_serializer(key).data)
 
     @extend_schema(request=RotateSerializer, responses={201: NewApiKeySerializer})
@@ -113,5 +113,5 @@ class KeyViewSet(ScopedViewSet):
             raise serializers.ValidationError({"detail": "Only a key in use can be rotated."})
         if key.replaced_by_id:
             raise serializers.ValidationError({"detail": "This key was rotated already: rotate its replacement."})
-        new, secret = key.rotate(timedelta(seconds=body.validated_data["grace_seconds"]))
+        new, secret = services.rotate(key, timedelta(seconds=body.validated_data["grace_seconds"]))
         return self._shown_once(new, secret, status.HTTP_201_CREATED)

@@ -28,10 +28,6 @@ from tenants.scoping import MEMBER, Scope
 
 from .models import ApiKey
 
-# The fields of a usage.Limit that say what it bounds; two rows equal in these are one cap.
-LIMIT_FIELDS = ("model", "requests_per_minute", "tokens_per_minute", "max_concurrent", "period", "token_quota",
-                "budget_usd", "offline_credit_usd")
-
 
 def bound_by_caps(scope: Scope, tenant_id: int | None) -> bool:
     """Whether the user may only narrow caps in this tenant (a plain member there)."""
@@ -96,16 +92,6 @@ def cap_new_key(tenant_id: int, user_id: int, attrs: dict) -> dict:
     return attrs
 
 
-def copy_limits(key: ApiKey) -> None:
-    """Give a member's new `key` every limit on the member's other keys in its tenant (once each)."""
-    from usage.models import Limit  # usage imports keys: a module-level import would be circular
-
-    seen = set()
-    others = _capping_keys(key.tenant_id, key.created_by_id).exclude(pk=key.pk)
-    for limit in Limit.objects.filter(api_key__in=others).order_by("id"):
-        shape = tuple(getattr(limit, name) for name in LIMIT_FIELDS)
-        if shape in seen:
-            continue
-        seen.add(shape)
-        limit.pk, limit.api_key = None, key
-        limit.save()
+def capping_keys(key: ApiKey):
+    """The member's other keys in `key`'s tenant, whose limits a member's new `key` inherits (keys.services)."""
+    return _capping_keys(key.tenant_id, key.created_by_id).exclude(pk=key.pk)

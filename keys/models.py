@@ -1,9 +1,8 @@
-from datetime import timedelta
-
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.utils import timezone
 
+from tenants import audit
 from tenants.models import Tenant, check_model_names
 
 from . import hashing
@@ -57,23 +56,11 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
-    @classmethod
-    def issue(cls, tenant: Tenant, name: str, *, models_allowed=(), expires_in_days=None, created_by=None,
-              **fields) -> tuple["ApiKey", str]:
-        """Create a key and return (row, secret). The secret is not kept anywhere."""
-        if expires_in_days:
-            fields["expires_at"] = timezone.now() + timedelta(days=expires_in_days)
-        key = cls(tenant=tenant, name=name, allowed_models=list(models_allowed), created_by=created_by, **fields)
-        secret = key.assign_secret()
-        key.save()
-        return key, secret
-
     def assign_secret(self) -> str:
         """Give a new, unsaved key its secret; return the secret, which is shown once and never stored."""
         secret = hashing.generate_key()
         self.prefix = hashing.display_prefix(secret)
         self.key_hash = hashing.hash_key(secret)
-        self._audit_action = "key.create"
         return secret
 
     @property
@@ -97,31 +84,6 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         self.revoked_at = timezone.now()
-        self._audit_action = "key.revoke"
-        self.save(update_fields=["revoked_at"])
+        with audit.named("key.revoke", self):
+            self.save(update_fields=["revoked_at"])
         return True
-
-    def rotate(self, grace: timedelta) -> tuple["ApiKey", str]:
-        """Issue a replacement with the same settings, caps (models, expiry), owner and limits; this key keeps
-        working for `grace` (zero: not at all), then is refused. Returns (new key, secret)."""
-        from usage.models import Limit
-
-        if self.is_revoked or self.is_expired:
-            raise ValueError("Only a key in use can be rotated.")
-        if self.replaced_by_id:
-            # Its replacement carries the caps now, perhaps narrowed since: a second
-            # replacement copied from this one could be wider.
-            raise ValueError("This key was rotated already: rotate its replacement.")
-        with transaction.atomic():
-            new, secret = ApiKey.issue(self.tenant, self.name, models_allowed=self.allowed_models,
-                                       created_by=self.created_by, default_model=self.default_model,
-                                       expires_at=self.expires_at)
-            for limit in Limit.objects.filter(api_key=self):
-                limit.pk, limit.api_key = None, new
-                limit.save()
-            ends = timezone.now() + grace
-            self.expires_at = ends if self.expires_at is None else min(self.expires_at, ends)
-            self.replaced_by = new
-            self._audit_action = "key.rotate"
-            self.save(update_fields=["expires_at", "replaced_by"])
-        return new, secret

@@ -3,7 +3,6 @@ from django.contrib import admin
 
 from gateway_project.lib.readonly_admin import ReadOnlyAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
-from usage.admin import LimitInline
 
 from . import members
 from .models import AuditLog, Membership, Tenant
@@ -22,7 +21,7 @@ class TenantAdmin(ScopedAdminMixin, admin.ModelAdmin):
     list_filter = ["is_active", "log_prompts"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [MembershipInline, LimitInline]
+    inlines = [MembershipInline]  # usage/admin.py adds the tenant's limits
 
     def get_inlines(self, request, obj):
         # Tenant users manage members and key limits on their own pages.

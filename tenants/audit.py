@@ -163,6 +163,20 @@ def record(action: str, obj=None, *, changes: dict | None = None, tenant_id: int
     )
 
 
+_named: ContextVar[tuple[int, str] | None] = ContextVar("audit_named", default=None)
+
+
+@contextmanager
+def named(action: str, obj) -> Iterator[None]:
+    """Record the save of `obj` inside this block as `action` ("key.revoke"), named where it
+    happens; the field diff is still computed by the save's receiver."""
+    token = _named.set((id(obj), action))
+    try:
+        yield
+    finally:
+        _named.reset(token)
+
+
 def _before_save(sender, instance, raw=False, **kwargs) -> None:
     instance._audit_before = None
     if raw or current() is None or instance._state.adding:
@@ -176,7 +190,8 @@ def _before_save(sender, instance, raw=False, **kwargs) -> None:
 def _after_save(sender, instance, created, raw=False, update_fields=None, **kwargs) -> None:
     if raw or current() is None:
         return
-    action = instance.__dict__.pop("_audit_action", None) or ("create" if created else "update")
+    name = _named.get()
+    action = name[1] if name is not None and name[0] == id(instance) else ("create" if created else "update")
     before = None if created else instance.__dict__.pop("_audit_before", None)
     only = None
     if update_fields:

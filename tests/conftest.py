@@ -77,6 +77,19 @@ def _close_orm_pool_connections(django_db_setup):
     close_connections()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Each test starts with the sign-in and API allowances of a new minute: they are counted per
+    address, and every test calls from 127.0.0.1 (django-ratelimit's counters live in Redis)."""
+    yield
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter(":1:rl:*", count=1000):
+            client.delete(key)
+
+
 @pytest.fixture(scope="session")
 def mock_upstream():
     server = Server(["-m", "providers.mock_upstream", "--port", "{port}"], ready_path="/v1/models")
@@ -149,9 +162,9 @@ def mock_provider(transactional_db, mock_upstream):
 @pytest.fixture()
 def api_key(tenant):
     """(ApiKey row, secret) for the tenant."""
-    from keys.models import ApiKey
+    from keys import services as key_services
 
-    return ApiKey.issue(tenant, "test key")
+    return key_services.issue(tenant, "test key")
 
 
 def wait_until(check, timeout: float = 5.0, interval: float = 0.05):

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from keys import hashing
+from keys import services as key_services
 from keys.models import ApiKey
 from providers.models import Provider
 from tenants.models import AuditLog
@@ -45,7 +46,7 @@ def test_new_key_is_shown_once_and_only_its_hash_is_kept(staff_client, tenant):
 
 @pytest.mark.django_db
 def test_revoke_action_revokes_and_audits(staff_client, tenant):
-    key, _ = ApiKey.issue(tenant, "to revoke")
+    key, _ = key_services.issue(tenant, "to revoke")
     staff_client.post("/admin/keys/apikey/", {"action": "revoke_keys", "_selected_action": [key.id]}, follow=True)
     key.refresh_from_db()
     assert key.is_revoked

@@ -11,7 +11,7 @@ import httpx
 from django.utils import timezone
 
 from keys import hashing
-from keys.models import ApiKey
+from keys import services as key_services
 from tests.conftest import Server, wait_until
 
 TOTAL = 10_000
@@ -51,14 +51,14 @@ async def try_all(url: str, attempts: list[tuple[str, str]]) -> list[tuple[str, 
 
 
 def test_ten_thousand_bad_keys_all_get_the_same_401(gateway_env, mock_provider, tenant, other_tenant):
-    _, good = ApiKey.issue(tenant, "good")
-    revoked_row, revoked = ApiKey.issue(tenant, "revoked")
+    _, good = key_services.issue(tenant, "good")
+    revoked_row, revoked = key_services.issue(tenant, "revoked")
     revoked_row.revoked_at = timezone.now()
     revoked_row.save()
-    expired_row, expired = ApiKey.issue(tenant, "expired")
+    expired_row, expired = key_services.issue(tenant, "expired")
     expired_row.expires_at = timezone.now() - timedelta(minutes=1)
     expired_row.save()
-    _, suspended = ApiKey.issue(other_tenant, "suspended")
+    _, suspended = key_services.issue(other_tenant, "suspended")
     other_tenant.is_active = False
     other_tenant.save()
     # The failed-key slowdown (tested on its own) would make this run take hours from one address.

@@ -9,7 +9,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from keys.models import ApiKey
+from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
 from tenants.models import Membership, Tenant
 from usage import limits
@@ -27,9 +27,9 @@ def world(transactional_db, django_user_model):
         users[role] = django_user_model.objects.create_user(f"acme-{role}", is_staff=True)
         Membership.objects.create(tenant=acme, user=users[role], role=role)
     keys = {
-        "acme": ApiKey.issue(acme, "acme key", created_by=users["admin"])[0],
-        "member": ApiKey.issue(acme, "member key", created_by=users["member"])[0],
-        "globex": ApiKey.issue(globex, "globex key")[0],
+        "acme": key_services.issue(acme, "acme key", created_by=users["admin"])[0],
+        "member": key_services.issue(acme, "member key", created_by=users["member"])[0],
+        "globex": key_services.issue(globex, "globex key")[0],
     }
     return acme, globex, users, keys
 

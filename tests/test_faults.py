@@ -341,10 +341,10 @@ def in_threads(calls: list) -> list[dict]:
 
 def test_redis_paused_and_resumed_keeps_the_documented_limits_behaviour_and_loses_no_usage(
         gateway_env, own_redis, tenant, mock_provider, mock):
-    from keys.models import ApiKey
+    from keys import services as key_services
     from usage.models import Limit
 
-    keys = {name: ApiKey.issue(tenant, name) for name in ("budget", "credit", "rate")}
+    keys = {name: key_services.issue(tenant, name) for name in ("budget", "credit", "rate")}
     Limit.objects.create(tenant=tenant, api_key=keys["budget"][0], budget_usd=Decimal(100), period="month")
     Limit.objects.create(tenant=tenant, api_key=keys["credit"][0], budget_usd=Decimal(100), period="month",
                          offline_credit_usd=Decimal(1))

@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from keys.models import ApiKey
+from keys import services as key_services
 from providers.models import HealthCheck
 from tenants.models import Membership
 from tests.conftest import ROOT, free_port, make_provider, wait_until
@@ -135,8 +135,8 @@ def test_cost_reports_reach_each_tenants_admins_and_staff_once(transactional_db,
                             ("gus", other_tenant, "owner")):
         Membership.objects.create(tenant=who, user=user(name), role=role)
     user("sam", is_staff=True)
-    acme_key, _ = ApiKey.issue(tenant, "backend")
-    globex_key, _ = ApiKey.issue(other_tenant, "globex")
+    acme_key, _ = key_services.issue(tenant, "backend")
+    globex_key, _ = key_services.issue(other_tenant, "globex")
     Limit.objects.create(tenant=tenant, budget_usd=Decimal("1.00"), period="month")
     day = datetime(2026, 11, 19, 12, tzinfo=UTC)  # the report of 2026-11-19, sent on the 20th
     for _ in range(3):

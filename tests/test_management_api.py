@@ -114,9 +114,9 @@ def test_owners_change_their_tenants_name_not_its_billing(client, tenant, django
 
 
 def test_tenant_admins_set_key_limits_not_tenant_wide_ones(client, tenant, django_user_model):
-    from keys.models import ApiKey
+    from keys import services as key_services
 
-    key, _ = ApiKey.issue(tenant, "k")
+    key, _ = key_services.issue(tenant, "k")
     client.force_login(member_of(tenant, "admin", django_user_model))
     wide = client.post("/api/manage/limits/", {"budget_usd": "1000"}, content_type="application/json")
     assert wide.status_code == 400 and "api_key" in wide.json()

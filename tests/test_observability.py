@@ -16,7 +16,7 @@ import pytest
 from celery import shared_task
 from django.db.models import Sum
 
-from keys.models import ApiKey
+from keys import services as key_services
 from providers.models import Deployment, Provider
 from routing.models import CircuitEvent, Route, RouteTarget
 from tests.conftest import ROOT, Server, free_port, wait_until
@@ -113,8 +113,8 @@ def traffic_setup(tenant, mock):
     route = Route.objects.create(name="obs-resilient")
     RouteTarget.objects.create(route=route, deployment=first, priority=0)
     RouteTarget.objects.create(route=route, deployment=plain, priority=1)
-    key, secret = ApiKey.issue(tenant, "obs key")
-    limited, limited_secret = ApiKey.issue(tenant, "limited key")
+    key, secret = key_services.issue(tenant, "obs key")
+    limited, limited_secret = key_services.issue(tenant, "limited key")
     Limit.objects.create(tenant=tenant, api_key=limited, requests_per_minute=2)
     return {"key": secret, "key_prefix": key.prefix, "limited": limited_secret, "broken": first, "plain": plain}
 
@@ -237,8 +237,8 @@ def logging_setup(tenant, other_tenant, mock):
                               input_price_per_mtok="1.5", output_price_per_mtok="6")
     other_tenant.log_prompts, other_tenant.prompt_retention_days = True, 3
     other_tenant.save()
-    _, plain_secret = ApiKey.issue(tenant, "quiet key")
-    _, logged_secret = ApiKey.issue(other_tenant, "logged key")
+    _, plain_secret = key_services.issue(tenant, "quiet key")
+    _, logged_secret = key_services.issue(other_tenant, "logged key")
     return plain_secret, logged_secret
 
 

@@ -137,15 +137,15 @@ def test_embeddings_float_and_base64(key_client):
 
 
 def test_models_lists_only_what_the_key_may_use(gateway, mock_provider, tenant, other_tenant):
-    from keys.models import ApiKey
+    from keys import services as key_services
     from providers.models import Deployment, Provider
 
     private = Provider.objects.create(name="globex-private", kind="openai_compatible",
                                       base_url=mock_provider.base_url, tenant=other_tenant)
     Deployment.objects.create(provider=private, public_model="globex-only", upstream_model="mock-gpt")
-    _, limited = ApiKey.issue(tenant, "limited", models_allowed=["gpt-test"])
-    _, everything = ApiKey.issue(tenant, "all")
-    _, globex = ApiKey.issue(other_tenant, "globex")
+    _, limited = key_services.issue(tenant, "limited", models_allowed=["gpt-test"])
+    _, everything = key_services.issue(tenant, "all")
+    _, globex = key_services.issue(other_tenant, "globex")
 
     def ids(secret):
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from keys.models import ApiKey
+from keys import services as key_services
 from tenants.models import Membership
 from tests.conftest import usage_record, wait_until
 
@@ -95,8 +95,8 @@ def test_json_answer_carries_the_same_facts(gateway, staff, ready):
 def test_members_use_only_their_own_keys(gateway, ready, tenant, other_tenant, django_user_model):
     member = django_user_model.objects.create_user("acme-member", password=PASSWORD, is_staff=True)
     Membership.objects.create(tenant=tenant, user=member, role="member")
-    mine, _ = ApiKey.issue(tenant, "member key", created_by=member)
-    foreign, _ = ApiKey.issue(other_tenant, "globex key")
+    mine, _ = key_services.issue(tenant, "member key", created_by=member)
+    foreign, _ = key_services.issue(other_tenant, "globex key")
     client = signed_in(gateway, member)
 
     page = client.get("/admin/playground/").text

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.sessions.models import Session
 
 from gateway_project.urls import manage
-from keys.models import ApiKey
+from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
 from routing.models import CircuitEvent, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
@@ -24,7 +24,7 @@ ROLES = ["owner", "admin", "member"]
 def make_world(tenant, people: dict) -> dict:
     """One of everything a tenant owns, each named after the tenant."""
     slug = tenant.slug
-    key, _ = ApiKey.issue(tenant, f"{slug} key", created_by=people["member"])
+    key, _ = key_services.issue(tenant, f"{slug} key", created_by=people["member"])
     provider = Provider(name=f"{slug}-provider", kind="openai", base_url="https://api.example.com/v1", tenant=tenant)
     provider.set_api_key(f"sk-{slug}-provider-secret")
     provider.save()

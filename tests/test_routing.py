@@ -208,13 +208,14 @@ def test_retry_budget_stops_retries_from_multiplying_an_outage(settings):
 
 
 def test_default_model_of_the_key_else_the_tenant(key_client, gateway, api_key, tenant, mock):
+    from keys import services as key_services
     from keys.models import ApiKey
 
     deployment(provider(mock, "tenant-default"), "for-tenant")
     deployment(provider(mock, "key-default"), "for-key")
     tenant.default_model = "for-tenant"
     tenant.save()
-    _, keyed = ApiKey.issue(tenant, "with default")
+    _, keyed = key_services.issue(tenant, "with default")
     ApiKey.objects.filter(name="with default").update(default_model="for-key")
     ApiKey.objects.get(name="with default").save()  # announce the change
     assert served_by(ready(gateway, api_key[1], "default")) == "tenant-default"

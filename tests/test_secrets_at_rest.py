@@ -5,7 +5,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from keys import hashing
-from keys.models import ApiKey
+from keys import services as key_services
 from providers import crypto
 from providers.models import Provider
 
@@ -22,7 +22,7 @@ def all_rows_as_text() -> str:
 
 @pytest.mark.django_db
 def test_no_table_holds_a_plaintext_key(tenant, capsys):
-    _, secret = ApiKey.issue(tenant, "direct")
+    _, secret = key_services.issue(tenant, "direct")
     call_command("create_api_key", tenant="acme", name="cli")
     cli_secret = capsys.readouterr().out.strip().splitlines()[-1]
     provider = Provider(name="p", kind="openai", base_url="https://api.example.com/v1")

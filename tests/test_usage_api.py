@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from keys.models import ApiKey
+from keys import services as key_services
 from tenants.models import Membership
 from tests.test_jobs import record
 
@@ -26,9 +26,9 @@ def world(transactional_db, tenant, other_tenant):
     Membership.objects.create(tenant=tenant, user=people["owner"], role="owner")
     Membership.objects.create(tenant=tenant, user=people["member"], role="member")
     Membership.objects.create(tenant=other_tenant, user=people["rival"], role="owner")
-    team_key, _ = ApiKey.issue(tenant, "team", created_by=people["owner"])
-    own_key, _ = ApiKey.issue(tenant, "mine", created_by=people["member"])
-    rival_key, _ = ApiKey.issue(other_tenant, "rival", created_by=people["rival"])
+    team_key, _ = key_services.issue(tenant, "team", created_by=people["owner"])
+    own_key, _ = key_services.issue(tenant, "mine", created_by=people["member"])
+    rival_key, _ = key_services.issue(other_tenant, "rival", created_by=people["rival"])
     start = datetime(2026, 11, 10, 9, tzinfo=UTC)
     for i in range(5):
         record(tenant, team_key, start + timedelta(hours=i), model="gpt-test", provider="openai", cost="0.010000")

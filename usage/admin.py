@@ -3,6 +3,8 @@ from decimal import Decimal
 from django.contrib import admin
 
 from gateway_project.lib.readonly_admin import ReadOnlyAdmin
+from keys.admin import ApiKeyAdmin
+from tenants.admin import TenantAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
@@ -83,6 +85,17 @@ class LimitInline(ScopedInlineMixin, admin.TabularInline):
     @admin.display(description="current use")
     def current_use(self, obj: Limit) -> str:
         return _use_summary(obj) if obj.pk else "—"
+
+
+class KeyLimitInline(LimitInline):
+    fk_name = "api_key"
+    fields = [f for f in LimitInline.fields if f != "api_key"]
+
+
+# Limits belong on the pages of what they bound: the usage app, which depends on keys and
+# tenants, adds them to those apps' admins (registered before this module runs).
+TenantAdmin.inlines = [*TenantAdmin.inlines, LimitInline]
+ApiKeyAdmin.inlines = [*ApiKeyAdmin.inlines, KeyLimitInline]
 
 
 @admin.register(UsageRollup)

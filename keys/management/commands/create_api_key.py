@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from keys.models import ApiKey
+from keys import services as key_services
 from tenants import audit
 from tenants.models import Tenant
 
@@ -24,6 +24,6 @@ class Command(BaseCommand):
         allowed = [m.strip() for m in models.split(",") if m.strip()]
         # Audited as done by the system, from the command line.
         with audit.acting():
-            key, secret = ApiKey.issue(tenant_obj, name, models_allowed=allowed, expires_in_days=expires_in)
+            key, secret = key_services.issue(tenant_obj, name, models_allowed=allowed, expires_in_days=expires_in)
         self.stdout.write(f"created key {key.prefix}… for tenant {tenant_obj.slug}; store it now:")
         self.stdout.write(secret)

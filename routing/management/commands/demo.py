@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from keys import services as key_services
 from keys.models import ApiKey
 from providers.models import Deployment, Provider
 from tenants.models import Membership, Tenant
@@ -78,7 +79,7 @@ class Command(BaseCommand):
         # A fresh demo key each run: the old one cannot be shown again.
         for old in ApiKey.objects.filter(tenant=tenant, name="demo", revoked_at__isnull=True):
             old.revoke()
-        _, key = ApiKey.issue(tenant, "demo", created_by=admin)
+        _, key = key_services.issue(tenant, "demo", created_by=admin)
         return password, key
 
     def start_mock(self, port: int) -> subprocess.Popen:

@@ -47,6 +47,12 @@ API_KEY_HASH_SECRET = _secret("API_KEY_HASH_SECRET", lambda: secrets.token_urlsa
 PROVIDER_KEY_ENCRYPTION_KEYS = _secret(
     "PROVIDER_KEY_ENCRYPTION_KEYS", lambda: Fernet.generate_key().decode()
 ).split(",")
+# A provider may read its key from an environment variable (its `api_key_env`,
+# staff only) whose name starts with this prefix or is in the list below, and
+# from no other: the environment also holds DATABASE_URL and the secrets above,
+# and the key is sent upstream. An empty prefix allows the listed names alone.
+PROVIDER_KEY_ENV_PREFIX = env.str("PROVIDER_KEY_ENV_PREFIX", default="GATEWAY_PROVIDER_KEY_")
+PROVIDER_KEY_ENV_ALLOW = env.list("PROVIDER_KEY_ENV_ALLOW", default=[])
 
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])

@@ -3,14 +3,21 @@ from django.contrib import admin, messages
 
 from gateway_project.lib.readonly_admin import ReadOnlyAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
+from tenants.scoping import scope_of
 
-from . import health
+from . import health, http_headers, key_env
 from .connection import check_connection
 from .models import Deployment, HealthCheck, Provider
 
 
 class ProviderForm(forms.ModelForm):
-    """The provider secret is write-only: typed in, stored encrypted, never shown."""
+    """The provider secret is write-only: typed in, stored encrypted, never shown.
+
+    `staff` is set by the admin for the signed-in user: only staff grant a provider
+    private networks or a key from the environment, and for its current host alone.
+    """
+
+    staff = False
 
     base_url = forms.URLField(max_length=500, assume_scheme="https", help_text="For example https://api.openai.com/v1")
     api_key = forms.CharField(
@@ -25,6 +32,24 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers",
                   "settings", "tenant", "is_active", "allow_private_network"]
+
+    def clean_api_key(self) -> str:
+        secret = self.cleaned_data.get("api_key", "")
+        if secret and (reason := http_headers.value_problem("The API key", secret)):
+            raise forms.ValidationError(reason)
+        return secret
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.staff and self.instance.pk:
+            # Before the model's clean() checks the new URL against these grants.
+            if cleaned.get("base_url"):
+                for name, off in self.instance.moved_grants(cleaned["base_url"]).items():
+                    setattr(self.instance, name, off)
+            if self.instance.api_key_env and key_env.refusal(self.instance.api_key_env):
+                # It sends nothing already, and this user cannot edit it: drop it rather than refuse the save.
+                self.instance.api_key_env = ""
+        return cleaned
 
     def save(self, commit=True):
         provider = super().save(commit=False)
@@ -54,9 +79,15 @@ class ProviderAdmin(ScopedAdminMixin, admin.ModelAdmin):
     actions = ["test_connection"]
 
     def get_readonly_fields(self, request, obj=None):
-        # Calling private networks is staff's decision alone (docs/security.md).
+        # Calling private networks and reading the gateway's environment are staff's decisions alone
+        # (docs/security.md).
         fields = list(super().get_readonly_fields(request, obj))
-        return fields if request.user.is_superuser else [*fields, "allow_private_network"]
+        return fields if request.user.is_superuser else [*fields, "allow_private_network", "api_key_env"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.staff = scope_of(request).everything
+        return form
 
     @admin.action(description="Test connection (list the provider's models)")
     def test_connection(self, request, queryset) -> None:

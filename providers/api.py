@@ -1,7 +1,9 @@
 """Management API: providers (upstream accounts) and their deployments.
 
 A provider's API key is write-only: accepted on create and update, stored
-encrypted, never returned (`api_key_set` says whether one is stored).
+encrypted, never returned (`api_key_set` says whether one is stored). What only
+staff may grant (`allow_private_network`, `api_key_env`) is dropped when anyone
+else moves the provider to another scheme, host or port (docs/security.md).
 """
 
 from rest_framework import serializers
@@ -9,6 +11,7 @@ from rest_framework import serializers
 from tenants.manage_api import ScopedKey, ScopedSerializer, ScopedViewSet, TenantField
 from tenants.scoping import scope_of
 
+from . import http_headers
 from .models import Deployment, Provider
 
 
@@ -30,6 +33,9 @@ class ProviderSerializer(ScopedSerializer):
         validators = []
 
     def validate(self, attrs):
+        if self.instance is not None and "base_url" in attrs and not self._staff():
+            # A grant holds for the host staff gave it for (providers/models.py, moved_grants).
+            attrs.update(self.instance.moved_grants(attrs["base_url"]))
         attrs = super().validate(attrs)
         name = attrs.get("name", getattr(self.instance, "name", None))
         tenant = attrs["tenant"] if "tenant" in attrs else getattr(self.instance, "tenant", None)
@@ -40,10 +46,25 @@ class ProviderSerializer(ScopedSerializer):
 
     def get_fields(self):
         fields = super().get_fields()
-        if not scope_of(self.context["request"]).everything:
+        if not self._staff():
             # Calling private networks is staff's decision alone (docs/security.md).
             fields["allow_private_network"].read_only = True
         return fields
+
+    def _staff(self) -> bool:
+        return scope_of(self.context["request"]).everything
+
+    def validate_api_key(self, value: str) -> str:
+        if reason := http_headers.value_problem("The API key", value):
+            raise serializers.ValidationError(reason)
+        return value
+
+    def validate_api_key_env(self, value: str) -> str:
+        # The gateway's environment is staff's: a tenant's own key is sent as api_key.
+        if value and not self._staff() and value != getattr(self.instance, "api_key_env", ""):
+            raise serializers.ValidationError(
+                "Only staff can have a provider read its key from the gateway's environment; send api_key.")
+        return value
 
     def _save(self, provider: Provider, secret: str | None) -> Provider:
         if secret is not None:

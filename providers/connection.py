@@ -40,6 +40,8 @@ def check_connection(provider: Provider, timeout: float = TIMEOUT_SECONDS) -> Co
         target = target_for(provider, provider.deployments.first())
     except SecretUnreadable:
         return ConnectionCheck(False, None, 0, error="the stored key cannot be decrypted with the configured keys")
+    if target.misconfigured:
+        return ConnectionCheck(False, None, 0, error=target.misconfigured)
     adapter = for_kind(provider.kind)
     request = adapter.models_request(target)
     try:

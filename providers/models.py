@@ -1,4 +1,4 @@
-import os
+import re
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -7,7 +7,7 @@ from django.db import models
 
 from tenants.models import Tenant
 
-from . import crypto, netguard
+from . import crypto, http_headers, key_env, netguard
 from .adapters import for_kind
 
 
@@ -39,7 +39,9 @@ class Provider(models.Model):
     api_key_env = models.CharField(
         max_length=100,
         blank=True,
-        help_text="Read the secret from this environment variable instead of storing it.",
+        help_text="Read the secret from this environment variable instead of storing it. Staff only; "
+                  "the name must start with PROVIDER_KEY_ENV_PREFIX (GATEWAY_PROVIDER_KEY_ by default) "
+                  "or be in PROVIDER_KEY_ENV_ALLOW.",
     )
     extra_headers = models.JSONField(default=dict, blank=True, help_text="Sent with every upstream call.")
     settings = models.JSONField(
@@ -59,9 +61,16 @@ class Provider(models.Model):
     allow_private_network = models.BooleanField(
         default=False,
         help_text="Let this provider's base URL point at loopback, private or link-local addresses "
-                  "(a local Ollama or vLLM, say). Only staff can set it; see docs/security.md.",
+                  "(a local Ollama or vLLM, say). Only staff can set it, for the URL's scheme, host and "
+                  "port: anyone else moving the provider elsewhere clears it. See docs/security.md.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # What only staff may grant, with the value that withdraws it. Each was granted
+    # for the base URL's origin (scheme, host, port): see moved_grants().
+    STAFF_GRANTS = {"allow_private_network": False, "api_key_env": ""}
+    # Setting values go into URLs and headers (Anthropic's version): a plain token.
+    _SETTING_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
     class Meta:
         ordering = ["name"]
@@ -82,29 +91,59 @@ class Provider(models.Model):
                 netguard.check_url(self.base_url, self.allow_private_network)
             except netguard.UnsafeAddress as exc:
                 raise ValidationError({"base_url": str(exc)}) from None
-        allowed = self.SETTINGS.get(self.kind, {})
+        if self.api_key_env and (reason := key_env.refusal(self.api_key_env)):
+            raise ValidationError({"api_key_env": reason})
+        if reason := self.settings_problem():
+            raise ValidationError({"settings": reason})
+        if reason := http_headers.problem(self.extra_headers):
+            raise ValidationError({"extra_headers": reason})
+
+    def settings_problem(self) -> str:
         if not isinstance(self.settings, dict):
-            raise ValidationError({"settings": "Expected a JSON object."})
+            return "Expected a JSON object."
+        allowed = self.SETTINGS.get(self.kind, {})
         unknown = sorted(set(self.settings) - set(allowed))
         if unknown:
             known = ", ".join(allowed) or "none"
-            raise ValidationError({"settings": f"Unknown setting(s) for {self.kind}: {', '.join(unknown)} "
-                                               f"(known: {known})."})
-        if not isinstance(self.extra_headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_headers.items()
-        ):
-            raise ValidationError({"extra_headers": "Expected a JSON object of header names to string values."})
+            return f"Unknown setting(s) for {self.kind}: {', '.join(unknown)} (known: {known})."
+        return self._setting_values_problem()
+
+    def _setting_values_problem(self) -> str:
+        for name, value in self.effective_settings().items():
+            if not isinstance(value, str) or not self._SETTING_VALUE.match(value):
+                return f"{name} must be a short string of letters, digits, '.', '_' or '-'."
+        return ""
+
+    def call_problem(self, api_key: str) -> str:
+        """Why calls to this provider cannot be sent as it is configured ("" when they can):
+        a row saved before its headers and settings were checked, or a key with a line break."""
+        if not isinstance(self.settings, dict):
+            return "Its settings are not a JSON object."
+        return (http_headers.problem(self.extra_headers) or self._setting_values_problem()
+                or http_headers.value_problem("The API key", api_key))
+
+    def moved_grants(self, base_url: str) -> dict[str, object]:
+        """The staff grants that moving this provider to `base_url` withdraws.
+
+        Staff allow a provider onto private networks, or give it a key from the
+        gateway's environment, for the host its URL names; when anyone else points
+        it at another scheme, host or port, the grant does not follow (a path may change).
+        """
+        if netguard.origin(base_url) == netguard.origin(self.base_url or ""):
+            return {}
+        return {name: off for name, off in self.STAFF_GRANTS.items() if getattr(self, name) != off}
 
     def effective_settings(self) -> dict[str, str]:
         """The kind's defaults overlaid with what the admin set."""
-        return {**self.SETTINGS.get(self.kind, {}), **(self.settings or {})}
+        own = self.settings if isinstance(self.settings, dict) else {}  # else call_problem() says so
+        return {**self.SETTINGS.get(self.kind, {}), **own}
 
     def set_api_key(self, secret: str) -> None:
         self.api_key_encrypted = crypto.encrypt(secret) if secret else ""
 
     def get_api_key(self) -> str:
         if self.api_key_env:
-            return os.environ.get(self.api_key_env, "")
+            return key_env.read(self.api_key_env)
         return crypto.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
 
     @property

@@ -7,8 +7,9 @@ staff tick "allow private network" on a provider, its calls may only reach
 globally routable addresses.
 
 Checked twice: when the provider is saved (every form of address: dotted,
-decimal, octal and hexadecimal IPv4, IPv6 and IPv4-mapped IPv6, and names,
-resolved) and on every connection, by the resolver of the session that calls
+decimal, octal and hexadecimal IPv4, IPv6, and the IPv6 forms that carry an
+IPv4 address: IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64, 6to4 and
+Teredo; and names, resolved) and on every connection, by the resolver of the session that calls
 unprivileged providers, so a name that later resolves elsewhere (DNS
 rebinding) is refused too. Upstream redirects are never followed.
 """
@@ -24,14 +25,28 @@ class UnsafeAddress(OSError):
     """The address is not on the public internet and the provider may not call private networks."""
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that a translator or the
+# host's own stack may reach: IPv4-translated (RFC 7915, SIIT) and the
+# well-known NAT64 prefix (RFC 6052). Python's `is_global` takes them as public.
+_CARRY_IPV4 = (ipaddress.IPv6Network("::ffff:0:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+# Never public, whatever they carry: IPv4-compatible addresses (deprecated by
+# RFC 4291, `::127.0.0.1`; `::` and `::1` are in it too) and the local-use NAT64
+# prefix (RFC 8215), which Python releases before 3.13 take as global.
+_NEVER_PUBLIC = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def is_public(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _NEVER_PUBLIC):
+            return False
         if ip.ipv4_mapped:
             ip = ip.ipv4_mapped
+        elif any(ip in network for network in _CARRY_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         elif ip.sixtofour:
             ip = ip.sixtofour
         elif ip.teredo:
@@ -66,6 +81,26 @@ def check_url(url: str, allow_private: bool) -> None:
         raise UnsafeAddress(
             f"'{host}' is a private, loopback, link-local or reserved address ({', '.join(private)}); "
             "only staff can allow a provider to call private networks.")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, as a connection sees it: what a private-network
+    grant is bound to. A path or query may change under a grant; these may not."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass  # a name (hostname is lower-cased already)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, host, port or _DEFAULT_PORTS.get(scheme)
 
 
 class PublicOnlyResolver(aiohttp.ThreadedResolver):

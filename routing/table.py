@@ -50,6 +50,8 @@ class Target:
     first_byte_timeout: float | None = None
     total_timeout: float | None = None
     allow_private_network: bool = False
+    # Why calls to it cannot be sent (a bad header saved before headers were checked): "" if they can.
+    misconfigured: str = ""
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """Exact cost in USD (prices are per million tokens)."""
@@ -139,6 +141,7 @@ def target_for(provider, deployment=None) -> Target:
     Raises SecretUnreadable when the provider secret cannot be decrypted.
     """
     d = deployment
+    api_key = provider.get_api_key()
     return Target(
         deployment_id=d.id if d else 0,
         provider_id=provider.id,
@@ -146,8 +149,9 @@ def target_for(provider, deployment=None) -> Target:
         tenant_id=provider.tenant_id,
         kind=provider.kind,
         base_url=provider.base_url.rstrip("/"),
-        api_key=provider.get_api_key(),
-        extra_headers=dict(provider.extra_headers or {}),
+        api_key=api_key,
+        # A row saved unchecked may hold any JSON: call_problem() then refuses its calls.
+        extra_headers=dict(provider.extra_headers) if isinstance(provider.extra_headers, dict) else {},
         settings=provider.effective_settings(),
         public_model=d.public_model if d else "",
         upstream_model=d.upstream_model if d else "",
@@ -158,6 +162,7 @@ def target_for(provider, deployment=None) -> Target:
         output_price_per_mtok=d.output_price_per_mtok if d else Decimal(0),
         created=int(d.created_at.timestamp()) if d else 0,
         allow_private_network=provider.allow_private_network,
+        misconfigured=provider.call_problem(api_key),
         **({"priority": d.priority, "supports_vision": d.supports_vision, "supports_tools": d.supports_tools,
             "connect_timeout": d.connect_timeout, "first_byte_timeout": d.first_byte_timeout,
             "total_timeout": d.total_timeout} if d else {}),

@@ -112,6 +112,9 @@ def _timeout(target: Target) -> aiohttp.ClientTimeout:
 
 async def _try(target: Target, build: BuildRequest, stream: bool, attempt_no: int) -> Attempt:
     """One call to one deployment, up to its headers (and, for a stream, its first bytes)."""
+    if target.misconfigured:
+        raise UpstreamError(502, f"Provider '{target.provider_name}' is misconfigured. {target.misconfigured}",
+                            retryable=True, code="upstream_misconfigured")
     adapter = adapters.for_kind(target.kind)
     request = build(adapter, target)
     private = target.allow_private_network

@@ -2,9 +2,11 @@
 address form refused when saved, names checked again on every connection
 (DNS rebinding), redirects never followed."""
 
+import asyncio
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -23,6 +25,12 @@ PRIVATE_FORMS = [
     "http://[::ffff:7f00:1]/v1", "http://169.254.169.254/latest/meta-data", "http://[fe80::1]/v1",
     "http://10.0.0.5/v1", "http://172.16.3.4/v1", "http://192.168.1.1/v1", "http://100.64.0.1/v1",
     "http://[fd00:ec2::254]/v1", "http://[2002:7f00:1::]/v1", "http://224.0.0.1/v1",
+    *[f"http://[{address}]/v1" for address in (
+        "::127.0.0.1", "::7f00:1", "::a9fe:a9fe", "::8.8.8.8",  # IPv4-compatible (deprecated, never public)
+        "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1",  # NAT64, well-known prefix
+        "64:ff9b:1::a00:1", "64:ff9b:1::808:808",  # NAT64, local-use prefix (never public)
+        "::ffff:0:7f00:1", "::ffff:0:a9fe:a9fe",  # IPv4-translated (SIIT)
+    )],
 ]
 
 
@@ -45,7 +53,7 @@ def test_odd_ipv4_forms_are_refused_by_the_form_and_by_the_guard(url, db):
 
 
 @pytest.mark.parametrize("url", ["https://8.8.8.8/v1", "https://[2001:4860:4860::8888]/v1",
-                                 "https://api.openai.example/v1"])
+                                 "https://[64:ff9b::808:808]/v1", "https://api.openai.example/v1"])
 def test_public_addresses_and_names_are_accepted(url, db):
     Provider(name="p", kind="openai", base_url=url).full_clean()
 
@@ -71,7 +79,8 @@ def client(gateway, api_key):
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "2130706433", "[::1]"])
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "2130706433", "[::1]", "[::127.0.0.1]",
+                                  "[64:ff9b::7f00:1]"])
 def test_calls_to_private_addresses_are_refused_at_connection_time(host, client, mock):
     port = mock.url.rsplit(":", 1)[1]
     sneaked_in("rebound", f"http://{host}:{port}/v1")
@@ -83,6 +92,19 @@ def test_calls_to_private_addresses_are_refused_at_connection_time(host, client,
     assert httpx.get(mock.url + "/_mock/stats").json()["requests"] == before  # nothing reached it
     result = check_connection(Provider.objects.get(name="rebound"))
     assert not result.ok and "private" in result.error
+
+
+@pytest.mark.parametrize("address", ["::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "::ffff:0:a00:1"])
+def test_names_resolving_to_ipv4_carried_in_ipv6_are_refused_on_connection(address, monkeypatch):
+    async def resolved(self, host, port=0, family=0):
+        return [{"hostname": host, "host": address, "port": port, "family": 10, "proto": 6, "flags": 0}]
+
+    async def connect():
+        return await netguard.PublicOnlyResolver().resolve("rebound.example", 443)
+
+    monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", resolved)
+    with pytest.raises(netguard.UnsafeAddress, match="non-public"):
+        asyncio.run(connect())
 
 
 def test_redirects_from_an_upstream_are_not_followed(client, mock, api_key):

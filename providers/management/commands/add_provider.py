@@ -40,9 +40,12 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--kind", required=True, choices=[k for k, _ in Provider.Kind.choices])
         parser.add_argument("--base-url", required=True)
-        parser.add_argument("--api-key-env", help="Environment variable holding the provider's API key")
+        parser.add_argument("--api-key-env",
+                            help="Environment variable holding the provider's API key; read at run time, it must "
+                                 "start with PROVIDER_KEY_ENV_PREFIX or be in PROVIDER_KEY_ENV_ALLOW")
         parser.add_argument("--store-key", action="store_true",
-                            help="Store the key read from --api-key-env encrypted, instead of reading it at run time")
+                            help="Store the key read from --api-key-env (any variable) encrypted, "
+                                 "instead of reading it at run time")
         parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                             help="A kind-specific setting, e.g. api_version=2024-10-21 for azure (repeatable)")
         parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",

@@ -11,10 +11,10 @@ import httpx
 
 from providers.adapters import for_kind
 from providers.crypto import SecretUnreadable
-from routing.table import target_for
 
 from . import netguard
 from .models import Provider
+from .targets import target_for
 
 TIMEOUT_SECONDS = 10
 

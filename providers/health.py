@@ -16,15 +16,13 @@ shown as failed and left to real calls, since providers accept aliases they
 do not list.
 """
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import connection
 from django.db.models import Max
-
-from routing import breakers
+from django.dispatch import Signal
 
 from .connection import ConnectionCheck, check_connection
 from .models import Deployment, HealthCheck, Provider
@@ -33,6 +31,9 @@ from .models import Deployment, HealthCheck, Provider
 # models, TGI serves one model whatever it is called).
 UNLISTED = {"azure", "huggingface"}
 PARALLEL_PROBES = 8
+# Sent for each deployment a probe speaks for: sender=Deployment, deployment_id, ok, error (routing's
+# breakers listen: routing/signals.py).
+checked = Signal()
 ERROR_LENGTH = HealthCheck._meta.get_field("error").max_length
 
 
@@ -51,7 +52,7 @@ def check_all() -> list[HealthCheck]:
                                                       f"'{deployment.upstream_model}'")
             results.append(_result(provider, deployment, probe, probe.ok and listed, error, now))
             if not probe.ok or listed:
-                feed_breaker(deployment.id, probe.ok, probe.error)
+                checked.send(Deployment, deployment_id=deployment.id, ok=probe.ok, error=probe.error)
     HealthCheck.objects.bulk_create(results)
     return results
 
@@ -84,16 +85,6 @@ def _result(provider: Provider, deployment: Deployment | None, probe: Connection
     # messages); it is cut to the column, as an upstream's HTML error page can be long.
     return HealthCheck(provider=provider, deployment=deployment, checked_at=now, ok=ok, status=probe.status,
                        latency_ms=probe.latency_ms, models_found=len(probe.models), error=error[:ERROR_LENGTH])
-
-
-def feed_breaker(deployment_id: int, ok: bool, error: str) -> None:
-    shared = breakers.shared_state(deployment_id)
-    half_open = shared.startswith("half-open")
-    if ok and half_open:
-        breakers.force(deployment_id, 0.0, "closed", "health check passed")
-    elif not ok and (shared == "closed" or half_open):
-        breakers.force(deployment_id, time.time() + settings.BREAKER_COOLDOWN, "open",
-                       f"health check failed: {error}")
 
 
 def latest(provider_ids=None) -> dict[tuple[int, int | None], HealthCheck]:

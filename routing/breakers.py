@@ -170,17 +170,38 @@ def on_message(data: str) -> None:
     apply(int(deployment_id), float(open_until))
 
 
-def shared_state(deployment_id: int) -> str:
-    """The fleet's view (Redis) in words, for the admin, which may run in a process that routes nothing."""
+def shared(deployment_id: int) -> tuple[State, float]:
+    """The fleet's view (Redis): (state, open until), for processes that route nothing (the admin,
+    the health checks). Raises RedisError when Redis does not answer."""
     if not settings.REDIS_URL:
         b = _breakers.get(deployment_id)
-        return describe(state(deployment_id), b.open_until if b is not None else 0.0)
-    try:
+        until = b.open_until if b is not None else 0.0
+    else:
         value = sync_redis().get(f"gw:cb:{deployment_id}")
+        until = float(value) if value else 0.0
+    return _state_at(until, time.time()), until
+
+
+def shared_state(deployment_id: int) -> str:
+    """The fleet's view in words, for the admin."""
+    try:
+        return describe(*shared(deployment_id))
     except (redis.RedisError, OSError):
         return "unknown (Redis unreachable)"
-    until = float(value) if value else 0.0
-    return describe(_state_at(until, time.time()), until)
+
+
+def health_checked(deployment_id: int, ok: bool, error: str) -> None:
+    """A health check's result (providers/health.py): a failed probe opens a closed or half-open breaker,
+    a passing one closes a half-open breaker, never an open one (docs/routing.md, "Health checks")."""
+    try:
+        current, _ = shared(deployment_id)
+    except (redis.RedisError, OSError):
+        log.warning("health check of deployment %s not fed to its breaker: Redis unreachable", deployment_id)
+        return
+    if ok and current is State.HALF_OPEN:
+        force(deployment_id, 0.0, State.CLOSED, "health check passed")
+    elif not ok and current in (State.CLOSED, State.HALF_OPEN):
+        force(deployment_id, time.time() + settings.BREAKER_COOLDOWN, State.OPEN, f"health check failed: {error}")
 
 
 async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:

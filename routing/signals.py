@@ -1,11 +1,18 @@
-"""Push route changes to every process's routing table."""
+"""Push route changes to every process's routing table; feed health check results to the breakers."""
 
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from gateway_project.lib import config_cache
+from providers import health
 
+from . import breakers
 from .models import Route, RouteRule, RouteTarget
+
+
+@receiver(health.checked)
+def deployment_checked(sender, deployment_id: int, ok: bool, error: str, **kwargs) -> None:
+    breakers.health_checked(deployment_id, ok, error)
 
 
 @receiver([post_save, post_delete], sender=Route)

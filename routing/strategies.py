@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from gateway_project.lib.messages import content_text
+from providers.targets import Target
 
 from . import breakers, stats
-from .table import RouteSpec, Rule, Target
+from .table import RouteSpec, Rule
 
 
 @dataclass(slots=True)

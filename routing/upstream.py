@@ -18,9 +18,9 @@ from django.conf import settings
 from gateway_project.lib import metrics
 from providers import adapters, netguard
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
+from providers.targets import Target
 
 from . import breakers, stats
-from .table import Target
 
 _sessions: dict[bool, aiohttp.ClientSession] = {}
 

@@ -41,7 +41,7 @@ def layer(module: str) -> str:
 
 @pytest.fixture(scope="module")
 def graph():
-    return grimp.build_graph(*PACKAGES, include_external_packages=False)
+    return grimp.build_graph(*PACKAGES, include_external_packages=False, cache_dir=None)
 
 
 def _code_modules(graph) -> set[str]:

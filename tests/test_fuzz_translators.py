@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from gateway_project.lib.errors import GatewayError
 from providers.adapters import ADAPTERS
 from providers.adapters.base import StreamEvent, UpstreamRequest
+from providers.targets import Target
 from routing import upstream
 from routing.front import validation
-from routing.table import Target
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = sorted(set(ADAPTERS) - {"openai_compatible"})

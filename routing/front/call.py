@@ -13,7 +13,7 @@ from gateway_project.lib.messages import prompt_inputs
 from gateway_project.lib.request_ids import new_request_id
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
-from routing.table import Target
+from providers.targets import Target
 from usage import limits, prompts, recorder, tokens
 from usage.limits import Admission
 

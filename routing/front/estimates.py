@@ -9,7 +9,7 @@ reserved and the settlement corrects it.
 
 from django.conf import settings
 
-from routing.table import Target
+from providers.targets import Target
 from usage.limits import to_micros
 
 

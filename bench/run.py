@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark: the gateway against a bare Django relay and the mock upstream itself.
 
-    python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--smoke]
+    python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--smoke] [--drf]
 
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
 from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
@@ -13,6 +13,10 @@ wrk for JSON chat, streamed chat (21 events) and embeddings. It prints a
 Markdown table: requests per second, CPU time of the measured server per
 request, and latency p50/p99 at N connections and at one connection (the
 median of `--rounds` rounds that take the servers in turn).
+
+`--drf` also runs a second gateway whose /v1 endpoints are async DRF views
+(bench/drf_front.py, served with GATEWAY_API_URLCONF=bench.drf_front), measured
+in the same rounds, and prints what DRF adds to each call beside the plain views.
 """
 
 import argparse
@@ -33,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+DRF = "gateway, DRF views"
 
 SCENARIOS = {
     "chat": ("/v1/chat/completions", '{"model": "bench-chat", "messages": [{"role": "user", "content": "Hello there"}]}'),
@@ -310,6 +315,8 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the one-connection runs, each server in turn (the median is shown)")
+    parser.add_argument("--drf", action="store_true",
+                        help="also measure the gateway with the /v1 endpoints as async DRF views (bench/drf_front.py)")
     opts = parser.parse_args()
     if opts.smoke:
         opts.slow_streams, opts.slow_seconds, opts.no_profile = min(opts.slow_streams, 20), 1.0, True
@@ -322,7 +329,7 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": base + "_bench",
            "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
            "GATEWAY_DATA_DIR": str(tmp), "LOG_LEVEL": "WARNING", "DEBUG": "false"}
-    mock_port, gw_port, floor_port = free_port(), free_port(), free_port()
+    mock_port, gw_port, floor_port, drf_port = free_port(), free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     procs = [start([sys.executable, "-m", "providers.mock_upstream", "--port", str(mock_port)], env)]
     try:
@@ -330,8 +337,10 @@ def main() -> None:
         key = prepare_database(env, mock_url, not opts.no_limits)
         # As in production, usage is drained by a process of its own (Celery there),
         # not by the gateway; its CPU is reported separately.
-        procs.append(start([sys.executable, "manage.py", "serve", "--port", str(gw_port), "--workers",
-                            str(opts.workers), "--log-level", "warning"], {**env, "USAGE_DRAIN_IN_PROCESS": "false"}))
+        serve = lambda port, **extra: start([sys.executable, "manage.py", "serve", "--port", str(port),  # noqa: E731
+                                             "--workers", str(opts.workers), "--log-level", "warning"],
+                                            {**env, "USAGE_DRAIN_IN_PROCESS": "false", **extra})
+        procs.append(serve(gw_port))
         procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
                             str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                             "--log-level", "warning", "--lifespan", "off"], {**env, "UPSTREAM_URL": mock_url}))
@@ -344,6 +353,11 @@ def main() -> None:
             "bare Django relay (floor)": (f"http://127.0.0.1:{floor_port}", procs[2].pid, None, "upstream"),
             "gateway": (f"http://127.0.0.1:{gw_port}", procs[1].pid, key, "gateway"),
         }
+        if opts.drf:
+            drf = serve(drf_port, GATEWAY_API_URLCONF="bench.drf_front")
+            procs.append(drf)
+            wait_http(f"http://127.0.0.1:{drf_port}/v1/models")
+            targets[DRF] = (f"http://127.0.0.1:{drf_port}", drf.pid, key, "gateway")
         rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
         rounds = 1 if opts.smoke else opts.rounds
         for scenario, (path, body) in SCENARIOS.items():
@@ -353,7 +367,8 @@ def main() -> None:
                     continue  # the same as plain chat for the mock and the floor
                 payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
                     "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")
-                script = wrk_script(tmp, f"{scenario.replace(' ', '_').replace(',', '')}-{names}", payload, auth)
+                script = wrk_script(tmp, f"{scenario.replace(' ', '_').replace(',', '')}-{names}-{len(measured)}",
+                                    payload, auth)
                 # Warm up pools, caches and the routing table.
                 run_wrk(wrk, url + path, script, 4, 1, pid)
                 loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
@@ -374,6 +389,8 @@ def main() -> None:
         time.sleep(1.5)  # let the drainer finish
         drain_ms = (cpu_seconds(drainer.pid) - drain_before) * 1000 / max(gateway_requests, 1)
         print_table(rows, opts, duration)
+        if opts.drf:
+            print_drf(rows)
         print(f"\nUsage drain (its own process, bulk inserts into PostgreSQL): {drain_ms:.2f} ms CPU per "
               "gateway request.")
         gateway_url, gateway_pid = targets["gateway"][0], targets["gateway"][1]
@@ -403,6 +420,23 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_drf(rows) -> None:
+    """What the DRF views add to each call, beside the plain views measured in the same rounds."""
+    by = {(scenario, target): (loaded, single) for scenario, target, loaded, single in rows}
+    print("\nDRF views against the plain views, same run (CPU per request under the load above, "
+          "latency at one connection):\n")
+    print("| scenario | plain CPU ms/req | DRF CPU ms/req | DRF/plain | DRF added CPU ms/req "
+          "| plain p50 ms @1 | DRF p50 ms @1 | DRF added p50 ms @1 | DRF added p99 ms @1 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scenario in SCENARIOS:
+        if (scenario, DRF) not in by:
+            continue
+        (plain, plain_one), (drf, drf_one) = by[(scenario, "gateway")], by[(scenario, DRF)]
+        print(f"| {scenario} | {plain['cpu_ms']:.3f} | {drf['cpu_ms']:.3f} | {drf['cpu_ms'] / plain['cpu_ms']:.3f} "
+              f"| {drf['cpu_ms'] - plain['cpu_ms']:+.3f} | {plain_one['p50']:.2f} | {drf_one['p50']:.2f} "
+              f"| {drf_one['p50'] - plain_one['p50']:+.2f} | {drf_one['p99'] - plain_one['p99']:+.2f} |")
 
 
 def print_table(rows, opts, duration) -> None:

@@ -104,7 +104,8 @@ MIDDLEWARE = [
 ROOT_URLCONF = "gateway_project.urls"
 # The OpenAI-compatible API is served by its own handler with no middleware
 # (see gateway_project/asgi.py): each sync middleware costs a thread hop.
-API_URLCONF = "routing.urls"
+# GATEWAY_API_URLCONF is for bench/run.py --drf alone (bench.drf_front: the same endpoints as DRF views).
+API_URLCONF = env.str("GATEWAY_API_URLCONF", default="routing.urls")
 
 TEMPLATES = [
     {

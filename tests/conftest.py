@@ -143,6 +143,34 @@ def other_tenant(transactional_db):
     return Tenant.objects.create(name="Globex", slug="globex")
 
 
+def user_in(tenant, role: str, name: str | None = None, password: str | None = None, **extra):
+    """A user with `role` ("owner", "admin", "member") in `tenant`, allowed into the admin; named
+    <slug>-<role> unless `name`. No password unless given: hashing one costs a second."""
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import Membership
+
+    user = get_user_model().objects.create_user(name or f"{tenant.slug}-{role}", password=password, is_staff=True,
+                                                **extra)
+    Membership.objects.create(tenant=tenant, user=user, role=role)
+    return user
+
+
+@pytest.fixture()
+def owner(tenant):
+    return user_in(tenant, "owner")
+
+
+@pytest.fixture()
+def tenant_admin(tenant):
+    return user_in(tenant, "admin")
+
+
+@pytest.fixture()
+def member(tenant):
+    return user_in(tenant, "member")
+
+
 @pytest.fixture()
 def mock_provider(transactional_db, mock_upstream):
     """A shared provider on the mock upstream with a chat and an embedding model."""

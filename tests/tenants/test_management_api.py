@@ -6,21 +6,15 @@ import pytest
 
 from providers.models import Provider
 from tenants.models import Membership, Tenant
-from tests.conftest import wait_until
+from tests.conftest import user_in, wait_until
 from usage.models import Limit
 
 SECRET = "sk-upstream-api-secret-24680"
 
 
-def member_of(tenant, role: str, django_user_model, name: str | None = None):
-    user = django_user_model.objects.create_user(name or f"{tenant.slug}-{role}", is_staff=True)
-    Membership.objects.create(tenant=tenant, user=user, role=role)
-    return user
-
-
 def test_a_route_made_through_the_api_serves_the_tenants_keys(client, gateway, mock_provider, tenant, api_key,
                                                              django_user_model):
-    client.force_login(member_of(tenant, "admin", django_user_model))
+    client.force_login(user_in(tenant, "admin"))
     shared = mock_provider.deployments.get(public_model="gpt-test")
     response = client.post("/api/manage/routes/", {
         "name": "acme-fast", "strategy": "priority", "targets": [{"deployment": shared.id}],
@@ -39,7 +33,7 @@ def test_a_route_made_through_the_api_serves_the_tenants_keys(client, gateway, m
 
 
 def test_provider_keys_are_write_only(client, tenant, django_user_model):
-    client.force_login(member_of(tenant, "owner", django_user_model))
+    client.force_login(user_in(tenant, "owner"))
     created = client.post("/api/manage/providers/", {
         "name": "acme-own", "kind": "openai", "base_url": "https://api.example.com/v1", "api_key": SECRET,
         "allow_private_network": True}, content_type="application/json")
@@ -66,8 +60,8 @@ def test_provider_keys_are_write_only(client, tenant, django_user_model):
 
 def test_members_are_added_by_owners_and_admins_with_owners_made_by_owners_only(client, tenant, other_tenant,
                                                                                 django_user_model):
-    owner, admin = member_of(tenant, "owner", django_user_model), member_of(tenant, "admin", django_user_model)
-    outsider = member_of(other_tenant, "member", django_user_model)
+    owner, admin = user_in(tenant, "owner"), user_in(tenant, "admin")
+    outsider = user_in(other_tenant, "member")
     client.force_login(admin)
 
     def add(username, role, password="A-long-pass-phrase-9"):
@@ -99,7 +93,7 @@ def test_members_are_added_by_owners_and_admins_with_owners_made_by_owners_only(
 
 
 def test_owners_change_their_tenants_name_not_its_billing(client, tenant, django_user_model):
-    client.force_login(member_of(tenant, "owner", django_user_model))
+    client.force_login(user_in(tenant, "owner"))
     response = client.patch(f"/api/manage/tenants/{tenant.id}/", {
         "name": "Acme Corp", "is_active": False, "allowed_models": ["x"], "slug": "other"},
         content_type="application/json")
@@ -117,7 +111,7 @@ def test_tenant_admins_set_key_limits_not_tenant_wide_ones(client, tenant, djang
     from keys import services as key_services
 
     key, _ = key_services.issue(tenant, "k")
-    client.force_login(member_of(tenant, "admin", django_user_model))
+    client.force_login(user_in(tenant, "admin"))
     wide = client.post("/api/manage/limits/", {"budget_usd": "1000"}, content_type="application/json")
     assert wide.status_code == 400 and "api_key" in wide.json()
     on_key = client.post("/api/manage/limits/", {"api_key": key.id, "requests_per_minute": 30},
@@ -148,7 +142,7 @@ def test_anonymous_requests_are_refused(client, tenant):
 
 def test_the_api_is_throttled_per_user(client, tenant, django_user_model, settings):
     settings.MANAGEMENT_API_RATE = "5/m"
-    client.force_login(member_of(tenant, "owner", django_user_model, name="throttled-owner"))
+    client.force_login(user_in(tenant, "owner", name="throttled-owner"))
     statuses = [client.get("/api/manage/tenants/").status_code for _ in range(8)]
     assert statuses[0] == 200 and 429 in statuses
     assert statuses.count(200) <= 10  # fixed one-minute windows: at most two windows' worth
@@ -174,7 +168,7 @@ def test_passwords_cannot_be_guessed_through_the_api_faster_than_at_the_login_pa
                                                                                    django_user_model):
     import base64
 
-    user = member_of(tenant, "admin", django_user_model)
+    user = user_in(tenant, "admin")
     user.set_password("the-Right-password-31")
     user.save()
 

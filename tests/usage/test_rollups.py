@@ -20,7 +20,7 @@ from django.db.models import Count, Sum
 from keys import services as key_services
 from tenants.models import Tenant
 from tests.conftest import ROOT
-from tests.test_jobs import record
+from tests.usage.test_jobs import record
 from usage import retention, rollups
 from usage.models import UsageRecord, UsageRollup
 from usage.tasks import rollup_usage
@@ -195,7 +195,7 @@ def test_sqlite_and_postgresql_roll_up_the_same(transactional_db, tmp_path):
            "DJANGO_SETTINGS_MODULE": "gateway_project.settings"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     embedded = subprocess.run(
-        [sys.executable, "-c", "import django, json; django.setup(); from tests.test_rollups import scenario; "
+        [sys.executable, "-c", "import django, json; django.setup(); from tests.usage.test_rollups import scenario; "
                                "print(json.dumps(scenario()))"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert embedded.returncode == 0, embedded.stderr

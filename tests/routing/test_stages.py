@@ -1,6 +1,6 @@
 """A stage slots into the request path of every front without an edit to any endpoint.
 
-The gateway process loads two stages from GATEWAY_STAGES (tests/stage_examples.py):
+The gateway process loads two stages from GATEWAY_STAGES (tests/routing/stage_examples.py):
 one refuses a prompt on input, one rewrites the answer on output, in JSON answers
 and in streams, whatever the front and the provider kind.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Server, make_provider, usage_record, wait_until
 
-STAGES = "input=tests.stage_examples:refuse_word,output=tests.stage_examples:shout"
+STAGES = "input=tests.routing.stage_examples:refuse_word,output=tests.routing.stage_examples:shout"
 
 
 @pytest.fixture()

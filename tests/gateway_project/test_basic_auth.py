@@ -12,7 +12,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.cache import cache
 
 from gateway_project.lib.rest import verified_credentials
-from tests.test_management_api import member_of
+from tests.conftest import user_in
 
 PASSWORD = "the-Right-password-31"
 
@@ -24,7 +24,7 @@ def user(settings, tenant, django_user_model):
     settings.API_BASIC_AUTH_CACHE_SECONDS = 60
     cache.clear()  # sign-in and API throttle counters
     verified_credentials.clear()
-    user = member_of(tenant, "admin", django_user_model)
+    user = user_in(tenant, "admin")
     user.set_password(PASSWORD)
     user.save()
     yield user

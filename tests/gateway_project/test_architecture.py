@@ -12,12 +12,12 @@ Deferred imports count as imports here: a function-level import is still an edge
 """
 
 import ast
-from pathlib import Path
 
 import grimp
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 PACKAGES = ("gateway_project", "tenants", "keys", "providers", "usage", "routing")
 # Who may import whom, by layer: the composition root everything; routing the domain apps; each
 # domain app those it points at by foreign key; every app the lower layer; the lower layer nothing.

@@ -10,8 +10,8 @@ import pytest
 from keys import hashing
 from keys import services as key_services
 from keys.models import ApiKey
-from tenants.models import AuditLog, Membership
-from tests.conftest import wait_until
+from tenants.models import AuditLog
+from tests.conftest import user_in, wait_until
 from usage.models import Limit
 
 SECRET = re.compile(r"sk-gw-[0-9A-Za-z]{46}")
@@ -24,15 +24,9 @@ def chat_status(gateway, secret: str) -> int:
     return response.status_code
 
 
-def user_with_role(django_user_model, tenant, role: str, name: str | None = None):
-    user = django_user_model.objects.create_user(name or f"{tenant.slug}-{role}", is_staff=True)
-    Membership.objects.create(tenant=tenant, user=user, role=role)
-    return user
-
-
 @pytest.fixture()
 def tenant_admin(client, tenant, django_user_model):
-    user = user_with_role(django_user_model, tenant, "admin")
+    user = user_in(tenant, "admin")
     client.force_login(user)
     return user
 
@@ -130,8 +124,8 @@ def test_last_use_is_recorded_off_the_request_path(gateway, mock_provider, api_k
 
 
 def test_members_manage_their_own_keys_only(client, gateway, mock_provider, tenant, django_user_model):
-    admins_key, _ = key_services.issue(tenant, "admin's key", created_by=user_with_role(django_user_model, tenant, "admin"))
-    member = user_with_role(django_user_model, tenant, "member")
+    admins_key, _ = key_services.issue(tenant, "admin's key", created_by=user_in(tenant, "admin"))
+    member = user_in(tenant, "member")
     client.force_login(member)
 
     created = client.post("/api/manage/keys/", {"name": "mine"}, content_type="application/json")

@@ -4,32 +4,15 @@ read-only and filterable in the admin."""
 
 import json
 
-import pytest
-
 from keys import services as key_services
 from providers.models import Provider
 from routing.models import Route
-from tenants.models import AuditLog, Membership, Tenant
+from tenants.models import AuditLog, Tenant
+from tests.conftest import user_in
 from usage.models import Limit
 
 PROVIDER_SECRET = "sk-upstream-audit-secret-1234"
 HEADER_SECRET = "Bearer sk-header-audit-secret-5678"
-
-
-@pytest.fixture()
-def tenant(db):
-    return Tenant.objects.create(name="Acme", slug="acme")
-
-
-@pytest.fixture()
-def other_tenant(db):
-    return Tenant.objects.create(name="Globex", slug="globex")
-
-
-def member(django_user_model, tenant, role: str, **extra):
-    user = django_user_model.objects.create_user(f"{tenant.slug}-{role}", is_staff=True, **extra)
-    Membership.objects.create(tenant=tenant, user=user, role=role)
-    return user
 
 
 def all_audit_text() -> str:
@@ -37,7 +20,7 @@ def all_audit_text() -> str:
 
 
 def test_admin_edit_is_recorded_field_by_field_with_secrets_redacted(client, tenant, django_user_model):
-    admin_user = member(django_user_model, tenant, "admin")
+    admin_user = user_in(tenant, "admin")
     client.force_login(admin_user)
     provider = Provider(name="acme-openai", kind="openai", base_url="https://api.example.com/v1", tenant=tenant)
     provider.set_api_key("sk-first-secret-0000")
@@ -62,7 +45,7 @@ def test_admin_edit_is_recorded_field_by_field_with_secrets_redacted(client, ten
 
 
 def test_creates_and_deletes_in_the_admin_are_recorded(client, tenant, django_user_model):
-    client.force_login(member(django_user_model, tenant, "owner"))
+    client.force_login(user_in(tenant, "owner"))
     response = client.post("/admin/routing/route/add/", {
         "name": "fast", "tenant": tenant.id, "strategy": "latency", "max_attempts": "2", "deadline_seconds": "30",
         "is_active": "on", "targets-TOTAL_FORMS": "0", "targets-INITIAL_FORMS": "0",
@@ -78,7 +61,7 @@ def test_creates_and_deletes_in_the_admin_are_recorded(client, tenant, django_us
 
 
 def test_management_api_writes_are_recorded_with_the_api_user(client, tenant, django_user_model):
-    user = member(django_user_model, tenant, "admin")
+    user = user_in(tenant, "admin")
     key, _ = key_services.issue(tenant, "k")
     limit = Limit.objects.create(tenant=tenant, api_key=key, requests_per_minute=10)
     client.force_login(user)
@@ -99,7 +82,7 @@ def test_management_api_writes_are_recorded_with_the_api_user(client, tenant, dj
 
 
 def test_logins_and_failed_logins_are_recorded(client, tenant, django_user_model):
-    user = member(django_user_model, tenant, "admin")
+    user = user_in(tenant, "admin")
     user.set_password("a-long-test-password")
     user.save()
     address = {"REMOTE_ADDR": "10.20.30.40"}  # its own login throttle bucket
@@ -158,7 +141,7 @@ def test_audit_admin_is_read_only_and_filterable(client, tenant, other_tenant, d
     assert "acme thing" in by_day
 
     # A tenant admin sees their tenant's rows only, and no other tenant in the filters.
-    client.force_login(member(django_user_model, tenant, "admin"))
+    client.force_login(user_in(tenant, "admin"))
     page = client.get("/admin/tenants/auditlog/").content.decode()
     assert "acme thing" in page and "globex" not in page.lower() and "mallory" not in page
     listing = client.get("/api/manage/audit/?action=key.revoke").json()["results"]

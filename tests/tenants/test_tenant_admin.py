@@ -14,16 +14,6 @@ from usage.models import Limit, UsageRecord
 
 
 @pytest.fixture()
-def tenant(db):
-    return Tenant.objects.create(name="Acme", slug="acme")
-
-
-@pytest.fixture()
-def other_tenant(db):
-    return Tenant.objects.create(name="Globex", slug="globex")
-
-
-@pytest.fixture()
 def people(tenant, django_user_model):
     users = {}
     for role in ("owner", "admin", "member"):

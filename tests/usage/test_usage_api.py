@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from keys import services as key_services
 from tenants.models import Membership
-from tests.test_jobs import record
+from tests.usage.test_jobs import record
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Stages a test gateway loads through GATEWAY_STAGES (tests/test_stages.py): a refusal on input and
+"""Stages a test gateway loads through GATEWAY_STAGES (tests/routing/test_stages.py): a refusal on input and
 a rewrite of the answer, JSON and streamed, on every front."""
 
 from gateway_project.lib import errors

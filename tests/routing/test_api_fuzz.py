@@ -16,7 +16,7 @@ import pytest
 from bench.fuzz_api import fuzz_gateway, setup_data
 from bench.fuzz_checks import error_problem
 from tests.conftest import Server, wait_until
-from tests.test_api_errors import assert_openai_error, post
+from tests.routing.test_api_errors import assert_openai_error, post
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 

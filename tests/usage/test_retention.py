@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from providers.models import HealthCheck
 from tenants.models import AuditLog, Tenant
 from tests.conftest import make_provider
-from tests.test_jobs import record
+from tests.usage.test_jobs import record
 from usage import retention
 from usage.models import UsageRecord, UsageRollup
 

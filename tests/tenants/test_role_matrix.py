@@ -61,21 +61,6 @@ def make_world(tenant, people: dict) -> dict:
 
 
 @pytest.fixture()
-def tenant(db):
-    """As conftest's, in a transaction rolled back after the test: nothing here needs a gateway process."""
-    from tenants.models import Tenant
-
-    return Tenant.objects.create(name="Acme", slug="acme")
-
-
-@pytest.fixture()
-def other_tenant(db):
-    from tenants.models import Tenant
-
-    return Tenant.objects.create(name="Globex", slug="globex")
-
-
-@pytest.fixture()
 def world(tenant, other_tenant, django_user_model):
     def people(t):
         users = {}

@@ -15,21 +15,14 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from providers.models import Deployment, Provider
-from tenants.models import Membership
-from tests.conftest import PROVIDER_SECRET, wait_until
+from tests.conftest import PROVIDER_SECRET, user_in, wait_until
 
 CRLF_HEADERS = {"x-team": "acme\r\nx-injected: 1"}
 
 
-def member_of(tenant, role: str, django_user_model):
-    user = django_user_model.objects.create_user(f"{tenant.slug}-{role}", is_staff=True)  # staff: admin access
-    Membership.objects.create(tenant=tenant, user=user, role=role)
-    return user
-
-
 @pytest.fixture()
 def tenant_admin(client, tenant, django_user_model):
-    client.force_login(member_of(tenant, "admin", django_user_model))
+    client.force_login(user_in(tenant, "admin"))
     return client
 
 

@@ -8,7 +8,7 @@ from providers.models import Deployment, HealthCheck
 from routing import breakers
 from routing.models import CircuitEvent
 from tests.conftest import KINDS, PROVIDER_SECRET, make_provider, wait_until
-from tests.test_routing import ask, deployment, provider, ready, route, served_by
+from tests.routing.test_routing import ask, deployment, provider, ready, route, served_by
 
 
 def checks_by_name(checks: list[HealthCheck]) -> dict:

@@ -242,6 +242,8 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=400)
 HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=14)
 ROLLUP_RETENTION_DAYS = env.int("ROLLUP_RETENTION_DAYS", default=1100)
+# Usage events the database refused (usage.UsageDeadLetter): long enough for staff to look.
+USAGE_DEAD_LETTER_RETENTION_DAYS = env.int("USAGE_DEAD_LETTER_RETENTION_DAYS", default=30)
 # How far back the rollup job looks for buckets that gained records (late
 # events, hours no job rolled up); older ones: `manage.py rollup_usage --since`.
 ROLLUP_LOOKBACK_HOURS = env.int("ROLLUP_LOOKBACK_HOURS", default=48)

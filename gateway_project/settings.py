@@ -205,6 +205,14 @@ USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
+# Limits reserve a call's estimate (its max_tokens) while they trust upstreams to
+# honour max_tokens. A limit that settles a call well over its estimate stops
+# trusting it for LIMITS_OVERRUN_MEMORY seconds, reserving each call's largest
+# answer (the deployment's max output) or what is left of the limit; with
+# LIMITS_TRUST_MAX_TOKENS off, always (tightest: a limit is then overspent by at
+# most one call's largest answer, but calls run one at a time near its end).
+LIMITS_OVERRUN_MEMORY = env.float("LIMITS_OVERRUN_MEMORY", default=86_400.0)
+LIMITS_TRUST_MAX_TOKENS = env.bool("LIMITS_TRUST_MAX_TOKENS", default=True)
 # Circuit breakers per deployment (docs/routing.md).
 BREAKER_FAILURES = env.int("BREAKER_FAILURES", default=5)
 BREAKER_FAILURE_RATE = env.float("BREAKER_FAILURE_RATE", default=0.5)

@@ -2,11 +2,15 @@
 jams the ledger (finding 4), and budgets and token limits hold when an upstream
 ignores max_tokens (finding 13)."""
 
+import asyncio
 import time
+from decimal import Decimal
 
 import httpx
 import orjson
+import pytest
 import redis
+from django.db.models import Sum
 
 from tests.conftest import Server, wait_until
 from usage import recorder
@@ -145,3 +149,92 @@ def test_a_database_that_does_not_answer_keeps_events_buffered(transactional_db,
     monkeypatch.undo()
     assert wait_until(lambda: recorder.drain() or UsageRecord.objects.filter(request_id="waits").exists())
     assert client.xlen(recorder.STREAM) == 0
+
+
+# --- finding 13: budgets and token limits when an upstream ignores max_tokens ---------
+
+# The mock reports 475 reasoning tokens besides the 5 visible ones max_tokens allows:
+# an upstream that ignores max_tokens. The deployment can answer at most 1,000 tokens.
+OVERRUN = {"model": "overrun-model", "max_tokens": 5,
+           "messages": [{"role": "user", "content": "go [[mock reasoning_tokens=475]]"}]}
+LARGEST_OUTPUT = 1000
+OUTPUT_PRICE = Decimal("2")  # USD per million tokens; input 1
+
+
+async def _burst(url: str, secret: str, calls: int, concurrency: int) -> list[int]:
+    queue, statuses = iter(range(calls)), []
+
+    async def worker(client):
+        for _ in queue:
+            statuses.append((await client.post("/v1/chat/completions", json=OVERRUN)).status_code)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers={"authorization": f"Bearer {secret}"}) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return statuses
+
+
+def _billed(key, admitted: int) -> tuple[int, Decimal]:
+    """(tokens, USD) of the key's answered calls, once all are in the ledger."""
+    answered = UsageRecord.objects.filter(api_key=key, http_status=200)
+    assert wait_until(lambda: answered.count() == admitted, timeout=10)
+    sums = answered.aggregate(tokens=Sum("total_tokens"), cost=Sum("cost_usd"))
+    return sums["tokens"] or 0, sums["cost"] or Decimal(0)
+
+
+@pytest.fixture()
+def overrun_model(gateway, mock_provider, api_key):
+    from providers.models import Deployment
+
+    Deployment.objects.create(provider=mock_provider, public_model="overrun-model", upstream_model="mock-gpt",
+                              max_output_tokens=LARGEST_OUTPUT, input_price_per_mtok="1",
+                              output_price_per_mtok=OUTPUT_PRICE)
+    assert wait_until(lambda: chat(gateway.url, api_key[1], "overrun-model", "probe").status_code == 200, timeout=10)
+    return gateway
+
+
+def test_a_budget_is_overspent_by_at_most_one_largest_answer(overrun_model, tenant):
+    from keys.models import ApiKey
+    from usage.models import Limit
+
+    key, secret = ApiKey.issue(tenant, "budgeted")
+    Limit.objects.create(tenant=tenant, api_key=key, budget_usd=Decimal("0.05"), period="total")
+    time.sleep(1.5)  # the limit reaches the gateway's rules cache (pushed over Redis)
+
+    # About fifty answers' worth; the first calls, trusting max_tokens, teach the limit that
+    # this upstream ignores it, and from then on calls hold their largest answer.
+    statuses = asyncio.run(_burst(overrun_model.url, secret, calls=200, concurrency=10))
+    admitted = statuses.count(200)
+    tokens, spent = _billed(key, admitted)
+    print(f"\nbudget $0.05, 200 calls at 10 at once: {admitted} admitted, ${spent} spent")
+    assert set(statuses) <= {200, 429}
+    prompt = tokens // admitted - 480
+    largest = (prompt + LARGEST_OUTPUT * OUTPUT_PRICE) / 1_000_000  # a call's largest answer, in USD
+    # Before: every call in flight when the budget ran out overran it (about $0.009 over).
+    assert spent - Decimal("0.05") <= largest
+
+
+def test_tokens_per_minute_stop_trusting_max_tokens_once_overrun(overrun_model, tenant):
+    from django.conf import settings
+
+    from keys.models import ApiKey
+    from usage.models import Limit
+
+    key, secret = ApiKey.issue(tenant, "rate limited")
+    limit = Limit.objects.create(tenant=tenant, api_key=key, tokens_per_minute=500)
+    time.sleep(1.5)
+
+    # First burst: every call reserves what it asked for (5 tokens and its prompt), so the
+    # calls in flight when the first overrun settles all get through: the bound is one
+    # concurrency's worth of overrun (before the fix, the same every minute).
+    first = asyncio.run(_burst(overrun_model.url, secret, calls=50, concurrency=10))
+    first_tokens, _ = _billed(key, first.count(200))
+    assert first.count(200) <= 10 and first_tokens <= 500 + 10 * 480
+    # The minute moves on (its buckets expire): the limit now reserves each call's largest
+    # answer or what is left of the minute, so one call at a time gets through.
+    redis.Redis.from_url(settings.REDIS_URL).delete(f"gw:lim:{limit.id}:tpm")
+    second = asyncio.run(_burst(overrun_model.url, secret, calls=50, concurrency=10))
+    total_tokens, _ = _billed(key, first.count(200) + second.count(200))
+    second_tokens = total_tokens - first_tokens
+    print(f"\n500 TPM, 50 calls at 10 at once: {first.count(200)} admitted ({first_tokens} tokens); "
+          f"the next minute {second.count(200)} admitted ({second_tokens} tokens)")
+    assert second.count(200) <= 2 and second_tokens <= 500 + 480

@@ -216,6 +216,14 @@ GATEWAY_STAGES = env.list("GATEWAY_STAGES", default=[])
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)
+# Limits reserve a call's estimate (its max_tokens) while they trust upstreams to
+# honour max_tokens. A limit that settles a call well over its estimate stops
+# trusting it for LIMITS_OVERRUN_MEMORY seconds, reserving each call's largest
+# answer (the deployment's max output) or what is left of the limit; with
+# LIMITS_TRUST_MAX_TOKENS off, always (tightest: a limit is then overspent by at
+# most one call's largest answer, but calls run one at a time near its end).
+LIMITS_OVERRUN_MEMORY = env.float("LIMITS_OVERRUN_MEMORY", default=86_400.0)
+LIMITS_TRUST_MAX_TOKENS = env.bool("LIMITS_TRUST_MAX_TOKENS", default=True)
 # Circuit breakers per deployment (docs/routing.md).
 BREAKER_FAILURES = env.int("BREAKER_FAILURES", default=5)
 BREAKER_FAILURE_RATE = env.float("BREAKER_FAILURE_RATE", default=0.5)
@@ -253,6 +261,8 @@ USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=400)
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=400)
 HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=14)
 ROLLUP_RETENTION_DAYS = env.int("ROLLUP_RETENTION_DAYS", default=1100)
+# Usage events the database refused (usage.UsageDeadLetter): long enough for staff to look.
+USAGE_DEAD_LETTER_RETENTION_DAYS = env.int("USAGE_DEAD_LETTER_RETENTION_DAYS", default=30)
 # How far back the rollup job looks for buckets that gained records (late
 # events, hours no job rolled up); older ones: `manage.py rollup_usage --since`.
 ROLLUP_LOOKBACK_HOURS = env.int("ROLLUP_LOOKBACK_HOURS", default=48)

@@ -9,7 +9,7 @@ from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
 from . import limits
-from .models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
+from .models import Limit, PromptLog, ReportDelivery, UsageDeadLetter, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -111,3 +111,19 @@ class UsageRollupAdmin(ScopedAdminMixin, ReadOnlyAdmin):
 class ReportDeliveryAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["created_at", "period", "period_start", "tenant", "recipients", "sent_at"]
     list_filter = ["period", "tenant"]
+
+
+@admin.register(UsageDeadLetter)
+class UsageDeadLetterAdmin(ReadOnlyAdmin):
+    """Usage events the database refused: staff only (a raw event may name any tenant), read-only.
+
+    Not scoped: tenant users hold no Django permissions, so only superusers open it.
+    """
+
+    list_display = ["created_at", "request_id", "tenant_id", "short_reason"]
+    search_fields = ["request_id", "reason"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: UsageDeadLetter) -> str:
+        return obj.reason[:120]

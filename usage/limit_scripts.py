@@ -5,18 +5,21 @@ reserves its estimated tokens and cost against each: one round trip, and no
 other request can slip in between the check and the reservation. SETTLE
 replaces a reservation with the real usage, once: the reservation is deleted
 as it is settled, so a second settle finds nothing. Reservations whose process
-died are settled at their estimate by the next ADMIT after they expire.
+died are settled at what they reserved by the next ADMIT after they expire.
 
 Keys, per limit id L:
   gw:lim:L:req        sorted set, one member per admitted request (sliding minute)
   gw:lim:L:tpm        hash second -> tokens (sliding minute, one-second buckets)
   gw:lim:L:conc       requests in flight
   gw:lim:L:p:START    hash tok, tokres, cost, costres for the period starting at START
+  gw:lim:L:over       set (for LIMITS_OVERRUN_MEMORY) once a call used well over the estimate the
+                      limit trusted: its calls then reserve their largest answer
   gw:resv:ID          a reservation (JSON); gw:resv:exp orders them by expiry
 Money is in integer micro-dollars.
 """
 
 _COMMON = r"""
+-- Settle a reservation at the real usage; with actual_tok nil (its process died), at what it reserved.
 local function settle(resv, actual_tok, actual_cost)
   local data = redis.call('GET', 'gw:resv:' .. resv)
   redis.call('ZREM', 'gw:resv:exp', resv)
@@ -28,17 +31,23 @@ local function settle(resv, actual_tok, actual_cost)
       local left = redis.call('DECR', 'gw:lim:' .. e.id .. ':conc')
       if left < 0 then redis.call('SET', 'gw:lim:' .. e.id .. ':conc', 0) end
     end
-    if e.tpm and actual_tok ~= e.tok then
+    if e.tpm then
+      local held = e.ttok or e.tok
+      local used = actual_tok or held
       local tk = 'gw:lim:' .. e.id .. ':tpm'
-      if redis.call('HEXISTS', tk, e.sec) == 1 then redis.call('HINCRBY', tk, e.sec, actual_tok - e.tok) end
+      if used ~= held and redis.call('HEXISTS', tk, e.sec) == 1 then redis.call('HINCRBY', tk, e.sec, used - held) end
+    end
+    -- Well over the estimate it trusted: the upstream ignores max_tokens; reserve the largest answer from now on.
+    if e.mem and actual_tok and actual_tok > e.est + math.max(64, math.floor(e.est / 4)) then
+      redis.call('SET', 'gw:lim:' .. e.id .. ':over', 1, 'PX', e.mem)
     end
     if e.ph then
       local before = redis.call('HMGET', e.ph, 'tok', 'cost')
       -- 0 - x, not -x: Lua renders -0 as "-0", which Redis refuses as an integer.
       redis.call('HINCRBY', e.ph, 'tokres', 0 - e.tok)
       redis.call('HINCRBY', e.ph, 'costres', 0 - e.cost)
-      local tok = redis.call('HINCRBY', e.ph, 'tok', actual_tok)
-      local cost = redis.call('HINCRBY', e.ph, 'cost', actual_cost)
+      local tok = redis.call('HINCRBY', e.ph, 'tok', actual_tok or e.tok)
+      local cost = redis.call('HINCRBY', e.ph, 'cost', actual_cost or e.cost)
       table.insert(out, {e.id, tonumber(before[1]) or 0, tok, tonumber(before[2]) or 0, cost})
     end
   end
@@ -56,37 +65,39 @@ if ARGV[5] then redis.call('HDEL', ARGV[5], ARGV[6]) end
 return out
 """
 
-# ARGV: now_ms, reservation id, ttl_ms, rule count, then 10 values per rule:
-# id, rpm, tpm, concurrency, token quota, budget, period start, period end (ms, 0 = never),
-# estimated tokens, estimated cost. A limit of 0 means "no limit". Then, optionally,
-# the call's in-flight entry (hash, request id, event; usage/inflight.py), written
-# only if the call is admitted.
+# ARGV: now_ms, reservation id, ttl_ms, rule count, overrun memory (ms), whether max_tokens is
+# trusted at all (1/0), then 12 values per rule: id, rpm, tpm, concurrency, token quota, budget,
+# period start, period end (ms, 0 = never), estimated tokens, estimated cost, the largest answer's
+# tokens and cost. A limit of 0 means "no limit". Then, optionally, the call's in-flight entry
+# (hash, request id, event; usage/inflight.py), written only if the call is admitted.
+# The estimate must fit, and is what a limit reserves while it trusts max_tokens. One that does
+# not (it settled a call well over its estimate: gw:lim:L:over, or max_tokens is never trusted)
+# reserves the largest answer, or what is left of it, which leaves no room for the next call.
 ADMIT = _COMMON + r"""
 local now = tonumber(ARGV[1])
 local resv = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local memory = tonumber(ARGV[5])
+local trust_all = ARGV[6] == '1'
 local sec = math.floor(now / 1000)
 
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', 'gw:resv:exp', '-inf', now, 'LIMIT', 0, 50)) do
-  local data = redis.call('GET', 'gw:resv:' .. old)
-  local tok, cost = 0, 0
-  if data then
-    local first = cjson.decode(data)[1]
-    if first then tok, cost = first.tok, first.cost end
-  end
-  settle(old, tok, cost)
+  settle(old, nil, nil)
 end
 
 local rules = {}
 local best_req, best_tok = nil, nil
 for r = 0, n - 1 do
-  local b = 5 + r * 10
+  local b = 7 + r * 12
   local rule = {id = ARGV[b], rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]),
                 conc = tonumber(ARGV[b + 3]), quota = tonumber(ARGV[b + 4]), budget = tonumber(ARGV[b + 5]),
                 pstart = ARGV[b + 6], pexp = tonumber(ARGV[b + 7]), tok = tonumber(ARGV[b + 8]),
-                cost = tonumber(ARGV[b + 9])}
+                cost = tonumber(ARGV[b + 9]), big_tok = tonumber(ARGV[b + 10]),
+                big_cost = tonumber(ARGV[b + 11])}
+  rule.ttok, rule.ptok, rule.pcost = rule.tok, rule.tok, rule.cost
   local base = 'gw:lim:' .. rule.id
+  rule.trust = trust_all and redis.call('EXISTS', base .. ':over') == 0
   if rule.conc > 0 then
     local inflight = tonumber(redis.call('GET', base .. ':conc') or '0')
     if inflight + 1 > rule.conc then return {0, 'concurrency_limit_exceeded', 1000, rule.id} end
@@ -119,8 +130,9 @@ for r = 0, n - 1 do
     local reset = 0
     if oldest then reset = (oldest + 60) * 1000 - now end
     if used + rule.tok > rule.tpm then return {0, 'tokens_per_minute_exceeded', math.max(reset, 1000), rule.id} end
-    if not best_tok or rule.tpm - used - rule.tok < best_tok[2] then
-      best_tok = {rule.tpm, rule.tpm - used - rule.tok, reset}
+    if not rule.trust then rule.ttok = math.max(rule.tok, math.min(rule.big_tok, rule.tpm - used)) end
+    if not best_tok or rule.tpm - used - rule.ttok < best_tok[2] then
+      best_tok = {rule.tpm, rule.tpm - used - rule.ttok, reset}
     end
   end
   if rule.quota > 0 or rule.budget > 0 then
@@ -135,6 +147,12 @@ for r = 0, n - 1 do
     if rule.budget > 0 and tonumber(v[3]) + tonumber(v[4]) + rule.cost > rule.budget then
       return {0, 'budget_exceeded', retry, rule.id}
     end
+    if rule.quota > 0 and not rule.trust then
+      rule.ptok = math.max(rule.tok, math.min(rule.big_tok, rule.quota - tonumber(v[1]) - tonumber(v[2])))
+    end
+    if rule.budget > 0 and not rule.trust then
+      rule.pcost = math.max(rule.cost, math.min(rule.big_cost, rule.budget - tonumber(v[3]) - tonumber(v[4])))
+    end
   end
   table.insert(rules, rule)
 end
@@ -142,25 +160,26 @@ end
 local entries = {}
 for _, rule in ipairs(rules) do
   local base = 'gw:lim:' .. rule.id
-  local e = {id = rule.id, tok = rule.tok, cost = rule.cost}
+  local e = {id = rule.id, tok = rule.ptok, cost = rule.pcost}
   if rule.rpm > 0 then
     local seq = redis.call('INCR', 'gw:lim:seq')
     redis.call('ZADD', base .. ':req', now, seq)
     redis.call('PEXPIRE', base .. ':req', 61000)
   end
   if rule.tpm > 0 then
-    redis.call('HINCRBY', base .. ':tpm', sec, rule.tok)
+    redis.call('HINCRBY', base .. ':tpm', sec, rule.ttok)
     redis.call('PEXPIRE', base .. ':tpm', 61000)
-    e.tpm, e.sec = true, tostring(sec)
+    e.tpm, e.sec, e.ttok = true, tostring(sec), rule.ttok
   end
   if rule.conc > 0 then
     redis.call('INCR', base .. ':conc')
     redis.call('PEXPIRE', base .. ':conc', ttl * 2)
     e.conc = true
   end
+  if rule.trust and memory > 0 then e.mem, e.est = memory, rule.tok end
   if rule.ph then
-    redis.call('HINCRBY', rule.ph, 'tokres', rule.tok)
-    redis.call('HINCRBY', rule.ph, 'costres', rule.cost)
+    redis.call('HINCRBY', rule.ph, 'tokres', rule.ptok)
+    redis.call('HINCRBY', rule.ph, 'costres', rule.pcost)
     if rule.pexp > 0 then redis.call('PEXPIREAT', rule.ph, rule.pexp + 86400000) end
     e.ph = rule.ph
   end
@@ -170,7 +189,7 @@ if #entries > 0 then
   redis.call('SET', 'gw:resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
   redis.call('ZADD', 'gw:resv:exp', now + ttl, resv)
 end
-local e = 5 + n * 10
+local e = 7 + n * 12
 if ARGV[e] then redis.call('HSET', ARGV[e], ARGV[e + 1], ARGV[e + 2]) end
 best_req = best_req or {0, 0, 0}
 best_tok = best_tok or {0, 0, 0}

@@ -7,6 +7,17 @@ request's estimated tokens and cost in one atomic step: a Lua script in Redis
 (usage/limit_scripts.py), or the same logic in this process in embedded mode.
 `settle` replaces the reservation with the real usage, once.
 
+What is reserved (docs/limits.md, "What a call reserves"): the estimate
+(max_tokens, or LIMITS_COMPLETION_ESTIMATE) must fit for a call to be
+admitted, and is what a limit reserves while it trusts max_tokens. Once a
+limit has settled a call well over its estimate (the upstream ignored
+max_tokens), it stops trusting it for LIMITS_OVERRUN_MEMORY seconds (never
+trusted with LIMITS_TRUST_MAX_TOKENS off): its calls reserve their largest
+answer (the deployment's maximum output), or all that is left of the limit if
+less, and a call that takes what is left is the only one in flight until it
+settles. Settlement carries any overrun into the counters, so a limit in debt
+admits nothing until the debt is paid off (the period ends, the minute moves on).
+
 Redis unreachable (docs/limits.md): rate limits fall back to this process's
 share of each limit (GATEWAY_PROCESSES); quotas and budgets refuse (fail
 closed) unless the limit grants an offline credit, which this process may then
@@ -128,6 +139,9 @@ class Admission:
     engine: str  # "redis" or "local"
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    # The largest answer the call can get, in tokens and micro-dollars (at least the estimate).
+    largest_tokens: int = 0
+    largest_micros: int = 0
 
 
 def _duration(ms: float) -> str:
@@ -164,10 +178,10 @@ def refusal(code: str, retry_ms: float, headers: dict[str, str]) -> errors.Gatew
     return errors.GatewayError(429, REFUSALS[code], type="rate_limit_error", code=code, headers=hdrs)
 
 
-def _rule_args(rule: Rule, now: float, tokens: int, micros: int) -> list:
+def _rule_args(rule: Rule, now: float, admission: Admission) -> list:
     start, end = period_bounds(rule, now) if rule.metered else (0, 0)
     return [rule.id, rule.rpm, rule.tpm, rule.concurrency, rule.token_quota, rule.budget_micros,
-            start, end, tokens, micros]
+            start, end, admission.tokens, admission.micros, admission.largest_tokens, admission.largest_micros]
 
 
 async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None) -> Admission | None:
@@ -182,8 +196,10 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     rules = await rules_for(tenant_id, key_id, model)
     if not rules:
         return None
-    tokens, micros = estimate()
-    admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis")
+    tokens, micros, *largest = estimate()
+    largest_tokens, largest_micros = largest or (tokens, micros)
+    admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis",
+                          largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros))
     if settings.REDIS_URL and not redis_health.down:
         try:
             return await _admit_redis(admission, inflight() if inflight else ())
@@ -197,9 +213,10 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
 async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
     for _ in range(3):
         now = time.time()
-        args = [int(now * 1000), admission.reservation, RESERVATION_TTL_MS, len(admission.rules)]
+        args = [int(now * 1000), admission.reservation, RESERVATION_TTL_MS, len(admission.rules),
+                int(settings.LIMITS_OVERRUN_MEMORY * 1000), int(settings.LIMITS_TRUST_MAX_TOKENS)]
         for rule in admission.rules:
-            args += _rule_args(rule, now, admission.tokens, admission.micros)
+            args += _rule_args(rule, now, admission)
         args += entry
         result = await _scripts().admit(args=args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
@@ -250,16 +267,16 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
     admission.settled = True
     if admission.engine == "redis":
         if redis_health.down:
-            return False  # the reservation expires and is settled at its estimate
+            return False  # the reservation expires and is settled at what it reserved
         try:
             args = [admission.reservation, tokens, micros]
             if event is not None:
                 args += [event, *(inflight or ())]
             result = await _scripts().settle(args=args)
         except (redis.RedisError, OSError) as exc:
-            # The reservation expires and is settled at its estimate.
+            # The reservation expires and is settled at what it reserved.
             redis_health.failed(exc)
-            log.warning("limits: could not settle %s (%s); it will settle at its estimate", admission.reservation, exc)
+            log.warning("limits: could not settle %s (%s); it will settle at what it reserved", admission.reservation, exc)
             return False
         _alert_crossings(admission, [tuple(int(x) for x in row) for row in result])
         return event is not None

@@ -33,6 +33,8 @@ class LocalLimiter:
         # (rule id, period start) -> [tokens, reserved tokens, micros, reserved micros]
         self.periods: dict[tuple[int, int], list[int]] = {}
         self.reservations: dict[str, tuple[float, list[dict]]] = {}
+        # rule id -> until when (epoch s) it reserves the largest answer (it settled an overrun)
+        self.overruns: dict[int, float] = {}
 
     def reset(self) -> None:
         self.__init__()
@@ -60,6 +62,8 @@ class LocalLimiter:
         share = max(1, settings.GATEWAY_PROCESSES) if fallback else 1
         best_req, best_tok, plan = None, None, []
         for rule in admission.rules:
+            minute = None  # tokens held in this minute
+            trust = settings.LIMITS_TRUST_MAX_TOKENS and self.overruns.get(rule.id, 0) <= now
             rpm, tpm, conc = (math.ceil(x / share) if x else 0 for x in (rule.rpm, rule.tpm, rule.concurrency))
             if conc and self.inflight.get(rule.id, 0) + 1 > conc:
                 raise limits.refusal("concurrency_limit_exceeded", 1000, {})
@@ -80,16 +84,18 @@ class LocalLimiter:
                 reset = (min(buckets) + 60) * 1000 - now_ms if buckets else 0
                 if used + admission.tokens > tpm:
                     raise limits.refusal("tokens_per_minute_exceeded", max(reset, 1000), {})
-                if best_tok is None or tpm - used - admission.tokens < best_tok[1]:
-                    best_tok = (tpm, tpm - used - admission.tokens, reset)
-            period = self._period_check(rule, admission, now, fallback) if rule.metered else None
-            plan.append((rule, rpm, tpm, conc, period))
+                held = admission.tokens if trust else max(admission.tokens, min(admission.largest_tokens, tpm - used))
+                if best_tok is None or tpm - used - held < best_tok[1]:
+                    best_tok = (tpm, tpm - used - held, reset)
+                minute = held
+            period = self._period_check(rule, admission, now, fallback, trust) if rule.metered else None
+            plan.append((rule, rpm, minute, conc, period, trust))
         entries = [self._reserve(admission, now_ms, sec, *step) for step in plan]
         self.reservations[admission.reservation] = (now_ms + limits.RESERVATION_TTL_MS, entries)
         admission.headers = limits._ratelimit_headers(best_req or (0, 0, 0), best_tok or (0, 0, 0))
         return admission
 
-    def _period_check(self, rule: Rule, admission: Admission, now: float, fallback: bool):
+    def _period_check(self, rule: Rule, admission: Admission, now: float, fallback: bool, trust: bool):
         if fallback:
             key, quota, budget = (rule.id, -1), 0, rule.credit_micros
             end = 0
@@ -102,42 +108,57 @@ class LocalLimiter:
             raise limits.refusal("quota_exceeded", retry, {})
         if budget and cost + costres + admission.micros > budget:
             raise limits.refusal("budget_exceeded", retry, {})
-        return key
+        if trust:
+            return key, admission.tokens, admission.micros
+        # The largest answer, or what is left (as the Lua script).
+        held_tok = max(admission.tokens, min(admission.largest_tokens, quota - tok - tokres)) if quota \
+            else admission.tokens
+        held_cost = max(admission.micros, min(admission.largest_micros, budget - cost - costres)) if budget \
+            else admission.micros
+        return key, held_tok, held_cost
 
-    def _reserve(self, admission, now_ms, sec, rule, rpm, tpm, conc, period) -> dict:
-        entry = {"id": rule.id, "tok": admission.tokens, "cost": admission.micros}
+    def _reserve(self, admission, now_ms, sec, rule, rpm, minute, conc, period, trust) -> dict:
+        key, held_tok, held_cost = period or (None, admission.tokens, admission.micros)
+        entry = {"id": rule.id, "tok": held_tok, "cost": held_cost}
+        if trust:
+            entry["est"] = admission.tokens  # an overrun of it is remembered
         if rpm:
             self.requests[rule.id].append(now_ms)
-        if tpm:
-            self.tokens[rule.id][sec] = self.tokens[rule.id].get(sec, 0) + admission.tokens
-            entry["sec"] = sec
+        if minute is not None:
+            self.tokens[rule.id][sec] = self.tokens[rule.id].get(sec, 0) + minute
+            entry.update(sec=sec, ttok=minute)
         if conc:
             self.inflight[rule.id] = self.inflight.get(rule.id, 0) + 1
             entry["conc"] = True
-        if period is not None:
-            counters = self.periods[period]
-            counters[1] += admission.tokens
-            counters[3] += admission.micros
-            entry["period"] = period
+        if key is not None:
+            counters = self.periods[key]
+            counters[1] += held_tok
+            counters[3] += held_cost
+            entry["period"] = key
         return entry
 
     def settle(self, admission: Admission, tokens: int, micros: int) -> list[tuple]:
         held = self.reservations.pop(admission.reservation, None)
         return self._settle_entries(held[1], tokens, micros) if held else []
 
-    def _settle_entries(self, entries: list[dict], tokens: int, micros: int) -> list[tuple]:
+    def _settle_entries(self, entries: list[dict], tokens: int | None, micros: int | None) -> list[tuple]:
+        """Settle at the real usage; with None (an expired reservation), at what each entry reserved."""
         crossings = []
         for e in entries:
             if e.get("conc"):
                 self.inflight[e["id"]] = max(0, self.inflight.get(e["id"], 0) - 1)
-            if "sec" in e and e["sec"] in self.tokens.get(e["id"], {}):
-                self.tokens[e["id"]][e["sec"]] += tokens - e["tok"]
+            if "sec" in e:
+                used = e["ttok"] if tokens is None else tokens
+                if e["sec"] in self.tokens.get(e["id"], {}):
+                    self.tokens[e["id"]][e["sec"]] += used - e["ttok"]
+            if "est" in e and tokens is not None and tokens > e["est"] + max(64, e["est"] // 4):
+                self.overruns[e["id"]] = time.time() + settings.LIMITS_OVERRUN_MEMORY
             if "period" in e and e["period"] in self.periods:
                 counters = self.periods[e["period"]]
                 before = (counters[0], counters[2])
-                counters[0] += tokens
+                counters[0] += e["tok"] if tokens is None else tokens
                 counters[1] -= e["tok"]
-                counters[2] += micros
+                counters[2] += e["cost"] if micros is None else micros
                 counters[3] -= e["cost"]
                 crossings.append((e["id"], before[0], counters[0], before[1], counters[2]))
         return crossings
@@ -156,8 +177,7 @@ class LocalLimiter:
         expired = [r for r, (expiry, _) in self.reservations.items() if expiry <= now * 1000]
         for reservation in expired:
             _, entries = self.reservations.pop(reservation)
-            if entries:
-                self._settle_entries(entries, entries[0]["tok"], entries[0]["cost"])
+            self._settle_entries(entries, None, None)
 
 
 local = LocalLimiter()

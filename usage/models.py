@@ -218,3 +218,25 @@ class PromptLog(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+
+class UsageDeadLetter(models.Model):
+    """A usage event the database refused even on its own (usage.recorder): kept as sent, with
+    the reason, so that staff can see what was not billed and the stream keeps draining.
+
+    Staff only (not in tenants.scoping: the raw event may name any tenant); deleted after
+    USAGE_DEAD_LETTER_RETENTION_DAYS by the retention job.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    request_id = models.CharField(max_length=100, blank=True, db_index=True)
+    tenant_id = models.BigIntegerField(null=True, blank=True, help_text="As the event named it, if it did.")
+    reason = models.TextField()
+    event = models.TextField(help_text="The raw event (JSON as buffered; NUL bytes and invalid UTF-8 escaped).")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.request_id or f"dead letter {self.pk}"

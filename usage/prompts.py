@@ -14,6 +14,8 @@ from django.conf import settings
 
 from gateway_project.lib.messages import prompt_text
 
+from .events import safe_text
+
 _REDACTIONS = [
     (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), "[email]"),
     # Secrets with a known shape: sk-/pk-/rk- keys (OpenAI, Stripe, this gateway's sk-gw-),
@@ -41,7 +43,7 @@ def attach(event: dict, body: dict | None, retention_days: int) -> None:
     """Add the redacted prompt and its expiry to a usage event."""
     limit = settings.PROMPT_LOG_MAX_CHARS
     # Cut before redacting (bounded work), and after (a redaction may not shorten).
-    event["prompt"] = redact(prompt_text(body)[: limit * 2])[:limit]
+    event["prompt"] = safe_text(redact(prompt_text(body)[: limit * 2]), limit)
     event["prompt_expires_at"] = event["ts"] + retention_days * 86_400
 
 

@@ -6,6 +6,12 @@ drain at once, and entries a dead drainer had claimed are reclaimed after
 CLAIM_IDLE_MS. Rows are inserted with the request id unique, so writing an
 event twice leaves one row. In embedded mode the buffer is a deque in this
 process, drained by a background loop and once more at shutdown.
+
+No event blocks the others: events are made to fit their columns when built
+(usage.events), and a batch the database refuses is split in halves until the
+event it refuses on its own is found; that one is kept as a UsageDeadLetter
+(raw event, reason) and acknowledged, so the buffer keeps draining. Only a
+database that does not answer at all leaves events buffered, to be retried.
 """
 
 import asyncio
@@ -21,14 +27,16 @@ from functools import partial
 import orjson
 import redis
 from django.conf import settings
+from django.db import connection, transaction
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
+from . import events as usage_events
 from . import inflight
-from .models import PromptLog, UsageRecord
+from .models import PromptLog, UsageDeadLetter, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,7 @@ async def record(event: dict, inflight_key: str | None = None) -> None:
 
 
 def _to_row(event: dict) -> UsageRecord:
-    fields = dict(event)
+    fields = usage_events.clean(dict(event))
     fields.pop("prompt", None)
     fields.pop("prompt_expires_at", None)
     fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=UTC)
@@ -78,6 +86,7 @@ def _to_row(event: dict) -> UsageRecord:
 
 
 def _prompt_row(event: dict) -> PromptLog:
+    event = usage_events.clean(dict(event))
     return PromptLog(request_id=event["request_id"], tenant_id=event["tenant_id"],
                      created_at=datetime.fromtimestamp(event["ts"], tz=UTC),
                      expires_at=datetime.fromtimestamp(event["prompt_expires_at"], tz=UTC),
@@ -85,18 +94,78 @@ def _prompt_row(event: dict) -> PromptLog:
 
 
 def write(events: list[dict]) -> None:
-    """Insert events as usage records, once each, and note when keys were used."""
+    """Insert events as usage records, once each (all or none), and note when keys were used."""
     if not events:
         return
-    UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
-    if prompts := [_prompt_row(e) for e in events if "prompt" in e]:
-        PromptLog.objects.bulk_create(prompts, ignore_conflicts=True)
+    # One transaction (a savepoint inside another): a refused batch leaves nothing
+    # half written, and the connection usable for the next try.
+    with transaction.atomic():
+        UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
+        if prompts := [_prompt_row(e) for e in events if "prompt" in e]:
+            PromptLog.objects.bulk_create(prompts, ignore_conflicts=True)
     metrics.shared_inc("gateway_usage_events_written_total", by=len(events))
     last_used: dict[int, float] = {}
     for e in events:
         if e.get("api_key_id"):
             last_used[e["api_key_id"]] = max(e["ts"], last_used.get(e["api_key_id"], 0))
     touch_last_used(last_used)
+
+
+def _database_answers() -> None:
+    """Raise unless the database answers: then a refused write is the events' fault, not an outage."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _write_sorting_out(items: list[tuple[bytes, dict]]) -> list[tuple[bytes, str]]:
+    """Write (raw, event) pairs; return (raw, reason) of those the database refuses on their own.
+
+    A refused batch is split in halves, so one bad event among n costs about
+    2 log2(n) more inserts. Raises (nothing is lost: the events stay buffered)
+    when the database does not answer at all.
+    """
+    if not items:
+        return []
+    try:
+        write([event for _, event in items])
+        return []
+    except Exception as exc:
+        _database_answers()
+        if len(items) == 1:
+            return [(items[0][0], f"{type(exc).__name__}: {exc}")]
+    middle = len(items) // 2
+    return _write_sorting_out(items[:middle]) + _write_sorting_out(items[middle:])
+
+
+def _dead_letter(refused: list[tuple[bytes, str]]) -> None:
+    """Keep refused events where staff can see them, and say so once per event (no traceback)."""
+    if not refused:
+        return
+    rows = []
+    for raw, reason in refused:
+        # As it was buffered, readable: invalid UTF-8 as \\xNN, NUL as \\u0000 (PostgreSQL refuses it in text).
+        text = raw.decode("utf-8", "backslashreplace").replace("\x00", "\\u0000")
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            event = None
+        event = event if isinstance(event, dict) else {}
+        request_id = event.get("request_id") if isinstance(event.get("request_id"), str) else ""
+        tenant_id = event.get("tenant_id") if isinstance(event.get("tenant_id"), int) else None
+        rows.append(UsageDeadLetter(request_id=usage_events.safe_text(request_id, 100), tenant_id=tenant_id,
+                                    reason=usage_events.safe_text(reason, 2000), event=text))
+        log.warning("usage event %r refused by the database, kept as a dead letter: %s",
+                    rows[-1].request_id, rows[-1].reason.splitlines()[0][:300] if rows[-1].reason else "")
+    UsageDeadLetter.objects.bulk_create(rows)
+    metrics.shared_inc("gateway_usage_dead_letters_total", by=len(rows))
+
+
+def write_or_dead_letter(items: list[tuple[bytes, dict | None]]) -> None:
+    """Write buffered (raw, event) pairs; those the database refuses (or that are no event at all,
+    event None) become dead letters. Raises, writing nothing of its own, while the database is away."""
+    refused = [(raw, "not a usage event (a JSON object)") for raw, event in items if not isinstance(event, dict)]
+    refused += _write_sorting_out([(raw, event) for raw, event in items if isinstance(event, dict)])
+    _dead_letter(refused)
 
 
 def _ensure_group(client: redis.Redis) -> None:
@@ -112,7 +181,7 @@ def _drain_local(limit: int) -> int:
     while _local and len(batch) < limit:
         batch.append(_local.popleft())
     try:
-        write(batch)
+        write_or_dead_letter([(orjson.dumps(event, default=str), event) for event in batch])
     except Exception:
         _local.extendleft(reversed(batch))
         raise
@@ -140,8 +209,8 @@ def drain(limit: int | None = None, *, local_only: bool = False) -> int:
                for entry in entries]:
         try:
             retried = _write_and_ack(client, own)
-        except Exception:
-            log.exception("usage drain: %d events failed again; they wait for the claim", len(own))
+        except Exception as exc:
+            log.warning("usage drain: %d events failed again (%s); they wait for the claim", len(own), exc)
     # Entries claimed by a drainer that died before acknowledging them.
     _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0", count=limit)
     if len(entries) < limit:
@@ -155,11 +224,18 @@ def _write_and_ack(client: redis.Redis, entries: list) -> int:
     if not entries:
         return 0
     # Entries deleted under a dead drainer come back with no fields: just ack them.
-    write([orjson.loads(fields[b"e"]) for _, fields in entries if fields])
+    write_or_dead_letter([(fields.get(b"e", b""), _parsed(fields.get(b"e"))) for _, fields in entries if fields])
     ids = [entry_id for entry_id, _ in entries]
     client.xack(STREAM, GROUP, *ids)
     client.xdel(STREAM, *ids)
     return len(entries)
+
+
+def _parsed(raw: bytes | None) -> dict | None:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
 
 
 def drain_all(*, local_only: bool = False) -> int:

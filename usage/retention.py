@@ -1,5 +1,5 @@
-"""Retention: usage records, health results, audit entries and rollups older
-than their retention are deleted in bounded batches (no long lock, no huge
+"""Retention: usage records, health results, audit entries, rollups and usage
+dead letters older than their retention are deleted in bounded batches (no long lock, no huge
 transaction), per tenant where the tenant sets its own retention."""
 
 from datetime import UTC, datetime, timedelta
@@ -10,7 +10,7 @@ from django.db.models import Q
 from providers.models import HealthCheck
 from tenants.models import AuditLog, Tenant
 
-from .models import UsageRecord, UsageRollup
+from .models import UsageDeadLetter, UsageRecord, UsageRollup
 
 
 def _delete_in_batches(queryset, batch: int) -> int:
@@ -44,4 +44,6 @@ def cleanup(now: datetime | None = None) -> dict[str, int]:
             checked_at__lt=now - timedelta(days=settings.HEALTH_RETENTION_DAYS)), batch),
         "rollups": _delete_in_batches(UsageRollup.objects.filter(
             bucket__lt=now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)), batch),
+        "usage dead letters": _delete_in_batches(UsageDeadLetter.objects.filter(
+            created_at__lt=now - timedelta(days=settings.USAGE_DEAD_LETTER_RETENTION_DAYS)), batch),
     }

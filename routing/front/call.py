@@ -14,7 +14,7 @@ from gateway_project.lib.request_ids import new_request_id
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
 from providers.targets import Target
-from usage import limits, prompts, recorder, tokens
+from usage import events, limits, prompts, recorder, tokens
 from usage.limits import Admission
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,12 @@ class Call:
         return event
 
     def event(self, usage: Usage | None = None, target: Target | None = None) -> dict:
-        """The usage event (also the request log line's fields; a call with no key is logged, not recorded)."""
+        """The usage event (also the request log line's fields; a call with no key is logged, not recorded),
+        made to fit the ledger's columns: caller-chosen text never keeps it from being written."""
         target = target or self.target
         cost = self.cost() if usage is None else target.cost(usage.prompt_tokens, usage.completion_tokens)
         usage = usage or self.usage or Usage()
-        return {
+        return events.clean({
             "request_id": self.request_id,
             "client_request_id": self.client_request_id,
             "ts": self.ts,
@@ -196,4 +197,4 @@ class Call:
             "http_status": self.http_status,
             "error_type": self.error_type,
             "streamed": self.streamed,
-        }
+        })

@@ -1,10 +1,11 @@
 """What a request may use, reserved against limits before the upstream call.
 
-The estimate bounds the real usage when the client sets max_tokens (prompt
-counted with tiktoken, once per call: Call.estimated_prompt; completion at
-most max_tokens): then a budget is never
-overshot. Without max_tokens, LIMITS_COMPLETION_ESTIMATE completion tokens are
-reserved and the settlement corrects it.
+Two sizes (usage/limits.py, docs/limits.md): the estimate (prompt counted with
+tiktoken, once per call: Call.estimated_prompt; completion max_tokens, or
+LIMITS_COMPLETION_ESTIMATE without it), which must fit for the call to be
+admitted and is reserved while the limit trusts max_tokens, and the largest
+answer the call can get (the deployment's maximum output, whatever max_tokens
+says), reserved by a limit that has seen an upstream ignore max_tokens.
 """
 
 from django.conf import settings
@@ -17,12 +18,17 @@ def _worst_cost(targets: list[Target], prompt: int, completion: int) -> int:
     return max(to_micros(t.cost(prompt, completion)) for t in targets)
 
 
-def chat(body: dict, targets: list[Target], prompt: int) -> tuple[int, int]:
-    """(tokens, micro-dollars) to reserve for a chat call whose prompt counts `prompt` tokens."""
+def chat(body: dict, targets: list[Target], prompt: int) -> tuple[int, int, int, int]:
+    """(tokens, micro-dollars) estimated, then the same for the largest answer, for a chat
+    call whose prompt counts `prompt` tokens."""
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
     completion = asked if isinstance(asked, int) else settings.LIMITS_COMPLETION_ESTIMATE
-    completion = min(completion, max(t.max_output_tokens for t in targets)) * max(1, body.get("n") or 1)
-    return prompt + completion, _worst_cost(targets, prompt, completion)
+    n = max(1, body.get("n") or 1)
+    largest = max(t.max_output_tokens for t in targets)
+    completion = min(completion, largest) * n
+    return (prompt + completion, _worst_cost(targets, prompt, completion),
+            prompt + max(largest * n, completion),
+            max(to_micros(t.cost(prompt, max(t.max_output_tokens * n, completion))) for t in targets))
 
 
 def embeddings(body: dict, targets: list[Target], prompt: int) -> tuple[int, int]:

@@ -217,3 +217,59 @@ def test_free_models_settle_cleanly(engine, tenant, api_key):
         return refused.value.code
 
     assert run(scenario()) == "quota_exceeded"
+
+
+def _overrunning_calls(tenant, api_key, count: int) -> list[str]:
+    """`count` calls at once, each estimated at 100 micro-USD, answering its largest answer: 10,000."""
+    async def one():
+        try:
+            admission = await limits.admit(tenant.id, api_key[0].id, "m", lambda: (10, 100, 1000, 10_000))
+        except GatewayError as refused:
+            return refused.code
+        await asyncio.sleep(0.01)
+        await limits.settle(admission, 1000, 10_000)
+        return "ok"
+
+    async def scenario():
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+    return run(scenario())
+
+
+def test_a_budget_that_saw_an_overrun_reserves_largest_answers(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], budget_usd=Decimal("0.05"), period="day")
+    assert _overrunning_calls(tenant, api_key, 1) == ["ok"]  # estimated 100, cost 10,000: learnt
+    outcomes = _overrunning_calls(tenant, api_key, 20)
+    # 40,000 left: four calls hold their largest answer, and nothing is overspent.
+    # Trusting the estimate, all twenty were admitted (210,000 spent).
+    assert outcomes.count("ok") == 4 and set(outcomes) == {"ok", "budget_exceeded"}
+    assert limits.current_use(Limit.objects.get())["period_micros"] == 50_000
+
+
+def test_never_trusting_max_tokens_overspends_by_one_largest_answer_at_most(engine, tenant, api_key, settings):
+    settings.LIMITS_TRUST_MAX_TOKENS = False
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], budget_usd=Decimal("0.005"), period="day")
+    outcomes = _overrunning_calls(tenant, api_key, 20)
+    # The first call holds all that is left, so it is the only one in flight; its overrun
+    # is carried, so nothing more is admitted.
+    assert outcomes.count("ok") == 1 and set(outcomes) == {"ok", "budget_exceeded"}
+    assert limits.current_use(Limit.objects.get())["period_micros"] == 10_000  # 5,000 over: one largest answer
+
+
+def test_tokens_per_minute_reserve_the_largest_answer_once_overrun(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], tokens_per_minute=1000)
+    sizes = lambda: (10, 1, 2000, 200)  # noqa: E731  (estimate 10 tokens, largest answer 2,000)
+
+    async def scenario():
+        first = await limits.admit(tenant.id, api_key[0].id, "m", sizes)
+        second = await limits.admit(tenant.id, api_key[0].id, "m", sizes)  # trusted: both fit
+        await limits.settle(first, 400, 1)  # far over its 10: the upstream ignored max_tokens
+        await limits.settle(second, 10, 1)
+        third = await limits.admit(tenant.id, api_key[0].id, "m", sizes)  # holds the 590 left
+        with pytest.raises(GatewayError) as refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", sizes)
+        return third, refused.value
+
+    third, refused = run(scenario())
+    assert third.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert refused.code == "tokens_per_minute_exceeded"

@@ -14,9 +14,9 @@ from tenants.models import AuditLog, Tenant
 from tests.conftest import make_provider
 from tests.usage.test_jobs import record
 from usage import retention
-from usage.models import UsageRecord, UsageRollup
+from usage.models import UsageDeadLetter, UsageRecord, UsageRollup
 
-NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0}
+NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0, "usage dead letters": 0}
 
 
 def audit_entry(tenant, age: timedelta) -> None:
@@ -27,6 +27,7 @@ def audit_entry(tenant, age: timedelta) -> None:
 def test_each_kind_goes_after_its_own_or_its_tenants_retention(transactional_db, tenant, other_tenant, settings):
     settings.USAGE_RETENTION_DAYS, settings.AUDIT_RETENTION_DAYS = 30, 60
     settings.HEALTH_RETENTION_DAYS, settings.ROLLUP_RETENTION_DAYS = 14, 400
+    settings.USAGE_DEAD_LETTER_RETENTION_DAYS = 30
     tenant.retention_days = 7  # shorter than the global retention
     tenant.save()
     patient = Tenant.objects.create(name="Initech", slug="initech", retention_days=90)  # longer
@@ -44,9 +45,13 @@ def test_each_kind_goes_after_its_own_or_its_tenants_retention(transactional_db,
     for days in (500, 300):
         UsageRollup.objects.create(granularity="day", bucket=now - timedelta(days=days), tenant=tenant,
                                    public_model="gpt-test", requests=1)
+    for days in (31, 29):
+        letter = UsageDeadLetter.objects.create(request_id=f"req-{days}", reason="refused", event="{}")
+        UsageDeadLetter.objects.filter(pk=letter.pk).update(created_at=now - timedelta(days=days))
 
     assert retention.cleanup() == {"usage records": (4 + 5 + 1) + (5 + 1) + 1, "audit entries": 2 + 1 + 1,
-                                   "health checks": 1, "rollups": 1}
+                                   "health checks": 1, "rollups": 1, "usage dead letters": 1}
+    assert UsageDeadLetter.objects.get().request_id == "req-29"
     assert UsageRecord.objects.filter(tenant=tenant).count() == 2  # its own 7 days
     assert UsageRecord.objects.filter(tenant=other_tenant).count() == 2 + 4  # the global 30 days
     assert UsageRecord.objects.filter(tenant=patient).count() == 2 + 4 + 5  # its own 90 days

@@ -188,6 +188,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES
 # Most messages in one chat request, and the largest max_tokens a client may ask for.
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=2048)
 GATEWAY_MAX_OUTPUT_TOKENS = env.int("GATEWAY_MAX_OUTPUT_TOKENS", default=1_000_000)
+# Deepest nesting of objects and arrays a request body may have (the body is level 1); deeper
+# gets 400. At most 250: orjson writes 254 levels, and adapters add a few when translating.
+GATEWAY_MAX_JSON_DEPTH = env.int("GATEWAY_MAX_JSON_DEPTH", default=64)
+if not 1 <= GATEWAY_MAX_JSON_DEPTH <= 250:
+    raise ValueError("GATEWAY_MAX_JSON_DEPTH must be from 1 to 250")
 # Upstream timeouts in seconds: connecting, waiting for the first byte, whole call.
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env.float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_UPSTREAM_READ_TIMEOUT = env.float("GATEWAY_UPSTREAM_READ_TIMEOUT", default=60.0)

@@ -5,6 +5,7 @@ and counters, one process). Production is this same file with other environment
 values: DATABASE_URL, REDIS_URL, SECRET_KEY and friends. README.md lists them all.
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 
@@ -62,6 +63,16 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto
+# are believed. `manage.py serve` hands them to uvicorn: for a request from one of them
+# the client address is the right-most X-Forwarded-For hop that is not one of them. Empty
+# (the default): the headers are ignored, the client address is the connection's peer.
+# Throttles (failed keys, sign-ins) and the audit log count by that address.
+try:
+    TRUSTED_PROXIES = [str(ipaddress.ip_network(proxy.strip(), strict=False))
+                       for proxy in env.list("TRUSTED_PROXIES", default=[]) if proxy.strip()]
+except ValueError as exc:
+    raise ValueError(f"TRUSTED_PROXIES lists IP addresses or CIDRs only: {exc}") from None
 SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [

@@ -176,6 +176,9 @@ REST_FRAMEWORK = {
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_THROTTLE_CLASSES": ["gateway_project.api.ManagementThrottle"],
+    # DRF's own parsers, but JSON nested past GATEWAY_MAX_JSON_DEPTH is a 400, not a 500.
+    "DEFAULT_PARSER_CLASSES": ["gateway_project.api.BoundedJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
                                  "rest_framework.renderers.BrowsableAPIRenderer"],
 }

@@ -4,17 +4,14 @@ Only what the gateway itself relies on is checked strictly; the upstream
 validates the rest and its 400s are passed on.
 """
 
-import threading
-
 import orjson
 from django.conf import settings
+
+from gateway_project.json_depth import too_deep
 
 from . import errors
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# orjson writes at most this many levels of objects and arrays (JSONEncodeError beyond), and
-# reads at most 1024: a body nested in between parsed, then failed when forwarded upstream.
-ORJSON_MAX_DEPTH = 254
 
 
 def json_body(request) -> dict:
@@ -27,40 +24,11 @@ def json_body(request) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
-    if _too_deep(body):
+    if too_deep(body):  # orjson would read it, then fail to forward it: a 500
         limit = settings.GATEWAY_MAX_JSON_DEPTH
         raise errors.bad_request(f"The JSON body nests objects and arrays more than {limit} levels deep, "
                                  f"the most this gateway accepts.", code="json_too_deep")
     return body
-
-
-_wrappers = threading.local()
-
-
-def _too_deep(body: dict) -> bool:
-    """Whether `body` nests deeper than GATEWAY_MAX_JSON_DEPTH (the body itself is level 1).
-
-    Asked of orjson's encoder, in C: inside ORJSON_MAX_DEPTH - limit arrays, the body is
-    refused exactly when it is deeper than the limit. That costs a fraction of the parse
-    (docs/security.md has the figures), where walking the body in Python would cost more
-    than the parse itself. The wrapping arrays are made once per thread, their innermost
-    slot filled for the check.
-    """
-    wrapper = getattr(_wrappers, "value", None)
-    if wrapper is None or wrapper[0] != settings.GATEWAY_MAX_JSON_DEPTH:
-        slot = outer = [None]
-        for _ in range(ORJSON_MAX_DEPTH - settings.GATEWAY_MAX_JSON_DEPTH - 1):
-            outer = [outer]
-        wrapper = _wrappers.value = (settings.GATEWAY_MAX_JSON_DEPTH, slot, outer)
-    _, slot, outer = wrapper
-    slot[0] = body
-    try:
-        orjson.dumps(outer)
-    except orjson.JSONEncodeError:
-        return True
-    finally:
-        slot[0] = None
-    return False
 
 
 def _model(body: dict) -> str:

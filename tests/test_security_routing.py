@@ -244,3 +244,17 @@ def test_with_https_on_plain_http_on_v1_is_refused_not_served(gateway_env, mock_
         assert "https://" in error["message"] and "location" not in response.headers  # no redirect to follow
     assert anthropic.status_code == 403 and anthropic.json()["error"]["type"] == "permission_error"
     assert behind_tls  # the TLS proxy's X-Forwarded-Proto: https (BEHIND_TLS_PROXY) is believed
+
+
+@pytest.mark.parametrize("depth", [64, 300, 1000, 100_000])
+def test_the_management_api_refuses_json_nested_too_deep_with_a_400(admin_client, depth):
+    # Python's json recursed past its limit on about a thousand levels: a RecursionError, a 500.
+    body = b'{"name": "deep", "extra": ' + b"[" * depth + b"]" * depth + b"}"
+    response = admin_client.post("/api/manage/routes/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "levels deep" in response.json()["detail"]
+
+
+def test_the_management_api_takes_json_nested_within_the_limit(admin_client):
+    body = b'{"name": "shallow", "extra": ' + b"[" * 62 + b"]" * 62 + b"}"  # 63 levels, the body 64th
+    assert admin_client.post("/api/manage/routes/", body, content_type="application/json").status_code == 201

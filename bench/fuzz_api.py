@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz the public API with schemathesis: no 5xx, and every /v1 error in OpenAI's shape.
 
-    python3 bench/fuzz_api.py [--cases 10000] [--v1-examples 1000] [--api-examples 50] [--seed N]
+    python3 bench/fuzz_api.py [--cases 10000] [--v1-examples 1000] [--api-examples 50] [--raw-cases 2000] [--seed N]
 
 Starts the mock upstream and the gateway (PostgreSQL database `<name>_fuzz`,
 Redis db 13 or FUZZ_REDIS_URL; the gateway's own settings, rate limits raised),
@@ -20,6 +20,15 @@ doubles the examples per operation (fuzzing phase; the other phases make
 their own number of cases). Every response must be no 5xx, and every
 /v1 error must be in OpenAI's shape (Anthropic's on /v1/messages), as checked
 by bench/fuzz_checks.py beside schemathesis' own checks of the schemas.
+
+Beside schemathesis, `raw_round` sends what its HTTP client refuses to:
+header values holding CR, LF, CR LF (with an injected header or a folded
+line), NUL, DEL and bytes above 127, in every header the gateway reads; and
+bodies with an extra field nested 1 to 3,000 levels deep (objects and arrays,
+at the top, in a message, in a tool's parameters), written byte by byte since
+no JSON library writes that deep. Same verdict: no 5xx, and every answer the
+gateway itself gave on /v1 in the caller's error shape (uvicorn's own 400 for
+a request it cannot parse has no x-request-id).
 Prints one summary per schema and exits non-zero on any failure.
 """
 
@@ -27,9 +36,11 @@ import argparse
 import datetime
 import json
 import os
+import random
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +48,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -170,12 +182,14 @@ def schemathesis_run(name: str, location: str, base_url: str, checks: str, optio
 
 
 def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: int | None = None,
-                 schemas: tuple[str, ...] = ("v1", "api"), api_phases: str = "",
-                 api_examples: int | None = None) -> list[Outcome]:
-    """Fuzz the /v1 API, then the management and usage APIs (which may delete what /v1 needs).
+                 schemas: tuple[str, ...] = ("v1", "raw", "api"), api_phases: str = "",
+                 api_examples: int | None = None, raw_cases: int | None = None) -> list[Outcome]:
+    """Fuzz the /v1 API, the raw requests (`raw_round`), then the management and usage APIs
+    (which may delete what /v1 needs).
 
     `api_phases` limits the phases run against the management and usage APIs (all by default),
-    `api_examples` their examples per operation (`max_examples` by default).
+    `api_examples` their examples per operation (`max_examples` by default), `raw_cases` the
+    raw requests (20 per example by default).
     """
     import httpx
 
@@ -191,6 +205,8 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
                                          [*auth, "--include-path", "/v1/messages"], max_examples, workdir, seed))
         outcomes.append(schemathesis_run("v1-bad-keys", str(v1), url, BAD_KEY_CHECKS, ["--phases", "fuzzing"],
                                          max(1, max_examples // 5), workdir, seed))
+    if "raw" in schemas:
+        outcomes.append(raw_round(url, data, raw_cases or 20 * max_examples, seed))
     if "api" in schemas:
         outcomes.append(schemathesis_run("api", url + "/api/schema/?format=json", url, API_CHECKS,
                                          ["--auth", f"{data['user']}:{data['password']}",
@@ -198,6 +214,138 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
                                           *(["--phases", api_phases] if api_phases else [])],
                                          api_examples or max_examples, workdir, seed))
     return outcomes
+
+
+# --- What schemathesis cannot send ---------------------------------------------------------
+
+# Headers the gateway reads (keys, request ids, tracing, route rules) and a few every server reads.
+RAW_HEADERS = (b"authorization", b"x-api-key", b"api-key", b"x-request-id", b"traceparent", b"anthropic-version",
+               b"anthropic-beta", b"content-type", b"user-agent", b"x-forwarded-for", b"x-forwarded-proto",
+               b"origin", b"cookie", b"x-tier")
+RAW_BREAKS = (b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\t", b"\r\nx-injected: 1", b"\r\nauthorization: Bearer x",
+              b"\x00", b"\x7f", b"\t", b"\xc3\xa9", b"\xff\xfe", b"\x80")
+RAW_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/completions", "/v1/embeddings", "/v1/models",
+             "/api/manage/routes/", "/api/manage/providers/")
+
+
+def nested(rng: random.Random, depth: int) -> bytes:
+    """A JSON value `depth` levels deep, objects and arrays mixed, written as bytes."""
+    kinds = [rng.random() < 0.5 for _ in range(depth)]
+    opening = b"".join(b'{"k": ' if is_object else b"[" for is_object in kinds)
+    closing = b"".join(b"}" if is_object else b"]" for is_object in reversed(kinds))
+    return opening + rng.choice([b'"x"', b"1", b"null", b"{}", b"[]"]) + closing
+
+
+def _depth(rng: random.Random) -> int:
+    # Around each limit that matters: the gateway's 64, orjson's 254 and 1024, Python's 1000.
+    edge = rng.choice([64, 254, 1000, 1024])
+    return max(1, rng.choice([edge + rng.randint(-3, 3), rng.randint(1, 3000)]))
+
+
+def raw_body(rng: random.Random, path: str, data: dict) -> bytes:
+    """A request body for `path` with an extra field nested deep somewhere."""
+    deep = nested(rng, _depth(rng))
+    chat_model = rng.choice(data["chat_models"]).encode()
+    message = b'{"role": "user", "content": "hi"' + (b', "x_deep": ' + deep if rng.random() < 0.3 else b"") + b"}"
+    tool = (b'{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": '
+            b'{"a": ' + deep + b"}}}}")
+    extra = b', "x_deep": ' + deep if rng.random() < 0.6 else b""
+    if path in ("/v1/chat/completions", "/v1/messages"):
+        tools = b', "tools": [' + tool + b"]" if rng.random() < 0.3 and path != "/v1/messages" else b""
+        return (b'{"model": "' + chat_model + b'", "max_tokens": 5, "messages": [' + message + b"]" + tools
+                + extra + b"}")
+    if path == "/v1/completions":
+        return b'{"model": "' + chat_model + b'", "prompt": "hi", "max_tokens": 5' + extra + b"}"
+    if path == "/v1/embeddings":
+        model = rng.choice(data["embedding_models"]).encode()
+        return b'{"model": "' + model + b'", "input": "hi"' + extra + b"}"
+    if path == "/api/manage/providers/":
+        value = b"ok" + rng.choice(RAW_BREAKS)  # a header value for the upstream, in JSON
+        return (b'{"name": "raw-%d", "kind": "openai", "base_url": "https://api.example.com/v1", '
+                b'"extra_headers": {"X-Raw": %s}, "settings": %s}' % (
+                    rng.randint(0, 10**9), json.dumps(value.decode("latin-1")).encode(), deep))
+    return b'{"name": "raw-%d", "strategy": "priority"%s}' % (rng.randint(0, 10**9), extra)
+
+
+def raw_headers(rng: random.Random, path: str, data: dict) -> list[tuple[bytes, bytes]]:
+    """The request's headers, the right credentials for `path`, one of them (or another) broken."""
+    if path.startswith("/api/"):
+        import base64
+
+        credentials = base64.b64encode(f"{data['user']}:{data['password']}".encode())
+        headers = [(b"authorization", b"Basic " + credentials)]
+    else:
+        headers = [(b"authorization", b"Bearer " + data["key"].encode())]
+    headers.append((b"content-type", b"application/json"))
+    name = rng.choice(RAW_HEADERS)
+    base = dict(headers).get(name) or rng.choice([b"", b"abc", b"2023-06-01", b"00-" + b"a" * 32 + b"-" + b"b" * 16
+                                                  + b"-01"])
+    cut = rng.randint(0, len(base))
+    broken = base[:cut] + rng.choice(RAW_BREAKS) + base[cut:]
+    return [(n, v) for n, v in headers if n != name] + [(name, broken)]
+
+
+def raw_request(url: str, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                timeout: float = 30) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 request written byte for byte: (status, lower-cased headers, body); status 0 when
+    the server closed the connection without an answer."""
+    parts = urlsplit(url)
+    head = [f"{method} {path} HTTP/1.1".encode(), f"host: {parts.netloc}".encode(), b"connection: close",
+            b"content-length: %d" % len(body), *(name + b": " + value for name, value in headers)]
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+        conn.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    if not answer:
+        return 0, {}, b""
+    head_bytes, _, content = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.split(b"\r\n")
+    answer_headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        answer_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    if answer_headers.get("transfer-encoding") == "chunked":
+        content = _unchunk(content)
+    return int(status_line.split()[1]), answer_headers, content
+
+
+def _unchunk(content: bytes) -> bytes:
+    out = b""
+    while content:
+        size, _, rest = content.partition(b"\r\n")
+        length = int(size.split(b";")[0] or b"0", 16)
+        if length == 0:
+            break
+        out, content = out + rest[:length], rest[length + 2:]
+    return out
+
+
+def raw_round(url: str, data: dict, cases: int, seed: int | None = None) -> Outcome:
+    """`cases` requests with broken header values or deeply nested bodies (see the module's docstring)."""
+    from bench.fuzz_checks import error_problem
+
+    rng = random.Random(seed)
+    outcome, problems, started = Outcome("raw"), [], time.monotonic()
+    for _ in range(cases):
+        path = rng.choice(RAW_PATHS)
+        method = "GET" if path == "/v1/models" else "POST"
+        body = b"" if method == "GET" else raw_body(rng, path, data)
+        headers = raw_headers(rng, path, data) if rng.random() < 0.6 else raw_headers(rng, path, data)[:-1] + [
+            (b"content-type", b"application/json")]
+        status, answer_headers, content = raw_request(url, method, path, headers, body)
+        outcome.statuses[(f"{method} {path}", status)] += 1
+        problem = "no answer" if status == 0 else "a server error" if status >= 500 else None
+        if problem is None and "x-request-id" in answer_headers:  # the gateway answered, not uvicorn
+            problem = error_problem(path, status, answer_headers.get("content-type", ""),
+                                    content.decode("utf-8", "replace"))
+        if problem:
+            problems.append(f"{method} {path} {headers!r} body {body[:200]!r}... -> {status}: {problem}: "
+                            f"{content[:300]!r}")
+    outcome.seconds = time.monotonic() - started
+    outcome.returncode = 1 if problems else 0
+    outcome.output = "\n".join(problems[:20])
+    return outcome
 
 
 def _manage_json(env: dict, code: str) -> dict:
@@ -218,6 +366,8 @@ def main() -> int:
     parser.add_argument("--v1-examples", type=int, default=1000, help="examples per /v1 operation, first round")
     parser.add_argument("--api-examples", type=int, default=50,
                         help="examples per management and usage API operation, first round")
+    parser.add_argument("--raw-cases", type=int, default=2000,
+                        help="requests schemathesis cannot send (CR/LF in headers, deep bodies), first round")
     parser.add_argument("--seed", type=int, default=None)
     opts = parser.parse_args()
 
@@ -244,7 +394,8 @@ def main() -> int:
         wait_http(url + "/v1/openapi.json")
         examples, api_examples, total = opts.v1_examples, opts.api_examples, 0
         while total < opts.cases:
-            round_ = fuzz_gateway(url, data, examples, tmp, opts.seed, api_examples=api_examples)
+            round_ = fuzz_gateway(url, data, examples, tmp, opts.seed, api_examples=api_examples,
+                                  raw_cases=opts.raw_cases * examples // opts.v1_examples)
             for outcome in round_:
                 print(f"[{examples} / {api_examples} examples] {outcome.summary()}", flush=True)
             outcomes += round_

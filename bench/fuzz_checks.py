@@ -5,6 +5,9 @@ SCHEMATHESIS_HOOKS=bench.fuzz_checks (see bench/fuzz_api.py).
 Anthropic's on /v1/messages; never a traceback, never an HTML page.
 `gateway_tally`: writes one line per response (method, path, status) to the
 file named by FUZZ_TALLY, which is how the runner counts cases and statuses.
+`flatmap_body`: now and then gives a generated JSON object body an extra field
+nested up to 600 levels deep (schemathesis' client writes no deeper), where
+nothing in the schemas would make one.
 """
 
 import json
@@ -12,6 +15,7 @@ import os
 import threading
 
 import schemathesis
+from hypothesis import strategies as st
 
 _lock = threading.Lock()
 
@@ -69,3 +73,20 @@ def gateway_tally(ctx, response, case):
     if path:
         with _lock, open(path, "a") as tally:
             tally.write(f"{case.method} {case.operation.path} {response.status_code}\n")
+
+
+def _nest(value, depth: int, bits: int):
+    """`value` inside `depth` objects and arrays, which one at each level given by `bits`."""
+    for level in range(depth):
+        value = {"k": value} if bits >> (level % 32) & 1 else [value]
+    return value
+
+
+@schemathesis.hook
+def flatmap_body(ctx, body):
+    if not isinstance(body, dict):
+        return st.just(body)
+    # Around the gateway's limit (64) and orjson's (254), and anywhere up to 600.
+    depth = st.one_of(st.sampled_from([63, 64, 65, 253, 254, 255, 600]), st.integers(1, 600))
+    deep = st.builds(_nest, st.sampled_from(["x", 1, None]), depth, st.integers(0, 2**32 - 1))
+    return st.one_of(st.just(body), deep.map(lambda value: {**body, "x_deep": value}))

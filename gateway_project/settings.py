@@ -5,6 +5,7 @@ and counters, one process). Production is this same file with other environment
 values: DATABASE_URL, REDIS_URL, SECRET_KEY and friends. README.md lists them all.
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 
@@ -68,6 +69,16 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto
+# are believed. `manage.py serve` hands them to uvicorn: for a request from one of them
+# the client address is the right-most X-Forwarded-For hop that is not one of them. Empty
+# (the default): the headers are ignored, the client address is the connection's peer.
+# Throttles (failed keys, sign-ins) and the audit log count by that address.
+try:
+    TRUSTED_PROXIES = [str(ipaddress.ip_network(proxy.strip(), strict=False))
+                       for proxy in env.list("TRUSTED_PROXIES", default=[]) if proxy.strip()]
+except ValueError as exc:
+    raise ValueError(f"TRUSTED_PROXIES lists IP addresses or CIDRs only: {exc}") from None
 SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
@@ -173,6 +184,9 @@ REST_FRAMEWORK = {
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_THROTTLE_CLASSES": ["gateway_project.lib.rest.ManagementThrottle"],
+    # DRF's own parsers, but JSON nested past GATEWAY_MAX_JSON_DEPTH is a 400, not a 500.
+    "DEFAULT_PARSER_CLASSES": ["gateway_project.lib.rest.BoundedJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
                                  "rest_framework.renderers.BrowsableAPIRenderer"],
 }
@@ -196,6 +210,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_REQUEST_BYTES
 # Most messages in one chat request, and the largest max_tokens a client may ask for.
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=2048)
 GATEWAY_MAX_OUTPUT_TOKENS = env.int("GATEWAY_MAX_OUTPUT_TOKENS", default=1_000_000)
+# Deepest nesting of objects and arrays a request body may have (the body is level 1); deeper
+# gets 400. At most 250: orjson writes 254 levels, and adapters add a few when translating.
+GATEWAY_MAX_JSON_DEPTH = env.int("GATEWAY_MAX_JSON_DEPTH", default=64)
+if not 1 <= GATEWAY_MAX_JSON_DEPTH <= 250:
+    raise ValueError("GATEWAY_MAX_JSON_DEPTH must be from 1 to 250")
 # Upstream timeouts in seconds: connecting, waiting for the first byte, whole call.
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT = env.float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_UPSTREAM_READ_TIMEOUT = env.float("GATEWAY_UPSTREAM_READ_TIMEOUT", default=60.0)

@@ -2,7 +2,9 @@
 
 Only failed authentications are counted (per client address, per minute), and
 only their answers are delayed: a valid key from the same address is served
-at full speed. Counts live in Redis (shared by every process) or, in embedded
+at full speed. The address is the connection's peer, or, from one of
+TRUSTED_PROXIES, the client they name (`manage.py serve`): a header the client
+writes itself cannot give it a fresh count. Counts live in Redis (shared by every process) or, in embedded
 mode and while Redis is unreachable, in this process.
 """
 

@@ -4,6 +4,8 @@ from django.db import models
 from providers.models import Deployment
 from tenants.models import Tenant
 
+from . import patterns
+
 
 class Route(models.Model):
     """A public model name clients call, served by targets chosen by a strategy.
@@ -84,17 +86,12 @@ class RouteRule(models.Model):
         return f"{self.get_kind_display()} {self.value}".strip()
 
     def clean(self) -> None:
-        import re
-
         if bool(self.deployment_id) == bool(self.sub_route_id):
             raise ValidationError("Pick either a deployment or a sub-route.")
         if self.kind == self.Kind.PROMPT_OVER and not self.value.isdigit():
             raise ValidationError({"value": "A number of tokens."})
-        if self.kind == self.Kind.REGEX:
-            try:
-                re.compile(self.value)
-            except re.error as exc:
-                raise ValidationError({"value": f"Not a regular expression: {exc}"}) from None
+        if self.kind == self.Kind.REGEX and (reason := patterns.problem(self.value)) is not None:
+            raise ValidationError({"value": reason})
         if self.kind == self.Kind.HEADER and not self.header:
             raise ValidationError({"header": "Name the header."})
 

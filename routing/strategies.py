@@ -7,14 +7,12 @@ plan is called first; the rest are fallbacks.
 """
 
 import random
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from gateway_project.lib.messages import content_text
 from providers.targets import Target
 
-from . import breakers, stats
+from . import breakers, patterns, stats
 from .table import RouteSpec, Rule
 
 
@@ -55,17 +53,14 @@ def _rule_matches(rule: Rule, facts: Facts, count_prompt) -> bool:
     if rule.kind == "keyword":
         return rule.value.lower() in facts.last_user_text.lower()
     if rule.kind == "regex":
-        return _regex(rule.value).search(facts.last_user_text) is not None
+        # RE2, compiled once: linear in the prompt whatever a tenant admin wrote (routing/patterns.py).
+        pattern = patterns.compiled(rule.value)
+        return pattern is not None and pattern.search(facts.last_user_text) is not None
     if rule.kind == "header":
         return facts.headers.get(rule.header) == rule.value
     if rule.kind == "prompt_over":
         return facts.prompt_tokens > int(rule.value) and count_prompt() > int(rule.value)
     return False
-
-
-@lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
 
 
 def matching_rule(spec: RouteSpec, facts: Facts, count_prompt) -> Rule | None:

@@ -118,7 +118,8 @@ def gateway_env(django_db_setup, django_db_blocker):
     from django.conf import settings
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    return {"DATABASE_URL": _database_url(settings.DATABASES["default"])}
+    # No proxy is trusted (the default), whatever the developer's environment says.
+    return {"DATABASE_URL": _database_url(settings.DATABASES["default"]), "TRUSTED_PROXIES": ""}
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,11 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.http import is_same_domain
 from django_ratelimit.core import is_ratelimited
 from rest_framework.authentication import BasicAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, Throttled, ValidationError
+from rest_framework.exceptions import AuthenticationFailed, ParseError, PermissionDenied, Throttled, ValidationError
+from rest_framework.parsers import JSONParser
 from rest_framework.throttling import BaseThrottle
+
+from gateway_project.lib.json_depth import too_deep
 
 
 def query_text(params, name: str) -> str:
@@ -47,6 +50,22 @@ def query_moment(params, name: str, hint: str, dates: bool = False) -> datetime 
     except (ValueError, OverflowError):
         pass
     raise ValidationError({name: hint})
+
+
+class BoundedJSONParser(JSONParser):
+    """DRF's JSON parser, with bodies nested past GATEWAY_MAX_JSON_DEPTH a 400: Python's json
+    raised RecursionError (a 500) on about a thousand levels, and a few hundred fail when stored."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        too_deep_error = ParseError(f"JSON parse error - nested more than {settings.GATEWAY_MAX_JSON_DEPTH} "
+                                    "levels deep.")
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise too_deep_error from None
+        if too_deep(data):
+            raise too_deep_error
+        return data
 
 
 class ManagementThrottle(BaseThrottle):

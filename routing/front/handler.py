@@ -5,6 +5,11 @@ no middleware (each sync middleware is a thread hop per request), no
 request_started/finished signals (their receivers manage database
 connections, which the API's ORM pool manages itself), oversized bodies refused
 before they are read, and an OpenAI-shaped answer for every path.
+
+What Django's SecurityMiddleware does for the admin, it does here for the API,
+in the API's way: every answer says `X-Content-Type-Options: nosniff`, and with
+HTTPS=true a request that came over plain HTTP is refused, not redirected
+(a redirect would have the client send its key in the clear once more).
 """
 
 import asyncio
@@ -18,6 +23,8 @@ from django.urls import Resolver404, get_resolver
 
 from gateway_project.lib import errors, metrics
 from gateway_project.lib.request_ids import request_id_from
+
+from .messages import error_response as anthropic_error
 
 
 def _count_refused(status: int) -> None:
@@ -34,11 +41,24 @@ async def not_found(request):
     return response
 
 
+def https_required(request):
+    """The answer to a plain-HTTP request when HTTPS=true: a refusal in the caller's shape."""
+    _count_refused(403)
+    error = errors.GatewayError(
+        403, "This gateway serves its API over HTTPS only: call it at https://. The API key this request "
+        "sent travelled unencrypted; ask your gateway admin to rotate it.", type="permission_error",
+        code="https_required")
+    response = anthropic_error(error) if request.path == "/v1/messages" else error.response()
+    response["x-request-id"] = request_id_from(request.headers)
+    return response
+
+
 class ApiHandler(ASGIHandler):
     def __init__(self) -> None:
         base.BaseHandler.__init__(self)
         self.resolver = get_resolver(settings.API_URLCONF)
         self.max_body = settings.GATEWAY_MAX_REQUEST_BYTES
+        self.https_only = settings.HTTPS
 
     async def handle(self, scope, receive, send) -> None:
         try:
@@ -58,6 +78,10 @@ class ApiHandler(ASGIHandler):
             response = errors.bad_request("The request URL is not valid UTF-8.").response()
             response["x-request-id"] = f"req_{uuid.uuid4().hex}"
             await self.send_response(response, send)
+            return
+        if self.https_only and not request.is_secure():  # BEHIND_TLS_PROXY: the proxy's X-Forwarded-Proto
+            await self.send_response(https_required(request), send)
+            body_file.close()
             return
         try:
             view = self.resolver.resolve(request.path_info).func
@@ -82,6 +106,11 @@ class ApiHandler(ASGIHandler):
             await self.send_response(response, send)
         except asyncio.CancelledError:
             pass
+
+    async def send_response(self, response, send) -> None:
+        # No browser may read an answer (which may echo a client's text) as HTML or script.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        await super().send_response(response, send)
 
     async def read_limited_body(self, scope, receive):
         for name, value in scope.get("headers", ()):

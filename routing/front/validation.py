@@ -8,6 +8,7 @@ import orjson
 from django.conf import settings
 
 from gateway_project.lib import errors
+from gateway_project.lib.json_depth import too_deep
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -22,6 +23,10 @@ def json_body(request) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    if too_deep(body):  # orjson would read it, then fail to forward it: a 500
+        limit = settings.GATEWAY_MAX_JSON_DEPTH
+        raise errors.bad_request(f"The JSON body nests objects and arrays more than {limit} levels deep, "
+                                 f"the most this gateway accepts.", code="json_too_deep")
     return body
 
 

@@ -17,6 +17,10 @@ def run_server(host: str, port: int, workers: int = 1, log_level: str = "info") 
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=30,
+        # X-Forwarded-For and -Proto from TRUSTED_PROXIES only; uvicorn's default believes
+        # anyone on 127.0.0.1, and any process there could then pick its own address.
+        proxy_headers=bool(settings.TRUSTED_PROXIES),
+        forwarded_allow_ips=",".join(settings.TRUSTED_PROXIES) or None,
         # In JSON, uvicorn's own lines go through the gateway's logging too (one format in the logs).
         **({"log_config": None} if settings.LOG_FORMAT == "json" else {}),
     )

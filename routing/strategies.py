@@ -13,7 +13,7 @@ from gateway_project.lib.messages import content_text
 from providers.targets import Target
 
 from . import breakers, patterns, stats
-from .table import RouteSpec, Rule
+from .table import ContentRule, RouteSpec
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ def facts_for_chat(body: dict, raw_size: int, headers) -> Facts:
                  last_user, headers)
 
 
-def _rule_matches(rule: Rule, facts: Facts, count_prompt) -> bool:
+def _rule_matches(rule: ContentRule, facts: Facts, count_prompt) -> bool:
     if rule.kind == "has_images":
         return facts.has_images
     if rule.kind == "has_tools":
@@ -63,7 +63,7 @@ def _rule_matches(rule: Rule, facts: Facts, count_prompt) -> bool:
     return False
 
 
-def matching_rule(spec: RouteSpec, facts: Facts, count_prompt) -> Rule | None:
+def matching_rule(spec: RouteSpec, facts: Facts, count_prompt) -> ContentRule | None:
     return next((r for r in spec.rules if _rule_matches(r, facts, count_prompt)), None)
 
 

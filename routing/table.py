@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class ContentRule:
+    """A route's rule (routing.models.RouteRule) as the hot path sees it."""
+
     kind: str
     value: str
     header: str
@@ -35,7 +37,7 @@ class RouteSpec:
     name: str
     strategy: str
     targets: tuple[Target, ...]
-    rules: tuple[Rule, ...] = ()
+    rules: tuple[ContentRule, ...] = ()
     hedge_after_ms: int | None = None
     max_attempts: int = 3
     deadline_seconds: float = 120.0
@@ -104,9 +106,9 @@ def load() -> RoutingTable:
         base = by_id[rt.deployment_id]
         route_targets.setdefault(rt.route_id, []).append(
             replace(base, priority=rt.priority, weight=rt.weight))
-    rules: dict[int, list[Rule]] = {}
+    rules: dict[int, list[ContentRule]] = {}
     for rule in RouteRule.objects.select_related("sub_route").order_by("order", "id"):
-        rules.setdefault(rule.route_id, []).append(Rule(
+        rules.setdefault(rule.route_id, []).append(ContentRule(
             rule.kind, rule.value, rule.header.lower(), rule.deployment_id,
             rule.sub_route.name if rule.sub_route_id else None))
     routes = []

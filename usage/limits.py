@@ -30,88 +30,41 @@ the usage records in the database.
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db.models import Sum
 
 from gateway_project.lib import config_cache, errors, redis_health
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.periods import calendar_bounds
 from gateway_project.lib.redis_pool import async_redis
 
 from . import limit_scripts
-from .models import Limit, UsageRecord
+from .limit_rules import (  # noqa: F401
+    REFUSALS,
+    RESERVATION_TTL_MS,
+    Admission,
+    LimitRule,
+    period_bounds,
+    period_usage,
+    ratelimit_headers,
+    refusal,
+    to_micros,
+)
+from .limits_local import local
+from .models import Limit
 
 log = logging.getLogger(__name__)
 
-RESERVATION_TTL_MS = 15 * 60 * 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    id: int
-    tenant_id: int
-    key_id: int | None
-    model: str
-    rpm: int
-    tpm: int
-    concurrency: int
-    period: str
-    token_quota: int
-    budget_micros: int
-    credit_micros: int
-    thresholds: tuple[float, ...]
-    tz: str
-
-    def applies(self, key_id: int, model: str) -> bool:
-        return (self.key_id is None or self.key_id == key_id) and (not self.model or self.model == model)
-
-    @property
-    def metered(self) -> bool:
-        return bool(self.token_quota or self.budget_micros)
-
-
-def to_micros(usd: Decimal | None) -> int:
-    """Money in integer micro-dollars, rounded up: a budget is never under-charged."""
-    return 0 if usd is None else math.ceil(usd * 1_000_000)
-
-
-_bounds: dict[tuple[str, str], tuple[int, int]] = {}
-
-
-def period_bounds(rule: Rule, now: float) -> tuple[int, int]:
-    """(start, end) of the rule's current period in epoch ms, calendar-aligned in its time zone.
-
-    Computed once per period and zone: every admission asks, and the answer
-    only changes when the period rolls over.
-    """
-    if rule.period == Limit.Period.TOTAL:
-        return 0, 0
-    cached = _bounds.get((rule.period, rule.tz))
-    now_ms = now * 1000
-    if cached and cached[0] <= now_ms < cached[1]:
-        return cached
-    bounds = calendar_bounds(rule.period, rule.tz, now)
-    _bounds[(rule.period, rule.tz)] = bounds
-    return bounds
-
-
 # --- the rules cache -------------------------------------------------------------
 
-def _load_rules() -> dict[int, list[Rule]]:
-    table: dict[int, list[Rule]] = {}
+def _load_rules() -> dict[int, list[LimitRule]]:
+    table: dict[int, list[LimitRule]] = {}
     for row in Limit.objects.select_related("tenant"):
-        table.setdefault(row.tenant_id, []).append(Rule(
+        table.setdefault(row.tenant_id, []).append(LimitRule(
             id=row.id, tenant_id=row.tenant_id, key_id=row.api_key_id, model=row.model,
             rpm=row.requests_per_minute or 0, tpm=row.tokens_per_minute or 0,
             concurrency=row.max_concurrent or 0, period=row.period, token_quota=row.token_quota or 0,
@@ -124,61 +77,11 @@ def _load_rules() -> dict[int, list[Rule]]:
 _rules = config_cache.Reloaded("limits", _load_rules, "limits")
 
 
-async def rules_for(tenant_id: int, key_id: int, model: str) -> list[Rule]:
+async def rules_for(tenant_id: int, key_id: int, model: str) -> list[LimitRule]:
     return [r for r in (await _rules.get()).get(tenant_id, ()) if r.applies(key_id, model)]
 
 
-# --- admission ------------------------------------------------------------------
-
-@dataclass(slots=True)
-class Admission:
-    reservation: str
-    rules: list[Rule]
-    tokens: int
-    micros: int
-    engine: str  # "redis" or "local"
-    headers: dict[str, str] = field(default_factory=dict)
-    settled: bool = False
-    # The largest answer the call can get, in tokens and micro-dollars (at least the estimate).
-    largest_tokens: int = 0
-    largest_micros: int = 0
-
-
-def _duration(ms: float) -> str:
-    """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""
-    seconds = max(0, math.ceil(ms / 1000))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
-
-
-def _ratelimit_headers(req: tuple, tok: tuple) -> dict[str, str]:
-    headers = {}
-    for name, (limit, remaining, reset) in (("requests", req), ("tokens", tok)):
-        if limit:
-            headers[f"x-ratelimit-limit-{name}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, remaining))
-            headers[f"x-ratelimit-reset-{name}"] = _duration(reset)
-    return headers
-
-
-REFUSALS = {
-    "rate_limit_exceeded": "Rate limit reached: too many requests per minute.",
-    "tokens_per_minute_exceeded": "Rate limit reached: too many tokens per minute.",
-    "concurrency_limit_exceeded": "Too many requests in flight at once.",
-    "quota_exceeded": "Token quota for this period is used up.",
-    "budget_exceeded": "Budget for this period is used up.",
-}
-
-
-def refusal(code: str, retry_ms: float, headers: dict[str, str]) -> errors.GatewayError:
-    hdrs = dict(headers)
-    if retry_ms > 0:
-        hdrs["retry-after"] = str(max(1, math.ceil(retry_ms / 1000)))
-    return errors.GatewayError(429, REFUSALS[code], type="rate_limit_error", code=code, headers=hdrs)
-
-
-def _rule_args(rule: Rule, now: float, admission: Admission) -> list:
+def _rule_args(rule: LimitRule, now: float, admission: Admission) -> list:
     start, end = period_bounds(rule, now) if rule.metered else (0, 0)
     return [rule.id, rule.rpm, rule.tpm, rule.concurrency, rule.token_quota, rule.budget_micros,
             start, end, admission.tokens, admission.micros, admission.largest_tokens, admission.largest_micros]
@@ -221,7 +124,7 @@ async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
         result = await _scripts().admit(args=args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:
-            admission.headers = _ratelimit_headers(tuple(int(x) for x in result[4:7]),
+            admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
                                                    tuple(int(x) for x in result[7:10]))
             return admission
         if status == 0:
@@ -232,21 +135,7 @@ async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
                               code="limits_unavailable")
 
 
-def period_usage(rule: Rule, start_ms: int, end_ms: int) -> tuple[int, int]:
-    """Tokens and micro-dollars the database holds for a rule's period."""
-    records = UsageRecord.objects.filter(tenant_id=rule.tenant_id)
-    if rule.key_id:
-        records = records.filter(api_key_id=rule.key_id)
-    if rule.model:
-        records = records.filter(public_model=rule.model)
-    if end_ms:
-        records = records.filter(created_at__gte=datetime.fromtimestamp(start_ms / 1000, ZoneInfo("UTC")),
-                                 created_at__lt=datetime.fromtimestamp(end_ms / 1000, ZoneInfo("UTC")))
-    sums = records.aggregate(tokens=Sum("total_tokens"), cost=Sum("cost_usd"))
-    return sums["tokens"] or 0, to_micros(sums["cost"] or Decimal(0))
-
-
-async def _rebuild(rule: Rule, now: float) -> None:
+async def _rebuild(rule: LimitRule, now: float) -> None:
     start, end = period_bounds(rule, now)
     tokens, micros = await run_orm(period_usage, rule, start, end)
     key = f"gw:lim:{rule.id}:p:{start}"
@@ -323,7 +212,6 @@ def _scripts() -> _Scripts:
     return scripts
 
 
-from .limits_local import local  # noqa: E402  (the in-process engine shares the helpers above)
 
 
 def current_use(limit: Limit) -> dict[str, int]:
@@ -352,7 +240,7 @@ def current_uses(limits: list[Limit]) -> dict[int, dict[str, int]]:
     return uses
 
 
-def _current_use_redis(rule: Rule, now: float, start: int) -> dict[str, int]:
+def _current_use_redis(rule: LimitRule, now: float, start: int) -> dict[str, int]:
     from gateway_project.lib.redis_pool import sync_redis
 
     client, base = sync_redis(), f"gw:lim:{rule.id}"

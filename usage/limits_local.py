@@ -14,8 +14,8 @@ from django.conf import settings
 from gateway_project.lib import errors
 from gateway_project.lib.orm_thread import run_orm
 
-from . import limits
-from .limits import Admission, Rule
+from . import limit_rules
+from .limit_rules import Admission, LimitRule
 
 
 def _fail_closed() -> errors.GatewayError:
@@ -50,9 +50,9 @@ class LocalLimiter:
                     raise _fail_closed()
                 self.periods.setdefault((rule.id, -1), [0, 0, 0, 0])
             else:
-                start, end = limits.period_bounds(rule, now)
+                start, end = limit_rules.period_bounds(rule, now)
                 if (rule.id, start) not in self.periods:
-                    tokens, micros = await run_orm(limits.period_usage, rule, start, end)
+                    tokens, micros = await run_orm(limit_rules.period_usage, rule, start, end)
                     self.periods.setdefault((rule.id, start), [tokens, 0, micros, 0])
         return self._check_and_reserve(admission, time.time(), fallback)
 
@@ -66,14 +66,14 @@ class LocalLimiter:
             trust = settings.LIMITS_TRUST_MAX_TOKENS and self.overruns.get(rule.id, 0) <= now
             rpm, tpm, conc = (math.ceil(x / share) if x else 0 for x in (rule.rpm, rule.tpm, rule.concurrency))
             if conc and self.inflight.get(rule.id, 0) + 1 > conc:
-                raise limits.refusal("concurrency_limit_exceeded", 1000, {})
+                raise limit_rules.refusal("concurrency_limit_exceeded", 1000, {})
             if rpm:
                 window = self.requests.setdefault(rule.id, deque())
                 while window and window[0] <= now_ms - 60_000:
                     window.popleft()
                 reset = window[0] + 60_000 - now_ms if window else 0
                 if len(window) + 1 > rpm:
-                    raise limits.refusal("rate_limit_exceeded", reset, {})
+                    raise limit_rules.refusal("rate_limit_exceeded", reset, {})
                 if best_req is None or rpm - len(window) - 1 < best_req[1]:
                     best_req = (rpm, rpm - len(window) - 1, reset)
             if tpm:
@@ -83,7 +83,7 @@ class LocalLimiter:
                 used = sum(buckets.values())
                 reset = (min(buckets) + 60) * 1000 - now_ms if buckets else 0
                 if used + admission.tokens > tpm:
-                    raise limits.refusal("tokens_per_minute_exceeded", max(reset, 1000), {})
+                    raise limit_rules.refusal("tokens_per_minute_exceeded", max(reset, 1000), {})
                 held = admission.tokens if trust else max(admission.tokens, min(admission.largest_tokens, tpm - used))
                 if best_tok is None or tpm - used - held < best_tok[1]:
                     best_tok = (tpm, tpm - used - held, reset)
@@ -91,23 +91,23 @@ class LocalLimiter:
             period = self._period_check(rule, admission, now, fallback, trust) if rule.metered else None
             plan.append((rule, rpm, minute, conc, period, trust))
         entries = [self._reserve(admission, now_ms, sec, *step) for step in plan]
-        self.reservations[admission.reservation] = (now_ms + limits.RESERVATION_TTL_MS, entries)
-        admission.headers = limits._ratelimit_headers(best_req or (0, 0, 0), best_tok or (0, 0, 0))
+        self.reservations[admission.reservation] = (now_ms + limit_rules.RESERVATION_TTL_MS, entries)
+        admission.headers = limit_rules.ratelimit_headers(best_req or (0, 0, 0), best_tok or (0, 0, 0))
         return admission
 
-    def _period_check(self, rule: Rule, admission: Admission, now: float, fallback: bool, trust: bool):
+    def _period_check(self, rule: LimitRule, admission: Admission, now: float, fallback: bool, trust: bool):
         if fallback:
             key, quota, budget = (rule.id, -1), 0, rule.credit_micros
             end = 0
         else:
-            start, end = limits.period_bounds(rule, now)
+            start, end = limit_rules.period_bounds(rule, now)
             key, quota, budget = (rule.id, start), rule.token_quota, rule.budget_micros
         tok, tokres, cost, costres = self.periods[key]
         retry = end - now * 1000 if end else 0
         if quota and tok + tokres + admission.tokens > quota:
-            raise limits.refusal("quota_exceeded", retry, {})
+            raise limit_rules.refusal("quota_exceeded", retry, {})
         if budget and cost + costres + admission.micros > budget:
-            raise limits.refusal("budget_exceeded", retry, {})
+            raise limit_rules.refusal("budget_exceeded", retry, {})
         if trust:
             return key, admission.tokens, admission.micros
         # The largest answer, or what is left (as the Lua script).
@@ -163,7 +163,7 @@ class LocalLimiter:
                 crossings.append((e["id"], before[0], counters[0], before[1], counters[2]))
         return crossings
 
-    def current_use(self, rule: Rule, now: float, start: int) -> dict[str, int]:
+    def current_use(self, rule: LimitRule, now: float, start: int) -> dict[str, int]:
         tok, tokres, cost, costres = self.periods.get((rule.id, start), [0, 0, 0, 0])
         return {
             "requests_last_minute": sum(1 for t in self.requests.get(rule.id, ()) if t > now * 1000 - 60_000),

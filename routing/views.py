@@ -25,7 +25,7 @@ from gateway_project import metrics
 from keys import throttle
 from keys.auth import authenticate, key_from_headers
 from providers.adapters import for_kind
-from providers.adapters.base import StreamEvent, UpstreamError
+from providers.adapters.base import StreamEvent, UpstreamError, without_secrets
 from usage import inflight, limits, recorder
 
 from . import anthropic_front, completions_front, errors, estimates, observe, strategies, table, upstream, validation
@@ -377,7 +377,8 @@ def _relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> S
                 retryable=False, code="upstream_stream_cut",
             )
             call.status, call.error_type = "stream_cut", error.code
-            yield writer.error(error)
+            # The adapters clean upstream text already; this is the last gate before the client.
+            yield writer.error(without_secrets(error, attempt.target))
         except (asyncio.CancelledError, GeneratorExit):
             call.status = "client_disconnected"
             raise

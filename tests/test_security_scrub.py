@@ -170,11 +170,18 @@ def test_the_gateways_log_holds_no_form_of_any_key(providers, gateway):
     client, _ = providers
     for kind in KINDS:
         with pytest.raises(openai.APIError):
-            client.chat.completions.create(model=f"chat-{kind}", messages=directive(error=500, echo_key=ALL_FORMS))
-        with pytest.raises(openai.APIError):
             for _ in client.chat.completions.create(model=f"chat-{kind}", stream=True,
                                                     messages=directive(error_after=1, echo_key=ALL_FORMS)):
                 pass
+        # Five failures in a row (retries or not, as the retry budget allows): the breaker opens and
+        # logs why (the upper-cased key leads the upstream's message: within the reason's first 100
+        # characters).
+        for _ in range(5):
+            with pytest.raises(openai.APIError):
+                client.chat.completions.create(model=f"chat-{kind}", messages=directive(error=500, echo_key=2))
+    opened = wait_until(lambda: CircuitEvent.objects.filter(state="open", deployment__provider__name__in=list(KINDS),
+                                                            reason__contains="Invalid credentials").count() >= 8)
+    assert opened, list(CircuitEvent.objects.values_list("reason", flat=True))
     output = gateway.output()
     for kind, key in KEYS.items():
         assert not exposed(output, key), kind

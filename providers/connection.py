@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from providers.adapters import for_kind
+from providers.adapters import for_kind, redact
 from providers.crypto import SecretUnreadable
 
 from . import netguard
@@ -42,6 +42,15 @@ def check_connection(provider: Provider, timeout: float = TIMEOUT_SECONDS) -> Co
         return ConnectionCheck(False, None, 0, error="the stored key cannot be decrypted with the configured keys")
     if target.misconfigured:
         return ConnectionCheck(False, None, 0, error=target.misconfigured)
+    check = _call(provider, target, timeout)
+    if check.error and redact.holds(check.error, redact.secrets_of(target)):
+        # The adapters clean upstream messages already; this gate covers every text the admin
+        # and the health checks show, whoever wrote it.
+        check.error = redact.withheld(check.status or "no answer")
+    return check
+
+
+def _call(provider: Provider, target, timeout: float) -> ConnectionCheck:
     adapter = for_kind(provider.kind)
     request = adapter.models_request(target)
     try:

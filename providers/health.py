@@ -81,8 +81,8 @@ def _listed(provider: Provider, deployment: Deployment, probe: ConnectionCheck) 
 
 def _result(provider: Provider, deployment: Deployment | None, probe: ConnectionCheck, ok: bool, error: str,
             now: datetime) -> HealthCheck:
-    # The error is already free of the provider's key (adapters scrub upstream
-    # messages); it is cut to the column, as an upstream's HTML error page can be long.
+    # The error is already free of every form of the provider's credentials
+    # (check_connection cleans it, providers/adapters/redact.py); it is cut to the column.
     return HealthCheck(provider=provider, deployment=deployment, checked_at=now, ok=ok, status=probe.status,
                        latency_ms=probe.latency_ms, models_found=len(probe.models), error=error[:ERROR_LENGTH])
 

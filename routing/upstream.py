@@ -339,18 +339,22 @@ async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEve
     framing = adapters.for_kind(attempt.target.kind).STREAM_FRAMING
     batches = _ndjson_lines(attempt) if framing == "ndjson" else _sse_data(attempt)
     async for payloads in batches:
-        events, malformed = [], None
+        events, failure = [], None
         for data in payloads:
             try:
                 events.append(translate(data))
             except MALFORMED as exc:
-                malformed = exc
+                failure = UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream "
+                                             "event.", retryable=False, code="upstream_error")
+                failure.__cause__ = exc
+                break
+            except UpstreamError as exc:  # the upstream's own error event
+                failure = exc
                 break
         if events:
-            yield events  # what came before a malformed event is relayed first
-        if malformed is not None:
-            raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream event.",
-                                retryable=False, code="upstream_error") from malformed
+            yield events  # what came before a malformed or error event is relayed first
+        if failure is not None:
+            raise failure
 
 
 async def _sse_data(attempt: Attempt) -> AsyncIterator[list[bytes]]:

@@ -42,10 +42,9 @@ from gateway_project.lib import config_cache, errors, redis_health
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis
 
-from . import limit_scripts
+from . import limit_rules, limit_scripts
 from .limit_rules import (  # noqa: F401
     REFUSALS,
-    RESERVATION_TTL_MS,
     Admission,
     LimitRule,
     period_bounds,
@@ -116,7 +115,7 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
 async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
     for _ in range(3):
         now = time.time()
-        args = [int(now * 1000), admission.reservation, RESERVATION_TTL_MS, len(admission.rules),
+        args = [int(now * 1000), admission.reservation, limit_rules.RESERVATION_TTL_MS, len(admission.rules),
                 int(settings.LIMITS_OVERRUN_MEMORY * 1000), int(settings.LIMITS_TRUST_MAX_TOKENS)]
         for rule in admission.rules:
             args += _rule_args(rule, now, admission)

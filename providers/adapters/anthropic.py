@@ -12,7 +12,7 @@ import orjson
 from gateway_project.lib.errors import GatewayError
 
 from . import openai_format as fmt
-from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_error
+from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
 STREAM_FRAMING = "sse"
 EMBEDDINGS = False
@@ -229,9 +229,7 @@ class Stream(fmt.ChunkStream):
         return self.end(self.finish, [])
 
     def on_error(self, event: dict) -> StreamEvent:
-        error = event.get("error") or {}
-        raise UpstreamError(502, f"Provider '{self.provider}' failed mid-stream: {error.get('message', '')}",
-                            retryable=False, code="upstream_error")
+        raise self.failed(orjson.dumps(event))
 
 
 def chat_stream(target, body: dict, want_usage: bool) -> Stream:

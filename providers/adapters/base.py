@@ -13,6 +13,9 @@ An adapter module provides:
   embeddings_response(target, body, data) -> dict | None   (as chat_response)
   parse_usage(data: dict) -> Usage | None     from the upstream's own body
   map_error(target, status, body, headers) -> UpstreamError
+      its message cleaned of every form of the target's credentials (redact.py);
+      a stream translator raises `stream_error` for the upstream's error event,
+      never relaying the upstream's own text
   models_request(target) -> UpstreamRequest;  parse_models(data) -> list[str]
 and, where the upstream has OpenAI's legacy text completions natively,
   completions_request(target, body, request_id) -> UpstreamRequest
@@ -20,12 +23,13 @@ Requests and responses on the gateway's side are always OpenAI-shaped. A
 parameter the upstream cannot honour is refused with a 400 naming it.
 """
 
-import re
 from dataclasses import dataclass
 
 import orjson
 
 from gateway_project.lib.errors import GatewayError
+
+from . import redact
 
 
 @dataclass(slots=True)
@@ -69,14 +73,20 @@ class UpstreamError(GatewayError):
         self.retry_after = retry_after
 
 
-_SECRET_LIKE = re.compile(r"(sk|key|token)[-_][A-Za-z0-9_\-]{6,}", re.IGNORECASE)
+def stream_error(target, text: str, status: int | str = "mid-stream") -> UpstreamError:
+    """What the client gets for an error event inside an upstream's stream, the key never in it."""
+    detail = redact.clean_or_withheld(text, redact.secrets_of(target), status)
+    return UpstreamError(502, f"Provider '{target.provider_name}' failed mid-stream: {detail}",
+                         retryable=False, code="upstream_error")
 
 
-def scrub(text: str, secret: str) -> str:
-    """Remove the provider secret, and anything that looks like a key, from text."""
-    if secret:
-        text = text.replace(secret, "***")
-    return _SECRET_LIKE.sub(r"\1-***", text)[:500]
+def without_secrets(error: GatewayError, target) -> GatewayError:
+    """`error` itself, or a copy with its message withheld should it hold one of target's secrets.
+    For the choke points (the stream relay), behind the adapters' own scrubbing."""
+    if not redact.holds(error.message, redact.secrets_of(target)):
+        return error
+    return UpstreamError(error.status, f"Provider '{target.provider_name}' failed: "
+                                       f"{redact.withheld(error.status)}", retryable=False, code=error.code)
 
 
 def upstream_message(body: bytes) -> str:
@@ -139,5 +149,5 @@ def error_for_status(provider: str, status: int, message: str, retry_after: floa
 
 def mapped_error(target, status: int, body: bytes, headers) -> UpstreamError:
     """map_error for every kind whose error bodies `upstream_message` can read."""
-    message = scrub(upstream_message(body), target.api_key)
+    message = redact.clean_or_withheld(upstream_message(body), redact.secrets_of(target), status)
     return error_for_status(target.provider_name, status, message, retry_after_seconds(headers))

@@ -134,6 +134,8 @@ class Stream(fmt.ChunkStream):
     def __call__(self, data: bytes) -> StreamEvent:
         event = orjson.loads(data)
         kind = event.get("type")
+        if kind == "error" or event.get("error"):
+            raise self.failed(data)
         message = ((event.get("delta") or {}).get("message")) or {}
         if kind == "message-start":
             self.id = event.get("id") or self.id

@@ -185,6 +185,8 @@ class Stream(fmt.ChunkStream):
 
     def __call__(self, data: bytes) -> StreamEvent:
         response = orjson.loads(data)
+        if response.get("error"):
+            raise self.failed(data)
         usage = parse_usage(response)
         if usage is not None:
             self.usage = usage

@@ -95,6 +95,8 @@ class Stream(fmt.ChunkStream):
         if data == b"[DONE]":
             return self.end_of_stream()
         chunk = orjson.loads(data)
+        if chunk.get("error"):
+            raise self.failed(data)  # TGI's error event: {"error": "...", "error_type": "..."}
         if (usage := parse_usage(chunk)) is not None:
             self.usage = usage
         chunks = []

@@ -10,7 +10,7 @@ import uuid
 import orjson
 
 from . import openai_format as fmt
-from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_error
+from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
 STREAM_FRAMING = "ndjson"
 EMBEDDINGS = True
@@ -125,8 +125,7 @@ class Stream(fmt.ChunkStream):
     def __call__(self, data: bytes) -> StreamEvent:
         line = orjson.loads(data)
         if line.get("error"):
-            raise UpstreamError(502, f"Provider '{self.provider}' failed mid-stream: {line['error']}",
-                                retryable=False, code="upstream_error")
+            raise self.failed(data)
         message = line.get("message") or {}
         chunks = [self.text(message["content"])] if message.get("content") else []
         for call in _calls(message):

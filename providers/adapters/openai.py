@@ -5,7 +5,8 @@ import functools
 
 import orjson
 
-from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
+from . import redact
+from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_error, stream_error, upstream_message
 
 STREAM_FRAMING = "sse"
 EMBEDDINGS = True
@@ -52,11 +53,22 @@ def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
 
 
 def chat_response(target, body: dict, data: dict) -> None:
+    _refuse_error_body(target, data)
     return None  # already OpenAI's shape: relayed as is
 
 
 def embeddings_response(target, body: dict, data: dict) -> None:
+    _refuse_error_body(target, data)
     return None
+
+
+def _refuse_error_body(target, data) -> None:
+    # Some OpenAI-compatible servers answer 200 with an error body; relayed as is,
+    # it would carry whatever the server echoed (the key included).
+    if isinstance(data, dict) and data.get("error") and "choices" not in data and "data" not in data:
+        detail = redact.clean_or_withheld(upstream_message(orjson.dumps(data)), redact.secrets_of(target), 200)
+        raise UpstreamError(502, f"Provider '{target.provider_name}' answered with an error: {detail}",
+                            retryable=False, code="upstream_error")
 
 
 def parse_usage(response: dict) -> Usage | None:
@@ -74,9 +86,12 @@ def parse_usage(response: dict) -> Usage | None:
     )
 
 
-def stream_event(data: bytes, want_usage: bool) -> StreamEvent:
+def stream_event(data: bytes, want_usage: bool, target) -> StreamEvent:
     if data == b"[DONE]":
         return StreamEvent(forward=data, done=True)
+    if b'"error"' in data:
+        # Possibly the upstream's error event: never relayed as is (it may echo the key).
+        _raise_stream_error(target, data)
     # Parsing every chunk costs more than the relay itself; only the chunks that
     # can carry usage are parsed.
     if b'"usage"' in data and b'"usage":null' not in data:
@@ -99,7 +114,16 @@ def stream_event(data: bytes, want_usage: bool) -> StreamEvent:
 
 
 def chat_stream(target, body: dict, want_usage: bool):
-    return functools.partial(stream_event, want_usage=want_usage)
+    return functools.partial(stream_event, want_usage=want_usage, target=target)
+
+
+def _raise_stream_error(target, data: bytes) -> None:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(chunk, dict) and chunk.get("error") and not chunk.get("choices"):
+        raise stream_error(target, upstream_message(data))
 
 
 def models_request(target) -> UpstreamRequest:

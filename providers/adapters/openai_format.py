@@ -13,7 +13,7 @@ import orjson
 from gateway_project.lib.errors import GatewayError
 from gateway_project.lib.messages import content_text
 
-from .base import StreamEvent, Usage
+from .base import StreamEvent, UpstreamError, Usage, stream_error, upstream_message
 
 # Accepted by every kind: the gateway consumes them itself, or they are plain
 # end-user metadata no upstream is required to keep.
@@ -225,6 +225,7 @@ class ChunkStream:
     remembers what the stream reported so far."""
 
     def __init__(self, target, want_usage: bool) -> None:
+        self.target = target
         self.id = new_id()
         self.created = int(time.time())
         self.model = target.upstream_model
@@ -267,3 +268,7 @@ class ChunkStream:
 
     def event(self, chunks: list[dict]) -> StreamEvent:
         return StreamEvent(forward=None, chunks=chunks, has_content=bool(chunks))
+
+    def failed(self, data: bytes) -> UpstreamError:
+        """The upstream's error event, for the translator to raise: its message never holds the key."""
+        return stream_error(self.target, upstream_message(data))

@@ -36,6 +36,12 @@ Knob names:
   hang              1: never answer
   cached_tokens     report this many of the prompt tokens as cached
   reasoning_tokens  report this many reasoning tokens besides the visible output
+  error_after       stream: after this many content chunks, send the format's own
+                    mid-stream error event and end the stream
+  echo_key          error bodies and mid-stream error events echo the key the request
+                    carried: form N of server.echo_forms (the header whole, other
+                    cases, partial runs, base64 in a Basic header, percent-, JSON-,
+                    HTML-escaped, hex), or every form for a larger N (echo_key=99)
 The model answers in words, or, when the request offers tools (and the last
 message is not a tool result), calls the forced or first tool with arguments
 made from its schema; with a JSON response format it answers with an object
@@ -58,6 +64,7 @@ from .server import (
     KNOBS,
     SETTINGS,
     Request,
+    echoed_key,
     knobs_for,
     last_body,
     query_of,
@@ -120,8 +127,12 @@ def _key(flavour: str, headers: dict, query: dict) -> str:
     return headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
 
 
+def _echo(key: str, knobs: dict) -> str | None:
+    return echoed_key(key, knobs["echo_key"]) if knobs.get("echo_key") else None
+
+
 async def _error(send, module, status: int, key: str, knobs: dict) -> None:
-    body = module.error_body(status, key)
+    body = module.error_body(status, key, _echo(key, knobs))
     extra = [(b"retry-after", str(knobs.get("retry_after", 1)).encode())] if status == 429 else []
     await send_json(send, status, body, extra=extra)
 
@@ -197,7 +208,11 @@ async def _handle(scope, path: str, receive, send) -> None:
     if knobs.get("error"):
         await _error(send, module, knobs["error"], key, knobs)
         return
-    await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match))
+    error_event = b""
+    if knobs.get("error_after") is not None and hasattr(module, "stream_error"):
+        error_event = module.stream_error(_echo(key, knobs) or "The server had an error processing your request.")
+    await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match,
+                          error_event))
 
 
 def configure(require_key: str | None = None, **defaults) -> None:

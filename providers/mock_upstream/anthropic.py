@@ -10,10 +10,14 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
 
 
-def error_body(status: int, key: str = "") -> dict:
-    message = f"invalid x-api-key: {key}" if status == 401 else f"Mock Anthropic failed with {status}."
+def error_body(status: int, key: str = "", message: str | None = None) -> dict:
+    message = message or (f"invalid x-api-key: {key}" if status == 401 else f"Mock Anthropic failed with {status}.")
     return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
             "request_id": f"req_mock{int(time.time() * 1e6)}"}
+
+
+def stream_error(message: str) -> bytes:
+    return sse({"type": "error", "error": {"type": "overloaded_error", "message": message}}, "error")
 
 
 def _text(content) -> str:

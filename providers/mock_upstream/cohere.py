@@ -12,9 +12,13 @@ FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool": "TOOL_CALL"}
 MODELS = ("mock-command", "mock-embed-v4")
 
 
-def error_body(status: int, key: str = "") -> dict:
-    message = f"invalid api token: {key}" if status == 401 else f"Mock Cohere failed with {status}."
+def error_body(status: int, key: str = "", message: str | None = None) -> dict:
+    message = message or (f"invalid api token: {key}" if status == 401 else f"Mock Cohere failed with {status}.")
     return {"id": str(uuid.uuid4()), "message": message}
+
+
+def stream_error(message: str) -> bytes:
+    return sse({"type": "error", "message": message}, "error")
 
 
 def _text(content) -> str:

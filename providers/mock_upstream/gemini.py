@@ -15,10 +15,14 @@ FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
 MODELS = ("mock-gemini", "mock-text-embed")
 
 
-def error_body(status: int, key: str = "") -> dict:
-    message = (f"API key not valid: {key}. Please pass a valid API key." if status in (400, 401) and key
-               else f"Mock Gemini failed with {status}.")
+def error_body(status: int, key: str = "", message: str | None = None) -> dict:
+    message = message or (f"API key not valid: {key}. Please pass a valid API key." if status in (400, 401) and key
+                          else f"Mock Gemini failed with {status}.")
     return {"error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN")}}
+
+
+def stream_error(message: str) -> bytes:
+    return sse({"error": {"code": 500, "message": message, "status": "INTERNAL"}})
 
 
 def _texts(parts) -> str:

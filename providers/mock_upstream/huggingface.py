@@ -4,7 +4,7 @@ TGI dialect), Text Embeddings Inference's POST /embed, and GET /info."""
 from .openai import MAX_DIMENSIONS, dimensions, vector
 from .openai import chat as openai_chat
 from .openai import user_text as chat_user_text
-from .server import Request, send_json
+from .server import Request, send_json, sse
 
 
 def user_text(body: dict) -> str:
@@ -12,11 +12,15 @@ def user_text(body: dict) -> str:
     return inputs if isinstance(inputs, str) else chat_user_text(body)
 
 
-def error_body(status: int, key: str = "") -> dict:
+def error_body(status: int, key: str = "", message: str | None = None) -> dict:
     kinds = {400: "validation", 401: "authentication", 404: "not_found", 429: "overloaded"}
-    message = "Authorization header is correct, but the token seems invalid" if status == 401 else (
-        f"Mock TGI failed with {status}.")
+    message = message or ("Authorization header is correct, but the token seems invalid" if status == 401 else
+                          f"Mock TGI failed with {status}.")
     return {"error": message, "error_type": kinds.get(status, "generation")}
+
+
+def stream_error(message: str) -> bytes:
+    return sse({"error": message, "error_type": "generation"})
 
 
 async def chat(req: Request) -> None:

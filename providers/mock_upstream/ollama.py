@@ -12,9 +12,13 @@ from .server import Request, send_json, send_stream
 MODELS = ("mock-llama:latest", "mock-embed:latest")
 
 
-def error_body(status: int, key: str = "") -> dict:
-    return {"error": {404: "model not found, try pulling it first", 401: "unauthorized"}.get(
+def error_body(status: int, key: str = "", message: str | None = None) -> dict:
+    return {"error": message or {404: "model not found, try pulling it first", 401: "unauthorized"}.get(
         status, f"mock ollama failed with {status}")}
+
+
+def stream_error(message: str) -> bytes:
+    return orjson.dumps({"error": message}) + b"\n"
 
 
 def user_text(body: dict) -> str:

@@ -31,9 +31,14 @@ FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "self_harm": {"filte
            "sexual": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 
 
-def error_body(status: int, key: str = "") -> bytes:
-    kind, code, message = ERROR_TYPES.get(status, ("server_error", "server_error", "The mock upstream failed."))
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+def error_body(status: int, key: str = "", message: str | None = None) -> bytes:
+    kind, code, default = ERROR_TYPES.get(status, ("server_error", "server_error", "The mock upstream failed."))
+    return orjson.dumps({"error": {"message": message or default, "type": kind, "param": None, "code": code}})
+
+
+def stream_error(message: str) -> bytes:
+    # OpenAI's mid-stream failure: an error object where a chunk was due, then the end.
+    return sse({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
 
 
 def invalid(message: str, param: str | None) -> bytes:

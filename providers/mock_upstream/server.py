@@ -5,6 +5,7 @@ it must cost little).
 """
 
 import asyncio
+import base64
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from urllib.parse import parse_qs
 import orjson
 
 KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_after", "no_usage", "hang",
-         "cached_tokens", "reasoning_tokens")
+         "cached_tokens", "reasoning_tokens", "error_after", "echo_key")
 DEFAULTS: dict[str, int] = {"chunks": 20, "retry_after": 1}
 SETTINGS: dict[str, str | None] = {"required_key": None}
 # Knobs every request gets, over every other source, set at run time (POST /_mock/knobs):
@@ -45,6 +46,8 @@ class Request:
     knobs: dict[str, int]
     send: object
     match: re.Match | None = None
+    # The format's mid-stream error event, when the error_after knob asks for one.
+    error_event: bytes = b""
 
     def header(self, name: str) -> str:
         return self.headers.get(name.encode(), b"").decode()
@@ -109,16 +112,43 @@ async def send_stream(req: Request, frames, content_type: bytes = b"text/event-s
     cut_after = req.knobs.get("cut_after")
     if cut_after == 0:
         raise Abort  # before any data: the client sees headers, then a dropped connection
+    error_after = req.knobs.get("error_after") if req.error_event else None
     sent = 0
     for frame, is_content in frames:
         if is_content:
             if cut_after is not None and sent >= cut_after:
                 raise Abort
+            if error_after is not None and sent >= error_after:
+                # As providers fail mid-answer: their error event, then the end of the stream.
+                await req.send({"type": "http.response.body", "body": req.error_event, "more_body": False})
+                return
             if delay:
                 await asyncio.sleep(delay)
             sent += 1
         await req.send({"type": "http.response.body", "body": frame, "more_body": True})
     await req.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def echo_forms(key: str) -> list[str]:
+    """The key as a careless upstream echoes it: the header whole, other letter cases, partial
+    runs, base64 (alone, url-safe, in a Basic header, at another alignment), percent-, JSON-
+    and HTML-escaped, hex."""
+    raw = key.encode()
+    return [
+        f"Authorization: Bearer {key}", key.upper(), key.lower(), key[3:], key[len(key) // 4:len(key) // 4 + 12],
+        base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "Basic " + base64.b64encode(b"user:" + raw).decode(), base64.b64encode(b"ab:" + raw).decode(),
+        "".join(f"%{b:02X}" for b in raw), "".join(f"\\u{ord(c):04x}" for c in key),
+        "".join(f"&#{ord(c)};" for c in key), raw.hex(),
+    ]
+
+
+def echoed_key(key: str, which: int) -> str:
+    """An error message echoing the key (the echo_key knob): form number `which` of
+    echo_forms (1-based), or all of them for any larger number."""
+    forms = echo_forms(key)
+    shown = [forms[which - 1]] if which <= len(forms) else forms
+    return "Invalid credentials: " + " | ".join(shown)
 
 
 def sse(data, event: str | None = None) -> bytes:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from gateway_project.lib import errors, metrics
-from providers.adapters.base import StreamEvent, UpstreamError
+from providers.adapters.base import StreamEvent, UpstreamError, without_secrets
 from routing import upstream
 from usage import inflight
 
@@ -100,7 +100,8 @@ def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> St
                 retryable=False, code="upstream_stream_cut",
             )
             call.status, call.error_type = "stream_cut", error.code
-            yield writer.error(error)
+            # The adapters clean upstream text already; this is the last gate before the client.
+            yield writer.error(without_secrets(error, attempt.target))
         except (asyncio.CancelledError, GeneratorExit):
             call.status = "client_disconnected"
             raise

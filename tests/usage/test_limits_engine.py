@@ -10,7 +10,7 @@ from django.core import mail
 
 from gateway_project.lib.errors import GatewayError
 from tenants.models import AuditLog, Membership
-from usage import limits
+from usage import limit_rules, limits
 from usage.limits_local import local
 from usage.models import BudgetAlert, Limit
 
@@ -164,7 +164,7 @@ def test_period_counters_are_rebuilt_from_the_database(engine, tenant, api_key):
 
 
 def test_reservation_of_a_dead_process_expires_at_its_estimate(engine, tenant, api_key, monkeypatch):
-    monkeypatch.setattr(limits, "RESERVATION_TTL_MS", 200)
+    monkeypatch.setattr(limit_rules, "RESERVATION_TTL_MS", 200)
     Limit.objects.create(tenant=tenant, max_concurrent=1, token_quota=1000, period="total")
 
     async def scenario():

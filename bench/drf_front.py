@@ -30,7 +30,7 @@ from rest_framework.renderers import JSONRenderer
 
 from gateway_project.lib import errors
 from gateway_project.lib.request_ids import client_request_id
-from routing.front import chat, completions, embeddings, messages, models, observe, relay
+from routing.front import chat, completions, embeddings, endpoint, messages, models, observe
 from routing.front.call import Call
 from routing.front.pipeline import key_of, run
 
@@ -93,20 +93,9 @@ class GatewayView(APIView):
         try:
             response = await self._dispatch(request, *args, **kwargs)
         except asyncio.CancelledError:
-            # The client hung up before the answer: record what the call cost so far, then stop.
-            if call.key is not None and not call.recorded_by_stream:
-                call.client_left()
-                await asyncio.shield(relay.record_and_finish(call))
+            await endpoint.client_gone(call)
             raise
-        response["x-request-id"] = call.response_id
-        if call.admission is not None:
-            for header, value in call.admission.headers.items():
-                response[header] = value
-        if not call.recorded_by_stream:
-            if call.key is not None:
-                await call.settle_and_record()
-            observe.finished(call)
-        return response
+        return await endpoint.finish(call, response)
 
     async def _dispatch(self, request, *args, **kwargs):
         """adrf's async_dispatch with the authenticators awaited in the loop (no thread hops)."""

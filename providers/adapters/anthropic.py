@@ -11,6 +11,7 @@ import orjson
 
 from gateway_project.lib.errors import GatewayError
 
+from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
@@ -26,12 +27,8 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "anthropic-version": target.settings.get("anthropic_version", ""),
-               "x-request-id": request_id}
-    if target.api_key:
-        headers["x-api-key"] = target.api_key
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id, key_header="x-api-key", key_prefix="",
+                                more={"anthropic-version": target.settings.get("anthropic_version", "")})
 
 
 def _image(part: dict, param: str) -> dict:

@@ -8,7 +8,7 @@ comes from the provider's `api_version` setting, and the key travels in an
 
 from urllib.parse import quote
 
-from . import openai
+from . import base, openai
 from .base import UpstreamRequest, mapped_error
 
 STREAM_FRAMING = "sse"
@@ -22,11 +22,8 @@ def _url(target, operation: str) -> str:
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-ms-client-request-id": request_id}
-    if target.api_key:
-        headers["api-key"] = target.api_key
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id, key_header="api-key", key_prefix="",
+                                id_header="x-ms-client-request-id")
 
 
 def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:

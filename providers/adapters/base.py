@@ -73,6 +73,17 @@ class UpstreamError(GatewayError):
         self.retry_after = retry_after
 
 
+def request_headers(target, request_id: str, *, key_header: str = "authorization", key_prefix: str = "Bearer ",
+                    id_header: str = "x-request-id", more: dict[str, str] | None = None) -> dict[str, str]:
+    """An upstream call's headers: JSON, the call's id, the provider key in the header its API reads
+    (none without a key), then the provider's own extra headers, which may override any of them."""
+    headers = {"content-type": "application/json", **(more or {}), id_header: request_id}
+    if target.api_key:
+        headers[key_header] = key_prefix + target.api_key
+    headers.update(target.extra_headers)
+    return headers
+
+
 def stream_error(target, text: str, status: int | str = "mid-stream") -> UpstreamError:
     """What the client gets for an error event inside an upstream's stream, the key never in it."""
     detail = redact.clean_or_withheld(text, redact.secrets_of(target), status)

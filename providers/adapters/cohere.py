@@ -7,6 +7,7 @@ The provider's base URL is https://api.cohere.com; the key goes in
 
 import orjson
 
+from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
@@ -22,11 +23,7 @@ PARAMS = (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept": "application/json", "x-request-id": request_id}
-    if target.api_key:
-        headers["authorization"] = f"Bearer {target.api_key}"
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id, more={"accept": "application/json"})
 
 
 def _content(content, param: str):

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import orjson
 
+from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
@@ -32,11 +33,7 @@ def _url(target, method: str) -> str:
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
-    if target.api_key:
-        headers["x-goog-api-key"] = target.api_key
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id, key_header="x-goog-api-key", key_prefix="")
 
 
 def _image(part: dict, param: str) -> dict:

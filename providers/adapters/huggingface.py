@@ -12,6 +12,7 @@ finish reasons become OpenAI's).
 
 import orjson
 
+from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 from .openai import parse_usage as openai_usage
@@ -27,11 +28,7 @@ FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "stop": "stop", 
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
-    if target.api_key:
-        headers["authorization"] = f"Bearer {target.api_key}"
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id)
 
 
 def payload(target, body: dict) -> dict:

@@ -9,6 +9,7 @@ import uuid
 
 import orjson
 
+from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 
@@ -22,11 +23,7 @@ OPTIONS = (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
 
 
 def _headers(target, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
-    if target.api_key:
-        headers["authorization"] = f"Bearer {target.api_key}"
-    headers.update(target.extra_headers)
-    return headers
+    return base.request_headers(target, request_id)
 
 
 def _user(message: dict, param: str) -> dict:

@@ -49,27 +49,36 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
                 log.warning("request %s: database unreachable (%s)", call.request_id, exc)
                 response = _failed(call, errors.database_unavailable(), shape)
             except asyncio.CancelledError:
-                # The client hung up before the answer: record what the call cost so far, then stop.
-                if call.key is not None and not call.recorded_by_stream:
-                    call.client_left()
-                    await asyncio.shield(relay.record_and_finish(call))
+                await client_gone(call)
                 raise
             except Exception:
                 log.exception("request %s failed inside the gateway", call.request_id)
                 response = _failed(call, errors.internal_error(), shape)
-            response["x-request-id"] = call.response_id
-            if call.admission is not None:
-                for header, value in call.admission.headers.items():
-                    response[header] = value
-            if not call.recorded_by_stream:
-                if call.key is not None:
-                    await call.settle_and_record()
-                observe.finished(call)
-            return response
+            return await finish(call, response)
 
         return view
 
     return decorate
+
+
+async def client_gone(call: Call) -> None:
+    """The client hung up before the answer: record what the call cost so far."""
+    if call.key is not None and not call.recorded_by_stream:
+        call.client_left()
+        await asyncio.shield(relay.record_and_finish(call))
+
+
+async def finish(call: Call, response: HttpResponse) -> HttpResponse:
+    """The call's id and limit headers on its answer; for a JSON answer, its settlement and usage event."""
+    response["x-request-id"] = call.response_id
+    if call.admission is not None:
+        for header, value in call.admission.headers.items():
+            response[header] = value
+    if not call.recorded_by_stream:
+        if call.key is not None:
+            await call.settle_and_record()
+        observe.finished(call)
+    return response
 
 
 def _failed(call: Call, error: errors.GatewayError, shape) -> HttpResponse:

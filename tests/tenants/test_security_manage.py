@@ -17,7 +17,8 @@ from keys import services as key_services
 from keys.models import ApiKey
 from providers.models import Deployment, Provider
 from routing.models import Route
-from tenants.models import Membership, Tenant
+from tenants.models import Membership
+from tests.conftest import user_in
 from usage.models import Limit
 
 SECRET = re.compile(r"sk-gw-[0-9A-Za-z]{46}")
@@ -27,24 +28,8 @@ PASSWORD = "A-long-enough-passphrase-42"
 
 
 @pytest.fixture()
-def tenant(db):
-    return Tenant.objects.create(name="Acme", slug="acme")
-
-
-@pytest.fixture()
-def other_tenant(db):
-    return Tenant.objects.create(name="Globex", slug="globex")
-
-
-def person(django_user_model, tenant, role: str, name: str | None = None, password: str | None = None):
-    user = django_user_model.objects.create_user(name or f"{tenant.slug}-{role}", password=password, is_staff=True)
-    Membership.objects.create(tenant=tenant, user=user, role=role)
-    return user
-
-
-@pytest.fixture()
 def member(client, tenant, django_user_model):
-    user = person(django_user_model, tenant, "member")
+    user = user_in(tenant, "member")
     client.force_login(user)
     return user
 
@@ -136,12 +121,12 @@ def test_revoking_a_capped_key_does_not_shed_its_caps(client, capped):
 
 def test_members_first_key_is_free_and_admins_still_widen(client, tenant, member, django_user_model, capped):
     admin = Client()
-    admin.force_login(person(django_user_model, tenant, "admin"))
+    admin.force_login(user_in(tenant, "admin"))
     body = {"allowed_models": [], "expires_at": None}
     assert admin.patch(f"{KEYS}{capped.id}/", body, content_type="application/json").status_code == 200
     assert caps_of(capped)[:2] == ([], None)
     other = Client()
-    other.force_login(person(django_user_model, tenant, "member", name="newcomer"))
+    other.force_login(user_in(tenant, "member", name="newcomer"))
     created = other.post(KEYS, {"name": "first"}, content_type="application/json")
     assert created.status_code == 201 and created.json()["allowed_models"] == []
 
@@ -205,7 +190,7 @@ def test_members_new_key_in_the_admin_inherits_caps(client, tenant, capped):
 
 @pytest.fixture()
 def basic(tenant, django_user_model):
-    person(django_user_model, tenant, "admin", name="scripted", password=PASSWORD)
+    user_in(tenant, "admin", name="scripted", password=PASSWORD)
     token = base64.b64encode(f"scripted:{PASSWORD}".encode()).decode()
     return {"HTTP_AUTHORIZATION": f"Basic {token}"}
 
@@ -257,8 +242,8 @@ def test_session_writes_keep_djangos_csrf_check(tenant, member):
 
 @pytest.fixture()
 def tenant_admin(client, tenant, other_tenant, django_user_model):
-    user = person(django_user_model, tenant, "admin")
-    person(django_user_model, other_tenant, "member", name="their-person")
+    user = user_in(tenant, "admin")
+    user_in(other_tenant, "member", name="their-person")
     client.force_login(user)
     return user
 
@@ -335,7 +320,7 @@ def test_ids_of_other_tenants_rows_answer_as_missing_ones(client, tenant, other_
 
 
 def test_owner_cannot_take_another_tenants_slug(client, tenant, other_tenant, django_user_model):
-    client.force_login(person(django_user_model, tenant, "owner"))
+    client.force_login(user_in(tenant, "owner"))
     response = client.patch(f"/api/manage/tenants/{tenant.id}/", {"slug": "globex"}, content_type="application/json")
     assert response.status_code == 200 and response.json()["slug"] == "acme"
 

@@ -26,6 +26,9 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 
 from gateway_project.lib.request_ids import request_id_from
 
+from .models import AuditLog, Membership
+from .scoping import tenant_of
+
 AUDITED = [
     "tenants.Tenant", "tenants.Membership", "keys.ApiKey", "providers.Provider", "providers.Deployment",
     "routing.Route", "routing.RouteTarget", "routing.RouteRule", "usage.Limit",
@@ -139,9 +142,6 @@ def diff(before: dict | None, after: dict | None, only=None) -> dict:
 def record(action: str, obj=None, *, changes: dict | None = None, tenant_id: int | None = None,
            actor=None, actor_label: str = "", address: str | None = None):
     """Write one audit row; actor, address and request id default to the open context's."""
-    from .models import AuditLog
-    from .scoping import tenant_of
-
     context = current()
     if actor is None and context is not None:
         actor = context.user()
@@ -222,8 +222,6 @@ def _address(request) -> str | None:
 
 
 def _logged_in(sender, request, user, **kwargs) -> None:
-    from .models import Membership
-
     tenants = list(Membership.objects.filter(user=user).values_list("tenant_id", flat=True)[:2])
     record("login", user, actor=user, tenant_id=tenants[0] if len(tenants) == 1 else None,
            address=_address(request))

@@ -117,11 +117,3 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type} {self.object_repr}"
-
-    @classmethod
-    def record(cls, action: str, obj=None, *, actor=None, tenant=None, changes=None, address=None):
-        """Write one row; see tenants.audit.record, which fills in the request's actor and id."""
-        from . import audit
-
-        return audit.record(action, obj, actor=actor, tenant_id=tenant.pk if tenant is not None else None,
-                            changes=changes, address=address)

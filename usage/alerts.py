@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 
-from tenants.models import AuditLog, Membership
+from tenants import audit
+from tenants.models import Membership
 
 from .models import BudgetAlert, Limit
 
@@ -39,8 +40,8 @@ def threshold_crossed(limit_id: int, kind: str, thresholds: list[float], period_
         except IntegrityError:
             continue  # announced already, by this or another process
         new += 1
-        AuditLog.record("limit.threshold", limit, tenant=limit.tenant,
-                        changes={"kind": kind, "threshold": threshold, "used": str(used_value), "of": str(total)})
+        audit.record("limit.threshold", limit, tenant_id=limit.tenant_id,
+                     changes={"kind": kind, "threshold": threshold, "used": str(used_value), "of": str(total)})
         _email(limit, kind, threshold, used_value, total)
     return new
 

@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from providers.models import HealthCheck
+from tenants import audit
 from tenants.models import AuditLog, Tenant
 from tests.conftest import make_provider
 from tests.usage.test_jobs import record
@@ -20,7 +21,7 @@ NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups"
 
 
 def audit_entry(tenant, age: timedelta) -> None:
-    entry = AuditLog.record("test", tenant=tenant)
+    entry = audit.record("test", tenant_id=tenant.pk)
     AuditLog.objects.filter(pk=entry.pk).update(created_at=datetime.now(UTC) - age)
 
 

@@ -14,20 +14,20 @@ app.autodiscover_tasks()
 # by whichever worker ran the job.
 @task_success.connect
 def _job_succeeded(sender=None, **kwargs) -> None:
-    from gateway_project.lib import metrics
+    from gateway_project.lib import metrics  # deferred: this module loads with the package, before settings
 
     metrics.job_finished(sender.name, "success")
 
 
 @task_failure.connect
 def _job_failed(sender=None, **kwargs) -> None:
-    from gateway_project.lib import metrics
+    from gateway_project.lib import metrics  # deferred: this module loads with the package, before settings
 
     metrics.job_finished(sender.name, "failure")
 
 
 @task_retry.connect
 def _job_retried(sender=None, **kwargs) -> None:
-    from gateway_project.lib import metrics
+    from gateway_project.lib import metrics  # deferred: this module loads with the package, before settings
 
     metrics.job_finished(sender.name, "retry")

@@ -22,6 +22,9 @@ from django.db import connection
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.redis_pool import async_redis
+from routing import breakers, table
+from usage import recorder
 
 PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 READY_CACHE_SECONDS = 1.0
@@ -87,9 +90,6 @@ def _may_scrape(scope) -> bool:
 
 
 async def scrape() -> str:
-    from routing import breakers, table
-    from usage import recorder
-
     fields, processes, last_runs = await metrics.collect()
     deployments = {t.deployment_id: t for targets in (await table.current()).by_model.values() for t in targets}
     ids = sorted(deployments)
@@ -154,8 +154,6 @@ async def _redis() -> str:
         return "ok (not used: embedded mode)"
     if redis_health.down:
         return REDIS_DOWN
-    from gateway_project.lib.redis_pool import async_redis
-
     try:
         await asyncio.wait_for(async_redis().ping(), CHECK_TIMEOUT)
     except (TimeoutError, redis.RedisError, OSError) as exc:
@@ -165,8 +163,6 @@ async def _redis() -> str:
 
 
 async def _usage_buffer() -> str:
-    from usage import recorder
-
     if settings.REDIS_URL and redis_health.down:
         return REDIS_DOWN
     try:

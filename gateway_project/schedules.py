@@ -5,6 +5,8 @@ under Periodic tasks, where they can change the interval or disable a job; an
 existing entry's interval is left as the admin set it.
 """
 
+import json
+
 from django.db import transaction
 
 # name: (task, every N seconds, or a crontab "minute hour day_of_month month day_of_week" in UTC, kwargs)
@@ -22,8 +24,7 @@ SCHEDULES: dict[str, tuple[str, int | str, dict]] = {
 
 @transaction.atomic
 def install_schedules(**kwargs) -> None:
-    import json
-
+    # After migrate, when django-celery-beat's tables and models exist.
     from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
     for name, (task, when, kwargs) in SCHEDULES.items():

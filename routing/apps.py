@@ -1,13 +1,12 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class RoutingConfig(AppConfig):
     name = "routing"
 
     def ready(self) -> None:
-        from django.conf import settings
-
         from . import breakers, signals  # noqa: F401 (signal receivers; breakers registers its pub/sub channel)
-        from .front import stages
+        from .front import stages  # app modules load once the registry is ready
 
         stages.load_configured(settings.GATEWAY_STAGES)

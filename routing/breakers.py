@@ -12,6 +12,7 @@ processes apply them at once), and each change is kept as a CircuitEvent for
 the admin.
 """
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -23,7 +24,9 @@ from django.conf import settings
 
 from gateway_project.lib import config_cache, metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import channel, sync_redis
+from gateway_project.lib.redis_pool import async_redis, channel, sync_redis
+
+from .models import CircuitEvent
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +155,6 @@ def _change(deployment_id: int, open_until: float, new_state: State, reason: str
 
 
 def _log_event(deployment_id: int, new_state: str, reason: str) -> None:
-    import asyncio
-
-    from .models import CircuitEvent
-
     def write() -> None:
         CircuitEvent.objects.create(deployment_id=deployment_id, state=new_state, reason=reason[:200])
 
@@ -208,8 +207,6 @@ async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
     """Each deployment's breaker as the fleet sees it, for /metrics: 0 closed, 1 open, 2 half-open."""
     if not settings.REDIS_URL or not deployment_ids:
         return {d: CODES[state(d)] for d in deployment_ids}
-    from gateway_project.lib.redis_pool import async_redis
-
     values = await async_redis().mget([f"gw:cb:{d}" for d in deployment_ids])
     now = time.time()
     return {d: CODES[_state_at(float(v) if v else 0.0, now)] for d, v in zip(deployment_ids, values, strict=True)}

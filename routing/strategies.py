@@ -9,10 +9,11 @@ plan is called first; the rest are fallbacks.
 import random
 from dataclasses import dataclass
 
+from gateway_project.lib import errors
 from gateway_project.lib.messages import content_text
 from providers.targets import Target
 
-from . import breakers, patterns, stats
+from . import breakers, patterns, stats, table
 from .table import ContentRule, RouteSpec
 
 
@@ -120,10 +121,6 @@ def healthy_first(targets: list[Target]) -> list[Target]:
 
 async def plan(spec: RouteSpec, facts: Facts, tenant_id: int, count_prompt) -> tuple[RouteSpec, list[Target]]:
     """The route that serves this request and its targets in the order to try them."""
-    from gateway_project.lib import errors
-
-    from . import table
-
     preferred: list[Target] = []
     rule = matching_rule(spec, facts, count_prompt)
     if rule is not None and rule.sub_route:

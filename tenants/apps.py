@@ -5,6 +5,6 @@ class TenantsConfig(AppConfig):
     name = "tenants"
 
     def ready(self) -> None:
-        from . import audit
+        from . import audit  # app modules load once the registry is ready
 
         audit.connect()

@@ -1,12 +1,13 @@
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
 def check_model_names(value) -> None:
     """`allowed_models` is a JSON column: anything but a list of names would break
     every key of the tenant when the gateway reads it (keys/auth.py)."""
-    from django.core.exceptions import ValidationError
-
     if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
         raise ValidationError({"allowed_models": "A list of model names, such as [\"gpt-4o\"]."})
 
@@ -50,10 +51,6 @@ class Tenant(models.Model):
         ordering = ["name"]
 
     def clean(self) -> None:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        from django.core.exceptions import ValidationError
-
         check_model_names(self.allowed_models)
         try:
             ZoneInfo(self.time_zone)

@@ -9,6 +9,7 @@ saves that land in one of their tenants or are refused.
 """
 
 from django.contrib import admin
+from django.contrib.admin.utils import get_fields_from_path
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
@@ -109,8 +110,6 @@ class ScopedAdminMixin(_ScopedFields):
                 for f in filters]
 
     def _is_relation(self, path: str) -> bool:
-        from django.contrib.admin.utils import get_fields_from_path
-
         return get_fields_from_path(self.model, path)[-1].is_relation
 
     def save_model(self, request, obj, form, change):

@@ -40,9 +40,9 @@ from django.conf import settings
 
 from gateway_project.lib import config_cache, errors, redis_health
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, sync_redis
 
-from . import limit_rules, limit_scripts
+from . import alerts, limit_rules, limit_scripts
 from .limit_rules import (  # noqa: F401
     REFUSALS,
     Admission,
@@ -182,8 +182,6 @@ def _alert_crossings(admission: Admission, crossings: list) -> None:
                                            ("quota", rule.token_quota, tok_before, tok_after)):
             crossed = [t for t in rule.thresholds if limit and before < limit * t / 100 <= after]
             if crossed:
-                from . import alerts
-
                 task = asyncio.ensure_future(run_orm(alerts.threshold_crossed, rule.id, kind, crossed,
                                                      period_bounds(rule, time.time())[0], after))
                 _background.add(task)
@@ -240,8 +238,6 @@ def current_uses(limits: list[Limit]) -> dict[int, dict[str, int]]:
 
 
 def _current_use_redis(rule: LimitRule, now: float, start: int) -> dict[str, int]:
-    from gateway_project.lib.redis_pool import sync_redis
-
     client, base = sync_redis(), f"gw:lim:{rule.id}"
     buckets = client.hgetall(f"{base}:tpm")
     period = {k.decode(): int(v) for k, v in client.hgetall(f"{base}:p:{start}").items()}

@@ -32,6 +32,8 @@ import orjson
 import redis
 from django.conf import settings
 
+from gateway_project.lib.redis_pool import async_redis, sync_redis
+
 log = logging.getLogger(__name__)
 
 COUNTERS_KEY = "gw:metrics:c"  # field: JSON [name, *label values] -> value
@@ -190,8 +192,6 @@ async def push() -> None:
             for field, value in fields.items():
                 _totals[field] = _totals.get(field, 0) + value
         return
-    from gateway_project.lib.redis_pool import async_redis
-
     gauges = orjson.dumps({"ts": time.time(), "g": _gauges})
     try:
         async with async_redis().pipeline(transaction=False) as pipe:
@@ -227,8 +227,6 @@ async def leave() -> None:
     _gauges.update({name: 0 for name in _gauges})
     await push()
     if settings.REDIS_URL:
-        from gateway_project.lib.redis_pool import async_redis
-
         await async_redis().hdel(GAUGES_KEY, PROC)
 
 
@@ -236,8 +234,6 @@ def shared_inc(name: str, *labels: str, by: float = 1) -> None:
     """Count from code that runs outside the event loop (jobs, drains, Celery): straight to Redis."""
     field = _field((name, *labels))
     if settings.REDIS_URL:
-        from gateway_project.lib.redis_pool import sync_redis
-
         try:
             sync_redis().hincrbyfloat(COUNTERS_KEY, field, by)
             return
@@ -250,8 +246,6 @@ def shared_inc(name: str, *labels: str, by: float = 1) -> None:
 def job_finished(task: str, outcome: str) -> None:
     shared_inc("gateway_job_runs_total", task, outcome)
     if outcome == "success" and settings.REDIS_URL:
-        from gateway_project.lib.redis_pool import sync_redis
-
         try:
             sync_redis().hset(LAST_RUN_KEY, task, time.time())
         except (redis.RedisError, OSError):
@@ -272,8 +266,6 @@ async def collect() -> tuple[dict[bytes, float], list[dict], dict[str, float]]:
         await push()
         with _totals_lock:
             return dict(_totals), [{"ts": time.time(), "g": dict(_gauges)}], dict(_last_runs)
-    from gateway_project.lib.redis_pool import async_redis
-
     async with async_redis().pipeline(transaction=False) as pipe:
         pipe.hgetall(COUNTERS_KEY)
         pipe.hgetall(GAUGES_KEY)

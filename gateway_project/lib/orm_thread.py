@@ -9,9 +9,10 @@ its own thread, and so its own connection).
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from threading import Barrier
 from typing import TypeVar
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 T = TypeVar("T")
 
@@ -30,10 +31,6 @@ async def run_orm(fn: Callable[..., T], *args) -> T:
 
 def close_connections() -> None:
     """Close each pool thread's database connection (tests call this before dropping their database)."""
-    from threading import Barrier
-
-    from django.db import connections
-
     workers = _pool._max_workers
     barrier = Barrier(workers)
 

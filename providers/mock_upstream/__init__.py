@@ -223,7 +223,7 @@ def configure(require_key: str | None = None, **defaults) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8001, log_level: str = "warning") -> None:
-    import uvicorn
+    import uvicorn  # only the server needs it; the mock's app is imported by tests too
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, loop="uvloop", http="httptools",
                 lifespan="off", access_log=False)

@@ -54,6 +54,7 @@ def setup() -> None:
     global _provider, _tracer
     if not enabled or _tracer is not None:
         return
+    # OpenTelemetry is imported only when tracing is on (OTEL_*): off, it costs nothing.
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -130,7 +131,7 @@ def _target_attributes(target) -> dict:
 
 def export(call, ended: float) -> None:
     """Build the call's spans from the times it noted (perf_counter), and hand them to the exporter."""
-    from opentelemetry import trace
+    from opentelemetry import trace  # only when tracing is on (see setup)
     from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 

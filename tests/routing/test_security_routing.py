@@ -18,9 +18,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, Server, wait_until
-from tests.test_api_errors import assert_openai_error
-from tests.test_management_api import member_of
+from tests.conftest import ROOT, Server, user_in, wait_until
+from tests.routing.test_api_errors import assert_openai_error
 
 EVIL = "^(a+)+$"  # under a backtracking engine each extra "a" doubles the time to fail a match
 
@@ -48,7 +47,7 @@ def _route(client, deployment, pattern: str, name: str = "acme-rx"):
 ])
 def test_a_rule_pattern_the_linear_engine_cannot_run_is_refused_with_the_reason(client, mock_provider, tenant,
                                                                                 django_user_model, pattern, named):
-    client.force_login(member_of(tenant, "admin", django_user_model))
+    client.force_login(user_in(tenant, "admin"))
     response = _route(client, mock_provider.deployments.get(public_model="gpt-test"), pattern)
     assert response.status_code == 400, response.content
     message = response.json()["rules"]["0"]["value"][0]  # the rule at index 0, its field
@@ -59,7 +58,7 @@ def test_a_backtracking_rule_pattern_stalls_neither_its_tenant_nor_another(clien
                                                                         other_tenant, api_key, django_user_model):
     from keys.models import ApiKey
 
-    client.force_login(member_of(tenant, "admin", django_user_model))
+    client.force_login(user_in(tenant, "admin"))
     shared = mock_provider.deployments.get(public_model="gpt-test")
     assert _route(client, shared, EVIL).status_code == 201  # RE2 runs it in linear time: nothing to refuse
     _, other_key = ApiKey.issue(other_tenant, "bystander")

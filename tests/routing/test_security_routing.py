@@ -56,12 +56,12 @@ def test_a_rule_pattern_the_linear_engine_cannot_run_is_refused_with_the_reason(
 
 def test_a_backtracking_rule_pattern_stalls_neither_its_tenant_nor_another(client, gateway, mock_provider, tenant,
                                                                         other_tenant, api_key, django_user_model):
-    from keys.models import ApiKey
+    from keys import services as key_services
 
     client.force_login(user_in(tenant, "admin"))
     shared = mock_provider.deployments.get(public_model="gpt-test")
     assert _route(client, shared, EVIL).status_code == 201  # RE2 runs it in linear time: nothing to refuse
-    _, other_key = ApiKey.issue(other_tenant, "bystander")
+    _, other_key = key_services.issue(other_tenant, "bystander")
     assert wait_until(lambda: chat(gateway.url, api_key[1], "aaaa", "acme-rx").headers.get(
         "x-gateway-route") == "acme-rx", timeout=10)
     assert chat(gateway.url, other_key, "warm").status_code == 200

@@ -138,8 +138,10 @@ def test_metrics_add_up_to_the_traffic_sent_through_two_workers(gateway_env, tra
         assert len({line["pid"] for line in request_lines(server)}) == 2
 
         expected_200 = 12 + 4 + 2 + 3
+        # Each process pushes its counts every METRICS_PUSH_INTERVAL: wait for all 26 calls, not the 200s alone.
         samples = wait_until(lambda: (s := scrape(server)) and total(
-            s, "gateway_requests_total", status="200") == expected_200 and s, timeout=10)
+            s, "gateway_requests_total", status="200") == expected_200
+            and total(s, "gateway_requests_total") == 26 and s, timeout=10)
         assert samples, "the counters never added up to the traffic"
         assert total(samples, "gateway_processes") == 2
         assert total(samples, "gateway_requests_total") == 26

@@ -77,6 +77,12 @@ def _close_orm_pool_connections(django_db_setup):
     close_connections()
 
 
+def start_gateway(env: dict, workers: int = 1) -> Server:
+    """A gateway process (manage.py serve) with `env` on top of the suite's environment."""
+    return Server(["manage.py", "serve", "--port", "{port}", "--workers", str(workers), "--log-level", "warning"],
+                  env=env, ready_path="/healthz")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_throttles():
     """Each test starts with the sign-in and API allowances of a new minute: they are counted per
@@ -124,8 +130,7 @@ def gateway_env(django_db_setup, django_db_blocker):
 
 @pytest.fixture(scope="session")
 def gateway(gateway_env, mock_upstream):
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"], env=gateway_env,
-                    ready_path="/v1/models")
+    server = start_gateway(gateway_env)
     yield server
     server.stop()
 

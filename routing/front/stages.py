@@ -134,5 +134,5 @@ async def _as_chunks(reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[l
 
 
 def has_output(call: Call) -> bool:
-    return bool(_registered[OUTPUT]) and bool(at(OUTPUT, call))
+    return bool(at(OUTPUT, call))
 

@@ -23,7 +23,7 @@ def json_body(request) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
-    if too_deep(body):  # orjson would read it, then fail to forward it: a 500
+    if too_deep(body, request.body):  # orjson would read it, then fail to forward it: a 500
         limit = settings.GATEWAY_MAX_JSON_DEPTH
         raise errors.bad_request(f"The JSON body nests objects and arrays more than {limit} levels deep, "
                                  f"the most this gateway accepts.", code="json_too_deep")

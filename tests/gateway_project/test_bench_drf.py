@@ -5,13 +5,12 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, wait_until
+from tests.conftest import start_gateway, wait_until
 
 
 @pytest.fixture()
 def drf_gateway(gateway_env, mock_upstream):
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, "GATEWAY_API_URLCONF": "bench.drf_front"}, ready_path="/v1/models")
+    server = start_gateway({**gateway_env, "GATEWAY_API_URLCONF": "bench.drf_front"})
     yield server
     server.stop()
 

@@ -28,15 +28,10 @@ import pytest
 import redis
 from django.db.models import Count, Sum
 
-from tests.conftest import ROOT, Server, free_port, wait_until
+from tests.conftest import ROOT, Server, free_port, start_gateway, wait_until
 from usage.models import UsageRecord
 
 FAULT_SECONDS = float(os.environ.get("FAULT_SECONDS", "8"))
-
-
-def start_gateway(env: dict, workers: int = 1) -> Server:
-    return Server(["manage.py", "serve", "--port", "{port}", "--workers", str(workers), "--log-level", "warning"],
-                  env=env, ready_path="/healthz")
 
 
 def chat_body(text: str, stream: bool = False, model: str = "gpt-test") -> dict:

@@ -19,7 +19,7 @@ from django.db.models import Sum
 from keys import services as key_services
 from providers.models import Deployment, Provider
 from routing.models import CircuitEvent, Route, RouteTarget
-from tests.conftest import ROOT, Server, free_port, wait_until
+from tests.conftest import ROOT, free_port, start_gateway, wait_until
 from usage.models import Limit, PromptLog, UsageRecord
 
 METRICS_TOKEN = "metrics-token-5f1c9a"
@@ -92,11 +92,6 @@ def chat(server, key: str, model: str, text: str = "hello", stream: bool = False
                       timeout=30) as response:
         response.read()
     return response
-
-
-def start_gateway(env: dict, workers: int = 1) -> Server:
-    return Server(["manage.py", "serve", "--port", "{port}", "--workers", str(workers), "--log-level", "warning"],
-                  env=env, ready_path="/healthz")
 
 
 # --- metrics across two worker processes ----------------------------------------

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, Server, user_in, wait_until
+from tests.conftest import ROOT, start_gateway, user_in, wait_until
 from tests.routing.test_api_errors import assert_openai_error
 
 EVIL = "^(a+)+$"  # under a backtracking engine each extra "a" doubles the time to fail a match
@@ -125,8 +125,7 @@ def peer_counts():
 
 def test_a_forged_x_forwarded_for_resets_no_throttle_and_is_not_audited(gateway_env, mock_provider, peer_counts):
     # The attacker is on loopback, the one address uvicorn believed X-Forwarded-For from.
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, **THROTTLED}, ready_path="/healthz")
+    server = start_gateway({**gateway_env, **THROTTLED})
     try:
         waits = [_bad_key(server.url, f"203.0.113.{i}") for i in range(1, 6)]
         username = f"guess-{uuid.uuid4().hex[:8]}"
@@ -147,9 +146,7 @@ def test_a_forged_x_forwarded_for_resets_no_throttle_and_is_not_audited(gateway_
 
 def test_x_forwarded_for_from_a_trusted_proxy_names_the_right_most_untrusted_hop(gateway_env, mock_provider,
                                                                                peer_counts):
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, **THROTTLED, "TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8"},
-                    ready_path="/healthz")
+    server = start_gateway({**gateway_env, **THROTTLED, "TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8"})
     try:
         username = f"guess-{uuid.uuid4().hex[:8]}"
         # A client's own claim (192.0.2.1) first, then the client as our proxies saw it, then our inner proxy.
@@ -228,8 +225,7 @@ def test_every_v1_answer_says_nosniff(key_client, gateway, api_key):
 
 
 def test_with_https_on_plain_http_on_v1_is_refused_not_served(gateway_env, mock_provider, api_key):
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, "HTTPS": "true", "BEHIND_TLS_PROXY": "true"}, ready_path="/healthz")
+    server = start_gateway({**gateway_env, "HTTPS": "true", "BEHIND_TLS_PROXY": "true"})
     key = {"authorization": f"Bearer {api_key[1]}"}
     body = {"model": "gpt-test", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     try:

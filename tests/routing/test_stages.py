@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import Server, make_provider, usage_record, wait_until
+from tests.conftest import make_provider, start_gateway, usage_record, wait_until
 
 STAGES = "input=tests.routing.stage_examples:refuse_word,output=tests.routing.stage_examples:shout"
 
@@ -18,8 +18,7 @@ STAGES = "input=tests.routing.stage_examples:refuse_word,output=tests.routing.st
 def staged(gateway_env, mock, api_key):
     for kind in ("openai", "anthropic"):
         make_provider(kind, mock.url)
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"],
-                    env={**gateway_env, "GATEWAY_STAGES": STAGES}, ready_path="/v1/models")
+    server = start_gateway({**gateway_env, "GATEWAY_STAGES": STAGES})
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
     assert wait_until(lambda: {"chat-openai", "chat-anthropic"} <= {m.id for m in client.models.list()})
     yield server, client, api_key[1]

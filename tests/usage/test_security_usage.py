@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.db.models import Sum
 
-from tests.conftest import Server, wait_until
+from tests.conftest import start_gateway, wait_until
 from usage import recorder
 from usage.models import UsageDeadLetter, UsageRecord
 
@@ -32,8 +32,7 @@ def test_a_nul_model_name_neither_jams_the_usage_ledger_nor_readiness(gateway_en
     # A gateway of its own: its own Redis (a stream with nothing else in it) and a
     # readiness lag short enough that a stuck event would show within the test.
     env = {**gateway_env, "REDIS_URL": own_redis.url, "READY_MAX_USAGE_LAG": "3"}
-    server = Server(["manage.py", "serve", "--port", "{port}", "--log-level", "warning"], env=env,
-                    ready_path="/v1/models")
+    server = start_gateway(env)
     try:
         secret = api_key[1]
         assert wait_until(lambda: chat(server.url, secret, "gpt-test", "warm-up").status_code == 200, timeout=20)

@@ -21,6 +21,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmM"
          "IQAAAABJRU5ErkJggg==")
 # Server-sent event types a finished stream of one text message carries, in order.
+NATIVE = ("openai", "azure")
 TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                "response.content_part.added", "response.output_text.delta", "response.output_text.done",
                "response.content_part.done", "response.output_item.done", "response.completed"]
@@ -40,7 +41,7 @@ def client(request, gateway, api_key, mock):
     return sdk, kind
 
 
-def test_a_response_is_answered_in_the_responses_shape_and_billed(client):
+def test_a_response_is_answered_in_the_responses_shape_and_billed(client, mock):
     sdk, kind = client
     raw = sdk.responses.with_raw_response.create(model=f"chat-{kind}", instructions="Be brief.", input="Hello there",
                                                  metadata={"ticket": "42"}, temperature=0.2)
@@ -57,6 +58,9 @@ def test_a_response_is_answered_in_the_responses_shape_and_billed(client):
     assert record.endpoint == "responses" and record.provider_name == kind and record.status == "ok"
     assert (record.prompt_tokens, record.completion_tokens) == (PROMPT_TOKENS, 20)
     assert record.cost_usd == cost(PROMPT_TOKENS, 20)
+    # OpenAI and Azure take the Responses API natively; every other kind gets the chat form.
+    served = httpx.get(mock.url + "/_mock/stats").json()["requests"]
+    assert any(path.endswith("/responses") for path in served) == (kind in NATIVE), served
 
 
 def test_a_streamed_response_carries_every_event_in_order_and_is_billed(client):
@@ -138,3 +142,35 @@ def test_a_failing_kind_falls_back_to_another_and_the_call_is_billed_once_answer
     assert raw.parse().output_text == TWENTY_WORDS
     record = usage_record(raw.headers["x-request-id"])
     assert record.provider_name == "spare" and record.attempts == 2 and record.endpoint == "responses"
+
+
+def test_what_only_a_native_deployment_can_do_goes_to_one(gateway, api_key, mock):
+    """A built-in tool cannot go through the chat form: on a route with both, the native deployment serves it,
+    while a plain request keeps the route's order."""
+    from providers.models import Deployment
+
+    make_provider("anthropic", mock.url, name="first")
+    make_provider("openai", mock.url, name="native", knobs="lenient_tools=1")
+    Deployment.objects.filter(public_model="chat-first").update(public_model="mixed", priority=0)
+    Deployment.objects.filter(public_model="chat-native").update(public_model="mixed", priority=1)
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "mixed" in [m.id for m in sdk.models.list()])
+    plain = sdk.responses.with_raw_response.create(model="mixed", input="Hello there")
+    assert plain.headers["x-gateway-provider"] == "first"
+    searched = sdk.responses.with_raw_response.create(model="mixed", input="Hello there",
+                                                      tools=[{"type": "web_search"}])
+    assert searched.headers["x-gateway-provider"] == "native" and searched.parse().output_text == TWENTY_WORDS
+    sent = httpx.get(mock.url + "/_mock/last").json()["body"]
+    assert sent["tools"] == [{"type": "web_search"}] and sent["store"] is False
+
+
+def test_an_openai_compatible_deployment_may_say_it_speaks_the_responses_api(gateway, api_key, mock):
+    from providers.models import Deployment
+
+    make_provider("openai_compatible", mock.url, name="vllm")
+    Deployment.objects.filter(public_model="chat-vllm").update(native_responses=True)
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "chat-vllm" in [m.id for m in sdk.models.list()])
+    response = sdk.responses.create(model="chat-vllm", input="Hello there")
+    assert response.output_text == TWENTY_WORDS
+    assert "/v1/responses" in httpx.get(mock.url + "/_mock/stats").json()["requests"]

@@ -2,6 +2,7 @@
 """The benchmark: the gateway against a bare Django relay and the mock upstream itself.
 
     python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--smoke] [--drf]
+                         [--compare DIR]
 
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
 from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
@@ -14,6 +15,11 @@ Markdown table: requests per second, CPU time of the measured server per
 request, and latency p50/p99 at N connections and at one connection (the
 median of `--rounds` rounds that take the servers in turn).
 
+`--compare DIR` also runs the gateway of another checkout (a git worktree of an
+earlier commit, say: `git worktree add /tmp/before <commit>`) with its own database
+`<name>_bench_compare`, measured in the same rounds, and prints this checkout's
+CPU per request and added latency as ratios of that one's.
+
 `--drf` also runs a second gateway whose /v1 endpoints are async DRF views
 (bench/drf_front.py, served with GATEWAY_API_URLCONF=bench.drf_front), measured
 in the same rounds, and prints what DRF adds to each call beside the plain views.
@@ -22,6 +28,7 @@ in the same rounds, and prints what DRF adds to each call beside the plain views
 import argparse
 import asyncio
 import collections
+import functools
 import http.client
 import os
 import re
@@ -38,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 DRF = "gateway, DRF views"
+COMPARED = "gateway, --compare checkout"
 
 SCENARIOS = {
     "chat": ("/v1/chat/completions", '{"model": "bench-chat", "messages": [{"role": "user", "content": "Hello there"}]}'),
@@ -47,7 +55,16 @@ SCENARIOS = {
     # The same JSON chat through a route of three targets (three providers, priority strategy).
     "chat, 3-target route": ("/v1/chat/completions", '{"model": "bench-route", "messages": '
                              '[{"role": "user", "content": "Hello there"}]}'),
+    # The same chat as a Responses API call (stored, as by default), served through the chat form.
+    "responses": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there"}'),
+    "responses, stream": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there", "stream": true}'),
 }
+# Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
+GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream")
+# Scenarios a --compare checkout from before the Responses API lacks.
+NEWER = ("responses", "responses, stream")
+# Each Responses scenario beside the chat scenario it is measured against.
+RESPONSES_VS_CHAT = {"responses": "chat", "responses, stream": "stream"}
 
 
 def free_port() -> int:
@@ -255,12 +272,12 @@ def profile(wrk: str, url: str, script: Path, pid: int, duration: float, tmp: Pa
     return [(frame, own[frame] * 100 / total, inclusive[frame] * 100 / total) for frame, _ in own.most_common(15)]
 
 
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
+def manage(env: dict, *args: str, root: Path = ROOT) -> str:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, check=True,
                           capture_output=True, text=True).stdout
 
 
-def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
+def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = ROOT) -> str:
     import psycopg
 
     url = env["DATABASE_URL"]
@@ -269,27 +286,28 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
     with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    manage(env, "migrate", "--noinput")
-    manage(env, "create_tenant", "bench")
-    manage(env, "add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
-           "--allow-private-network",
-           "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
-           "--input-price", "0.15", "--output-price", "0.60")
+    run = functools.partial(manage, env, root=root)
+    run("migrate", "--noinput")
+    run("create_tenant", "bench")
+    run("add_provider", "bench-mock", "--kind", "openai_compatible", "--base-url", mock_url,
+        "--allow-private-network",
+        "--model", "bench-chat=mock-gpt", "--embedding-model", "bench-embed=mock-embed",
+        "--input-price", "0.15", "--output-price", "0.60")
     for n in (2, 3):
-        manage(env, "add_provider", f"bench-mock-{n}", "--kind", "openai_compatible", "--base-url", mock_url,
-               "--allow-private-network",
-               "--model", f"bench-chat-{n}=mock-gpt", "--input-price", "0.15", "--output-price", "0.60")
-    manage(env, "shell", "-c", (
+        run("add_provider", f"bench-mock-{n}", "--kind", "openai_compatible", "--base-url", mock_url,
+            "--allow-private-network",
+            "--model", f"bench-chat-{n}=mock-gpt", "--input-price", "0.15", "--output-price", "0.60")
+    run("shell", "-c", (
         "from routing.models import Route, RouteTarget; from providers.models import Deployment; "
         "r = Route.objects.create(name='bench-route'); "
         "[RouteTarget.objects.create(route=r, deployment=d, priority=i) for i, d in enumerate("
         "Deployment.objects.filter(public_model__in=['bench-chat', 'bench-chat-2', 'bench-chat-3'])"
         ".order_by('public_model'))]"))
-    key = manage(env, "create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
+    key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the
         # admission script runs on every request, as in production.
-        manage(env, "shell", "-c", (
+        run("shell", "-c", (
             "from usage.models import Limit; from keys.models import ApiKey; from tenants.models import Tenant; "
             "t = Tenant.objects.get(slug='bench'); k = ApiKey.objects.get(tenant=t); "
             "Limit.objects.create(tenant=t, requests_per_minute=10**7, budget_usd=10**6, period='month'); "
@@ -297,8 +315,8 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool) -> str:
     return key
 
 
-def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(args: list[str], env: dict, root: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -317,6 +335,8 @@ def main() -> None:
                         help="rounds of the one-connection runs, each server in turn (the median is shown)")
     parser.add_argument("--drf", action="store_true",
                         help="also measure the gateway with the /v1 endpoints as async DRF views (bench/drf_front.py)")
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="also measure the gateway of another checkout, and print this one's figures as ratios of it")
     opts = parser.parse_args()
     if opts.smoke:
         opts.slow_streams, opts.slow_seconds, opts.no_profile = min(opts.slow_streams, 20), 1.0, True
@@ -337,9 +357,10 @@ def main() -> None:
         key = prepare_database(env, mock_url, not opts.no_limits)
         # As in production, usage is drained by a process of its own (Celery there),
         # not by the gateway; its CPU is reported separately.
-        serve = lambda port, **extra: start([sys.executable, "manage.py", "serve", "--port", str(port),  # noqa: E731
-                                             "--workers", str(opts.workers), "--log-level", "warning"],
-                                            {**env, "USAGE_DRAIN_IN_PROCESS": "false", **extra})
+        def serve(port: int, root: Path = ROOT, environ: dict = env, **extra) -> subprocess.Popen:
+            return start([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(opts.workers),
+                          "--log-level", "warning"], {**environ, "USAGE_DRAIN_IN_PROCESS": "false", **extra}, root)
+
         procs.append(serve(gw_port))
         procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
                             str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
@@ -358,29 +379,46 @@ def main() -> None:
             procs.append(drf)
             wait_http(f"http://127.0.0.1:{drf_port}/v1/models")
             targets[DRF] = (f"http://127.0.0.1:{drf_port}", drf.pid, key, "gateway")
+        if opts.compare:
+            # The other checkout's gateway: its own database, Redis database and usage drainer.
+            other = opts.compare.resolve()
+            other_env = {**env, "DATABASE_URL": base + "_bench_compare",
+                         "REDIS_URL": os.environ.get("BENCH_COMPARE_REDIS_URL", "redis://127.0.0.1:6379/13"),
+                         "GATEWAY_DATA_DIR": str(tmp / "compare")}
+            (tmp / "compare").mkdir()
+            other_key = prepare_database(other_env, mock_url, not opts.no_limits, other)
+            compared_port = free_port()
+            compared = serve(compared_port, other, other_env)
+            procs.append(compared)
+            procs.append(start([sys.executable, "manage.py", "drain_usage", "--loop", "--interval", "0.5"],
+                               other_env, other))
+            wait_http(f"http://127.0.0.1:{compared_port}/v1/models")
+            targets[COMPARED] = (f"http://127.0.0.1:{compared_port}", compared.pid, other_key, "gateway")
         rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
         rounds = 1 if opts.smoke else opts.rounds
         for scenario, (path, body) in SCENARIOS.items():
             measured = []
             for target, (url, pid, auth, names) in targets.items():
-                if scenario.startswith("chat,") and names != "gateway":
-                    continue  # the same as plain chat for the mock and the floor
+                if scenario in GATEWAY_ONLY and names != "gateway" or scenario in NEWER and target == COMPARED:
+                    continue
                 payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
                     "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")
                 script = wrk_script(tmp, f"{scenario.replace(' ', '_').replace(',', '')}-{names}-{len(measured)}",
                                     payload, auth)
                 # Warm up pools, caches and the routing table.
                 run_wrk(wrk, url + path, script, 4, 1, pid)
-                loaded = run_wrk(wrk, url + path, script, opts.connections, duration, pid)
-                measured.append((target, url, pid, auth, names, payload, script, loaded))
-            # One client at a time, in rounds that take each server in turn: the machine's noise
-            # then falls on all of them alike, and each figure is the median of its rounds.
-            singles = collections.defaultdict(list)
+                measured.append((target, url, pid, auth, names, payload, script))
+            # Under load and then one client at a time, in rounds that take each server in turn: the
+            # machine's noise then falls on all of them alike, and each figure is the median of its rounds.
+            loads, singles = collections.defaultdict(list), collections.defaultdict(list)
             for _ in range(rounds):
-                for target, url, pid, _auth, _names, _payload, script, _ in measured:
+                for target, url, pid, _auth, _names, _payload, script in measured:
+                    loads[target].append(run_wrk(wrk, url + path, script, opts.connections, duration, pid))
+            for _ in range(rounds):
+                for target, url, pid, _auth, _names, _payload, script in measured:
                     singles[target].append(run_wrk(wrk, url + path, script, 1, duration / 2, pid))
-            for target, url, _pid, auth, names, payload, _script, loaded in measured:
-                single = median_run(singles[target])
+            for target, url, _pid, auth, names, payload, _script in measured:
+                loaded, single = median_run(loads[target]), median_run(singles[target])
                 if scenario == "stream":
                     single["ttft"] = time_to_first_token(url, path, payload, auth, 20 if opts.smoke else 300)
                 rows.append((scenario, target, loaded, single))
@@ -391,6 +429,9 @@ def main() -> None:
         print_table(rows, opts, duration)
         if opts.drf:
             print_drf(rows)
+        if opts.compare:
+            print_compare(rows, opts.compare)
+        print_responses(rows)
         print(f"\nUsage drain (its own process, bulk inserts into PostgreSQL): {drain_ms:.2f} ms CPU per "
               "gateway request.")
         gateway_url, gateway_pid = targets["gateway"][0], targets["gateway"][1]
@@ -439,6 +480,40 @@ def print_drf(rows) -> None:
               f"| {drf_one['p50'] - plain_one['p50']:+.2f} | {drf_one['p99'] - plain_one['p99']:+.2f} |")
 
 
+def print_responses(rows) -> None:
+    """A Responses API call against the same chat completion, same run."""
+    by = {(scenario, target): loaded for scenario, target, loaded, _ in rows}
+    pairs = [(r, c) for r, c in RESPONSES_VS_CHAT.items() if (r, "gateway") in by and (c, "gateway") in by]
+    if not pairs:
+        return
+    print("\nThe Responses API through the chat form against chat completions (gateway CPU per request, "
+          "under the load above):\n")
+    print("| scenario | chat CPU ms/req | responses CPU ms/req | responses/chat |\n| --- | ---: | ---: | ---: |")
+    for responses, chat in pairs:
+        this, that = by[(responses, "gateway")], by[(chat, "gateway")]
+        print(f"| {responses} | {that['cpu_ms']:.3f} | {this['cpu_ms']:.3f} | {this['cpu_ms'] / that['cpu_ms']:.3f} |")
+
+
+def print_compare(rows, other: Path) -> None:
+    """This checkout's gateway as ratios of the other's, measured in the same rounds."""
+    by = {(scenario, target): (loaded, single) for scenario, target, loaded, single in rows}
+    direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
+    print(f"\nThis checkout against {other} (CPU per request under the load above; latency added to the "
+          "mock's at one connection):\n")
+    print("| scenario | other CPU ms/req | this CPU ms/req | CPU this/other | other added p50 ms @1 "
+          "| this added p50 ms @1 | added p50 this/other | other req/s | this req/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scenario in SCENARIOS:
+        if (scenario, COMPARED) not in by:
+            continue
+        (this, this_one), (that, that_one) = by[(scenario, "gateway")], by[(scenario, COMPARED)]
+        floor = direct[scenario.split(",")[0]]["p50"]
+        this_added, that_added = this_one["p50"] - floor, that_one["p50"] - floor
+        print(f"| {scenario} | {that['cpu_ms']:.3f} | {this['cpu_ms']:.3f} | {this['cpu_ms'] / that['cpu_ms']:.3f} "
+              f"| {that_added:.2f} | {this_added:.2f} | {this_added / that_added:.3f} "
+              f"| {that['rps']:.0f} | {this['rps']:.0f} |")
+
+
 def print_table(rows, opts, duration) -> None:
     print(f"\n{opts.connections} connections, {duration:g}s per run, gateway workers: {opts.workers}, "
           f"limits on key and tenant: {'no' if opts.no_limits else 'yes'}, {os.cpu_count()} CPUs\n")
@@ -447,7 +522,7 @@ def print_table(rows, opts, duration) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
     for scenario, target, loaded, single in rows:
-        base = direct.get(scenario.split(",")[0])
+        base = direct.get(RESPONSES_VS_CHAT.get(scenario, scenario.split(",")[0]))
         added = (f"{single['p50'] - base['p50']:.2f} | {single['p99'] - base['p99']:.2f}"
                  if base and not target.startswith("mock") else "- | -")
         ttft = single.get("ttft")

@@ -66,7 +66,7 @@ class DeploymentInline(ScopedInlineMixin, admin.TabularInline):
     model = Deployment
     extra = 0
     fields = ["public_model", "upstream_model", "mode", "context_window", "max_output_tokens",
-              "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active"]
+              "input_price_per_mtok", "output_price_per_mtok", "priority", "native_responses", "is_active"]
 
 
 @admin.register(Provider)

@@ -98,7 +98,7 @@ class DeploymentSerializer(ScopedSerializer):
         model = Deployment
         fields = ["id", "provider", "public_model", "upstream_model", "mode", "context_window",
                   "max_output_tokens", "input_price_per_mtok", "output_price_per_mtok", "priority",
-                  "supports_vision", "supports_tools", "connect_timeout", "first_byte_timeout", "total_timeout",
+                  "supports_vision", "supports_tools", "native_responses", "connect_timeout", "first_byte_timeout", "total_timeout",
                   "is_active", "created_at"]
         read_only_fields = ["created_at"]
 

@@ -181,6 +181,11 @@ class Deployment(models.Model):
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     supports_vision = models.BooleanField(default=True, help_text="Accepts image parts.")
     supports_tools = models.BooleanField(default=True, help_text="Accepts tools.")
+    native_responses = models.BooleanField(
+        null=True, blank=True, verbose_name="native Responses API",
+        help_text="Send /v1/responses calls as Responses API calls. Empty: yes for OpenAI and Azure, no for "
+                  "OpenAI-compatible servers (few have it); other kinds always go through the chat form.",
+    )
     connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
     first_byte_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
     total_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: the gateway default.")
@@ -198,8 +203,21 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.public_model} → {self.provider.name}/{self.upstream_model}"
 
+    # Kinds that may speak the Responses API natively, and whether they do when the deployment does not say.
+    NATIVE_RESPONSES = {"openai": True, "azure": True, "openai_compatible": False}
+
+    def speaks_responses(self) -> bool:
+        """Whether /v1/responses calls reach this deployment as Responses API calls (docs/responses.md)."""
+        by_kind = self.NATIVE_RESPONSES.get(self.provider.kind)
+        if by_kind is None:
+            return False
+        return by_kind if self.native_responses is None else self.native_responses
+
     def clean(self) -> None:
         provider = self.provider if self.provider_id else None
+        if provider and self.native_responses and provider.kind not in self.NATIVE_RESPONSES:
+            raise ValidationError({"native_responses": f"{provider.get_kind_display()} providers have no "
+                                                       "Responses API; their calls go through the chat form."})
         if provider and self.mode == self.Mode.EMBEDDING and not for_kind(provider.kind).EMBEDDINGS:
             raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no embeddings."})
 

@@ -34,6 +34,7 @@ class Target:
     weight: int = 1
     supports_vision: bool = True
     supports_tools: bool = True
+    native_responses: bool = False  # /v1/responses calls go to it as Responses API calls
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
     total_timeout: float | None = None
@@ -80,6 +81,7 @@ def target_for(provider, deployment=None) -> Target:
         allow_private_network=provider.allow_private_network,
         misconfigured=provider.call_problem(api_key),
         **({"priority": d.priority, "supports_vision": d.supports_vision, "supports_tools": d.supports_tools,
+            "native_responses": d.speaks_responses(),
             "connect_timeout": d.connect_timeout, "first_byte_timeout": d.first_byte_timeout,
             "total_timeout": d.total_timeout} if d else {}),
     )

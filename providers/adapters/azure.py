@@ -40,6 +40,12 @@ def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
                            openai.plain_payload(target, body))
 
 
+def responses_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    """Azure's v1 API: one path for every deployment, the deployment named as the model."""
+    return UpstreamRequest(f"{target.base_url}/openai/v1/responses", _headers(target, request_id),
+                           openai.plain_payload(target, body))
+
+
 def models_request(target) -> UpstreamRequest:
     version = quote(target.settings.get("api_version", ""), safe="")
     return UpstreamRequest(f"{target.base_url}/openai/models?api-version={version}",
@@ -50,5 +56,7 @@ chat_response = openai.chat_response
 embeddings_response = openai.embeddings_response
 chat_stream = openai.chat_stream
 parse_usage = openai.parse_usage
+responses_usage = openai.responses_usage
+responses_stream = openai.responses_stream
 parse_models = openai.parse_models
 map_error = mapped_error

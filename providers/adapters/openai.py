@@ -126,6 +126,45 @@ def _raise_stream_error(target, data: bytes) -> None:
         raise stream_error(target, upstream_message(data))
 
 
+# --- the Responses API, for deployments that speak it natively (routing/front/responses.py) ---
+
+def responses_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/responses", headers(target, request_id), plain_payload(target, body))
+
+
+def responses_usage(response: dict) -> Usage | None:
+    """Usage of a Responses API answer (input_tokens include cached ones, output_tokens reasoning ones)."""
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    cached = usage.get("input_tokens_details")
+    reasoning = usage.get("output_tokens_details")
+    return Usage(prompt_tokens=int(usage.get("input_tokens") or 0), completion_tokens=int(usage.get("output_tokens") or 0),
+                 cached_tokens=int(cached.get("cached_tokens") or 0) if isinstance(cached, dict) else 0,
+                 reasoning_tokens=int(reasoning.get("reasoning_tokens") or 0) if isinstance(reasoning, dict) else 0)
+
+
+_RESPONSES_END = (b'"type":"response.completed"', b'"type":"response.incomplete"', b'"type":"response.failed"')
+_RESPONSES_CONTENT = (b'"type":"response.output_text.delta"', b'"type":"response.function_call_arguments.delta"',
+                      b'"type":"response.refusal.delta"', b'"type":"response.reasoning_summary_text.delta"',
+                      b'"type":"response.custom_tool_call_input.delta"')
+
+
+def responses_event(data: bytes, target) -> StreamEvent:
+    """One event of a native Responses stream, relayed as it is; its last event parsed for the usage."""
+    if b'"type":"error"' in data:
+        raise stream_error(target, upstream_message(data))
+    if any(end in data for end in _RESPONSES_END):
+        event = orjson.loads(data)
+        return StreamEvent(forward=data, usage=responses_usage(event.get("response") or {}), done=True,
+                           chunks=[event])
+    return StreamEvent(forward=data, has_content=any(kind in data for kind in _RESPONSES_CONTENT))
+
+
+def responses_stream(target):
+    return functools.partial(responses_event, target=target)
+
+
 def models_request(target) -> UpstreamRequest:
     return UpstreamRequest(f"{target.base_url}/models", headers(target, "connection-test"), None, method="GET")
 

@@ -16,8 +16,9 @@ from gateway_project.lib.messages import content_text
 from .base import StreamEvent, UpstreamError, Usage, stream_error, upstream_message
 
 # Accepted by every kind: the gateway consumes them itself, or they are plain
-# end-user metadata no upstream is required to keep.
-ALWAYS = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "store"})
+# end-user metadata (and cache hints) no upstream is required to keep.
+ALWAYS = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "store",
+                    "safety_identifier", "prompt_cache_key"})
 
 # A parameter at its OpenAI default asks for nothing: clients and SDKs send these
 # routinely, so they pass wherever the provider simply has no such knob.

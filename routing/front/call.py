@@ -61,6 +61,7 @@ class Call:
     checkpointing: asyncio.Task | None = None
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
+    front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
 
     @property
     def response_id(self) -> str:

@@ -42,7 +42,10 @@ class Front:
     - `build(adapter, target, body, call)`: the upstream request for one deployment;
     - `answer(call, attempt, body)`: the response, JSON or a stream, once the upstream answered;
     - `mode`: "chat" or "embedding", the deployments it may use;
-    - `estimate(body, targets, prompt)`: (tokens, micro-dollars) to reserve against the limits.
+    - `estimate(body, targets, prompt)`: (tokens, micro-dollars) to reserve against the limits;
+    - `prepare(call, spec)`, optional: once the key is known, finish the body (the Responses API reads
+      its stored conversation here) before the input stages see it; it may narrow the route (returns
+      the spec to use, or None to keep it).
     """
 
     endpoint: str
@@ -53,6 +56,7 @@ class Front:
     answer: Callable
     estimate: Callable
     error_shape: Callable[[errors.GatewayError], HttpResponse] | None = None
+    prepare: Callable | None = None
 
     def streams(self, body: dict) -> bool:
         return bool(body.get("stream"))
@@ -63,6 +67,8 @@ async def run(front: Front, request, call: Call) -> HttpResponse:
     call.body, call.model = body, body["model"]
     await authenticate(request, call)
     spec = await authorize(call, front.mode)
+    if front.prepare is not None:
+        spec = await front.prepare(call, spec) or spec
     if (reply := await stages.run_request(stages.INPUT, call, front)) is not None:
         return reply.response
     spec, targets = await route(call, spec, request, front.mode)
@@ -169,14 +175,16 @@ async def call_upstream(call: Call, spec, targets, build, stream: bool = False) 
     return attempt
 
 
-async def read_json(call: Call, attempt: upstream.Attempt, *, allow_list: bool = False) -> tuple[bytes, dict]:
-    """The upstream's whole answer, and its usage (estimated when the upstream reported none)."""
+async def read_json(call: Call, attempt: upstream.Attempt, *, allow_list: bool = False,
+                    parse_usage: Callable | None = None) -> tuple[bytes, dict]:
+    """The upstream's whole answer, and its usage (estimated when the upstream reported none): read by
+    the adapter's `parse_usage`, or by `parse_usage` for an answer of another API than chat's."""
     try:
         raw, data = await upstream.read_json(attempt, allow_list=allow_list)
     finally:
         call.upstream_ended = time.perf_counter()
     target = attempt.target
-    call.usage = upstream.decode(target, for_kind(target.kind).parse_usage, data)
+    call.usage = upstream.decode(target, parse_usage or for_kind(target.kind).parse_usage, data)
     call.estimate_usage()
     return raw, data
 

@@ -73,7 +73,7 @@ def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> St
     call.recorded_by_stream = True
 
     async def relay():
-        finished = False
+        finished, finishing = False, getattr(writer, "finishing", None)
         metrics.gauge_add("gateway_open_streams", 1)
         try:
             async for events in stages.wrap_stream(call, upstream.stream_events(attempt, translate)):
@@ -86,6 +86,9 @@ def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> St
                         call.delivered_chunks += 1
                     out.append(writer.feed(event))
                     finished = finished or event.done
+                if finished and finishing is not None:
+                    await finishing()  # e.g. a stored response, readable before the client sees the end
+                    finishing = None
                 if out := b"".join(out):
                     yield out  # one write for what arrived in one read
                 if time.monotonic() >= call.checkpoint_due:

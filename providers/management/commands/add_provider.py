@@ -1,3 +1,4 @@
+import argparse
 import os
 from decimal import Decimal, InvalidOperation
 
@@ -58,6 +59,9 @@ class Command(BaseCommand):
         parser.add_argument("--context-window", type=int, default=128_000)
         parser.add_argument("--max-output-tokens", type=int, default=16_384)
         parser.add_argument("--priority", type=int, default=0)
+        parser.add_argument("--native-responses", action=argparse.BooleanOptionalAction, default=None,
+                            help="Send /v1/responses calls to its chat models as Responses API calls "
+                                 "(default: yes for openai and azure, no for openai_compatible)")
         parser.add_argument("--allow-private-network", action="store_true",
                             help="Let the base URL point at loopback or private addresses (a local Ollama, say)")
 
@@ -99,6 +103,8 @@ class Command(BaseCommand):
             "max_output_tokens": o["max_output_tokens"],
             "priority": o["priority"],
         }
+        if o["native_responses"] and provider.kind not in Deployment.NATIVE_RESPONSES:
+            raise CommandError(f"{provider.get_kind_display()} providers have no Responses API")
         specs = [(m, "chat") for m in o["model"]] + [(m, "embedding") for m in o["embedding_model"]]
         for spec, mode in specs:
             public, _, upstream_model = spec.partition("=")
@@ -108,7 +114,8 @@ class Command(BaseCommand):
                 raise CommandError(f"{provider.get_kind_display()} providers offer no embeddings")
             Deployment.objects.update_or_create(
                 provider=provider, public_model=public, upstream_model=upstream_model or public,
-                defaults={"mode": mode, "is_active": True, **prices},
+                defaults={"mode": mode, "is_active": True, **prices,
+                          **({"native_responses": o["native_responses"]} if mode == "chat" else {})},
             )
         self.stdout.write(f"{'created' if created else 'updated'}: provider {provider.name} "
                           f"with {provider.deployments.count()} deployment(s)")

@@ -57,14 +57,18 @@ import re
 
 import orjson
 
-from . import anthropic, cohere, gemini, huggingface, ollama, openai
+from . import anthropic, cohere, gemini, huggingface, ollama, openai, responses
 from .server import (
     DEFAULTS,
     FORCED,
     KNOBS,
     SETTINGS,
+    TEXT_KNOBS,
+    KnobError,
     Request,
+    directive,
     echoed_key,
+    knob_value,
     knobs_for,
     last_body,
     query_of,
@@ -75,7 +79,7 @@ from .server import (
     stats,
 )
 
-__all__ = ["app", "configure", "serve", "main", "stats", "DEFAULTS"]
+__all__ = ["app", "configure", "serve", "main", "stats", "directive", "DEFAULTS"]
 
 # (flavour, method, path pattern, handler, the format module)
 ROUTES = [
@@ -83,9 +87,11 @@ ROUTES = [
     ("openai", "POST", r"/v1/completions", openai.completions, openai),
     ("openai", "POST", r"/v1/embeddings", openai.embeddings, openai),
     ("openai", "GET", r"/v1/models", openai.models, openai),
+    ("openai", "POST", r"/v1/responses", responses.create, responses),
     ("azure", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|completions|embeddings)",
      openai.azure, openai),
     ("azure", "GET", r"/openai/models", openai.azure_models, openai),
+    ("azure", "POST", r"/openai(/v1)?/responses", responses.azure, responses),
     ("anthropic", "POST", r"/v1/messages", anthropic.messages, anthropic),
     ("anthropic", "GET", r"/v1/models", anthropic.models, anthropic),
     ("gemini", "POST", r"/v1(beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)",
@@ -178,10 +184,7 @@ async def _handle(scope, path: str, receive, send) -> None:
         await send_json(send, 200, b"{}")
         return
     if path == "/_mock/knobs":
-        forced = orjson.loads(await read_body(receive) or b"{}")
-        FORCED.clear()
-        FORCED.update({name: int(value) for name, value in forced.items() if name in KNOBS})
-        await send_json(send, 200, FORCED)
+        await _force(receive, send)
         return
     stats[path] += 1
     prefix_knobs, flavour, rest = split_path(path)
@@ -195,9 +198,13 @@ async def _handle(scope, path: str, receive, send) -> None:
         await _not_found(send, path)
         return
     route_flavour, handler, module, match = route
-    knobs = knobs_for(prefix_knobs, headers, module.user_text(body) if body else "")
     query = query_of(scope)
     key = _key(route_flavour, headers, query)
+    try:
+        knobs = knobs_for(prefix_knobs, headers, module.user_text(body) if body else "")
+    except KnobError as exc:
+        await send_json(send, 400, module.error_body(400, key, f"Mock knob: {exc}"))
+        return
     if SETTINGS["required_key"] is not None and key != SETTINGS["required_key"]:
         await _error(send, module, 401, key, knobs)
         return
@@ -208,11 +215,28 @@ async def _handle(scope, path: str, receive, send) -> None:
     if knobs.get("error"):
         await _error(send, module, knobs["error"], key, knobs)
         return
-    error_event = b""
+    error_event, error_message = b"", _echo(key, knobs) or "The server had an error processing your request."
     if knobs.get("error_after") is not None and hasattr(module, "stream_error"):
-        error_event = module.stream_error(_echo(key, knobs) or "The server had an error processing your request.")
-    await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match,
-                          error_event))
+        error_event = module.stream_error(error_message)
+    try:
+        await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match,
+                              error_event, error_message))
+    except KnobError as exc:  # raised by answers.answer, before the handler sends anything
+        await send_json(send, 400, module.error_body(400, key, f"Mock knob: {exc}"))
+
+
+async def _force(receive, send) -> None:
+    forced = {name: value for name, value in orjson.loads(await read_body(receive) or b"{}").items()
+              if name in KNOBS or name in TEXT_KNOBS}
+    try:
+        for name, value in forced.items():
+            knob_value(name, value)
+    except KnobError as exc:
+        await send_json(send, 400, openai.invalid(f"Mock knob: {exc}", None))
+        return
+    FORCED.clear()
+    FORCED.update(forced)
+    await send_json(send, 200, FORCED)
 
 
 def configure(require_key: str | None = None, **defaults) -> None:

@@ -33,9 +33,17 @@ def _text(content) -> str:
 
 
 def user_text(body: dict) -> str:
+    """The last user message's own text: a message of tool results only is the
+    tools speaking, so the directive stays the one the user wrote before."""
     for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _text(message.get("content"))
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or () if isinstance(b, dict) and b.get("type") == "text"]
+        if texts:
+            return " ".join(texts)
     return ""
 
 

@@ -36,9 +36,12 @@ def _texts(parts) -> str:
 
 
 def user_text(body: dict) -> str:
+    """The last user turn's own text (a turn of function responses only is the tools speaking)."""
     for content in reversed(body.get("contents") or []):
         if isinstance(content, dict) and content.get("role", "user") == "user":
-            return _texts(content.get("parts"))
+            texts = [p["text"] for p in content.get("parts") or () if isinstance(p, dict) and "text" in p]
+            if texts:
+                return " ".join(texts)
     return ""
 
 

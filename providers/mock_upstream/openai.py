@@ -109,6 +109,8 @@ def _message(a: Answer, variant: str) -> dict:
     message = {"role": "assistant", "content": None if a.tool_name else a.text}
     if variant != "huggingface":
         message["refusal"] = None
+        if a.refusal:
+            message.update(content=None, refusal=a.text)
     if a.tool_name:
         message["tool_calls"] = [_tool_call(a, variant)]
     return message
@@ -155,6 +157,8 @@ def _frames(body: dict, knobs: dict, a: Answer, variant: str, model: str):
             {"prompt_index": 0, "content_filter_results": FILTERS}]}), False
     first = {"role": "assistant", "content": ""} if variant == "huggingface" else {
         "role": "assistant", "content": "", "refusal": None}
+    if a.refusal and variant != "huggingface":
+        first = {**first, "content": None, "refusal": ""}
     if a.tool_name:
         call = _tool_call(a, variant)
         first = {**first, "content": None, "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -162,8 +166,9 @@ def _frames(body: dict, knobs: dict, a: Answer, variant: str, model: str):
     yield event(first), False
     for piece in a.tool_pieces:
         yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), True
+    field = "refusal" if a.refusal and variant != "huggingface" else "content"
     for piece in a.pieces:
-        yield event({"content": piece}), True
+        yield event({field: piece}), True
     yield event({}, FINISH[a.finish]), False
     if want_usage:
         yield sse({**base, "choices": [], "usage": usage(a, variant)}), False

@@ -122,3 +122,19 @@ def test_an_image_goes_in(client, mock):
         {"type": "input_image", "image_url": PIXEL}]}])
     assert response.output_text == TWENTY_WORDS
     assert "iVBORw0KGgo" in str(httpx.get(mock.url + "/_mock/last").json()["body"])
+
+
+def test_a_failing_kind_falls_back_to_another_and_the_call_is_billed_once_answered(gateway, api_key, mock):
+    from providers.models import Deployment
+
+    broken = make_provider("anthropic", mock.url, name="broken", knobs="error=503")
+    make_provider("gemini", mock.url, name="spare")
+    Deployment.objects.filter(provider=broken).update(public_model="shared", priority=0)
+    Deployment.objects.filter(public_model="chat-spare").update(public_model="shared", priority=1)
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "shared" in [m.id for m in sdk.models.list()])
+    raw = sdk.responses.with_raw_response.create(model="shared", input="Hello there")
+    assert raw.headers["x-gateway-provider"] == "spare" and raw.headers["x-gateway-attempts"] == "2"
+    assert raw.parse().output_text == TWENTY_WORDS
+    record = usage_record(raw.headers["x-request-id"])
+    assert record.provider_name == "spare" and record.attempts == 2 and record.endpoint == "responses"

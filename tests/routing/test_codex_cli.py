@@ -98,7 +98,8 @@ def test_codex_runs_a_shell_command_and_answers_through_the_gateway(kind, gatewa
     workdir.mkdir()
     (home / "config.toml").write_text(CONFIG.format(model=f"chat-{kind}", base_url=gateway.url + "/v1"))
     proof = workdir / "proof.txt"
-    prompt = "Write the proof file. " + directive(tool="exec_command", tool_args={"cmd": f"printf codex-was-here > {proof}"})
+    command = f"printf codex-was-here > {proof}"
+    prompt = "Write the proof file. " + directive(tool="exec_command", tool_args={"cmd": command})
 
     result = codex_exec(home, workdir, api_key[1], prompt)
 

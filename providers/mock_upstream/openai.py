@@ -155,10 +155,9 @@ def _frames(body: dict, knobs: dict, a: Answer, variant: str, model: str):
     if variant == "azure":  # Azure opens with the prompt's filter results and no choices
         yield sse({**base, "model": "", "choices": [], "prompt_filter_results": [
             {"prompt_index": 0, "content_filter_results": FILTERS}]}), False
+    refuses = a.refusal and variant != "huggingface"  # TGI has no refusal field: its refusal is the content
     first = {"role": "assistant", "content": ""} if variant == "huggingface" else {
-        "role": "assistant", "content": "", "refusal": None}
-    if a.refusal and variant != "huggingface":
-        first = {**first, "content": None, "refusal": ""}
+        "role": "assistant", "content": None if refuses else "", "refusal": "" if refuses else None}
     if a.tool_name:
         call = _tool_call(a, variant)
         first = {**first, "content": None, "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -166,9 +165,8 @@ def _frames(body: dict, knobs: dict, a: Answer, variant: str, model: str):
     yield event(first), False
     for piece in a.tool_pieces:
         yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), True
-    field = "refusal" if a.refusal and variant != "huggingface" else "content"
     for piece in a.pieces:
-        yield event({field: piece}), True
+        yield event({"refusal" if refuses else "content": piece}), True
     yield event({}, FINISH[a.finish]), False
     if want_usage:
         yield sse({**base, "choices": [], "usage": usage(a, variant)}), False

@@ -158,12 +158,10 @@ def ask_of(body: dict, knobs: dict) -> Ask:
         raise Invalid("Invalid 'max_output_tokens': expected a positive integer.", "max_output_tokens")
     items = _input_items(body)
     texts = ([instructions] if instructions else []) + _item_texts(items)
-    tools = _tools(body, bool(knobs.get("lenient_tools")))
-    last = items[-1]
-    return Ask(texts=texts, tools=tools, tool_choice=_tool_choice(body.get("tool_choice"), tools,
-                                                                  bool(knobs.get("lenient_tools"))),
-               after_tool=isinstance(last, dict) and last.get("type") in TOOL_RESULTS,
-               json_schema=_json_schema(body), max_tokens=limit)
+    lenient = bool(knobs.get("lenient_tools"))
+    tools = _tools(body, lenient)
+    return Ask(texts=texts, tools=tools, tool_choice=_tool_choice(body.get("tool_choice"), tools, lenient),
+               after_tool=items[-1].get("type") in TOOL_RESULTS, json_schema=_json_schema(body), max_tokens=limit)
 
 
 class Output:

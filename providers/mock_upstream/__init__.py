@@ -35,7 +35,9 @@ Knob names:
   no_usage          1: never report usage, even when asked (Anthropic always reports it)
   hang              1: never answer
   cached_tokens     report this many of the prompt tokens as cached
-  reasoning_tokens  report this many reasoning tokens besides the visible output
+  reasoning_tokens  report this many reasoning tokens besides the visible output; when the
+                    request asks for reasoning, also answer with that many words of it in
+                    the format's own reasoning fields, signed where the provider signs
   error_after       stream: after this many content chunks, send the format's own
                     mid-stream error event and end the stream
   echo_key          error bodies and mid-stream error events echo the key the request

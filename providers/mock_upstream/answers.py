@@ -2,11 +2,14 @@
 or a JSON object, with token counts. Each format module turns a request into
 an Ask and the Answer into its own JSON or stream."""
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 
 import orjson
 
 WORDS = ("mock", "reply", "from", "the", "gateway", "test", "upstream", "with", "some", "words")
+THOUGHTS = ("thinking", "it", "over", "step", "by", "step")
 
 
 @dataclass
@@ -17,6 +20,7 @@ class Ask:
     after_tool: bool = False  # the last message is a tool result: answer in words
     json_schema: dict | None = None  # {} asks for any JSON object
     max_tokens: int | None = None
+    reasoning: bool = False  # the request asks to see the model's reasoning
 
 
 @dataclass
@@ -30,10 +34,32 @@ class Answer:
     completion_tokens: int = 0  # visible output, reasoning not included
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # The reasoning text in pieces, one per reasoning token, when the request asks for it
+    # and the reasoning_tokens knob is set.
+    reasoning: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def thoughts(self) -> str:
+        return "".join(self.reasoning)
+
+
+def signature(text: str) -> str:
+    """The mock's signature of a reasoning text, as opaque as a provider's, and checkable when sent back."""
+    return base64.b64encode(b"mocksig:" + hashlib.sha256(text.encode()).digest()[:12]).decode()
+
+
+def signed(value: str, text: str | None = None) -> bool:
+    """Whether `value` is a signature the mock gave (of `text`, when given)."""
+    if text is not None:
+        return value == signature(text)
+    try:
+        return base64.b64decode(value, validate=True).startswith(b"mocksig:")
+    except ValueError:
+        return False
 
 
 def prompt_tokens(texts: list[str]) -> int:
@@ -71,6 +97,8 @@ def _words(count: int) -> list[str]:
 def answer(ask: Ask, knobs: dict) -> Answer:
     result = Answer(pieces=[], prompt_tokens=prompt_tokens(ask.texts), cached_tokens=knobs.get("cached_tokens", 0),
                     reasoning_tokens=knobs.get("reasoning_tokens", 0))
+    if ask.reasoning:
+        result.reasoning = [(" " if i else "") + THOUGHTS[i % len(THOUGHTS)] for i in range(result.reasoning_tokens)]
     if ask.tools and ask.tool_choice != "none" and not ask.after_tool:
         tool = next((t for t in ask.tools if t["name"] == ask.tool_choice), ask.tools[0])
         result.tool_name = tool["name"]

@@ -65,15 +65,21 @@ def ask_of(body: dict) -> Ask:
     schema = None
     if config.get("responseMimeType") == "application/json":
         schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
-    thinking = config.get("thinkingConfig") or {}
+    thinking = _thinking(body)
     return Ask(texts=texts, tools=tools, tool_choice=choice, after_tool=after_tool, json_schema=schema,
                max_tokens=config.get("maxOutputTokens"),
                reasoning=bool(thinking.get("includeThoughts")) and thinking.get("thinkingBudget") != 0)
 
 
+def _thinking(body: dict) -> dict:
+    """generationConfig.thinkingConfig, its names in camelCase (Google's SDKs send snake_case)."""
+    config = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    return {"".join(w if i == 0 else w.title() for i, w in enumerate(k.split("_"))): v for k, v in config.items()}
+
+
 def thinking_error(body: dict) -> str | None:
     """What Gemini says of a request's thought signatures and thinking config, None when they are fine."""
-    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    thinking = _thinking(body)
     if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
         return "You can only set only one of thinking budget and thinking level."
     contents = body.get("contents") or []

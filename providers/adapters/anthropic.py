@@ -12,7 +12,10 @@ Anthropic's max_tokens does, so a client's cap is sent as max_tokens; without
 one, max_tokens is the budget plus the usual answer allowance (4096), within the
 deployment's max_output_tokens. A cap that cannot hold the budget shrinks it to
 the cap less 4096, or half the cap if that is more; under Anthropic's least
-budget (1024) the call is refused. Thinking blocks come back as
+budget (1024) the call is refused. With the provider setting
+anthropic_thinking=adaptive (Claude 4.6 and later; Opus 4.7 and the Claude 5
+models refuse budgets), thinking is adaptive instead, at output_config.effort
+low (minimal, low), medium, high or xhigh. Thinking blocks come back as
 reasoning_content, the block's signature as reasoning_signature (several blocks:
 their texts joined, the last signature kept, or in a stream sent last;
 redacted_thinking blocks are not carried), and go back to Anthropic as one
@@ -37,6 +40,7 @@ SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tok
 JSON_TOOL = "json_response"
 DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024
+ADAPTIVE_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                 "tool_use": "tool_calls", "refusal": "content_filter", "model_context_window_exceeded": "length"}
 
@@ -141,8 +145,9 @@ def _refuse_with_thinking(body: dict) -> None:
                                                        "reasoning_effort rules out")
 
 
-def _thinking(target, body: dict, effort: str) -> tuple[dict, int]:
-    """(the thinking parameter, max_tokens) for a reasoning_effort other than none."""
+def _thinking(target, body: dict, effort: str, result: dict) -> None:
+    """Thinking and max_tokens for a reasoning_effort other than none: a budget, or adaptive
+    thinking at an effort level where the provider's setting anthropic_thinking says so."""
     _refuse_with_thinking(body)
     budget = fmt.BUDGETS[effort]
     limit = fmt.max_tokens_of(body)
@@ -150,6 +155,11 @@ def _thinking(target, body: dict, effort: str) -> tuple[dict, int]:
         limit = budget + DEFAULT_MAX_TOKENS
         if target.max_output_tokens:
             limit = min(limit, target.max_output_tokens)
+    result["max_tokens"] = limit
+    if target.settings.get("anthropic_thinking") == "adaptive":
+        result["thinking"] = {"type": "adaptive"}
+        result["output_config"] = {"effort": ADAPTIVE_EFFORTS[effort]}
+        return
     if limit <= budget:  # the budget shrinks to leave the answer its usual room, or half the cap
         budget = max(limit - DEFAULT_MAX_TOKENS, limit // 2)
     if budget < MIN_THINKING_BUDGET:
@@ -157,7 +167,7 @@ def _thinking(target, body: dict, effort: str) -> tuple[dict, int]:
         raise GatewayError(400, f"With reasoning_effort, Anthropic needs max_completion_tokens of at least "
                                 f"{2 * MIN_THINKING_BUDGET}: a thinking budget of {MIN_THINKING_BUDGET} or more, "
                                 f"and room for the answer.", param=param, code="invalid_value")
-    return {"type": "enabled", "budget_tokens": budget}, limit
+    result["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 def payload(target, body: dict) -> dict:
@@ -169,7 +179,7 @@ def payload(target, body: dict) -> dict:
               "max_tokens": fmt.max_tokens_of(body) or min(target.max_output_tokens or DEFAULT_MAX_TOKENS,
                                                            DEFAULT_MAX_TOKENS)}
     if thinking:
-        result["thinking"], result["max_tokens"] = _thinking(target, body, effort)
+        _thinking(target, body, effort, result)
     if system:
         result["system"] = system
     for name, theirs in (("temperature", "temperature"), ("top_p", "top_p")):

@@ -1,6 +1,7 @@
 """Anthropic's Messages API: POST /v1/messages (JSON and named SSE events), GET /v1/models.
 
-With extended thinking on (`thinking: {"type": "enabled", "budget_tokens": N}`) and the
+With extended thinking on (`thinking: {"type": "enabled", "budget_tokens": N}`, or
+`{"type": "adaptive"}` with `output_config.effort`) and the
 reasoning_tokens knob set, the answer opens with a signed thinking block; as Anthropic does, a
 request with thinking on is refused when its budget is out of range, its temperature is not 1,
 a thinking block's signature is not the mock's, or the assistant turn a tool result answers
@@ -60,7 +61,8 @@ def ask_of(body: dict) -> Ask:
     after_tool = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
     tools = [{"name": t["name"], "parameters": t.get("input_schema") or {}} for t in body.get("tools") or ()]
     return Ask(texts=texts, tools=tools, tool_choice=_tool_choice(body.get("tool_choice")), after_tool=after_tool,
-               max_tokens=body.get("max_tokens"), reasoning=(body.get("thinking") or {}).get("type") == "enabled")
+               max_tokens=body.get("max_tokens"),
+               reasoning=(body.get("thinking") or {}).get("type") in ("enabled", "adaptive"))
 
 
 def thinking_error(body: dict) -> str | None:
@@ -71,12 +73,17 @@ def thinking_error(body: dict) -> str | None:
         for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
             if block.get("type") == "thinking" and not signed(block.get("signature") or "", block.get("thinking")):
                 return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
-    if thinking.get("type") != "enabled":
+    effort = (body.get("output_config") or {}).get("effort")
+    if effort not in (None, "low", "medium", "high", "xhigh", "max"):
+        return "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+    if thinking.get("type") not in ("enabled", "adaptive"):
         return None
     budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or budget < 1024:
+    if thinking["type"] == "adaptive" and budget is not None:
+        return "thinking.adaptive.budget_tokens: Extra inputs are not permitted"
+    if thinking["type"] == "enabled" and (not isinstance(budget, int) or budget < 1024):
         return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-    if budget >= body["max_tokens"]:
+    if thinking["type"] == "enabled" and budget >= body["max_tokens"]:
         return "`max_tokens` must be greater than `thinking.budget_tokens`."
     if body.get("temperature") not in (None, 1):
         return "`temperature` may only be set to 1 when thinking is enabled."

@@ -9,6 +9,7 @@ went missing (Anthropic, Gemini) or reasoning fields it does not know (OpenAI's 
 import httpx
 import orjson
 import pytest
+from django.core.exceptions import ValidationError
 
 from tests.conftest import make_provider, wait_until
 
@@ -254,3 +255,24 @@ def test_ollama_gpt_oss_thinks_by_level(thinking):
     assert thinking.sent()["think"] == "high" and message["reasoning_content"] == THOUGHTS
     thinking.answer(model=model, messages=HELLO, reasoning_effort="minimal")
     assert thinking.sent()["think"] == "low"
+
+
+@pytest.mark.parametrize("thinking", ["anthropic"], indirect=True)
+def test_anthropic_adaptive_thinking_where_the_provider_is_set_to_it(thinking):
+    from providers.models import Provider
+
+    provider = Provider.objects.get(name="anthropic")
+    provider.settings = {"anthropic_thinking": "adaptive"}
+    provider.full_clean()
+    provider.save()
+    assert wait_until(lambda: thinking.chat(messages=HELLO, reasoning_effort="minimal").status_code == 200
+                      and "output_config" in thinking.sent())
+    sent = thinking.sent()
+    assert sent["thinking"] == {"type": "adaptive"} and sent["output_config"] == {"effort": "low"}
+    messages = _tool_turns(thinking, stream=True)
+    assert thinking.answer(messages=messages, tools=[WEATHER], reasoning_effort="xhigh")["content"] == TWENTY_WORDS
+    assert thinking.sent()["output_config"] == {"effort": "xhigh"}
+    assert thinking.sent()["messages"][1]["content"][0]["signature"] == messages[1]["reasoning_signature"]
+    provider.settings = {"anthropic_thinking": "adaptve"}
+    with pytest.raises(ValidationError):
+        provider.full_clean()

@@ -36,8 +36,10 @@ Knob names (values are integers unless said otherwise):
   no_usage          1: never report usage, even when asked (Anthropic always reports it)
   hang              1: never answer
   cached_tokens     report this many of the prompt tokens as cached
-  reasoning_tokens  report this many reasoning tokens besides the visible output (the
-                    Responses API also adds a reasoning output item)
+  reasoning_tokens  report this many reasoning tokens besides the visible output; when the
+                    request asks for reasoning, also answer with that many words of it in
+                    the format's own reasoning fields, signed where the provider signs
+                    (the Responses API also adds a reasoning output item)
   error_after       stream: after this many content chunks, send the format's own
                     mid-stream error event (Responses: an `error` event) and end the stream
   fail_after        Responses stream: after this many content chunks, response.failed, then the end

@@ -7,6 +7,8 @@ call, `tool_args` gives its arguments verbatim (`tool_input` a custom tool's
 text); once the last message is a tool result the model answers in words, so
 the first turn is the scripted call and the next the final text."""
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 
 import orjson
@@ -15,6 +17,7 @@ from .server import KnobError
 
 WORDS = ("mock", "reply", "from", "the", "gateway", "test", "upstream", "with", "some", "words")
 REFUSAL = "I'm sorry, but I cannot help with that request."
+THOUGHTS = ("thinking", "it", "over", "step", "by", "step")
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Ask:
     after_tool: bool = False  # the last message is a tool result: answer in words
     json_schema: dict | None = None  # {} asks for any JSON object
     max_tokens: int | None = None
+    reasoning: bool = False  # the request asks to see the model's reasoning
 
 
 @dataclass
@@ -41,10 +45,32 @@ class Answer:
     completion_tokens: int = 0  # visible output, reasoning not included
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # The reasoning text in pieces, one per reasoning token, when the request asks for it
+    # and the reasoning_tokens knob is set.
+    reasoning: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def thoughts(self) -> str:
+        return "".join(self.reasoning)
+
+
+def signature(text: str) -> str:
+    """The mock's signature of a reasoning text, as opaque as a provider's, and checkable when sent back."""
+    return base64.b64encode(b"mocksig:" + hashlib.sha256(text.encode()).digest()[:12]).decode()
+
+
+def signed(value: str, text: str | None = None) -> bool:
+    """Whether `value` is a signature the mock gave (of `text`, when given)."""
+    if text is not None:
+        return value == signature(text)
+    try:
+        return base64.b64decode(value, validate=True).startswith(b"mocksig:")
+    except ValueError:
+        return False
 
 
 def prompt_tokens(texts: list[str]) -> int:
@@ -112,6 +138,8 @@ def _call(result: Answer, tool: dict, knobs: dict) -> Answer:
 def answer(ask: Ask, knobs: dict) -> Answer:
     result = Answer(pieces=[], prompt_tokens=prompt_tokens(ask.texts), cached_tokens=knobs.get("cached_tokens", 0),
                     reasoning_tokens=knobs.get("reasoning_tokens", 0))
+    if ask.reasoning:
+        result.reasoning = [(" " if i else "") + THOUGHTS[i % len(THOUGHTS)] for i in range(result.reasoning_tokens)]
     if knobs.get("refusal"):
         result.refusal = True
         result.pieces = pieces_of(REFUSAL)

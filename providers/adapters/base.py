@@ -79,6 +79,12 @@ class StreamEvent:
     # Translating adapters give OpenAI chunk objects instead of `forward`.
     chunks: list[dict] | None = None
 
+    def chunk_objects(self) -> list[dict]:
+        """The event's OpenAI chunks as objects, a pass-through payload parsed (for a front that rewrites them)."""
+        if self.forward is not None:
+            return [] if self.forward == b"[DONE]" else [orjson.loads(self.forward)]
+        return self.chunks or []
+
 
 class UpstreamError(GatewayError):
     """An upstream call failed. `retryable` says whether another attempt could help."""

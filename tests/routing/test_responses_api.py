@@ -31,18 +31,12 @@ def cost(prompt: int, completion: int) -> Decimal:
     return (Decimal(prompt) * Decimal("1.5") + Decimal(completion) * Decimal("6")) / 1_000_000
 
 
-@pytest.fixture(params=list(KINDS))
-def client(request, gateway, api_key, mock):
-    """(openai SDK client on the gateway, kind) with a provider of that kind on the mock."""
-    kind = request.param
-    make_provider(kind, mock.url)
-    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
-    assert wait_until(lambda: f"chat-{kind}" in [m.id for m in sdk.models.list()])
-    return sdk, kind
+every_kind = pytest.mark.parametrize("kind_client", list(KINDS), indirect=True)
 
 
-def test_a_response_is_answered_in_the_responses_shape_and_billed(client, mock):
-    sdk, kind = client
+@every_kind
+def test_a_response_is_answered_in_the_responses_shape_and_billed(kind_client, mock):
+    sdk, kind = kind_client
     raw = sdk.responses.with_raw_response.create(model=f"chat-{kind}", instructions="Be brief.", input="Hello there",
                                                  metadata={"ticket": "42"}, temperature=0.2)
     response = raw.parse()
@@ -63,8 +57,9 @@ def test_a_response_is_answered_in_the_responses_shape_and_billed(client, mock):
     assert any(path.endswith("/responses") for path in served) == (kind in NATIVE), served
 
 
-def test_a_streamed_response_carries_every_event_in_order_and_is_billed(client):
-    sdk, kind = client
+@every_kind
+def test_a_streamed_response_carries_every_event_in_order_and_is_billed(kind_client):
+    sdk, kind = kind_client
     request_id = f"stream-{uuid.uuid4().hex}"  # the client's own request id names the usage record
     with sdk.responses.stream(model=f"chat-{kind}", instructions="Be brief.", input="Hello there",
                               extra_headers={"x-request-id": request_id}) as stream:
@@ -88,14 +83,16 @@ class Weather(BaseModel):
     degrees: int
 
 
-def test_structured_output_parses_into_the_schema(client):
-    sdk, kind = client
+@every_kind
+def test_structured_output_parses_into_the_schema(kind_client):
+    sdk, kind = kind_client
     parsed = sdk.responses.parse(model=f"chat-{kind}", input="Weather in Paris as JSON", text_format=Weather)
     assert parsed.output_parsed == Weather(city="mock", degrees=1)
 
 
-def test_function_tools_over_turns_chained_by_previous_response_id(client):
-    sdk, kind = client
+@every_kind
+def test_function_tools_over_turns_chained_by_previous_response_id(kind_client):
+    sdk, kind = kind_client
     first = sdk.responses.create(model=f"chat-{kind}", input="What is the weather in Paris?", tools=[WEATHER])
     call = next(item for item in first.output if item.type == "function_call")
     assert call.name == "get_weather" and call.arguments == '{"city":"mock"}' and call.call_id
@@ -108,8 +105,9 @@ def test_function_tools_over_turns_chained_by_previous_response_id(client):
     assert second.usage.input_tokens > first.usage.input_tokens
 
 
-def test_function_tools_with_the_whole_history_sent_back(client):
-    sdk, kind = client
+@every_kind
+def test_function_tools_with_the_whole_history_sent_back(kind_client):
+    sdk, kind = kind_client
     history = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = sdk.responses.create(model=f"chat-{kind}", input=history, tools=[WEATHER], store=False)
     call = next(item for item in first.output if item.type == "function_call")
@@ -119,8 +117,9 @@ def test_function_tools_with_the_whole_history_sent_back(client):
     assert second.output_text == TWENTY_WORDS and second.store is False
 
 
-def test_an_image_goes_in(client, mock):
-    sdk, kind = client
+@every_kind
+def test_an_image_goes_in(kind_client, mock):
+    sdk, kind = kind_client
     response = sdk.responses.create(model=f"chat-{kind}", input=[{"role": "user", "content": [
         {"type": "input_text", "text": "What is in this picture?"},
         {"type": "input_image", "image_url": PIXEL}]}])

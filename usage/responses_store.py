@@ -75,11 +75,18 @@ def _item_key(tenant_id: int, item_id: str) -> str:
     return f"gw:resp-item:{{{tenant_id}}}:{item_id}"
 
 
-def _with_ids(items: list[dict]) -> list[dict]:
-    """The items, each with an id (the store assigns msg_/fc_/fco_-style ones, as OpenAI does)."""
+def _as_listed(items: list[dict]) -> list[dict]:
+    """The items as OpenAI lists them: each with an id (msg_/fc_/fco_-style for those that had none),
+    and a message given in short form ({"role", "content": "text"}) as a message item with a text
+    part, which means the same to every provider."""
     out = []
     for item in items:
         item = dict(item)
+        if "type" not in item and "role" in item:
+            item["type"] = "message"
+        if item.get("type") == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
         if not item.get("id"):
             kind = item.get("type") or ("message" if "role" in item else "item")
             item["id"] = f"{ID_PREFIXES.get(kind, kind)}_{secrets.token_hex(24)}"
@@ -101,7 +108,7 @@ async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_i
         "created_at": float(response.get("created_at") or now),
         "expires_at": now + key.response_retention_days * 86_400,
         "previous_response_id": previous_id or "",
-        "response": response, "input_items": _with_ids(input_items),
+        "response": response, "input_items": _as_listed(input_items),
     }
     raw = orjson.dumps(record)
     if _use_redis():

@@ -26,6 +26,7 @@ until they are drained to the database.
 
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -54,6 +55,7 @@ REDIS_TTL = 86_400
 # A tombstone outlives the Redis copy and any buffered entry.
 TOMBSTONE_TTL = 2 * REDIS_TTL
 MAX_CHAIN = 1000
+_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,100}")
 ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 # Embedded mode (and Redis down): records by (tenant, id) until drained, the drain buffer, tombstones.
@@ -158,8 +160,8 @@ async def load(key: KeyInfo, response_id: str) -> dict | None:
     """The record of `response_id` if this key may see it: a dict with id, tenant_id, api_key_id, model,
     status, created_at and expires_at (unix seconds), previous_response_id ("" if none), response
     (the object as returned) and input_items. None for another tenant's, a deleted or expired one."""
-    if not isinstance(response_id, str) or not response_id:
-        return None
+    if not isinstance(response_id, str) or not _ID.fullmatch(response_id):
+        return None  # no such id was ever made (and a NUL would not reach the database)
     local = (key.tenant_id, response_id)
     if local in _tombstones:
         return None
@@ -222,7 +224,7 @@ async def find_items(key: KeyInfo, item_ids: list[str]) -> dict[str, dict]:
     """Items of this tenant's stored responses (input or output) by id, for `item_reference` inputs;
     ids not found (or in responses the key may not see) are left out."""
     found: dict[str, dict] = {}
-    wanted = set(item_ids)
+    wanted = {item_id for item_id in item_ids if isinstance(item_id, str) and _ID.fullmatch(item_id)}
     for record in list(_records.values()):
         if record["tenant_id"] == key.tenant_id:
             _pick(_visible(key, record), wanted, found)

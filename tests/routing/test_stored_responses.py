@@ -144,3 +144,11 @@ def test_without_a_key_the_answer_is_401(gateway):
     raw = httpx.get(f"{gateway.url}/v1/responses/resp_anything")
     assert raw.status_code == 401
     assert raw.json()["error"]["code"] == "missing_api_key"
+
+
+@pytest.mark.parametrize("response_id", ["resp_%00x", "x" * 300, "resp_%C3%A9", "resp_'--"])
+def test_ids_no_response_could_have_are_a_404(keyed, gateway, response_id):
+    _, _, secret = keyed
+    raw = httpx.get(f"{gateway.url}/v1/responses/{response_id}", headers={"authorization": f"Bearer {secret}"})
+    assert raw.status_code == 404
+    assert raw.json()["error"]["type"] == "invalid_request_error"

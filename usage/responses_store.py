@@ -103,6 +103,8 @@ def _use_redis() -> bool:
 async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_id: str | None) -> None:
     """Store `response` (its "id" the public resp_ id, its "model" the public model name) and the
     request's own input items (instructions not included) for the key's tenant."""
+    if not _ID.fullmatch(str(response.get("id", ""))):
+        raise ValueError(f"a stored response needs an id of letters, digits and _-.: (got {response.get('id')!r})")
     now = time.time()
     record = {
         "id": response["id"], "tenant_id": key.tenant_id, "api_key_id": key.id,
@@ -126,6 +128,7 @@ async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_i
         except (redis.RedisError, OSError) as exc:
             redis_health.failed(exc)
             log.warning("stored responses: Redis unreachable; holding %s in process", record["id"])
+    record = orjson.loads(raw)  # a copy: the caller's objects may change after this
     _records[(key.tenant_id, record["id"])] = record
     _pending.append(record)
 
@@ -162,39 +165,73 @@ async def load(key: KeyInfo, response_id: str) -> dict | None:
     (the object as returned) and input_items. None for another tenant's, a deleted or expired one."""
     if not isinstance(response_id, str) or not _ID.fullmatch(response_id):
         return None  # no such id was ever made (and a NUL would not reach the database)
+    answered, record = await _buffered(key, response_id)
+    if not answered:
+        record = await run_orm(_from_database, key.tenant_id, response_id)
+    return _visible(key, record)
+
+
+async def _buffered(key: KeyInfo, response_id: str) -> tuple[bool, dict | None]:
+    """(True, record or None if deleted) when this process or Redis knows; (False, None): ask the database."""
     local = (key.tenant_id, response_id)
     if local in _tombstones:
-        return None
+        return True, None
     if local in _records:
-        return _visible(key, _records[local])
+        return True, _records[local]
     if _use_redis():
         try:
             async with async_redis().pipeline(transaction=False) as pipe:
                 pipe.get(_record_key(key.tenant_id, response_id))
                 pipe.exists(_tombstone_key(key.tenant_id, response_id))
                 raw, deleted = await pipe.execute()
-            if deleted:
-                return None
-            if raw is not None:
-                return _visible(key, orjson.loads(raw))
+            if deleted or raw is not None:
+                return True, None if deleted else orjson.loads(raw)
         except (redis.RedisError, OSError) as exc:
             redis_health.failed(exc)
-    return _visible(key, await run_orm(_from_database, key.tenant_id, response_id))
+    return False, None
+
+
+def _chain_from_database(tenant_id: int, response_id: str, depth: int) -> dict[str, dict]:
+    """`response_id` and up to `depth` - 1 of its predecessors, by id, in one query (a loop stops at `depth`)."""
+    table = connection.ops.quote_name(StoredResponse._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""WITH RECURSIVE chain(pk, previous, depth) AS (
+                    SELECT id, previous_response_id, 1 FROM {table} WHERE tenant_id = %s AND response_id = %s
+                    UNION ALL
+                    SELECT s.id, s.previous_response_id, c.depth + 1 FROM {table} s
+                    JOIN chain c ON s.tenant_id = %s AND s.response_id = c.previous
+                    WHERE c.previous <> '' AND c.depth < %s)
+                SELECT pk FROM chain""",  # noqa: S608 (the table name is the model's own)
+            [tenant_id, response_id, tenant_id, depth])
+        pks = [pk for (pk,) in cursor.fetchall()]
+    return {row.response_id: _row_record(row) for row in StoredResponse.objects.filter(pk__in=pks)}
 
 
 async def chain(key: KeyInfo, response_id: str, *, strict: bool = True) -> list[dict]:
     """The records from the first of the conversation to `response_id`, oldest first.
 
-    A link that is missing (or not visible to this key) raises the 400 OpenAI gives for an unknown
-    previous_response_id, unless not `strict`: then the chain starts after it.
+    Each link comes from this process or Redis; from the first that is only in the database on,
+    the rest of the chain comes in one query. A link that is missing (or not visible to this key)
+    raises the 400 OpenAI gives for an unknown previous_response_id, unless not `strict`: then the
+    chain starts after it.
     """
     records, seen, wanted = [], set(), response_id
+    from_database: dict[str, dict] = {}
     while wanted:
         if wanted in seen or len(records) >= MAX_CHAIN:
             raise errors.bad_request(f"The conversation of '{response_id}' is longer than {MAX_CHAIN} responses "
                                      "or loops back on itself.", param="previous_response_id")
         seen.add(wanted)
-        record = await load(key, wanted)
+        record = None
+        if wanted in from_database:
+            record = from_database[wanted]
+        elif isinstance(wanted, str) and _ID.fullmatch(wanted):
+            answered, record = await _buffered(key, wanted)
+            if not answered:
+                from_database = await run_orm(_chain_from_database, key.tenant_id, wanted, MAX_CHAIN - len(records))
+                record = from_database.get(wanted)
+        record = _visible(key, record)
         if record is None:
             if strict:
                 raise previous_not_found(wanted)

@@ -238,3 +238,22 @@ def test_key_info_carries_the_tenants_retention_or_the_default(transactional_db,
     tenant.retention_days = 0
     tenant.save()
     assert key_info(tenant).response_retention_days == 1  # at least a day: a follow-up must find its answer
+
+
+def test_a_conversation_only_in_the_database_comes_back_whole_and_in_order(transactional_db, tenant):
+    key = key_info(tenant)
+    answers, previous = [], None
+    for n in range(5):
+        answers.append(save(key, response(f"Answer {n}."), [user_says(f"Question {n}")], previous))
+        previous = answers[-1]["id"]
+    recorder.drain_all()
+    for answer in answers:
+        drop_redis_copy(key, answer["id"])
+    items = asyncio.run(responses_store.history(key, answers[-1]["id"]))
+    assert [item["content"][0]["text"] for item in items] == [
+        text for n in range(5) for text in (f"Question {n}", f"Answer {n}.")]
+    # A loop among rows (ids reused by hand) is refused too, not followed to the depth limit and served.
+    StoredResponse.objects.filter(response_id=answers[0]["id"]).update(previous_response_id=answers[-1]["id"])
+    with pytest.raises(GatewayError) as loop:
+        asyncio.run(responses_store.history(key, answers[-1]["id"]))
+    assert loop.value.param == "previous_response_id"

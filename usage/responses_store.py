@@ -309,7 +309,9 @@ async def delete(key: KeyInfo, response_id: str) -> bool:
         return False
     where = (key.tenant_id, response_id)
     # The tombstone first: a drain that inserts after this finds it (see the module docstring).
-    _tombstones[where] = time.time()
+    # In this process for a record held here (embedded mode, or saved while Redis was down).
+    if where in _records or not settings.REDIS_URL:
+        _tombstones[where] = time.time()
     _records.pop(where, None)
     if settings.REDIS_URL:
         try:
@@ -414,15 +416,19 @@ def _drain_local(limit: int) -> int:
         raise
     for record in batch:  # now readable from the database
         _records.pop((record["tenant_id"], record["id"]), None)
+    return len(batch)
+
+
+def _forget_old_tombstones() -> None:
     cutoff = time.time() - TOMBSTONE_TTL
     for where in [w for w, when in _tombstones.items() if when < cutoff]:
         _tombstones.pop(where, None)
-    return len(batch)
 
 
 def drain(limit: int | None = None, *, local_only: bool = False) -> int:
     """Write up to `limit` buffered records to the database; return how many (as usage.recorder.drain)."""
     limit = limit or settings.USAGE_FLUSH_BATCH
+    _forget_old_tombstones()
     if _pending or not settings.REDIS_URL or local_only or redis_health.down:
         return _drain_local(limit)
     client = sync_redis()

@@ -16,7 +16,7 @@ from gateway_project.lib.errors import GatewayError
 from keys import services as key_services
 from keys.auth import info_for
 from keys.models import ApiKey
-from tests.conftest import user_in
+from tests.conftest import user_in, wait_until
 from usage import recorder, responses_store, retention
 from usage.models import StoredResponse
 
@@ -257,3 +257,22 @@ def test_a_conversation_only_in_the_database_comes_back_whole_and_in_order(trans
     with pytest.raises(GatewayError) as loop:
         asyncio.run(responses_store.history(key, answers[-1]["id"]))
     assert loop.value.param == "previous_response_id"
+
+
+def test_with_redis_down_the_saving_process_holds_it_and_drains_it_itself(transactional_db, tenant, settings,
+                                                                         own_redis):
+    from gateway_project.lib import redis_health
+
+    settings.REDIS_URL = own_redis.url
+    key = key_info(tenant)
+    own_redis.stop()
+    try:
+        answer = save(key, response(), [user_says("Hi")])  # no error for the client
+        assert load(key, answer["id"])["response"] == answer
+        assert asyncio.run(responses_store.history(key, answer["id"]))[-1] == answer["output"][0]
+    finally:
+        own_redis.start()
+    assert wait_until(lambda: not redis_health.down, timeout=15)
+    recorder.drain_all()
+    assert StoredResponse.objects.filter(response_id=answer["id"]).exists()
+    assert load(key, answer["id"])["response"] == answer

@@ -191,19 +191,21 @@ async def _buffered(key: KeyInfo, response_id: str) -> tuple[bool, dict | None]:
     return False, None
 
 
+# The table is StoredResponse's (its default name, checked by the tests that walk a chain in the database).
+_CHAIN_SQL = """
+WITH RECURSIVE chain(pk, previous, depth) AS (
+    SELECT id, previous_response_id, 1 FROM usage_storedresponse WHERE tenant_id = %s AND response_id = %s
+    UNION ALL
+    SELECT s.id, s.previous_response_id, c.depth + 1 FROM usage_storedresponse s
+    JOIN chain c ON s.tenant_id = %s AND s.response_id = c.previous
+    WHERE c.previous <> '' AND c.depth < %s)
+SELECT pk FROM chain"""
+
+
 def _chain_from_database(tenant_id: int, response_id: str, depth: int) -> dict[str, dict]:
     """`response_id` and up to `depth` - 1 of its predecessors, by id, in one query (a loop stops at `depth`)."""
-    table = connection.ops.quote_name(StoredResponse._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""WITH RECURSIVE chain(pk, previous, depth) AS (
-                    SELECT id, previous_response_id, 1 FROM {table} WHERE tenant_id = %s AND response_id = %s
-                    UNION ALL
-                    SELECT s.id, s.previous_response_id, c.depth + 1 FROM {table} s
-                    JOIN chain c ON s.tenant_id = %s AND s.response_id = c.previous
-                    WHERE c.previous <> '' AND c.depth < %s)
-                SELECT pk FROM chain""",  # noqa: S608 (the table name is the model's own)
-            [tenant_id, response_id, tenant_id, depth])
+        cursor.execute(_CHAIN_SQL, [tenant_id, response_id, tenant_id, depth])
         pks = [pk for (pk,) in cursor.fetchall()]
     return {row.response_id: _row_record(row) for row in StoredResponse.objects.filter(pk__in=pks)}
 

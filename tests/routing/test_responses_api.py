@@ -173,3 +173,33 @@ def test_an_openai_compatible_deployment_may_say_it_speaks_the_responses_api(gat
     response = sdk.responses.create(model="chat-vllm", input="Hello there")
     assert response.output_text == TWENTY_WORDS
     assert "/v1/responses" in httpx.get(mock.url + "/_mock/stats").json()["requests"]
+
+
+def test_a_conversation_moves_between_kinds_and_a_follow_up_finds_a_stream_the_moment_it_ends(gateway, api_key,
+                                                                                               mock, other_tenant):
+    from keys import services as key_services
+
+    make_provider("anthropic", mock.url)
+    make_provider("gemini", mock.url)
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: {"chat-anthropic", "chat-gemini"} <= {m.id for m in sdk.models.list()})
+    with sdk.responses.stream(model="chat-anthropic", input="What is the weather in Paris?", tools=[WEATHER]) as stream:
+        for event in stream:
+            if event.type == "response.completed":
+                first = event.response
+                break
+    # Sent while the first stream is still open: the stored response is already readable.
+    assert sdk.responses.retrieve(first.id).output[0].call_id == first.output[0].call_id
+    call = first.output[0]
+    second = sdk.responses.create(model="chat-gemini", previous_response_id=first.id, tools=[WEATHER],
+                                  input=[{"type": "function_call_output", "call_id": call.call_id, "output": "21 C"}])
+    assert second.output_text == TWENTY_WORDS
+    sent = str(httpx.get(mock.url + "/_mock/last").json()["body"])
+    assert "What is the weather in Paris?" in sent and "21 C" in sent  # the whole conversation reached Gemini
+    stranger = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key_services.issue(other_tenant, "k")[1],
+                             max_retries=0, timeout=20)
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.retrieve(second.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        stranger.responses.create(model="chat-gemini", previous_response_id=second.id, input="And tomorrow?")
+    assert refused.value.body["param"] == "previous_response_id"

@@ -139,7 +139,10 @@ async def answer(call, attempt, body: dict):
 async def _store(call, response: dict) -> None:
     state: Request = call.front_state
     if state.store:
-        await responses_store.save(call.key, response, state.input, state.body.get("previous_response_id"))
+        # Referenced items are stored as themselves: a later turn's history needs no lookup of its own.
+        items = [state.references.get(item["id"], item) if item["type"] == "item_reference" else item
+                 for item in state.input]
+        await responses_store.save(call.key, response, items, state.body.get("previous_response_id"))
 
 
 def _echoed(state: Request, response: dict, model: str) -> dict:

@@ -203,3 +203,19 @@ def test_a_conversation_moves_between_kinds_and_a_follow_up_finds_a_stream_the_m
     with pytest.raises(openai.BadRequestError) as refused:
         stranger.responses.create(model="chat-gemini", previous_response_id=second.id, input="And tomorrow?")
     assert refused.value.body["param"] == "previous_response_id"
+
+
+def test_item_references_bring_stored_items_in_and_stay_resolved_down_the_chain(gateway, api_key, mock):
+    make_provider("cohere", mock.url)
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "chat-cohere" in [m.id for m in sdk.models.list()])
+    first = sdk.responses.create(model="chat-cohere", input="Remember the word marmalade")
+    said = first.output[-1].id
+    second = sdk.responses.create(model="chat-cohere", input=[
+        {"type": "item_reference", "id": said}, {"role": "user", "content": "Say it again"}])
+    assert TWENTY_WORDS in str(httpx.get(mock.url + "/_mock/last").json()["body"])  # the referenced answer went
+    third = sdk.responses.create(model="chat-cohere", previous_response_id=second.id, input="Once more")
+    assert third.status == "completed"
+    with pytest.raises(openai.BadRequestError) as missing:
+        sdk.responses.create(model="chat-cohere", input=[{"type": "item_reference", "id": "msg_nothing"}])
+    assert missing.value.body["param"] == "input[0].id"

@@ -38,6 +38,8 @@ class KeyInfo:
     tenant_slug: str = ""
     # Days the tenant keeps logged prompts; 0 when it does not log them.
     prompt_retention_days: int = 0
+    # Days the tenant's stored responses (usage/responses_store.py) are kept, at least one.
+    response_retention_days: int = 30
 
     def may_use(self, model: str) -> bool:
         if self.allowed_models and model not in self.allowed_models:
@@ -55,7 +57,7 @@ def _rows():
         .select_related("tenant")
         .only("id", "tenant_id", "prefix", "key_hash", "allowed_models", "expires_at", "default_model",
               "tenant__allowed_models", "tenant__default_model", "tenant__slug", "tenant__log_prompts",
-              "tenant__prompt_retention_days")
+              "tenant__prompt_retention_days", "tenant__retention_days")
     )
 
 
@@ -80,6 +82,8 @@ def info_for(row: ApiKey) -> KeyInfo:
         default_model=row.default_model or row.tenant.default_model,
         tenant_slug=row.tenant.slug,
         prompt_retention_days=max(1, row.tenant.prompt_retention_days) if row.tenant.log_prompts else 0,
+        response_retention_days=max(1, settings.RESPONSES_RETENTION_DAYS if row.tenant.retention_days is None
+                                    else row.tenant.retention_days),
     )
 
 

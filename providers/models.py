@@ -27,7 +27,9 @@ class Provider(models.Model):
     # Per-kind settings an admin may put in `settings`, with their defaults.
     SETTINGS: dict[str, dict[str, str]] = {
         "azure": {"api_version": "2024-10-21"},
-        "anthropic": {"anthropic_version": "2023-06-01"},
+        # anthropic_thinking: "budget" (thinking.budget_tokens) or "adaptive" (Claude 4.6 and later;
+        # Opus 4.7 and the Claude 5 models take nothing else).
+        "anthropic": {"anthropic_version": "2023-06-01", "anthropic_thinking": "budget"},
         "cohere": {"embed_input_type": "search_document"},
         "gemini": {"api_version": "v1beta"},
     }
@@ -108,10 +110,15 @@ class Provider(models.Model):
             return f"Unknown setting(s) for {self.kind}: {', '.join(unknown)} (known: {known})."
         return self._setting_values_problem()
 
+    # Settings that take one of a few values.
+    SETTING_CHOICES: dict[str, tuple[str, ...]] = {"anthropic_thinking": ("budget", "adaptive")}
+
     def _setting_values_problem(self) -> str:
         for name, value in self.effective_settings().items():
             if not isinstance(value, str) or not self._SETTING_VALUE.match(value):
                 return f"{name} must be a short string of letters, digits, '.', '_' or '-'."
+            if name in self.SETTING_CHOICES and value not in self.SETTING_CHOICES[name]:
+                return f"{name} must be one of: {', '.join(self.SETTING_CHOICES[name])}."
         return ""
 
     def call_problem(self, api_key: str) -> str:

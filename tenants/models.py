@@ -34,8 +34,8 @@ class Tenant(models.Model):
     )
     retention_days = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="Keep this tenant's usage records and audit entries this many days; "
-                  "empty: the global USAGE_RETENTION_DAYS / AUDIT_RETENTION_DAYS.",
+        help_text="Keep this tenant's usage records, audit entries and stored responses this many days; "
+                  "empty: the global USAGE_RETENTION_DAYS / AUDIT_RETENTION_DAYS / RESPONSES_RETENTION_DAYS.",
     )
     log_prompts = models.BooleanField(
         default=False,

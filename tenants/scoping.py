@@ -58,6 +58,7 @@ RULES: dict[str, AccessRule] = {
     "usage.usagerollup": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),
     "usage.reportdelivery": AccessRule("tenant", managers=VIEW),
     "usage.promptlog": AccessRule("tenant", managers=VIEW),
+    "usage.storedresponse": AccessRule("tenant", managers=VIEW),
     "providers.healthcheck": AccessRule("provider__tenant", managers=VIEW, shared=True),
 }
 

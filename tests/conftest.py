@@ -267,6 +267,14 @@ def usage_record(request_id: str):
         Q(request_id=request_id) | Q(client_request_id=request_id)).first())
 
 
+def key_usage_records(api_key, count: int) -> list:
+    """The key's usage records once at least `count` are written (they are written behind, in bulk)."""
+    from usage.models import UsageRecord
+
+    wait_until(lambda: UsageRecord.objects.filter(api_key=api_key).count() >= count, timeout=10)
+    return list(UsageRecord.objects.filter(api_key=api_key).order_by("created_at"))
+
+
 @pytest.fixture()
 def kind_client(request, gateway, api_key, mock):
     """(openai SDK client on the gateway, public chat model) for the kind in request.param."""

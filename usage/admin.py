@@ -9,7 +9,7 @@ from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
 from . import limits
-from .models import Limit, PromptLog, ReportDelivery, UsageDeadLetter, UsageRecord, UsageRollup
+from .models import Limit, PromptLog, ReportDelivery, StoredResponse, UsageDeadLetter, UsageRecord, UsageRollup
 
 
 @admin.register(UsageRecord)
@@ -32,6 +32,17 @@ class PromptLogAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["created_at", "request_id", "tenant", "public_model", "expires_at"]
     list_filter = ["tenant"]
     search_fields = ["request_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["tenant"]
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    """Responses API answers kept for previous_response_id, until their retention ends."""
+
+    list_display = ["created_at", "response_id", "tenant", "model", "status", "previous_response_id", "expires_at"]
+    list_filter = ["status", "tenant"]
+    search_fields = ["response_id", "previous_response_id", "model"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
 

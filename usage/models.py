@@ -220,7 +220,6 @@ class PromptLog(models.Model):
         return self.request_id
 
 
-
 class UsageDeadLetter(models.Model):
     """A usage event the database refused even on its own (usage.recorder): kept as sent, with
     the reason, so that staff can see what was not billed and the stream keeps draining.
@@ -240,3 +239,32 @@ class UsageDeadLetter(models.Model):
 
     def __str__(self) -> str:
         return self.request_id or f"dead letter {self.pk}"
+
+
+class StoredResponse(models.Model):
+    """A Responses API answer kept for `previous_response_id`, retrieval and input-item listing
+    (usage.responses_store writes it behind through Redis; never on the request path).
+
+    `response` is the object as the client received it; `input_items` the request's own input items,
+    each with its id. Neither holds headers or keys. Deleted past expires_at by the retention job.
+    """
+
+    response_id = models.CharField(max_length=100, help_text="The public id (resp_...).")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="stored_responses")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=200, help_text="The public model name.")
+    status = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    previous_response_id = models.CharField(max_length=100, blank=True)
+    response = models.JSONField()
+    input_items = models.JSONField(default=list)
+    item_ids = models.JSONField(default=list, help_text="Ids of the input and output items, for item_reference.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "response_id"], name="stored_response_once")]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="stored_response_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.response_id

@@ -35,7 +35,7 @@ from gateway_project.lib.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
 
 from . import events as usage_events
-from . import inflight
+from . import inflight, responses_store
 from .models import PromptLog, UsageDeadLetter, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -239,9 +239,12 @@ def _parsed(raw: bytes | None) -> dict | None:
 
 
 def drain_all(*, local_only: bool = False) -> int:
+    """Write every buffered usage event, and every buffered stored response (usage.responses_store);
+    return how many usage events."""
     total = 0
     while count := drain(local_only=local_only):
         total += count
+    responses_store.drain_all(local_only=local_only)
     return total
 
 

@@ -1,5 +1,5 @@
-"""Retention: usage records, health results, audit entries, rollups and usage
-dead letters older than their retention are deleted in bounded batches (no long lock, no huge
+"""Retention: usage records, health results, audit entries, rollups, usage dead letters and
+stored responses older than their retention are deleted in bounded batches (no long lock, no huge
 transaction), per tenant where the tenant sets its own retention."""
 
 from datetime import UTC, datetime, timedelta
@@ -10,7 +10,7 @@ from django.db.models import Q
 from providers.models import HealthCheck
 from tenants.models import AuditLog, Tenant
 
-from .models import UsageDeadLetter, UsageRecord, UsageRollup
+from .models import StoredResponse, UsageDeadLetter, UsageRecord, UsageRollup
 
 
 def _delete_in_batches(queryset, batch: int) -> int:
@@ -46,4 +46,7 @@ def cleanup(now: datetime | None = None) -> dict[str, int]:
             bucket__lt=now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)), batch),
         "usage dead letters": _delete_in_batches(UsageDeadLetter.objects.filter(
             created_at__lt=now - timedelta(days=settings.USAGE_DEAD_LETTER_RETENTION_DAYS)), batch),
+        # Past the expiry set when stored, or past the tenant's retention should it have shortened since.
+        "stored responses": _delete_in_batches(StoredResponse.objects.filter(expires_at__lte=now), batch)
+        + _by_tenant(StoredResponse, "created_at", settings.RESPONSES_RETENTION_DAYS, now, batch),
     }

@@ -5,6 +5,23 @@ in `x-api-key`, the API version in `anthropic-version` (provider setting
 `anthropic_version`). JSON response formats are honoured the way Anthropic
 documents it: one forced tool whose input schema is the wanted JSON, its input
 returned as the message text.
+
+reasoning_effort turns on extended thinking with the budget openai_format.BUDGETS
+gives it. OpenAI's max_completion_tokens covers reasoning and answer alike, as
+Anthropic's max_tokens does, so a client's cap is sent as max_tokens; without
+one, max_tokens is the budget plus the usual answer allowance (4096), within the
+deployment's max_output_tokens. A cap that cannot hold the budget shrinks it to
+the cap less 4096, or half the cap if that is more; under Anthropic's least
+budget (1024) the call is refused. With the provider setting
+anthropic_thinking=adaptive (Claude 4.6 and later; Opus 4.7 and the Claude 5
+models refuse budgets), thinking is adaptive instead, at output_config.effort
+low (minimal, low), medium, high or xhigh. Thinking blocks come back as
+reasoning_content, the block's signature as reasoning_signature (several blocks:
+their texts joined, the last signature kept, or in a stream sent last;
+redacted_thinking blocks are not carried), and go back to Anthropic as one
+signed thinking block leading the assistant turn. Anthropic reports no separate
+count of thinking tokens: they are in output_tokens, and Usage.reasoning_tokens
+stays 0.
 """
 
 import orjson
@@ -19,9 +36,11 @@ STREAM_FRAMING = "sse"
 EMBEDDINGS = False
 KIND = "anthropic"
 SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "tools",
-                       "tool_choice", "parallel_tool_calls", "response_format"})
+                       "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort"})
 JSON_TOOL = "json_response"
 DEFAULT_MAX_TOKENS = 4096
+MIN_THINKING_BUDGET = 1024
+ADAPTIVE_EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                 "tool_use": "tool_calls", "refusal": "content_filter", "model_context_window_exceeded": "length"}
 
@@ -51,13 +70,17 @@ def _blocks(content, param: str) -> list[dict]:
     return blocks
 
 
-def _turn(message: dict, param: str) -> tuple[str, list[dict]]:
+def _turn(message: dict, param: str, thinking: bool) -> tuple[str, list[dict]]:
     role = message["role"]
     if role == "tool":
         return "user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
                          "content": fmt.text_of(message.get("content"))}]
     if role == "assistant":
         blocks = [b for b in _blocks(message.get("content"), param + ".content") if b.get("text") != ""]
+        text, signature = fmt.reasoning_of(message, param)
+        if thinking and signature:
+            # Anthropic checks the signature against the text, and wants the block first.
+            blocks.insert(0, {"type": "thinking", "thinking": text, "signature": signature})
         for call in message.get("tool_calls") or ():
             blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": (call.get("function") or {}).get(
                 "name", ""), "input": fmt.arguments_of(call, param + ".tool_calls")})
@@ -65,14 +88,15 @@ def _turn(message: dict, param: str) -> tuple[str, list[dict]]:
     return "user", _blocks(message.get("content"), param + ".content")
 
 
-def _messages(messages: list) -> tuple[list[dict], list[dict]]:
-    """(system blocks, turns), consecutive turns of one role merged as Anthropic expects."""
+def _messages(messages: list, thinking: bool) -> tuple[list[dict], list[dict]]:
+    """(system blocks, turns), consecutive turns of one role merged as Anthropic expects; earlier
+    thinking sent back only when thinking is on (Anthropic has no use for it otherwise)."""
     system, turns = [], []
     for i, message in enumerate(messages):
         if message["role"] in ("system", "developer"):
             system.append({"type": "text", "text": fmt.text_of(message.get("content"))})
             continue
-        role, blocks = _turn(message, f"messages[{i}]")
+        role, blocks = _turn(message, f"messages[{i}]", thinking)
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -108,12 +132,54 @@ def _tools(body: dict, payload: dict) -> None:
         payload["tool_choice"] = choice
 
 
+def _refuse_with_thinking(body: dict) -> None:
+    """What Anthropic refuses alongside extended thinking, refused here with the parameter named."""
+    if body.get("temperature") not in (None, 1):
+        raise fmt.unsupported(KIND, "temperature", "Anthropic allows no temperature but 1 with reasoning_effort")
+    if body.get("top_p") is not None and body["top_p"] < 0.95:
+        raise fmt.unsupported(KIND, "top_p", "Anthropic allows top_p only from 0.95 to 1 with reasoning_effort")
+    if fmt.forced_function(body.get("tool_choice")) or body.get("tool_choice") == "required":
+        raise fmt.unsupported(KIND, "tool_choice", "with reasoning_effort Anthropic takes only 'auto' or 'none'")
+    if fmt.json_schema_of(body):
+        raise fmt.unsupported(KIND, "response_format", "Anthropic's JSON format is a forced tool call, which "
+                                                       "reasoning_effort rules out")
+
+
+def _thinking(target, body: dict, effort: str, result: dict) -> None:
+    """Thinking and max_tokens for a reasoning_effort other than none: a budget, or adaptive
+    thinking at an effort level where the provider's setting anthropic_thinking says so."""
+    _refuse_with_thinking(body)
+    budget = fmt.BUDGETS[effort]
+    limit = fmt.max_tokens_of(body)
+    if limit is None:
+        limit = budget + DEFAULT_MAX_TOKENS
+        if target.max_output_tokens:
+            limit = min(limit, target.max_output_tokens)
+    result["max_tokens"] = limit
+    if target.settings.get("anthropic_thinking") == "adaptive":
+        result["thinking"] = {"type": "adaptive"}
+        result["output_config"] = {"effort": ADAPTIVE_EFFORTS[effort]}
+        return
+    if limit <= budget:  # the budget shrinks to leave the answer its usual room, or half the cap
+        budget = max(limit - DEFAULT_MAX_TOKENS, limit // 2)
+    if budget < MIN_THINKING_BUDGET:
+        param = next((p for p in ("max_completion_tokens", "max_tokens") if body.get(p)), "reasoning_effort")
+        raise GatewayError(400, f"With reasoning_effort, Anthropic needs max_completion_tokens of at least "
+                                f"{2 * MIN_THINKING_BUDGET}: a thinking budget of {MIN_THINKING_BUDGET} or more, "
+                                f"and room for the answer.", param=param, code="invalid_value")
+    result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
 def payload(target, body: dict) -> dict:
     fmt.refuse_unsupported(KIND, body, SUPPORTED)
-    system, turns = _messages(body["messages"])
+    effort = fmt.reasoning_effort_of(body)
+    thinking = effort not in (None, "none")
+    system, turns = _messages(body["messages"], thinking)
     result = {"model": target.upstream_model, "messages": turns,
               "max_tokens": fmt.max_tokens_of(body) or min(target.max_output_tokens or DEFAULT_MAX_TOKENS,
                                                            DEFAULT_MAX_TOKENS)}
+    if thinking:
+        _thinking(target, body, effort, result)
     if system:
         result["system"] = system
     for name, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
@@ -154,10 +220,13 @@ def parse_usage(data: dict) -> Usage | None:
 
 
 def chat_response(target, body: dict, data: dict) -> dict:
-    text, calls = [], []
+    text, calls, thoughts, signature = [], [], [], ""
     for block in data.get("content") or ():
         if block.get("type") == "text":
             text.append(block.get("text", ""))
+        elif block.get("type") == "thinking":
+            thoughts.append(block.get("thinking") or "")
+            signature = block.get("signature") or signature
         elif block.get("type") == "tool_use" and block.get("name") == JSON_TOOL and fmt.json_schema_of(body):
             text.append(orjson.dumps(block.get("input") or {}).decode())
         elif block.get("type") == "tool_use":
@@ -166,7 +235,7 @@ def chat_response(target, body: dict, data: dict) -> dict:
     if finish == "tool_calls" and not calls:
         finish = "stop"  # the emulated JSON format's forced tool call is an answer
     return fmt.completion(target.upstream_model, "".join(text), calls, finish, parse_usage(data),
-                          completion_id=data.get("id"))
+                          completion_id=data.get("id"), reasoning="".join(thoughts), signature=signature)
 
 
 class Stream(fmt.ChunkStream):
@@ -197,6 +266,8 @@ class Stream(fmt.ChunkStream):
             self.blocks[index] = self.tool_calls
             return self.event([self.tool_start(block.get("id", ""), block.get("name", ""))])
         self.blocks[index] = None
+        if block.get("type") == "thinking":
+            return self.event([self.reasoning(block["thinking"])] if block.get("thinking") else [])
         return self.event([self.text(block["text"])] if block.get("text") else [])
 
     def on_content_block_delta(self, event: dict) -> StreamEvent:
@@ -204,12 +275,16 @@ class Stream(fmt.ChunkStream):
         tool = self.blocks.get(event.get("index", 0))
         if delta.get("type") == "text_delta":
             return self.event([self.text(delta.get("text", ""))])
+        if delta.get("type") == "thinking_delta":
+            return self.event([self.reasoning(delta["thinking"])] if delta.get("thinking") else [])
+        if delta.get("type") == "signature_delta":
+            return self.event([self.signature(delta["signature"])] if delta.get("signature") else [])
         if delta.get("type") == "input_json_delta":
             piece = delta.get("partial_json", "")
             if not piece:
                 return self.event([])
             return self.event([self.text(piece) if tool is None else self.tool_arguments(tool, piece)])
-        return self.event([])  # thinking and signature deltas have no OpenAI chat counterpart
+        return self.event([])
 
     def on_message_delta(self, event: dict) -> StreamEvent:
         reason = (event.get("delta") or {}).get("stop_reason")

@@ -21,6 +21,24 @@ and, where the upstream has OpenAI's legacy text completions natively,
   completions_request(target, body, request_id) -> UpstreamRequest
 Requests and responses on the gateway's side are always OpenAI-shaped. A
 parameter the upstream cannot honour is refused with a 400 naming it.
+
+Reasoning, the same on every kind:
+  request  `reasoning_effort`: none, minimal, low, medium, high or xhigh (OpenAI's values).
+           Pass-through kinds send it as is; the others translate it (providers.md has the
+           table, openai_format.BUDGETS the token budgets); Hugging Face refuses it.
+  answer   the assistant message's `reasoning_content` (the thinking text, as DeepSeek and vLLM
+           name it) and `reasoning_signature` (opaque: what the provider needs back in a later
+           turn, Anthropic's thinking signature or Gemini's thoughtSignature), each left out
+           when the provider gave none. Stream deltas carry `reasoning_content` pieces and
+           `reasoning_signature` once it is known. Pass-through kinds relay what the upstream
+           sends (`reasoning_content`, or `reasoning`, depending on the server).
+  history  an assistant message carrying those two fields is sent back as its provider takes
+           reasoning (Anthropic a signed thinking block, Gemini the thoughtSignature on its part,
+           Cohere and Ollama the text); kinds that take none back, OpenAI's included, get the
+           message without them.
+Reasoning tokens are counted in Usage.reasoning_tokens where the provider reports them apart
+(OpenAI's kinds, Gemini); Anthropic, Cohere and Ollama count thinking in their output tokens
+only, so there it stays 0 while completion_tokens still include it.
 """
 
 from dataclasses import dataclass
@@ -60,6 +78,12 @@ class StreamEvent:
     done: bool = False
     # Translating adapters give OpenAI chunk objects instead of `forward`.
     chunks: list[dict] | None = None
+
+    def chunk_objects(self) -> list[dict]:
+        """The event's OpenAI chunks as objects, a pass-through payload parsed (for a front that rewrites them)."""
+        if self.forward is not None:
+            return [] if self.forward == b"[DONE]" else [orjson.loads(self.forward)]
+        return self.chunks or []
 
 
 class UpstreamError(GatewayError):

@@ -3,6 +3,12 @@
 The provider's base URL is https://api.cohere.com; the key goes in
 `Authorization: Bearer`. Embedding calls send the provider setting
 `embed_input_type` (default search_document), which Cohere's v3+ models require.
+
+reasoning_effort becomes `thinking` ({"type": "enabled", "token_budget": N} with
+N from openai_format.BUDGETS, {"type": "disabled"} for none); thinking content
+comes back as reasoning_content and goes back as a thinking content item of the
+assistant message. Cohere signs nothing, and counts thinking in its output
+tokens only (Usage.reasoning_tokens stays 0).
 """
 
 import orjson
@@ -15,7 +21,8 @@ STREAM_FRAMING = "sse"
 EMBEDDINGS = True
 KIND = "cohere"
 SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "tools",
-                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty"})
+                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty",
+                       "reasoning_effort"})
 FINISH_REASONS = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls",
                   "ERROR": "stop", "TIMEOUT": "stop"}
 PARAMS = (("temperature", "temperature"), ("top_p", "p"), ("seed", "seed"),
@@ -46,6 +53,10 @@ def _message(message: dict, param: str) -> dict:
         return {"role": "tool", "tool_call_id": message.get("tool_call_id", ""),
                 "content": fmt.text_of(message.get("content"))}
     result = {"role": role, "content": _content(message.get("content"), param + ".content")}
+    if role == "assistant" and (thinking := fmt.reasoning_of(message, param)[0]):
+        content = result["content"]
+        text = [{"type": "text", "text": content}] if isinstance(content, str) and content else content or []
+        result["content"] = [{"type": "thinking", "thinking": thinking}, *text]
     if role == "assistant" and message.get("tool_calls"):
         result["tool_calls"] = [fmt.tool_call(c.get("id", ""), (c.get("function") or {}).get("name", ""),
                                               fmt.arguments_of(c, param + ".tool_calls"))
@@ -77,6 +88,9 @@ def payload(target, body: dict) -> dict:
         result["max_tokens"] = limit
     if stop := fmt.stop_of(body):
         result["stop_sequences"] = stop
+    if (effort := fmt.reasoning_effort_of(body)) is not None:
+        result["thinking"] = ({"type": "disabled"} if effort == "none" else
+                              {"type": "enabled", "token_budget": fmt.BUDGETS[effort]})
     if json_format := fmt.json_schema_of(body):
         result["response_format"] = {"type": "json_object"}
         if json_format[1] is not None:
@@ -115,10 +129,12 @@ def parse_usage(data: dict) -> Usage | None:
 def chat_response(target, body: dict, data: dict) -> dict:
     message = data.get("message") or {}
     text = "".join(p.get("text", "") for p in message.get("content") or () if p.get("type") == "text")
+    thinking = "".join(p.get("thinking", "") for p in message.get("content") or () if p.get("type") == "thinking")
     calls = [fmt.tool_call(c.get("id", ""), (c.get("function") or {}).get("name", ""),
                            (c.get("function") or {}).get("arguments") or "{}") for c in message.get("tool_calls") or ()]
     finish = FINISH_REASONS.get(data.get("finish_reason") or "COMPLETE", "stop")
-    return fmt.completion(target.upstream_model, text, calls, finish, parse_usage(data), completion_id=data.get("id"))
+    return fmt.completion(target.upstream_model, text, calls, finish, parse_usage(data), completion_id=data.get("id"),
+                          reasoning=thinking)
 
 
 class Stream(fmt.ChunkStream):
@@ -138,7 +154,10 @@ class Stream(fmt.ChunkStream):
             self.id = event.get("id") or self.id
             return StreamEvent(forward=None, chunks=[self.chunk({"content": ""})])
         if kind == "content-delta":
-            return self.event([self.text((message.get("content") or {}).get("text", ""))])
+            content = message.get("content") or {}
+            if "thinking" in content:
+                return self.event([self.reasoning(content["thinking"])] if content["thinking"] else [])
+            return self.event([self.text(content.get("text", ""))])
         if kind == "tool-call-start":
             call = message.get("tool_calls") or {}
             function = call.get("function") or {}

@@ -4,9 +4,17 @@ translated from and to OpenAI's chat and embeddings.
 The provider's base URL is https://generativelanguage.googleapis.com; the API
 version (provider setting `api_version`, default v1beta) and the model name are
 put in the path. The key goes in `x-goog-api-key`.
+
+reasoning_effort becomes generationConfig.thinkingConfig: a thinkingBudget from
+openai_format.BUDGETS for Gemini 1.x and 2.x models (none: 0, thinking off), a
+thinkingLevel for Gemini 3 and later (LEVELS), with includeThoughts so that the
+thought summaries come back as reasoning_content. The thoughtSignature Gemini
+puts on a part comes back as reasoning_signature, and goes back on the same
+part: the first function call (where Gemini 3 requires it), else the last text.
 """
 
 import mimetypes
+import re
 from urllib.parse import quote
 
 import orjson
@@ -19,10 +27,16 @@ STREAM_FRAMING = "sse"
 EMBEDDINGS = True
 KIND = "gemini"
 SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "tools",
-                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty"})
+                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty",
+                       "reasoning_effort"})
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
                   "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
                   "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "stop"}
+# Gemini 3 thinks by level and cannot stop thinking: "none" asks for the least there is. Gemini 3 Pro
+# knows only low and high and refuses the others with its own 400.
+LEVELS = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+          "xhigh": "high"}
+_GENERATION = re.compile(r"gemini-(\d+)")
 CONFIG = (("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"),
           ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
 
@@ -73,9 +87,14 @@ def _turn(message: dict, param: str, names: dict[str, str]) -> tuple[str, list[d
         return "user", [_function_response(message, names)]
     if role == "assistant":
         parts = [p for p in _parts(message.get("content"), param + ".content") if p.get("text") != ""]
+        first_call = len(parts)
         for call in message.get("tool_calls") or ():
             parts.append({"functionCall": {"id": call.get("id", ""), "name": (call.get("function") or {}).get(
                 "name", ""), "args": fmt.arguments_of(call, param + ".tool_calls")}})
+        signature = fmt.reasoning_of(message, param)[1]
+        if signature and parts:
+            # Where Gemini puts it: the first function call of a turn that has one, else the last part.
+            parts[first_call if first_call < len(parts) else -1]["thoughtSignature"] = signature
         return "model", parts
     return "user", _parts(message.get("content"), param + ".content")
 
@@ -95,8 +114,19 @@ def _contents(messages: list) -> tuple[list[dict], list[dict]]:
     return system, contents
 
 
-def _generation_config(body: dict) -> dict:
+def _thinking_config(target, effort: str) -> dict:
+    generation = _GENERATION.search(target.upstream_model)
+    if generation and int(generation.group(1)) >= 3:
+        return {"thinkingLevel": LEVELS[effort], "includeThoughts": effort != "none"}
+    if effort == "none":
+        return {"thinkingBudget": 0}
+    return {"thinkingBudget": fmt.BUDGETS[effort], "includeThoughts": True}
+
+
+def _generation_config(target, body: dict) -> dict:
     config = {theirs: body[ours] for ours, theirs in CONFIG if body.get(ours) is not None}
+    if (effort := fmt.reasoning_effort_of(body)) is not None:
+        config["thinkingConfig"] = _thinking_config(target, effort)
     if (limit := fmt.max_tokens_of(body)) is not None:
         config["maxOutputTokens"] = limit
     if stop := fmt.stop_of(body):
@@ -130,7 +160,7 @@ def payload(target, body: dict) -> dict:
     if system:
         result["systemInstruction"] = {"parts": system}
     _tools(body, result)
-    if config := _generation_config(body):
+    if config := _generation_config(target, body):
         result["generationConfig"] = config
     return result
 
@@ -165,20 +195,26 @@ def _finish(candidate: dict, data: dict) -> str | None:
 
 def chat_response(target, body: dict, data: dict) -> dict:
     candidate = _candidate(data)
-    text, calls = [], []
+    text, calls, thoughts, signature = [], [], [], ""
     for i, part in enumerate((candidate.get("content") or {}).get("parts") or ()):
-        if "text" in part and not part.get("thought"):
+        signature = signature or part.get("thoughtSignature") or ""
+        if part.get("thought"):
+            thoughts.append(part.get("text") or "")
+        elif "text" in part:
             text.append(part["text"])
         elif "functionCall" in part:
             call = part["functionCall"]
             calls.append(fmt.tool_call(call.get("id") or f"call_{i}", call.get("name", ""), call.get("args")))
     return fmt.completion(target.upstream_model, "".join(text), calls, _finish(candidate, data) or "stop",
-                          parse_usage(data), completion_id=data.get("responseId"))
+                          parse_usage(data), completion_id=data.get("responseId"), reasoning="".join(thoughts),
+                          signature=signature)
 
 
 class Stream(fmt.ChunkStream):
     """Each streamed GenerateContentResponse to OpenAI chunks; the one with a
     finish reason ends the stream (Gemini sends no end marker of its own)."""
+
+    signed = False  # a thoughtSignature was passed on: the client needs only the first
 
     def __call__(self, data: bytes) -> StreamEvent:
         response = orjson.loads(data)
@@ -190,12 +226,18 @@ class Stream(fmt.ChunkStream):
         candidate = _candidate(response)
         chunks = []
         for part in (candidate.get("content") or {}).get("parts") or ():
-            if part.get("text") and not part.get("thought"):
+            if part.get("thought"):
+                if part.get("text"):
+                    chunks.append(self.reasoning(part["text"]))
+            elif part.get("text"):
                 chunks.append(self.text(part["text"]))
             elif "functionCall" in part:
                 call = part["functionCall"]
                 chunks.append(self.tool_start(call.get("id") or f"call_{self.tool_calls}", call.get("name", ""),
                                               orjson.dumps(call.get("args") or {}).decode()))
+            if part.get("thoughtSignature") and not self.signed:
+                self.signed = True
+                chunks.append(self.signature(part["thoughtSignature"]))
         finish = _finish(candidate, response)
         return self.end(finish, chunks) if finish is not None else self.event(chunks)
 

@@ -7,7 +7,9 @@ or http://127.0.0.1:8080); the key (an hf_ token) goes in `Authorization: Bearer
 TGI speaks a dialect of OpenAI's format, so requests and answers are adjusted
 rather than rebuilt: JSON formats become TGI grammars, and answers are
 normalised (tool arguments TGI sends as objects become JSON strings, its own
-finish reasons become OpenAI's).
+finish reasons become OpenAI's). TGI has no reasoning knob, so reasoning_effort
+is refused, and takes no reasoning back: the gateway's reasoning fields are left
+out of the history it is sent.
 """
 
 import orjson
@@ -16,6 +18,7 @@ from . import base
 from . import openai_format as fmt
 from .base import StreamEvent, UpstreamRequest, Usage, mapped_error
 from .openai import parse_usage as openai_usage
+from .openai import without_reasoning
 
 STREAM_FRAMING = "sse"
 EMBEDDINGS = True
@@ -38,6 +41,7 @@ def payload(target, body: dict) -> dict:
     result = {k: v for k, v in body.items() if k not in ("max_completion_tokens", "response_format", "user",
                                                          "metadata", "store", "stream_options")}
     result["model"] = target.upstream_model
+    result["messages"] = without_reasoning(body["messages"])
     if (limit := fmt.max_tokens_of(body)) is not None:
         result["max_tokens"] = limit
     if json_format := fmt.json_schema_of(body):

@@ -3,6 +3,12 @@
 The provider's base URL is the Ollama server (http://127.0.0.1:11434); no key is
 needed, but one is sent as a bearer token when set (for Ollama behind a proxy).
 Ollama streams newline-delimited JSON, not SSE, and takes images inline only.
+
+reasoning_effort becomes `think`: false for none; a level (low, medium, high)
+for gpt-oss models, which think by level; true for every other thinking model,
+which takes only true or false. message.thinking comes back as
+reasoning_content and goes back as the assistant message's `thinking`. Ollama
+counts thinking in eval_count only (Usage.reasoning_tokens stays 0).
 """
 
 import uuid
@@ -17,7 +23,9 @@ STREAM_FRAMING = "ndjson"
 EMBEDDINGS = True
 KIND = "ollama"
 SUPPORTED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "tools",
-                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty"})
+                       "tool_choice", "response_format", "presence_penalty", "frequency_penalty",
+                       "reasoning_effort"})
+LEVELS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 OPTIONS = (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
            ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty"))
 
@@ -51,6 +59,8 @@ def _message(message: dict, param: str, names: dict[str, str]) -> dict:
                 "tool_name": names.get(message.get("tool_call_id", ""), "")}
     if role == "assistant":
         result = {"role": "assistant", "content": fmt.text_of(message.get("content"))}
+        if thinking := fmt.reasoning_of(message, param)[0]:
+            result["thinking"] = thinking
         if message.get("tool_calls"):
             result["tool_calls"] = [{"function": {"name": (c.get("function") or {}).get("name", ""),
                                                   "arguments": fmt.arguments_of(c, param + ".tool_calls")}}
@@ -85,8 +95,16 @@ def payload(target, body: dict) -> dict:
         result["options"] = options
     if json_format := fmt.json_schema_of(body):
         result["format"] = json_format[1] or "json"
+    if (effort := fmt.reasoning_effort_of(body)) is not None:
+        result["think"] = _think(target, effort)
     _tools(body, result)
     return result
+
+
+def _think(target, effort: str) -> bool | str:
+    if effort == "none":
+        return False
+    return LEVELS[effort] if target.upstream_model.startswith("gpt-oss") else True
 
 
 def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
@@ -113,7 +131,7 @@ def _calls(message: dict) -> list[dict]:
 def chat_response(target, body: dict, data: dict) -> dict:
     message = data.get("message") or {}
     return fmt.completion(target.upstream_model, message.get("content") or "", _calls(message), _finish(data),
-                          parse_usage(data))
+                          parse_usage(data), reasoning=message.get("thinking") or "")
 
 
 class Stream(fmt.ChunkStream):
@@ -124,7 +142,9 @@ class Stream(fmt.ChunkStream):
         if line.get("error"):
             raise self.failed(data)
         message = line.get("message") or {}
-        chunks = [self.text(message["content"])] if message.get("content") else []
+        chunks = [self.reasoning(message["thinking"])] if message.get("thinking") else []
+        if message.get("content"):
+            chunks.append(self.text(message["content"]))
         for call in _calls(message):
             chunks.append(self.tool_start(call["id"], call["function"]["name"], call["function"]["arguments"]))
         if line.get("done"):

@@ -10,6 +10,9 @@ from .base import StreamEvent, UpstreamError, UpstreamRequest, Usage, mapped_err
 
 STREAM_FRAMING = "sse"
 EMBEDDINGS = True
+# The gateway's own fields on assistant messages in the history (base.py): OpenAI refuses
+# message fields it does not know, and takes no reasoning back.
+REASONING_FIELDS = ("reasoning_content", "reasoning_signature")
 
 
 def headers(target, request_id: str) -> dict[str, str]:
@@ -20,9 +23,21 @@ def headers(target, request_id: str) -> dict[str, str]:
     return result
 
 
+def without_reasoning(messages):
+    """`messages` without the gateway's reasoning fields; the same list when none carries them,
+    which is the common case and costs no copy."""
+    if not isinstance(messages, list) or not any(
+            isinstance(m, dict) and ("reasoning_content" in m or "reasoning_signature" in m) for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if k not in REASONING_FIELDS} if isinstance(m, dict) else m
+            for m in messages]
+
+
 def chat_payload(target, body: dict) -> bytes:
     payload = dict(body)
     payload["model"] = target.upstream_model
+    if "messages" in payload:
+        payload["messages"] = without_reasoning(payload["messages"])
     if payload.get("stream"):
         # Always ask for usage so the call can be billed; the relay strips the
         # usage chunk again when the client did not ask for it.
@@ -108,9 +123,12 @@ def stream_event(data: bytes, want_usage: bool, target) -> StreamEvent:
         # Azure opens with a chunk of prompt filter results and no choices; OpenAI
         # clients expect every chunk but the usage one to carry a choice.
         return StreamEvent(forward=None)
-    # Chat chunks carry "content", legacy completion chunks "text".
+    # Chat chunks carry "content", legacy completion chunks "text"; reasoning servers send
+    # "reasoning_content" (DeepSeek, vLLM) or "reasoning" before the answer.
     return StreamEvent(forward=data, has_content=(b'"content":"' in data and b'"content":""' not in data)
-                       or b'"tool_calls":[' in data or (b'"text":"' in data and b'"text":""' not in data))
+                       or b'"tool_calls":[' in data or (b'"text":"' in data and b'"text":""' not in data)
+                       or (b'"reasoning_content":"' in data and b'"reasoning_content":""' not in data)
+                       or (b'"reasoning":"' in data and b'"reasoning":""' not in data))
 
 
 def chat_stream(target, body: dict, want_usage: bool):

@@ -29,6 +29,11 @@ DEFAULTS: dict[str, object] = {
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# Thinking-token budgets for the kinds that take a number (Anthropic, Gemini 2.x, Cohere). Each one is
+# valid on all of them: Anthropic's smallest budget is 1024, Gemini 2.5 Flash's largest 24576.
+BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 24576}
+
 
 def unsupported(kind: str, param: str, detail: str = "") -> GatewayError:
     return GatewayError(
@@ -149,6 +154,24 @@ def json_schema_of(body: dict) -> tuple[str, dict | None] | None:
                        param="response_format", code="invalid_value")
 
 
+def reasoning_effort_of(body: dict) -> str | None:
+    """The request's reasoning_effort, one of OpenAI's values, or None when not asked for."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise GatewayError(400, "reasoning_effort must be one of " + ", ".join(EFFORTS) + ".",
+                           param="reasoning_effort", code="invalid_value")
+    return effort
+
+
+def reasoning_of(message: dict, param: str) -> tuple[str, str]:
+    """(reasoning_content, reasoning_signature) of an assistant message in the history, '' where absent."""
+    text, signature = message.get("reasoning_content") or "", message.get("reasoning_signature") or ""
+    for name, value in (("reasoning_content", text), ("reasoning_signature", signature)):
+        if not isinstance(value, str):
+            raise GatewayError(400, f"{name} must be a string.", param=f"{param}.{name}", code="invalid_value")
+    return text, signature
+
+
 def max_tokens_of(body: dict) -> int | None:
     return body.get("max_completion_tokens") or body.get("max_tokens")
 
@@ -180,9 +203,14 @@ def usage_dict(usage: Usage) -> dict:
 
 
 def completion(model: str, text: str | None, tool_calls: list[dict], finish: str, usage: Usage | None,
-               completion_id: str | None = None) -> dict:
-    """An OpenAI chat.completion with one choice."""
+               completion_id: str | None = None, reasoning: str = "", signature: str = "") -> dict:
+    """An OpenAI chat.completion with one choice, the provider's reasoning in reasoning_content
+    and its signature in reasoning_signature when it gave them."""
     message = {"role": "assistant", "content": text if (text or not tool_calls) else None, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if signature:
+        message["reasoning_signature"] = signature
     if tool_calls:
         message["tool_calls"] = tool_calls
         finish = "tool_calls" if finish == "stop" else finish
@@ -246,6 +274,12 @@ class ChunkStream:
 
     def text(self, text: str) -> dict:
         return self.chunk({"content": text})
+
+    def reasoning(self, text: str) -> dict:
+        return self.chunk({"reasoning_content": text})
+
+    def signature(self, signature: str) -> dict:
+        return self.chunk({"reasoning_signature": signature})
 
     def tool_start(self, call_id: str, name: str, arguments: str = "") -> dict:
         index = self.tool_calls

@@ -3,9 +3,9 @@ tests, the demo and benchmarks.
 
 Endpoints, JSON and streaming alike (each module follows its provider's
 published API reference):
-  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
-  Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...;
-                GET /openai/models
+  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models
+  Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...,
+                /openai/responses?api-version=..., /openai/v1/responses; GET /openai/models
   Anthropic     POST /v1/messages; GET /v1/models (with an anthropic-version header)
   Gemini        POST /v1beta/models/{model}:generateContent|streamGenerateContent|batchEmbedContents|embedContent;
                 GET /v1beta/models
@@ -13,18 +13,19 @@ published API reference):
   Ollama        POST /api/chat, /api/embed; GET /api/tags
   Hugging Face  POST /v1/chat/completions (TGI's dialect), /embed (TEI); GET /info
 A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
-/cohere/v1/models) to pick that format where paths are shared; OpenAI's is the default. Plus
-GET /_mock/stats (requests served per path, tokens reported in usage blocks), GET /_mock/last (the
-last request body), POST /_mock/reset, and POST /_mock/knobs with a JSON object of knobs that every
-request then gets, over every source below ({} clears them): a provider that starts failing or
-hanging mid-test.
+/cohere/v1/models, /azure/openai/v1/responses) to pick that format where paths are shared; OpenAI's
+is the default. Plus GET /_mock/stats (requests served per path, tokens reported in usage blocks),
+GET /_mock/last (the last request body), POST /_mock/reset, and POST /_mock/knobs with a JSON object
+of knobs that every request then gets, over every source below ({} clears them; tool_args may be
+the object itself): a provider that starts failing or hanging mid-test.
 
 Knobs, each optional; later sources override earlier ones:
   1. server defaults: `--latency-ms` etc. or MOCK_LATENCY_MS, MOCK_CHUNKS, ...
   2. a path prefix on the base URL: /knobs/latency_ms=50,error=503/v1/...
   3. request headers: x-mock-latency-ms: 50, x-mock-error: 503, ...
-  4. a directive in the last user message: [[mock chunks=5 cut_after=2]]
-Knob names:
+  4. a directive in the last user message's own text (not a tool result's):
+     [[mock chunks=5 cut_after=2]]; directive(**knobs) writes one for a test
+Knob names (values are integers unless said otherwise):
   latency_ms        delay before the response starts
   chunks            content chunks (= completion tokens) in an answer (default 20)
   chunk_delay_ms    delay between stream chunks
@@ -35,17 +36,31 @@ Knob names:
   no_usage          1: never report usage, even when asked (Anthropic always reports it)
   hang              1: never answer
   cached_tokens     report this many of the prompt tokens as cached
-  reasoning_tokens  report this many reasoning tokens besides the visible output
+  reasoning_tokens  report this many reasoning tokens besides the visible output; when the
+                    request asks for reasoning, also answer with that many words of it in
+                    the format's own reasoning fields, signed where the provider signs
+                    (the Responses API also adds a reasoning output item)
   error_after       stream: after this many content chunks, send the format's own
-                    mid-stream error event and end the stream
+                    mid-stream error event (Responses: an `error` event) and end the stream
+  fail_after        Responses stream: after this many content chunks, response.failed, then the end
   echo_key          error bodies and mid-stream error events echo the key the request
                     carried: form N of server.echo_forms (the header whole, other
                     cases, partial runs, base64 in a Basic header, percent-, JSON-,
                     HTML-escaped, hex), or every form for a larger N (echo_key=99)
+  tool              text: call the offered tool of this name (a 400 when none is)
+  tool_args         base64url of a JSON object: the call's arguments, verbatim
+  tool_input        base64url of text: a Responses custom tool call's input
+  refusal           1: the model refuses (a refusal in OpenAI's chat and Responses
+                    formats, plain text in the others)
+  lenient_tools     1: the Responses API accepts and ignores tools it cannot run
+                    (web_search, local_shell, namespace, ...) instead of a 400
+A knob the mock cannot follow (tool_args that are not base64url JSON, say) gets a
+400 in the format's error shape.
 The model answers in words, or, when the request offers tools (and the last
-message is not a tool result), calls the forced or first tool with arguments
-made from its schema; with a JSON response format it answers with an object
-made from the schema.
+message is not a tool result), calls the `tool` knob's, the forced or the first
+tool with `tool_args` or arguments made from its schema; with a JSON response
+format it answers with an object made from the schema. So a test scripts an
+agent: the first turn calls the tool, the turn after its result answers in words.
 
     python -m providers.mock_upstream --port 8001
 """
@@ -57,14 +72,18 @@ import re
 
 import orjson
 
-from . import anthropic, cohere, gemini, huggingface, ollama, openai
+from . import anthropic, cohere, gemini, huggingface, ollama, openai, responses
 from .server import (
     DEFAULTS,
     FORCED,
     KNOBS,
     SETTINGS,
+    TEXT_KNOBS,
+    KnobError,
     Request,
+    directive,
     echoed_key,
+    knob_value,
     knobs_for,
     last_body,
     query_of,
@@ -75,7 +94,7 @@ from .server import (
     stats,
 )
 
-__all__ = ["app", "configure", "serve", "main", "stats", "DEFAULTS"]
+__all__ = ["app", "configure", "serve", "main", "stats", "directive", "DEFAULTS"]
 
 # (flavour, method, path pattern, handler, the format module)
 ROUTES = [
@@ -83,9 +102,11 @@ ROUTES = [
     ("openai", "POST", r"/v1/completions", openai.completions, openai),
     ("openai", "POST", r"/v1/embeddings", openai.embeddings, openai),
     ("openai", "GET", r"/v1/models", openai.models, openai),
+    ("openai", "POST", r"/v1/responses", responses.create, responses),
     ("azure", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|completions|embeddings)",
      openai.azure, openai),
     ("azure", "GET", r"/openai/models", openai.azure_models, openai),
+    ("azure", "POST", r"/openai(/v1)?/responses", responses.azure, responses),
     ("anthropic", "POST", r"/v1/messages", anthropic.messages, anthropic),
     ("anthropic", "GET", r"/v1/models", anthropic.models, anthropic),
     ("gemini", "POST", r"/v1(beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)",
@@ -178,10 +199,7 @@ async def _handle(scope, path: str, receive, send) -> None:
         await send_json(send, 200, b"{}")
         return
     if path == "/_mock/knobs":
-        forced = orjson.loads(await read_body(receive) or b"{}")
-        FORCED.clear()
-        FORCED.update({name: int(value) for name, value in forced.items() if name in KNOBS})
-        await send_json(send, 200, FORCED)
+        await _force(receive, send)
         return
     stats[path] += 1
     prefix_knobs, flavour, rest = split_path(path)
@@ -195,9 +213,13 @@ async def _handle(scope, path: str, receive, send) -> None:
         await _not_found(send, path)
         return
     route_flavour, handler, module, match = route
-    knobs = knobs_for(prefix_knobs, headers, module.user_text(body) if body else "")
     query = query_of(scope)
     key = _key(route_flavour, headers, query)
+    try:
+        knobs = knobs_for(prefix_knobs, headers, module.user_text(body) if body else "")
+    except KnobError as exc:
+        await send_json(send, 400, module.error_body(400, key, f"Mock knob: {exc}"))
+        return
     if SETTINGS["required_key"] is not None and key != SETTINGS["required_key"]:
         await _error(send, module, 401, key, knobs)
         return
@@ -208,11 +230,28 @@ async def _handle(scope, path: str, receive, send) -> None:
     if knobs.get("error"):
         await _error(send, module, knobs["error"], key, knobs)
         return
-    error_event = b""
+    error_event, error_message = b"", _echo(key, knobs) or "The server had an error processing your request."
     if knobs.get("error_after") is not None and hasattr(module, "stream_error"):
-        error_event = module.stream_error(_echo(key, knobs) or "The server had an error processing your request.")
-    await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match,
-                          error_event))
+        error_event = module.stream_error(error_message)
+    try:
+        await handler(Request(scope["method"], rest, route_flavour, headers, query, body, knobs, send, match,
+                              error_event, error_message))
+    except KnobError as exc:  # raised by answers.answer, before the handler sends anything
+        await send_json(send, 400, module.error_body(400, key, f"Mock knob: {exc}"))
+
+
+async def _force(receive, send) -> None:
+    forced = {name: value for name, value in orjson.loads(await read_body(receive) or b"{}").items()
+              if name in KNOBS or name in TEXT_KNOBS}
+    try:
+        for name, value in forced.items():
+            knob_value(name, value)
+    except KnobError as exc:
+        await send_json(send, 400, openai.invalid(f"Mock knob: {exc}", None))
+        return
+    FORCED.clear()
+    FORCED.update(forced)
+    await send_json(send, 200, FORCED)
 
 
 def configure(require_key: str | None = None, **defaults) -> None:

@@ -1,8 +1,16 @@
-"""Anthropic's Messages API: POST /v1/messages (JSON and named SSE events), GET /v1/models."""
+"""Anthropic's Messages API: POST /v1/messages (JSON and named SSE events), GET /v1/models.
+
+With extended thinking on (`thinking: {"type": "enabled", "budget_tokens": N}`, or
+`{"type": "adaptive"}` with `output_config.effort`) and the
+reasoning_tokens knob set, the answer opens with a signed thinking block; as Anthropic does, a
+request with thinking on is refused when its budget is out of range, its temperature is not 1,
+a thinking block's signature is not the mock's, or the assistant turn a tool result answers
+does not open with its thinking block.
+"""
 
 import time
 
-from .answers import Answer, Ask, answer
+from .answers import Answer, Ask, answer, signature, signed
 from .server import Request, send_json, send_stream, sse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -33,9 +41,17 @@ def _text(content) -> str:
 
 
 def user_text(body: dict) -> str:
+    """The last user message's own text: a message of tool results only is the
+    tools speaking, so the directive stays the one the user wrote before."""
     for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _text(message.get("content"))
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or () if isinstance(b, dict) and b.get("type") == "text"]
+        if texts:
+            return " ".join(texts)
     return ""
 
 
@@ -53,7 +69,41 @@ def ask_of(body: dict) -> Ask:
     after_tool = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
     tools = [{"name": t["name"], "parameters": t.get("input_schema") or {}} for t in body.get("tools") or ()]
     return Ask(texts=texts, tools=tools, tool_choice=_tool_choice(body.get("tool_choice")), after_tool=after_tool,
-               max_tokens=body.get("max_tokens"))
+               max_tokens=body.get("max_tokens"),
+               reasoning=(body.get("thinking") or {}).get("type") in ("enabled", "adaptive"))
+
+
+def thinking_error(body: dict) -> str | None:
+    """What Anthropic says of a request's thinking, None when it is fine."""
+    thinking = body.get("thinking") or {}
+    messages = body.get("messages") or []
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
+            if block.get("type") == "thinking" and not signed(block.get("signature") or "", block.get("thinking")):
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+    effort = (body.get("output_config") or {}).get("effort")
+    if effort not in (None, "low", "medium", "high", "xhigh", "max"):
+        return "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+    if thinking.get("type") not in ("enabled", "adaptive"):
+        return None
+    budget = thinking.get("budget_tokens")
+    if thinking["type"] == "adaptive" and budget is not None:
+        return "thinking.adaptive.budget_tokens: Extra inputs are not permitted"
+    if thinking["type"] == "enabled" and (not isinstance(budget, int) or budget < 1024):
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if thinking["type"] == "enabled" and budget >= body["max_tokens"]:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    if body.get("temperature") not in (None, 1):
+        return "`temperature` may only be set to 1 when thinking is enabled."
+    last = len(messages) - 2  # the assistant turn before a closing tool result
+    if last >= 0 and ask_of(body).after_tool and messages[last].get("role") == "assistant":
+        content = messages[last].get("content")
+        first = content[0] if isinstance(content, list) and content else {"type": "text"}
+        if first.get("type") not in ("thinking", "redacted_thinking"):
+            return (f"messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                    "with a thinking block.")
+    return None
 
 
 def _usage(a: Answer) -> dict:
@@ -72,6 +122,9 @@ async def messages(req: Request) -> None:
         await send_json(req.send, 400, {"type": "error", "error": {
             "type": "invalid_request_error", "message": f"{missing[0]}: Field required"}})
         return
+    if error := thinking_error(body):
+        await send_json(req.send, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": error}})
+        return
     a = answer(ask_of(body), req.knobs)
     message = {"id": f"msg_mock{int(time.time() * 1e6)}", "type": "message", "role": "assistant",
                "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None}
@@ -83,6 +136,8 @@ async def messages(req: Request) -> None:
                                "input": a.tool_arguments}]
     else:
         message["content"] = [{"type": "text", "text": a.text}]
+    if a.reasoning:
+        message["content"].insert(0, {"type": "thinking", "thinking": a.thoughts, "signature": signature(a.thoughts)})
     await send_json(req.send, 200, {**message, "stop_reason": STOP[a.finish], "usage": _usage(a)})
 
 
@@ -90,17 +145,28 @@ def _frames(message: dict, a: Answer):
     usage = _usage(a)
     yield sse({"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}},
               "message_start"), False
+    index = 0
+    if a.reasoning:
+        yield sse({"type": "content_block_start", "index": 0, "content_block": {
+            "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"), False
+        for piece in a.reasoning:
+            yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}},
+                      "content_block_delta"), True
+        yield sse({"type": "content_block_delta", "index": 0, "delta": {
+            "type": "signature_delta", "signature": signature(a.thoughts)}}, "content_block_delta"), False
+        yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop"), False
+        index = 1
     if a.tool_name:
         block = {"type": "tool_use", "id": "toolu_mock01", "name": a.tool_name, "input": {}}
         deltas = [{"type": "input_json_delta", "partial_json": p} for p in a.tool_pieces]
     else:
         block = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in a.pieces]
-    yield sse({"type": "content_block_start", "index": 0, "content_block": block}, "content_block_start"), False
+    yield sse({"type": "content_block_start", "index": index, "content_block": block}, "content_block_start"), False
     yield sse({"type": "ping"}, "ping"), False
     for delta in deltas:
-        yield sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta"), True
-    yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop"), False
+        yield sse({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"), True
+    yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), False
     yield sse({"type": "message_delta", "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
                "usage": {"output_tokens": usage["output_tokens"]}}, "message_delta"), False
     yield sse({"type": "message_stop"}, "message_stop"), False

@@ -1,4 +1,8 @@
-"""Cohere's v2 API: POST /v2/chat (JSON and typed SSE events), POST /v2/embed, GET /v1/models."""
+"""Cohere's v2 API: POST /v2/chat (JSON and typed SSE events), POST /v2/embed, GET /v1/models.
+
+With `thinking: {"type": "enabled"}` and the reasoning_tokens knob set, the answer's content
+opens with a thinking item (streamed as its own content block).
+"""
 
 import uuid
 
@@ -43,7 +47,7 @@ def ask_of(body: dict) -> Ask:
     return Ask(texts=[_text(m.get("content")) for m in messages], tools=tools,
                tool_choice={"REQUIRED": "required", "NONE": "none"}.get(body.get("tool_choice")),
                after_tool=bool(messages) and messages[-1].get("role") == "tool", json_schema=schema,
-               max_tokens=body.get("max_tokens"))
+               max_tokens=body.get("max_tokens"), reasoning=(body.get("thinking") or {}).get("type") == "enabled")
 
 
 def _usage(a: Answer) -> dict:
@@ -66,10 +70,13 @@ async def chat(req: Request) -> None:
     if body.get("stream"):
         await send_stream(req, _frames(a, req.knobs))
         return
+    thinking = [{"type": "thinking", "thinking": a.thoughts}] if a.reasoning else []
     if a.tool_name:
         message = {"role": "assistant", "tool_plan": f"I will call {a.tool_name}.", "tool_calls": [_tool_call(a)]}
+        if thinking:
+            message["content"] = thinking
     else:
-        message = {"role": "assistant", "content": [{"type": "text", "text": a.text}]}
+        message = {"role": "assistant", "content": [*thinking, {"type": "text", "text": a.text}]}
     result = {"id": str(uuid.uuid4()), "finish_reason": FINISH[a.finish], "message": message}
     if not req.knobs.get("no_usage"):
         result["usage"] = _usage(a)
@@ -83,6 +90,14 @@ def _event(kind: str, **fields) -> bytes:
 def _frames(a: Answer, knobs: dict):
     yield _event("message-start", id=str(uuid.uuid4()), delta={"message": {
         "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}), False
+    index = 0
+    if a.reasoning:
+        yield _event("content-start", index=0, delta={"message": {"content": {"type": "thinking",
+                                                                             "thinking": ""}}}), False
+        for piece in a.reasoning:
+            yield _event("content-delta", index=0, delta={"message": {"content": {"thinking": piece}}}), True
+        yield _event("content-end", index=0), False
+        index = 1
     if a.tool_name:
         yield _event("tool-plan-delta", delta={"message": {"tool_plan": f"I will call {a.tool_name}."}}), False
         call = {**_tool_call(a), "function": {"name": a.tool_name, "arguments": ""}}
@@ -92,10 +107,10 @@ def _frames(a: Answer, knobs: dict):
                 "function": {"arguments": piece}}}}), True
         yield _event("tool-call-end", index=0), False
     else:
-        yield _event("content-start", index=0, delta={"message": {"content": {"type": "text", "text": ""}}}), False
+        yield _event("content-start", index=index, delta={"message": {"content": {"type": "text", "text": ""}}}), False
         for piece in a.pieces:
-            yield _event("content-delta", index=0, delta={"message": {"content": {"text": piece}}}), True
-        yield _event("content-end", index=0), False
+            yield _event("content-delta", index=index, delta={"message": {"content": {"text": piece}}}), True
+        yield _event("content-end", index=index), False
     delta = {"finish_reason": FINISH[a.finish]}
     if not knobs.get("no_usage"):
         delta["usage"] = _usage(a)

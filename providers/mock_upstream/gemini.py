@@ -1,11 +1,18 @@
 """Google Gemini: POST /{version}/models/{model}:generateContent, :streamGenerateContent
-(?alt=sse), :batchEmbedContents, :embedContent; GET /{version}/models."""
+(?alt=sse), :batchEmbedContents, :embedContent; GET /{version}/models.
+
+With generationConfig.thinkingConfig.includeThoughts and the reasoning_tokens knob set, the
+answer opens with `thought: true` parts and signs itself (thoughtSignature on the function call,
+or on the last text part). With thinking asked for, a request is refused as Gemini 3 refuses it
+when a function call of the current turn comes back without its signature, or when a signature
+is not the mock's; and so is a thinkingConfig with both a budget and a level.
+"""
 
 import time
 
 import orjson
 
-from .answers import Answer, Ask, answer
+from .answers import Answer, Ask, answer, signature, signed
 from .openai import dimensions, vector
 from .server import Request, send_json, send_stream, sse
 
@@ -36,9 +43,12 @@ def _texts(parts) -> str:
 
 
 def user_text(body: dict) -> str:
+    """The last user turn's own text (a turn of function responses only is the tools speaking)."""
     for content in reversed(body.get("contents") or []):
         if isinstance(content, dict) and content.get("role", "user") == "user":
-            return _texts(content.get("parts"))
+            texts = [p["text"] for p in content.get("parts") or () if isinstance(p, dict) and "text" in p]
+            if texts:
+                return " ".join(texts)
     return ""
 
 
@@ -58,8 +68,38 @@ def ask_of(body: dict) -> Ask:
     schema = None
     if config.get("responseMimeType") == "application/json":
         schema = config.get("responseJsonSchema") or config.get("responseSchema") or {}
+    thinking = _thinking(body)
     return Ask(texts=texts, tools=tools, tool_choice=choice, after_tool=after_tool, json_schema=schema,
-               max_tokens=config.get("maxOutputTokens"))
+               max_tokens=config.get("maxOutputTokens"),
+               reasoning=bool(thinking.get("includeThoughts")) and thinking.get("thinkingBudget") != 0)
+
+
+def _thinking(body: dict) -> dict:
+    """generationConfig.thinkingConfig, its names in camelCase (Google's SDKs send snake_case)."""
+    config = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    return {"".join(w if i == 0 else w.title() for i, w in enumerate(k.split("_"))): v for k, v in config.items()}
+
+
+def thinking_error(body: dict) -> str | None:
+    """What Gemini says of a request's thought signatures and thinking config, None when they are fine."""
+    thinking = _thinking(body)
+    if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
+        return "You can only set only one of thinking budget and thinking level."
+    contents = body.get("contents") or []
+    # The current turn: everything after the last user message that is not a function response.
+    start = max((i for i, c in enumerate(contents) if c.get("role", "user") == "user"
+                 and not any("functionResponse" in p for p in c.get("parts") or ())), default=0)
+    for i, content in enumerate(contents):
+        parts = content.get("parts") or ()
+        for j, part in enumerate(parts):
+            if part.get("thoughtSignature") and not signed(part["thoughtSignature"]):
+                return f"Corrupted thought signature at contents[{i}].parts[{j}]."
+        calls = [p for p in parts if "functionCall" in p]
+        if i > start and thinking.get("includeThoughts") and calls and not calls[0].get("thoughtSignature"):
+            return (f"Function call is missing a thought_signature in functionCall parts. This is required for "
+                    f"tools to work correctly. Additional data, function call `default_api:"
+                    f"{calls[0]['functionCall'].get('name')}` , position {i + 1}.")
+    return None
 
 
 def _usage(a: Answer, final: bool) -> dict:
@@ -93,21 +133,29 @@ async def generate(req: Request) -> None:
         await send_json(req.send, 400, {"error": {"code": 400, "message": "* GenerateContentRequest.contents: "
                                                   "contents is not specified", "status": "INVALID_ARGUMENT"}})
         return
+    if error := thinking_error(req.body):
+        await send_json(req.send, 400, {"error": {"code": 400, "message": error, "status": "INVALID_ARGUMENT"}})
+        return
     a = answer(ask_of(req.body), req.knobs)
     no_usage = bool(req.knobs.get("no_usage"))
+    signed_by = {"thoughtSignature": signature(a.thoughts)} if a.reasoning else {}
+    call = {"functionCall": {"name": a.tool_name, "args": a.tool_arguments}, **signed_by}
     if method == "generateContent":
-        parts = ([{"functionCall": {"name": a.tool_name, "args": a.tool_arguments}}] if a.tool_name
-                 else [{"text": a.text}])
+        thoughts = [{"text": a.thoughts, "thought": True}] if a.reasoning else []
+        parts = thoughts + ([call] if a.tool_name else [{"text": a.text, **signed_by}])
         await send_json(req.send, 200, _response(model, parts, a, True, no_usage))
         return
 
     def frames():
+        for piece in a.reasoning:
+            yield sse(_response(model, [{"text": piece, "thought": True}], a, False, no_usage)), True
         if a.tool_name:
-            call = [{"functionCall": {"name": a.tool_name, "args": a.tool_arguments}}]
-            yield sse(_response(model, call, a, False, no_usage)), True
+            yield sse(_response(model, [call], a, False, no_usage)), True
         for piece in a.pieces:
             yield sse(_response(model, [{"text": piece}], a, False, no_usage)), True
-        yield sse(_response(model, [{"text": ""}], a, True, no_usage)), False
+        # A text answer's signature comes on its last part, here the empty one closing the stream.
+        last = {} if a.tool_name else signed_by
+        yield sse(_response(model, [{"text": "", **last}], a, True, no_usage)), False
 
     await send_stream(req, frames())
 

@@ -1,5 +1,9 @@
 """Ollama's native API: POST /api/chat (JSON, or newline-delimited JSON when
-streaming, which is Ollama's default), POST /api/embed, GET /api/tags."""
+streaming, which is Ollama's default), POST /api/embed, GET /api/tags.
+
+With `think` (true, or a level) and the reasoning_tokens knob set, the answer
+carries message.thinking, streamed before the content.
+"""
 
 from datetime import UTC, datetime
 
@@ -36,7 +40,7 @@ def ask_of(body: dict) -> Ask:
              for t in body.get("tools") or () if "function" in t]
     return Ask(texts=[str(m.get("content") or "") for m in messages], tools=tools,
                after_tool=bool(messages) and messages[-1].get("role") == "tool", json_schema=schema,
-               max_tokens=(body.get("options") or {}).get("num_predict"))
+               max_tokens=(body.get("options") or {}).get("num_predict"), reasoning=bool(body.get("think")))
 
 
 def _now() -> str:
@@ -62,16 +66,25 @@ async def chat(req: Request) -> None:
     if not isinstance(body.get("model"), str) or not body.get("messages"):
         await send_json(req.send, 400, {"error": "model is required"})
         return
+    if body.get("think") not in (None, True, False, "low", "medium", "high"):
+        await send_json(req.send, 400, {"error": f"invalid think value: {body['think']!r} (must be \"high\", "
+                                                 "\"medium\", \"low\", true, or false)"})
+        return
     a = answer(ask_of(body), req.knobs)
     model, no_usage = body["model"], bool(req.knobs.get("no_usage"))
     if body.get("stream", True) is False:
         message = {"role": "assistant", "content": "" if a.tool_name else a.text}
+        if a.reasoning:
+            message["thinking"] = a.thoughts
         if a.tool_name:
             message["tool_calls"] = _calls(a)
         await send_json(req.send, 200, _final(model, a, message, no_usage))
         return
 
     def frames():
+        for piece in a.reasoning:
+            yield _line({"model": model, "created_at": _now(), "message": {
+                "role": "assistant", "content": "", "thinking": piece}, "done": False}), True
         if a.tool_name:
             yield _line({"model": model, "created_at": _now(), "message": {
                 "role": "assistant", "content": "", "tool_calls": _calls(a)}, "done": False}), True

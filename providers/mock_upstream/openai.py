@@ -4,6 +4,11 @@ OpenAI: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/mode
 Azure: the same operations under /openai/deployments/{deployment}/...?api-version=,
 with prompt and content filter results as Azure adds them.
 TGI (flavour huggingface): POST /v1/chat/completions as TGI's Messages API answers.
+
+A chat request with a reasoning_effort other than none, and the reasoning_tokens knob set, is
+answered as DeepSeek and vLLM answer: the reasoning in the message's reasoning_content (streamed
+before the content). A history message carrying reasoning_content or reasoning_signature is
+refused, as OpenAI refuses message fields it does not know and DeepSeek refuses reasoning sent back.
 """
 
 import base64
@@ -81,7 +86,8 @@ def ask_of(body: dict) -> Ask:
                tools=[{"name": t["function"]["name"], "parameters": t["function"].get("parameters") or {}}
                       for t in body.get("tools") or () if isinstance(t, dict) and "function" in t],
                tool_choice=choice, after_tool=bool(messages) and messages[-1].get("role") == "tool",
-               json_schema=_json_schema(body), max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"))
+               json_schema=_json_schema(body), max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+               reasoning=body.get("reasoning_effort") not in (None, "none"))
 
 
 def usage(a: Answer, variant: str = "openai") -> dict:
@@ -109,9 +115,21 @@ def _message(a: Answer, variant: str) -> dict:
     message = {"role": "assistant", "content": None if a.tool_name else a.text}
     if variant != "huggingface":
         message["refusal"] = None
+        if a.refusal:
+            message.update(content=None, refusal=a.text)
     if a.tool_name:
         message["tool_calls"] = [_tool_call(a, variant)]
+    if a.reasoning:
+        message["reasoning_content"] = a.thoughts
     return message
+
+
+def _reasoning_sent_back(messages: list) -> str | None:
+    for i, message in enumerate(messages):
+        for name in ("reasoning_content", "reasoning_signature"):
+            if isinstance(message, dict) and name in message:
+                return f"Additional properties are not allowed ('{name}' was unexpected) - 'messages.{i}'"
+    return None
 
 
 def _base(body: dict, variant: str, model: str, obj: str) -> dict:
@@ -126,6 +144,9 @@ async def chat(req: Request, variant: str = "openai", model: str | None = None) 
     model = model or body.get("model")
     if not isinstance(model, str) or not isinstance(messages, list) or not messages:
         await send_json(req.send, 400, invalid("'model' and a non-empty 'messages' are required.", "messages"))
+        return
+    if error := _reasoning_sent_back(messages):
+        await send_json(req.send, 400, invalid(error, "messages"))
         return
     a = answer(ask_of(body), req.knobs)
     if body.get("stream"):
@@ -153,17 +174,24 @@ def _frames(body: dict, knobs: dict, a: Answer, variant: str, model: str):
     if variant == "azure":  # Azure opens with the prompt's filter results and no choices
         yield sse({**base, "model": "", "choices": [], "prompt_filter_results": [
             {"prompt_index": 0, "content_filter_results": FILTERS}]}), False
+    refuses = a.refusal and variant != "huggingface"  # TGI has no refusal field: its refusal is the content
     first = {"role": "assistant", "content": ""} if variant == "huggingface" else {
-        "role": "assistant", "content": "", "refusal": None}
+        "role": "assistant", "content": None if refuses else "", "refusal": "" if refuses else None}
+    if a.reasoning:  # the reasoning streams first, the answer's own deltas after it
+        yield event({**first, "reasoning_content": a.reasoning[0]}), True
+        for piece in a.reasoning[1:]:
+            yield event({"reasoning_content": piece}), True
+        first = {}
     if a.tool_name:
         call = _tool_call(a, variant)
         first = {**first, "content": None, "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
                                                             "function": {"name": a.tool_name, "arguments": ""}}]}
-    yield event(first), False
+    if first:
+        yield event(first), False
     for piece in a.tool_pieces:
         yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), True
     for piece in a.pieces:
-        yield event({"content": piece}), True
+        yield event({"refusal" if refuses else "content": piece}), True
     yield event({}, FINISH[a.finish]), False
     if want_usage:
         yield sse({**base, "choices": [], "usage": usage(a, variant)}), False

@@ -14,12 +14,15 @@ from urllib.parse import parse_qs
 import orjson
 
 KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_after", "no_usage", "hang",
-         "cached_tokens", "reasoning_tokens", "error_after", "echo_key")
+         "cached_tokens", "reasoning_tokens", "error_after", "fail_after", "echo_key", "refusal", "lenient_tools")
+# Knobs with text values: a tool's name, a call's arguments (base64url of a JSON object) and a
+# custom tool's input (base64url of the text), encoded so that a directive holds them on one line.
+TEXT_KNOBS = ("tool", "tool_args", "tool_input")
 DEFAULTS: dict[str, int] = {"chunks": 20, "retry_after": 1}
 SETTINGS: dict[str, str | None] = {"required_key": None}
 # Knobs every request gets, over every other source, set at run time (POST /_mock/knobs):
 # a provider that starts failing or hanging in the middle of a test.
-FORCED: dict[str, int] = {}
+FORCED: dict[str, object] = {}
 # OpenAI's is the default format and has no prefix: Azure's paths begin with /openai.
 FLAVOURS = ("azure", "anthropic", "gemini", "cohere", "ollama", "huggingface")
 _DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
@@ -35,6 +38,11 @@ class Abort(Exception):
     """Raised mid-stream to make the server drop the connection (cut_after)."""
 
 
+class KnobError(ValueError):
+    """A knob the mock cannot follow (tool_args that are not base64url JSON, a tool
+    that was not offered): the request gets a 400 in its format's error shape."""
+
+
 @dataclass
 class Request:
     method: str
@@ -43,11 +51,13 @@ class Request:
     headers: dict[bytes, bytes]
     query: dict[str, list[str]]
     body: dict
-    knobs: dict[str, int]
+    knobs: dict
     send: object
     match: re.Match | None = None
     # The format's mid-stream error event, when the error_after knob asks for one.
     error_event: bytes = b""
+    # Its message, for a format that numbers its events and so builds the event itself.
+    error_message: str = ""
 
     def header(self, name: str) -> str:
         return self.headers.get(name.encode(), b"").decode()
@@ -60,26 +70,77 @@ def _int(value) -> int:
         return 0
 
 
-def _parse_pairs(text: str, sep: str) -> dict[str, int]:
+def _decoded(value: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError as exc:
+        raise KnobError(f"{value!r} is not base64url") from exc
+
+
+def _tool_args(value) -> dict:
+    if isinstance(value, dict):  # POST /_mock/knobs may give the object itself
+        return value
+    try:
+        args = orjson.loads(_decoded(str(value)))
+    except orjson.JSONDecodeError as exc:
+        raise KnobError("tool_args is not the base64url of JSON") from exc
+    if not isinstance(args, dict):
+        raise KnobError("tool_args is not the base64url of a JSON object")
+    return args
+
+
+def knob_value(name: str, value):
+    """A knob's value as the format modules read it: an int, a tool name, the
+    tool_args object or the tool_input text."""
+    if name == "tool_args":
+        return _tool_args(value)
+    if name == "tool_input":
+        try:
+            return _decoded(str(value)).decode()
+        except UnicodeDecodeError as exc:
+            raise KnobError("tool_input is not the base64url of UTF-8 text") from exc
+    return str(value) if name == "tool" else _int(value)
+
+
+def _parse_pairs(text: str, sep: str) -> dict[str, str]:
     knobs = {}
     for pair in text.split(sep):
         name, _, value = pair.partition("=")
-        if name.strip() in KNOBS:
-            knobs[name.strip()] = _int(value)
+        if name.strip() in KNOBS or name.strip() in TEXT_KNOBS:
+            knobs[name.strip()] = value
     return knobs
 
 
-def knobs_for(prefix_knobs: dict, headers: dict, user_text: str) -> dict[str, int]:
-    knobs = {**DEFAULTS, **prefix_knobs}
+def knobs_for(prefix_knobs: dict, headers: dict, user_text: str) -> dict:
+    raw = {**DEFAULTS, **prefix_knobs}
     for name, value in headers.items():
         if name.startswith(b"x-mock-"):
             knob = name[7:].decode().replace("-", "_")
-            if knob in KNOBS:
-                knobs[knob] = _int(value.decode())
+            if knob in KNOBS or knob in TEXT_KNOBS:
+                raw[knob] = value.decode()
     if match := _DIRECTIVE.search(user_text.encode()):
-        knobs.update(_parse_pairs(match.group(1).decode(), " "))
-    knobs.update(FORCED)
-    return knobs
+        raw.update(_parse_pairs(match.group(1).decode(), " "))
+    raw.update(FORCED)
+    return {name: knob_value(name, value) for name, value in raw.items()}
+
+
+def directive(**knobs) -> str:
+    """The `[[mock ...]]` directive setting `knobs`, for a test's prompt: tool_args
+    may be a dict and tool_input plain text (both are base64url-encoded here),
+    True is 1.
+
+        directive(tool="exec_command", tool_args={"cmd": "echo hi"}, chunks=5)
+    """
+    pairs = []
+    for name, value in knobs.items():
+        if name not in KNOBS and name not in TEXT_KNOBS:
+            raise ValueError(f"unknown mock knob {name!r}")
+        if name == "tool_args" and isinstance(value, dict):
+            value = base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
+        elif name == "tool_input":
+            value = base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+        pairs.append(f"{name}={int(value) if isinstance(value, bool) else value}")
+    return "[[mock " + " ".join(pairs) + "]]"
 
 
 def split_path(path: str) -> tuple[dict, str | None, str]:

@@ -84,7 +84,8 @@ class ApiHandler(ASGIHandler):
             body_file.close()
             return
         try:
-            view = self.resolver.resolve(request.path_info).func
+            request.resolver_match = self.resolver.resolve(request.path_info)  # path arguments, for the view
+            view = request.resolver_match.func
         except Resolver404:
             view = not_found
         process = asyncio.create_task(self.respond(view, request, send))

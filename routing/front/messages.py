@@ -225,13 +225,11 @@ class Stream:
         self.usage: Usage | None = None
 
     def feed(self, event: StreamEvent) -> bytes:
-        chunks = event.chunks
-        if event.forward is not None:  # a pass-through upstream: its chunks are still bytes
-            chunks = [] if event.forward == b"[DONE]" else [orjson.loads(event.forward)]
+        chunks = event.chunk_objects()
         if event.usage is not None:
             self.usage = event.usage
         out = [] if self.started else [self._start()]
-        for chunk in chunks or ():
+        for chunk in chunks:
             out.extend(self._chunk(chunk))
         if event.done:
             out.extend(self._stop())

@@ -142,8 +142,10 @@ async def _store(call, response: dict) -> None:
         await responses_store.save(call.key, response, state.input, state.body.get("previous_response_id"))
 
 
-def _echoed(state: Request, response: dict) -> dict:
-    """A native answer as the client asked: the provider stored nothing and saw no previous_response_id."""
+def _echoed(state: Request, response: dict, model: str) -> dict:
+    """A native answer as the client asked: the model by its public name (as through the chat form), and the
+    provider stored nothing and saw no previous_response_id."""
+    response["model"] = model
     response["store"] = state.store
     response["previous_response_id"] = state.body.get("previous_response_id")
     response["metadata"] = state.body.get("metadata") or {}
@@ -154,10 +156,10 @@ async def _answer_native(call, attempt, state: Request):
     adapter = for_kind(attempt.target.kind)
     if state.body.get("stream"):
         return relay.relay_stream(call, attempt, adapter.responses_stream(attempt.target),
-                                  Stored(NativeEvents(state), call))
+                                  Stored(NativeEvents(state, call.model), call))
     raw, data = await read_json(call, attempt, parse_usage=adapter.responses_usage)
     call.first_token()
-    response = _echoed(state, data)
+    response = _echoed(state, data, call.model)
     await _store(call, response)
     return json_response(orjson.dumps(response))
 
@@ -169,8 +171,8 @@ class NativeEvents:
     RESPONSE_EVENTS = frozenset({b"response.created", b"response.in_progress", b"response.completed",
                                  b"response.incomplete", b"response.failed", b"response.queued"})
 
-    def __init__(self, state: Request) -> None:
-        self.state = state
+    def __init__(self, state: Request, model: str) -> None:
+        self.state, self.model = state, model
         self.seq = 0
         self.response: dict | None = None
 
@@ -182,7 +184,7 @@ class NativeEvents:
         kind = _type_of(data)
         if kind in self.RESPONSE_EVENTS:
             parsed = event.chunks[0] if event.chunks else orjson.loads(data)
-            _echoed(self.state, parsed.get("response") or {})
+            _echoed(self.state, parsed.get("response") or {}, self.model)
             if event.done:
                 self.response = parsed.get("response")
             data = orjson.dumps(parsed)

@@ -74,6 +74,13 @@ def _reasoning_item(request: Request, text: str, signature: str | None, item_id:
     return item
 
 
+def _reasoning_text(message: dict) -> str:
+    """The reasoning of a chat message or delta: `reasoning_content` (the adapters', DeepSeek's and vLLM's
+    name) or `reasoning` (other OpenAI-compatible servers')."""
+    text = message.get("reasoning_content") or message.get("reasoning")
+    return text if isinstance(text, str) else ""
+
+
 def _logprobs(chat_logprobs) -> list:
     content = (chat_logprobs or {}).get("content") if isinstance(chat_logprobs, dict) else None
     return [{"token": t.get("token", ""), "logprob": t.get("logprob", 0), "bytes": t.get("bytes") or [],
@@ -87,9 +94,9 @@ def from_chat(request: Request, completion: dict, response_id: str, model: str, 
     message = choice.get("message") or {}
     finish_reason = choice.get("finish_reason")
     output = []
-    if message.get("reasoning_content") or message.get("reasoning_signature"):
-        output.append(_reasoning_item(request, message.get("reasoning_content") or "",
-                                      message.get("reasoning_signature")))
+    thought = _reasoning_text(message)
+    if thought or message.get("reasoning_signature"):
+        output.append(_reasoning_item(request, thought, message.get("reasoning_signature")))
     calls = (message.get("tool_calls") or [])[:request.body.get("max_tool_calls") or None]
     parts = []
     if message.get("content") or not (calls or message.get("refusal")):
@@ -218,13 +225,11 @@ class ChatEvents:
     # --- reading chat chunks ---------------------------------------------------------
 
     def feed(self, event: StreamEvent) -> bytes:
-        chunks = event.chunks
-        if event.forward is not None:  # a pass-through upstream: its chunks are still bytes
-            chunks = [] if event.forward == b"[DONE]" else [orjson.loads(event.forward)]
+        chunks = event.chunk_objects()
         if event.usage is not None:
             self.usage = event.usage
         out = [] if self.started else self._start()
-        for chunk in chunks or ():
+        for chunk in chunks:
             for choice in chunk.get("choices") or ():
                 out += self._delta(choice)
         if event.done:
@@ -238,8 +243,8 @@ class ChatEvents:
 
     def _delta(self, choice: dict) -> list[bytes]:
         delta, out = choice.get("delta") or {}, []
-        if delta.get("reasoning_content"):
-            out += self._reasoning(delta["reasoning_content"])
+        if thought := _reasoning_text(delta):
+            out += self._reasoning(thought)
         if delta.get("reasoning_signature"):
             self.signature = delta["reasoning_signature"]
         if delta.get("content"):

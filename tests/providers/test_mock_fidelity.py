@@ -165,3 +165,50 @@ def test_sdks_read_the_mock_error_bodies(mock, sdk_call, error, code):
         sdk_call(mock.url)
     exc = raised.value
     assert code in (getattr(exc, "status_code", None), getattr(exc, "code", None))
+
+
+THINK = [{"role": "user", "content": "hi [[mock reasoning_tokens=3 chunks=2]]"}]
+
+
+def test_anthropic_sdk_reads_signed_thinking_blocks_and_their_stream(mock):
+    client = anthropic.Anthropic(base_url=mock.url, api_key="k", max_retries=0)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    message = client.messages.create(model="mock-claude", max_tokens=2000, thinking=thinking, messages=THINK)
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "thinking it over" and message.content[0].signature
+    with client.messages.stream(model="mock-claude", max_tokens=2000, thinking=thinking, messages=THINK) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].signature == message.content[0].signature and final.content[1].text == "mock reply"
+
+
+def test_google_genai_sdk_reads_thought_parts_and_signatures(mock):
+    client = genai.Client(api_key="k", http_options=genai_types.HttpOptions(base_url=mock.url))
+    config = genai_types.GenerateContentConfig(thinking_config=genai_types.ThinkingConfig(
+        include_thoughts=True, thinking_budget=1024))
+    response = client.models.generate_content(model="mock-gemini", contents=THINK[0]["content"], config=config)
+    parts = response.candidates[0].content.parts
+    assert parts[0].thought and parts[0].text == "thinking it over"
+    assert response.text == "mock reply" and parts[-1].thought_signature  # bytes, decoded by the SDK
+    chunks = list(client.models.generate_content_stream(model="mock-gemini", contents=THINK[0]["content"],
+                                                        config=config))
+    streamed = [p for c in chunks for p in c.candidates[0].content.parts]
+    assert "".join(p.text for p in streamed if p.thought) == "thinking it over"
+    assert [p.thought_signature for p in streamed if p.thought_signature] == [parts[-1].thought_signature]
+
+
+def test_cohere_sdk_reads_thinking_content(mock):
+    client = cohere.ClientV2(api_key="k", base_url=mock.url + "/cohere")
+    chat = client.chat(model="mock-command", messages=THINK, thinking={"type": "enabled", "token_budget": 1024})
+    assert [c.type for c in chat.message.content] == ["thinking", "text"]
+    assert chat.message.content[0].thinking == "thinking it over"
+    events = list(client.chat_stream(model="mock-command", messages=THINK, thinking={"type": "enabled"}))
+    assert "".join(e.delta.message.content.thinking or "" for e in events if e.type == "content-delta") == \
+        "thinking it over"
+
+
+def test_ollama_sdk_reads_thinking(mock):
+    client = ollama.Client(host=mock.url)
+    reply = client.chat(model="mock-llama", messages=THINK, think=True, stream=False)
+    assert reply.message.thinking == "thinking it over" and reply.message.content == "mock reply"
+    parts = list(client.chat(model="mock-llama", messages=THINK, think="high", stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == "thinking it over"

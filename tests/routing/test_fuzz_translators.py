@@ -30,7 +30,9 @@ VOCABULARY = ["choices", "delta", "message", "content", "role", "text", "type", 
               "token", "generated_text", "details", "embeddings", "embedding", "data", "float", "values",
               "tool_call_delta", "tool_plan", "message_start", "message_delta", "content_block_start",
               "content_block_delta", "content-delta", "message-end", "tool-call-delta", "error", "detail",
-              "cached_content_token_count", "cachedContentTokenCount", "thoughtsTokenCount", "inlineData"]
+              "cached_content_token_count", "cachedContentTokenCount", "thoughtsTokenCount", "inlineData",
+              "thinking", "thinking_delta", "signature", "signature_delta", "thought", "thoughtSignature",
+              "reasoning_content"]
 scalars = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20)
 keys = st.sampled_from(VOCABULARY) | st.text(max_size=8)
 json_values = st.recursive(scalars | st.sampled_from(VOCABULARY),
@@ -49,7 +51,9 @@ tool_call = st.fixed_dictionaries({"id": st.text(max_size=8), "type": st.just("f
 message = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"])},
     optional={"content": content, "tool_calls": st.lists(tool_call | json_values, max_size=2) | json_values,
-              "tool_call_id": st.text(max_size=8) | json_values, "name": st.text(max_size=8)})
+              "tool_call_id": st.text(max_size=8) | json_values, "name": st.text(max_size=8),
+              "reasoning_content": st.text(max_size=20) | json_values,
+              "reasoning_signature": st.text(max_size=20) | json_values})
 tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.text(min_size=1, max_size=10)},
     optional={"description": st.text(max_size=20), "parameters": json_values})}) | json_values
@@ -61,7 +65,9 @@ chat_bodies = st.fixed_dictionaries(
               "tool_choice": st.sampled_from(["auto", "none", "required"]) | json_values,
               "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]) | json_values,
               "stream": st.booleans(), "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
-              "n": st.integers(1, 3), "logprobs": json_values, "user": json_values, "frequency_penalty": json_values})
+              "n": st.integers(1, 3), "logprobs": json_values, "user": json_values, "frequency_penalty": json_values,
+              "reasoning_effort": st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh"])
+              | json_values})
 
 
 def target(kind: str) -> Target:

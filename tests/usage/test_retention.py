@@ -17,7 +17,8 @@ from tests.usage.test_jobs import record
 from usage import retention
 from usage.models import UsageDeadLetter, UsageRecord, UsageRollup
 
-NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0, "usage dead letters": 0}
+NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0, "usage dead letters": 0,
+           "stored responses": 0}
 
 
 def audit_entry(tenant, age: timedelta) -> None:
@@ -51,7 +52,8 @@ def test_each_kind_goes_after_its_own_or_its_tenants_retention(transactional_db,
         UsageDeadLetter.objects.filter(pk=letter.pk).update(created_at=now - timedelta(days=days))
 
     assert retention.cleanup() == {"usage records": (4 + 5 + 1) + (5 + 1) + 1, "audit entries": 2 + 1 + 1,
-                                   "health checks": 1, "rollups": 1, "usage dead letters": 1}
+                                   "health checks": 1, "rollups": 1, "usage dead letters": 1,
+                                   "stored responses": 0}
     assert UsageDeadLetter.objects.get().request_id == "req-29"
     assert UsageRecord.objects.filter(tenant=tenant).count() == 2  # its own 7 days
     assert UsageRecord.objects.filter(tenant=other_tenant).count() == 2 + 4  # the global 30 days

@@ -163,11 +163,9 @@ def _text(text) -> None:
 
 def _check_tools(body: dict) -> None:
     tools = body.get("tools")
-    if tools is None:
-        return
-    if not isinstance(tools, list) or len(tools) > 128:
+    if tools is not None and (not isinstance(tools, list) or len(tools) > 128):
         raise bad("tools", "Invalid value for 'tools': expected an array of at most 128 tools.")
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tools or ()):  # tool_choice is checked below even without tools
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise bad(f"tools[{i}]", "Each tool is an object with a 'type'.")
         parameters = tool.get("parameters")

@@ -92,6 +92,7 @@ FOUND = {
     "include that is an empty string (was dropped)": ({"include": ""}, "include"),
     "function parameters that are false (was taken for none)": (
         {"tools": [{"type": "function", "name": "f", "parameters": False}]}, "tools[0]"),
+    "tool_choice without a type and no tools (was a 500)": ({"tool_choice": {}}, "tool_choice"),
     "item type 0 with a role (was taken for a message)": (
         {"input": [{"type": 0, "role": "user", "content": "Hello there"}]}, "input[0].type"),
 }

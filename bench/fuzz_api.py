@@ -2,6 +2,7 @@
 """Fuzz the public API with schemathesis: no 5xx, and every /v1 error in OpenAI's shape.
 
     python3 bench/fuzz_api.py [--cases 10000] [--v1-examples 1000] [--api-examples 50] [--raw-cases 2000] [--seed N]
+                              [--only REGEX]
 
 Starts the mock upstream and the gateway (PostgreSQL database `<name>_fuzz`,
 Redis db 13 or FUZZ_REDIS_URL; the gateway's own settings, rate limits raised),
@@ -15,7 +16,8 @@ stateful; valid and invalid data) against
 - the management and usage API schema (`/api/schema/`, drf-spectacular) as
   the staff user (HTTP basic auth), creating, changing and deleting objects.
 
-It stops when at least `--cases` requests have been made in all: each round
+`--only REGEX` fuzzes just the /v1 paths it matches (`--only '^/v1/responses$'`),
+none of the other rounds. It stops when at least `--cases` requests have been made in all: each round
 doubles the examples per operation (fuzzing phase; the other phases make
 their own number of cases). Every response must be no 5xx, and every
 /v1 error must be in OpenAI's shape (Anthropic's on /v1/messages), as checked
@@ -73,6 +75,10 @@ MESSAGES_CHECKS = V1_CHECKS.replace("negative_data_rejection,", "")
 # Without the key: schemathesis makes up credentials from the schema's security schemes.
 BAD_KEY_CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,gateway_error_shape,gateway_tally"
 API_CHECKS = "not_a_server_error,gateway_tally"
+# The /v1 schema's links lead from POST /v1/responses to the stored response's operations; a run that
+# leaves out either end has no stateful phase (schemathesis stops with an error if asked for one).
+LINKED = ("/v1/responses", "/v1/responses/{response_id}")
+NOT_STATEFUL = ["--phases", "examples,coverage,fuzzing"]
 
 
 def setup_data(mock_url: str) -> dict:
@@ -121,8 +127,11 @@ def narrow_models(schema: dict, chat_models: list[str], embedding_models: list[s
     schemas["ChatModel"] = {"type": "string", "enum": chat_models}
     schemas["EmbeddingModel"] = {"type": "string", "enum": embedding_models}
     for name, model in (("ChatCompletionRequest", "ChatModel"), ("CompletionRequest", "ChatModel"),
-                        ("MessagesRequest", "ChatModel"), ("EmbeddingRequest", "EmbeddingModel")):
+                        ("MessagesRequest", "ChatModel"), ("ResponsesRequest", "ChatModel"),
+                        ("EmbeddingRequest", "EmbeddingModel")):
         schemas[name]["properties"]["model"] = {"$ref": f"#/components/schemas/{model}"}
+    # A made-up previous response is a 404; the stateful phase follows the schema's links to real ones.
+    schemas["ResponsesRequest"]["properties"]["previous_response_id"] = {"enum": [None], "nullable": True}
     return schema
 
 
@@ -183,13 +192,14 @@ def schemathesis_run(name: str, location: str, base_url: str, checks: str, optio
 
 def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: int | None = None,
                  schemas: tuple[str, ...] = ("v1", "raw", "api"), api_phases: str = "",
-                 api_examples: int | None = None, raw_cases: int | None = None) -> list[Outcome]:
+                 api_examples: int | None = None, raw_cases: int | None = None, only: str = "") -> list[Outcome]:
     """Fuzz the /v1 API, the raw requests (`raw_round`), then the management and usage APIs
     (which may delete what /v1 needs).
 
     `api_phases` limits the phases run against the management and usage APIs (all by default),
     `api_examples` their examples per operation (`max_examples` by default), `raw_cases` the
-    raw requests (20 per example by default).
+    raw requests (20 per example by default); `only` (a regular expression) fuzzes just the /v1
+    paths it matches, with valid keys.
     """
     import httpx
 
@@ -199,10 +209,16 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
         v1 = workdir / "v1-openapi.json"
         v1.write_text(json.dumps(narrow_models(schema, data["chat_models"], data["embedding_models"])))
         auth = ["--header", f"Authorization: Bearer {data['key']}"]
+        if only:
+            checks = MESSAGES_CHECKS if re.search(only, "/v1/messages") else V1_CHECKS
+            phases = [] if all(re.search(only, path) for path in LINKED) else NOT_STATEFUL
+            return [schemathesis_run("v1", str(v1), url, checks, [*auth, "--include-path-regex", only, *phases],
+                                     max_examples, workdir, seed)]
         outcomes.append(schemathesis_run("v1", str(v1), url, V1_CHECKS, [*auth, "--exclude-path", "/v1/messages"],
                                          max_examples, workdir, seed))
         outcomes.append(schemathesis_run("v1-messages", str(v1), url, MESSAGES_CHECKS,
-                                         [*auth, "--include-path", "/v1/messages"], max_examples, workdir, seed))
+                                         [*auth, "--include-path", "/v1/messages", *NOT_STATEFUL], max_examples,
+                                         workdir, seed))
         outcomes.append(schemathesis_run("v1-bad-keys", str(v1), url, BAD_KEY_CHECKS, ["--phases", "fuzzing"],
                                          max(1, max_examples // 5), workdir, seed))
     if "raw" in schemas:
@@ -224,8 +240,8 @@ RAW_HEADERS = (b"authorization", b"x-api-key", b"api-key", b"x-request-id", b"tr
                b"origin", b"cookie", b"x-tier")
 RAW_BREAKS = (b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\t", b"\r\nx-injected: 1", b"\r\nauthorization: Bearer x",
               b"\x00", b"\x7f", b"\t", b"\xc3\xa9", b"\xff\xfe", b"\x80")
-RAW_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/completions", "/v1/embeddings", "/v1/models",
-             "/api/manage/routes/", "/api/manage/providers/")
+RAW_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/completions", "/v1/embeddings",
+             "/v1/models", "/api/manage/routes/", "/api/manage/providers/")
 
 
 def nested(rng: random.Random, depth: int) -> bytes:
@@ -253,6 +269,13 @@ def raw_body(rng: random.Random, path: str, data: dict) -> bytes:
     if path in ("/v1/chat/completions", "/v1/messages"):
         tools = b', "tools": [' + tool + b"]" if rng.random() < 0.3 and path != "/v1/messages" else b""
         return (b'{"model": "' + chat_model + b'", "max_tokens": 5, "messages": [' + message + b"]" + tools
+                + extra + b"}")
+    if path == "/v1/responses":
+        item = b'{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]' + (
+            b', "x_deep": ' + deep if rng.random() < 0.3 else b"") + b"}"
+        tools = b', "tools": [{"type": "function", "name": "f", "parameters": {"a": ' + deep + b"}}]" if (
+            rng.random() < 0.3) else b""
+        return (b'{"model": "' + chat_model + b'", "max_output_tokens": 16, "input": [' + item + b"]" + tools
                 + extra + b"}")
     if path == "/v1/completions":
         return b'{"model": "' + chat_model + b'", "prompt": "hi", "max_tokens": 5' + extra + b"}"
@@ -369,6 +392,8 @@ def main() -> int:
     parser.add_argument("--raw-cases", type=int, default=2000,
                         help="requests schemathesis cannot send (CR/LF in headers, deep bodies), first round")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--only", default="", metavar="REGEX",
+                        help="fuzz just the /v1 paths this matches (say '^/v1/responses$'), none of the other rounds")
     opts = parser.parse_args()
 
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway")
@@ -395,7 +420,7 @@ def main() -> int:
         examples, api_examples, total = opts.v1_examples, opts.api_examples, 0
         while total < opts.cases:
             round_ = fuzz_gateway(url, data, examples, tmp, opts.seed, api_examples=api_examples,
-                                  raw_cases=opts.raw_cases * examples // opts.v1_examples)
+                                  raw_cases=opts.raw_cases * examples // opts.v1_examples, only=opts.only)
             for outcome in round_:
                 print(f"[{examples} / {api_examples} examples] {outcome.summary()}", flush=True)
             outcomes += round_

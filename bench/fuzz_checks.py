@@ -47,7 +47,7 @@ def error_problem(path: str, status: int, content_type: str, text: str) -> str |
     """What is wrong with an error response from the /v1 API, or None."""
     if status < 400 or not path.startswith("/v1/"):
         return None
-    if "Traceback" in text:
+    if "Traceback (most recent call last)" in text:  # not "Traceback" alone: a 404 echoes the URL asked for
         return "the body holds a traceback"
     if not content_type.startswith("application/json"):
         return f"content type {content_type!r}, expected application/json"

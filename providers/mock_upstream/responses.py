@@ -211,7 +211,7 @@ class Output:
             "completed_at": int(time.time()) if status == "completed" else None, "background": False,
             "error": error, "incomplete_details": incomplete, "instructions": body.get("instructions"),
             "max_output_tokens": body.get("max_output_tokens"), "max_tool_calls": body.get("max_tool_calls"),
-            "model": body["model"], "output": output, "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "model": body["model"], "output": output, "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
             "previous_response_id": body.get("previous_response_id"), "prompt_cache_key": body.get("prompt_cache_key"),
             "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
             "safety_identifier": body.get("safety_identifier"), "service_tier": body.get("service_tier") or "default",

@@ -81,7 +81,7 @@ def read(body: dict) -> Request:
     if not isinstance(model, str) or not model:
         raise bad("model", "You must provide a model parameter.", "missing_required_parameter")
     for name, why in NOT_OFFERED.items():
-        if body.get(name) not in (None, False):
+        if body.get(name) is not None and body[name] is not False:  # 0 == False, but 0 is no boolean
             raise unsupported(name, why)
     for name in body:
         if name not in FIELDS and name not in NOT_OFFERED:
@@ -106,7 +106,8 @@ def read(body: dict) -> Request:
     options = body.get("stream_options")
     _optional(body, "stream_options", (dict,), lambda v: set(v) <= {"include_obfuscation"} and isinstance(
         v.get("include_obfuscation", True), bool), "expected {'include_obfuscation': boolean}")
-    include = body.get("include") or []
+    include = body.get("include")
+    include = [] if include is None else include
     if not isinstance(include, list) or not all(isinstance(v, str) for v in include):
         raise bad("include", "Invalid value for 'include': expected an array of strings.")
     for i, value in enumerate(include):
@@ -162,15 +163,14 @@ def _text(text) -> None:
 
 def _check_tools(body: dict) -> None:
     tools = body.get("tools")
-    if tools is None:
-        return
-    if not isinstance(tools, list) or len(tools) > 128:
+    if tools is not None and (not isinstance(tools, list) or len(tools) > 128):
         raise bad("tools", "Invalid value for 'tools': expected an array of at most 128 tools.")
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tools or ()):  # tool_choice is checked below even without tools
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise bad(f"tools[{i}]", "Each tool is an object with a 'type'.")
-        if tool["type"] == "function" and (not isinstance(tool.get("name"), str) or not tool["name"] or not isinstance(
-                tool.get("parameters") or {}, dict)):
+        parameters = tool.get("parameters")
+        if tool["type"] == "function" and (not isinstance(tool.get("name"), str) or not tool["name"] or not (
+                parameters is None or isinstance(parameters, dict))):
             raise bad(f"tools[{i}]", "A function tool needs a 'name' and 'parameters' (a JSON Schema object).")
     choice = body.get("tool_choice")
     if choice is None or choice in ("none", "auto", "required"):
@@ -193,7 +193,7 @@ def _input(value) -> list[dict]:
     for i, item in enumerate(value):
         if not isinstance(item, dict):
             raise bad(f"input[{i}]", "Each input item is an object.")
-        kind = item.get("type") or ("message" if "role" in item else None)
+        kind = item["type"] if item.get("type") is not None else "message" if "role" in item else None
         role = item.get("role")
         if kind == "message" and not (isinstance(role, str) and role in ROLES
                                       and isinstance(item.get("content"), (str, list))):
@@ -211,10 +211,20 @@ def _input(value) -> list[dict]:
         if kind == "item_reference" and not isinstance(item.get("id"), str):
             raise bad(f"input[{i}].id", "An item_reference needs the 'id' of a stored item.",
                       "missing_required_parameter")
+        if kind == "reasoning" and not _reasoning_ok(item):
+            raise bad(f"input[{i}]", "A reasoning item's 'summary' is an array of {'type': 'summary_text', 'text': "
+                      "string} parts and its 'encrypted_content' a string.")
         if not isinstance(kind, str):
             raise bad(f"input[{i}].type", "Each input item needs a 'type'.", "missing_required_parameter")
-        items.append(item if "type" in item else {"type": kind, **item})
+        items.append(item if item.get("type") is not None else {**item, "type": kind})
     return items
+
+
+def _reasoning_ok(item: dict) -> bool:
+    summary, encrypted = item.get("summary"), item.get("encrypted_content")
+    return (summary is None or isinstance(summary, list) and all(
+        isinstance(s, dict) and isinstance(s.get("text"), str) for s in summary)) and (
+        encrypted is None or isinstance(encrypted, str))
 
 
 # --- the chat form ------------------------------------------------------------------
@@ -231,10 +241,11 @@ def chat_unsupported(param: str, what: str) -> NotInChatForm:
 
 def _part(part, param: str) -> dict:
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": part.get("text") if isinstance(part.get("text"), str) else ""}
-    if kind == "refusal":
-        return {"type": "text", "text": part.get("refusal") or ""}
+    if kind in ("input_text", "output_text", "text", "refusal"):
+        name = "refusal" if kind == "refusal" else "text"
+        if not isinstance(part.get(name), str):
+            raise bad(param, f"A {kind} part needs its '{name}' as a string.")
+        return {"type": "text", "text": part[name]}
     if kind == "input_image":
         if part.get("file_id"):
             raise chat_unsupported(f"{param}.file_id", "images by file id")

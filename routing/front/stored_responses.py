@@ -55,7 +55,7 @@ async def delete(request, call):
     key, _, response_id = await _visible(request)
     if not await responses_store.delete(key, response_id):
         raise not_found(response_id)
-    return json_response(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}))
+    return json_response(orjson.dumps({"id": response_id, "object": "response", "deleted": True}))
 
 
 async def response(request):

@@ -50,8 +50,9 @@ def test_the_public_api_survives_schemathesis(transactional_db, fuzz_target, moc
     statuses = {name: o.by_status() for name, o in outcomes.items()}
     # Valid requests reached the upstream and invalid ones were refused, on both schemas.
     assert statuses["v1"][200] > 20 and statuses["v1"][400] > 100 and statuses["v1-messages"][200] > 20, statuses
-    # Made-up keys: 401 (the body is checked before the key, so some 400s; the schema itself is public).
-    assert statuses["v1-bad-keys"][401] and set(statuses["v1-bad-keys"]) <= {200, 400, 401, 405}, statuses
+    # Made-up keys: 401 (the body is checked before the key, so some 400s; the schema itself is public;
+    # a response id with a slash in it makes a URL the gateway does not serve, a 404 before any key is read).
+    assert statuses["v1-bad-keys"][401] and set(statuses["v1-bad-keys"]) <= {200, 400, 401, 404, 405}, statuses
     assert statuses["api"][200] > 10 and statuses["api"][400], statuses
     # Raw: uvicorn's 400 for a header it cannot parse, the gateway's for a body too deep, and calls served.
     assert statuses["raw"][400] > 50 and statuses["raw"][200] > 10, statuses
@@ -62,8 +63,9 @@ def test_the_v1_schema_is_served_and_describes_every_endpoint(gateway):
     schema = httpx.get(gateway.url + "/v1/openapi.json").json()
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-                                    "/v1/models", "/v1/openapi.json", "/v1/responses/{response_id}",
-                                    "/v1/responses/{response_id}/input_items", "/v1/responses/{response_id}/cancel"}
+                                    "/v1/models", "/v1/openapi.json", "/v1/responses", "/v1/responses/input_tokens",
+                                    "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
+                                    "/v1/responses/{response_id}/cancel"}
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             if path != "/v1/openapi.json":
@@ -75,6 +77,13 @@ def test_the_error_shape_check_catches_what_it_must():
     assert error_problem("/v1/chat/completions", 400, "application/json", ok) is None
     assert error_problem("/v1/chat/completions", 400, "application/json", '{"detail": "x"}')
     assert error_problem("/v1/chat/completions", 500, "text/html", "<h1>Server Error</h1>")
+    assert error_problem("/v1/chat/completions", 500, "application/json",
+                         '{"error": {"message": "Traceback (most recent call last):", "type": "t", "param": null, '
+                         '"code": null}}')
+    # A 404 naming the URL asked for is no traceback, whatever the URL says.
+    unknown = '{"error": {"message": "Unknown request URL: GET /v1/responses/Traceback.", "type": "invalid_request_error", ' \
+        '"param": null, "code": "unknown_url"}}'
+    assert error_problem("/v1/responses/Traceback", 404, "application/json", unknown) is None
     assert error_problem("/v1/messages", 400, "application/json", ok)
     assert error_problem("/v1/messages", 400, "application/json",
                          '{"type": "error", "error": {"type": "invalid_request_error", "message": "m"}}') is None

@@ -70,7 +70,7 @@ def test_delete_answers_openais_deleted_object(keyed, gateway):
     raw = httpx.delete(f"{gateway.url}/v1/responses/{answer['id']}",
                        headers={"authorization": f"Bearer {secret}"})
     assert raw.status_code == 200
-    assert raw.json() == {"id": answer["id"], "object": "response.deleted", "deleted": True}
+    assert raw.json() == {"id": answer["id"], "object": "response", "deleted": True}
 
 
 def test_another_tenants_response_and_a_key_that_may_not_use_its_model_are_404(keyed, gateway, tenant, other_tenant):

@@ -16,7 +16,7 @@ from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
 from routing.models import CircuitEvent, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
-from usage.models import Limit, PromptLog, ReportDelivery, UsageRecord, UsageRollup
+from usage.models import Limit, PromptLog, ReportDelivery, StoredResponse, UsageRecord, UsageRollup
 
 ROLES = ["owner", "admin", "member"]
 
@@ -56,6 +56,10 @@ def make_world(tenant, people: dict) -> dict:
         "prompt": PromptLog.objects.create(tenant=tenant, request_id=f"req_{slug}", prompt=f"{slug} secret plan",
                                            created_at=datetime.now(UTC),
                                            expires_at=datetime.now(UTC) + timedelta(days=1)),
+        "stored": StoredResponse.objects.create(
+            response_id=f"resp_{slug}", tenant=tenant, api_key=key, model=f"{slug}-model", status="completed",
+            created_at=datetime.now(UTC), expires_at=datetime.now(UTC) + timedelta(days=1),
+            response={"id": f"resp_{slug}", "output": [{"type": "message", "content": f"{slug} secret answer"}]}),
         "user": people["member"],
     }
 
@@ -94,6 +98,7 @@ ADMIN_OBJECTS = [
     ("usage/usagerollup", "rollup"),
     ("usage/reportdelivery", "delivery"),
     ("usage/promptlog", "prompt"),
+    ("usage/storedresponse", "stored"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

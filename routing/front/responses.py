@@ -99,13 +99,13 @@ def _native_body(state: Request, target) -> dict:
     body["model"] = target.upstream_model
     body["store"] = False
     if state.history or state.references:
-        body["input"] = [_replayed(item) for item in _resolved(state) if _replayable(item)]
+        body["input"] = [_replayed(item) for item in _resolved(state.items, state.references) if _replayable(item)]
     return body
 
 
-def _resolved(state: Request) -> list[dict]:
-    return [state.references.get(item["id"], item) if item["type"] == "item_reference" else item
-            for item in state.items]
+def _resolved(items: list[dict], references: dict[str, dict]) -> list[dict]:
+    """`items` with each item_reference replaced by the stored item it names."""
+    return [references.get(item["id"], item) if item["type"] == "item_reference" else item for item in items]
 
 
 def _replayable(item: dict) -> bool:
@@ -140,9 +140,8 @@ async def _store(call, response: dict) -> None:
     state: Request = call.front_state
     if state.store:
         # Referenced items are stored as themselves: a later turn's history needs no lookup of its own.
-        items = [state.references.get(item["id"], item) if item["type"] == "item_reference" else item
-                 for item in state.input]
-        await responses_store.save(call.key, response, items, state.body.get("previous_response_id"))
+        await responses_store.save(call.key, response, _resolved(state.input, state.references),
+                                   state.body.get("previous_response_id"))
 
 
 def _echoed(state: Request, response: dict, model: str) -> dict:

@@ -1,13 +1,17 @@
 """The process's Redis clients: one async client per event loop, one sync client.
 
 The async pool blocks for a free connection instead of failing: under a burst
-the hot path waits a moment rather than reading a full pool as an outage.
+the hot path waits a moment rather than reading a full pool as an outage. Its
+connections pack commands with hiredis's C encoder, as redis-py's sync client
+already does: the asyncio client packs them in Python, one call per argument,
+which cost about 50 us of the admission script's 39 arguments on every request.
 """
 
 import asyncio
 import weakref
 from functools import cache
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -24,8 +28,29 @@ def async_redis() -> aioredis.Redis:
             settings.REDIS_URL, max_connections=settings.REDIS_POOL_SIZE, timeout=5,
             socket_timeout=5, socket_connect_timeout=2,
         )
+        pool.connection_class = packed_by_hiredis(pool.connection_class)
         client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
+
+
+@cache
+def packed_by_hiredis(connection_class: type) -> type:
+    """`connection_class` (plain, TLS or Unix socket) with commands packed by hiredis. What hiredis
+    does not take (None, a bool, a bytearray) and a command name with a space in it ("CONFIG GET",
+    split by redis-py) go to redis-py's own packing, which raises its usual DataError."""
+
+    class Packed(connection_class):
+        def pack_command(self, *args):
+            name = args[0]
+            if (" " if isinstance(name, str) else b" ") not in name:
+                try:
+                    return [hiredis.pack_command(args)]
+                except TypeError:
+                    pass
+            return super().pack_command(*args)
+
+    Packed.__name__ = Packed.__qualname__ = f"Hiredis{connection_class.__name__}"
+    return Packed
 
 
 @cache

@@ -1,0 +1,58 @@
+"""The async Redis pool packs commands with hiredis (gateway_project/lib/redis_pool.py): what reaches the
+real Redis server is what redis-py's own packing would send, and what hiredis cannot take still fails
+as redis-py fails."""
+
+import asyncio
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway_project.lib.redis_pool import async_redis, packed_by_hiredis
+
+
+def run(coro_fn):
+    async def go():
+        try:
+            return await coro_fn(async_redis())
+        finally:
+            await async_redis().aclose()
+
+    return asyncio.run(go())
+
+
+def test_the_pool_packs_with_hiredis_and_the_bytes_are_redis_pys():
+    plain = aioredis.Connection()
+    packed = packed_by_hiredis(aioredis.Connection)()
+    for args in [("SET", "k", "v"), ("EVALSHA", "ab" * 20, 2, "gw:a", "gw:b", 1700000000123, 0.25, b"\x00\xff"),
+                 ("HSET", "h", "name", "caf\u00e9 \u2603"), ("XADD", "s", "*", "e", b"x" * 100_000)]:
+        assert b"".join(packed.pack_command(*args)) == b"".join(plain.pack_command(*args)), args[0]
+    assert packed_by_hiredis(aioredis.Connection) is packed_by_hiredis(aioredis.Connection)  # one class per kind
+    assert packed_by_hiredis(aioredis.SSLConnection).__mro__[1] is aioredis.SSLConnection
+
+
+def test_round_trips_through_the_real_server(django_db_setup):
+    async def calls(client):
+        assert type(client.connection_pool).__name__ == "BlockingConnectionPool"
+        assert client.connection_pool.connection_class.__name__.startswith("Hiredis")
+        await client.set("gw:test:pack", "caf\u00e9")
+        await client.rpush("gw:test:list", 1, 2.5, b"\x00raw", memoryview(b"view"), bytearray(b"array"))
+        await client.client_setname("gateway-test")  # "CLIENT SETNAME": a name of two words
+        script = client.register_script("return {ARGV[1], ARGV[2], #KEYS}")
+        return (await client.get("gw:test:pack"), await client.lrange("gw:test:list", 0, -1),
+                await client.client_getname(), await script(keys=["gw:test:a"], args=[42, "x y"]))
+
+    value, items, name, scripted = run(calls)
+    assert value == "caf\u00e9".encode()
+    assert items == [b"1", b"2.5", b"\x00raw", b"view", b"array"]
+    assert name == "gateway-test"  # redis-py decodes CLIENT GETNAME
+    assert scripted == [b"42", b"x y", 1]
+
+
+@pytest.mark.parametrize("bad", [None, True])
+def test_what_redis_refuses_is_refused_as_before(django_db_setup, bad):
+    async def calls(client):
+        await client.set("gw:test:bad", bad)
+
+    with pytest.raises(redis.DataError, match="Invalid input of type"):
+        run(calls)

@@ -35,6 +35,7 @@ def test_round_trips_through_the_real_server(django_db_setup):
     async def calls(client):
         assert type(client.connection_pool).__name__ == "BlockingConnectionPool"
         assert client.connection_pool.connection_class.__name__.startswith("Hiredis")
+        await client.delete("gw:test:list")
         await client.set("gw:test:pack", "caf\u00e9")
         await client.rpush("gw:test:list", 1, 2.5, b"\x00raw", memoryview(b"view"), bytearray(b"array"))
         await client.client_setname("gateway-test")  # "CLIENT SETNAME": a name of two words

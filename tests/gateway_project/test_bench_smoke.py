@@ -21,3 +21,18 @@ def test_bench_runs_and_prints_its_table(django_db_setup):
             assert re.match(r"[\d.]+ / [\d.]+", cells[11]), row  # time to first token measured
     slow = re.search(r"Slow streams: (\d+) at once.*: (\d+) completed, errors: none", result.stdout)
     assert slow and slow.group(1) == slow.group(2), result.stdout[-2000:]
+
+
+def test_instruction_count_runs_and_counts(django_db_setup):
+    """bench/instructions.py under callgrind: a JSON chat and a stream, each counted in the millions of
+    instructions (a stream's 21 events cost more than one JSON answer), the Responses row beside chat."""
+    result = subprocess.run([sys.executable, "bench/instructions.py", "--requests", "5", "--warm", "3",
+                             "--scenario", "chat", "--scenario", "stream", "--scenario", "responses"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {cells[0]: cells[1:] for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line)}
+    chat, stream = float(rows["chat"][0]), float(rows["stream"][0])
+    assert 1 < chat < stream < 50, result.stdout
+    assert float(rows["responses"][-1]) > 1, result.stdout  # responses/chat

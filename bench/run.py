@@ -2,7 +2,7 @@
 """The benchmark: the gateway against a bare Django relay and the mock upstream itself.
 
     python3 bench/run.py [--duration 10] [--connections 16] [--workers 1] [--rounds 3] [--smoke] [--drf]
-                         [--compare DIR]
+                         [--compare DIR] [--scenario NAME ...]
 
 Starts the mock upstream, the gateway in production mode (PostgreSQL and Redis
 from DATABASE_URL / REDIS_URL, default loopback; a database `<name>_bench`
@@ -337,6 +337,8 @@ def main() -> None:
                         help="also measure the gateway with the /v1 endpoints as async DRF views (bench/drf_front.py)")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also measure the gateway of another checkout, and print this one's figures as ratios of it")
+    parser.add_argument("--scenario", action="append", dest="scenarios", metavar="NAME", choices=list(SCENARIOS),
+                        help="measure only this scenario (repeat for more; all by default)")
     opts = parser.parse_args()
     if opts.smoke:
         opts.slow_streams, opts.slow_seconds, opts.no_profile = min(opts.slow_streams, 20), 1.0, True
@@ -397,6 +399,8 @@ def main() -> None:
         rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
         rounds = 1 if opts.smoke else opts.rounds
         for scenario, (path, body) in SCENARIOS.items():
+            if opts.scenarios and scenario not in opts.scenarios:
+                continue
             measured = []
             for target, (url, pid, auth, names) in targets.items():
                 if scenario in GATEWAY_ONLY and names != "gateway" or scenario in NEWER and target == COMPARED:

@@ -133,3 +133,60 @@ def test_an_explicit_price_wins_over_the_catalogue():
     deployment = Deployment.objects.get(public_model="4o")
     assert (deployment.input_price_per_mtok, deployment.output_price_per_mtok) == (1, 0)
     assert deployment.cached_input_price_per_mtok is None and deployment.cache_write_1h_price_per_mtok == 2
+
+
+@pytest.fixture()
+def tenant_admin(client, tenant):
+    from tests.conftest import user_in
+
+    client.force_login(user_in(tenant, "admin"))
+    return client
+
+
+def test_the_management_api_takes_every_price_and_fills_a_priceless_deployment(tenant_admin, tenant):
+    from providers.models import Provider
+
+    provider = Provider.objects.create(name="acme-anthropic", kind="anthropic", base_url="https://api.anthropic.com",
+                                       tenant=tenant)
+    filled = tenant_admin.post("/api/manage/deployments/", {
+        "provider": provider.id, "public_model": "haiku", "upstream_model": "claude-haiku-4-5"},
+        content_type="application/json")
+    assert filled.status_code == 201, filled.content
+    listed = CATALOGUE["claude-haiku-4-5"]
+    assert Decimal(filled.json()["cache_write_1h_price_per_mtok"]) == Decimal(listed["cache_write_1h"])
+    assert Decimal(filled.json()["output_price_per_mtok"]) == Decimal(listed["output"])
+    priced = tenant_admin.post("/api/manage/deployments/", {
+        "provider": provider.id, "public_model": "own", "upstream_model": "claude-haiku-4-5",
+        "input_price_per_mtok": "2", "long_context_threshold": 1000, "long_input_price_per_mtok": "4"},
+        content_type="application/json")
+    assert priced.status_code == 201, priced.content
+    body = priced.json()
+    assert (body["input_price_per_mtok"], body["long_input_price_per_mtok"]) == ("2.000000", "4.000000")
+    assert body["long_context_threshold"] == 1000
+    assert body["output_price_per_mtok"] == "0.000000" and body["cached_input_price_per_mtok"] is None
+    refused = tenant_admin.patch(f"/api/manage/deployments/{body['id']}/", {"cache_write_price_per_mtok": "-1"},
+                                 content_type="application/json")
+    assert refused.status_code == 400 and "cache_write_price_per_mtok" in refused.json()
+
+
+def test_the_admin_shows_every_price_and_fills_a_priceless_deployment(admin_client):
+    from django.urls import reverse
+
+    from providers.models import Deployment, Provider
+
+    provider = Provider.objects.create(name="gemini", kind="gemini", base_url="https://generativelanguage.googleapis.com")
+    page = admin_client.get(reverse("admin:providers_deployment_add"))
+    for name in ("cached_input_price_per_mtok", "cache_write_price_per_mtok", "cache_write_1h_price_per_mtok",
+                 "long_context_threshold", "long_input_price_per_mtok", "long_cache_write_1h_price_per_mtok"):
+        assert f'name="{name}"' in page.content.decode()
+    form = {"provider": provider.id, "public_model": "pro", "upstream_model": "gemini-2.5-pro", "mode": "chat",
+            "context_window": 1_000_000, "max_output_tokens": 65_536, "input_price_per_mtok": "0",
+            "output_price_per_mtok": "0", "priority": 0, "supports_vision": "on", "supports_tools": "on",
+            "native_responses": "unknown", "is_active": "on"}
+    saved = admin_client.post(reverse("admin:providers_deployment_add"), form)
+    assert saved.status_code == 302, saved.content.decode()[-2000:]
+    deployment = Deployment.objects.get(public_model="pro")
+    listed = CATALOGUE["gemini-2.5-pro"]
+    assert deployment.long_context_threshold == listed["long_context_threshold"]
+    assert (deployment.input_price_per_mtok, deployment.long_input_price_per_mtok) == (
+        Decimal(listed["input"]), Decimal(listed["long_input"]))

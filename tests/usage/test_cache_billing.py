@@ -97,7 +97,7 @@ def claude(gateway, api_key, mock):
     return anthropic.Anthropic(base_url=gateway.url, api_key=api_key[1], max_retries=0, timeout=20)
 
 
-def test_the_issues_call_costs_what_anthropics_prices_say(claude):
+def test_the_issues_call_costs_what_anthropics_prices_say(claude, admin_client):
     # 1157 prompt tokens (the mock counts words plus 3): 945 read from the cache, 2 written, 210 not
     # cached, then 20 output tokens. At the full input price that was 0.003771 USD.
     words = "word " * 1151 + directive(cached_tokens=945, cache_write_tokens=2)
@@ -110,6 +110,10 @@ def test_the_issues_call_costs_what_anthropics_prices_say(claude):
     record = usage_record(raw.headers["x-request-id"])
     assert (record.prompt_tokens, record.cached_tokens, record.cache_write_tokens) == (1157, 945, 2)
     assert record.cost_usd == expected_cost(record) == Decimal("0.001221")
+    listed = admin_client.get("/api/usage/records").json()["results"][0]
+    assert (listed["cached_tokens"], listed["cache_write_tokens"], listed["cost_usd"]) == (945, 2, str(record.cost_usd))
+    totals = admin_client.get("/api/usage/summary").json()["totals"]
+    assert (totals["cached_tokens"], totals["cache_write_tokens"], totals["reasoning_tokens"]) == (945, 2, 0)
 
 
 def test_anthropic_front_reports_cache_tokens_in_json_and_in_the_stream(claude):

@@ -35,7 +35,14 @@ Knob names (values are integers unless said otherwise):
                     (0: right after the headers, before any data)
   no_usage          1: never report usage, even when asked (Anthropic always reports it)
   hang              1: never answer
-  cached_tokens     report this many of the prompt tokens as cached
+  cached_tokens     report this many of the prompt tokens as read from the provider's cache
+  cache_write_tokens     report this many of the prompt tokens as written to the cache for
+                    5 minutes (Anthropic's cache_creation; OpenAI-compatible answers carry them
+                    in prompt_tokens_details.cache_write_tokens, as OpenRouter does; the other
+                    formats have no such count)
+  cache_write_1h_tokens  the same, written for 1 hour (Anthropic's ephemeral_1h_input_tokens)
+                    A prompt counted shorter than its cached and written tokens together is
+                    counted as long as them.
   reasoning_tokens  report this many reasoning tokens besides the visible output; when the
                     request asks for reasoning, also answer with that many words of it in
                     the format's own reasoning fields, signed where the provider signs

@@ -107,8 +107,13 @@ def thinking_error(body: dict) -> str | None:
 
 
 def _usage(a: Answer) -> dict:
-    return {"input_tokens": a.prompt_tokens - a.cached_tokens, "output_tokens": a.completion_tokens + a.reasoning_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": a.cached_tokens, "service_tier": "standard"}
+    # input_tokens leave out cache reads and writes; cache_creation splits the writes by lifetime.
+    return {"input_tokens": a.prompt_tokens - a.cached_tokens - a.cache_written,
+            "output_tokens": a.completion_tokens + a.reasoning_tokens,
+            "cache_creation_input_tokens": a.cache_written, "cache_read_input_tokens": a.cached_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": a.cache_write_tokens,
+                               "ephemeral_1h_input_tokens": a.cache_write_1h_tokens},
+            "service_tier": "standard"}
 
 
 async def messages(req: Request) -> None:
@@ -168,8 +173,14 @@ def _frames(message: dict, a: Answer):
         yield sse({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"), True
     yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), False
     yield sse({"type": "message_delta", "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
-               "usage": {"output_tokens": usage["output_tokens"]}}, "message_delta"), False
+               "usage": _delta_usage(usage)}, "message_delta"), False
     yield sse({"type": "message_stop"}, "message_stop"), False
+
+
+def _delta_usage(usage: dict) -> dict:
+    """message_delta's usage: cumulative, the input counts repeated, as the current API sends it."""
+    return {name: usage[name] for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                                           "output_tokens")}
 
 
 async def models(req: Request) -> None:

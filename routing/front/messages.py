@@ -12,7 +12,7 @@ import orjson
 from django.http import HttpResponse
 
 from gateway_project.lib import errors
-from providers.adapters import for_kind
+from providers.adapters import anthropic, for_kind, openai
 from providers.adapters.base import StreamEvent, Usage
 from routing import upstream
 
@@ -163,22 +163,20 @@ def to_openai(body: dict) -> dict:
 
 
 def _usage(usage: Usage | dict | None) -> dict:
+    """Anthropic's usage object: input_tokens the uncached input only, cache reads and writes
+    (split by lifetime) apart, as Anthropic reports them."""
     if isinstance(usage, dict):
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        usage = Usage(prompt_tokens=usage.get("prompt_tokens") or 0,
-                      completion_tokens=usage.get("completion_tokens") or 0, cached_tokens=cached)
-    usage = usage or Usage()
-    # Anthropic's input_tokens leave cached tokens out.
-    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": usage.cached_tokens}
+        usage = openai.parse_usage({"usage": usage})
+    return anthropic.usage_dict(usage or Usage())
 
 
 def _message_id(openai_id: str | None) -> str:
     return openai_id if openai_id and openai_id.startswith("msg_") else f"msg_{uuid.uuid4().hex[:24]}"
 
 
-def from_openai(completion: dict, model: str) -> dict:
-    """An OpenAI chat.completion as an Anthropic message."""
+def from_openai(completion: dict, model: str, usage: Usage | None = None) -> dict:
+    """An OpenAI chat.completion as an Anthropic message; its usage the call's own when given
+    (the adapter's reading of the upstream's answer keeps what OpenAI's shape cannot say)."""
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content = [{"type": "text", "text": message["content"]}] if message.get("content") else []
@@ -192,7 +190,7 @@ def from_openai(completion: dict, model: str) -> dict:
                         "input": arguments})
     return {"id": _message_id(completion.get("id")), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
-            "stop_sequence": None, "usage": _usage(completion.get("usage"))}
+            "stop_sequence": None, "usage": _usage(usage or completion.get("usage"))}
 
 
 def _sse(kind: str, data: dict) -> bytes:
@@ -216,8 +214,11 @@ def error_response(error: errors.GatewayError) -> HttpResponse:
 class Stream:
     """Writes OpenAI chunks as Anthropic's named SSE events, block by block."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, translate=None) -> None:
         self.model = model
+        # The adapter's stream translator: what it knows of the usage when the first event
+        # arrives (Anthropic's and Gemini's input and cache counts) goes into message_start.
+        self.translate = translate
         self.started = False
         self.block = -1  # index of the open content block, -1 for none
         self.block_kind = ""
@@ -238,7 +239,8 @@ class Stream:
     def _start(self) -> bytes:
         self.started = True
         message = {"id": _message_id(None), "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None, "usage": _usage(None)}
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": _usage(getattr(self.translate, "usage", None))}
         return _sse("message_start", {"message": message}) + _sse("ping", {})
 
     def _open(self, kind: str, block: dict) -> list[bytes]:
@@ -308,9 +310,9 @@ def build(adapter, target, body: dict, call):
 async def answer(call, attempt, body: dict):
     if body.get("stream"):
         translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, True)
-        return relay.relay_stream(call, attempt, translate, Stream(call.model))
+        return relay.relay_stream(call, attempt, translate, Stream(call.model, translate))
     _, completion, _ = await read_chat(call, attempt, body)
-    message = upstream.decode(attempt.target, from_openai, completion, call.model)
+    message = upstream.decode(attempt.target, from_openai, completion, call.model, call.usage)
     return json_response(orjson.dumps(message))
 
 

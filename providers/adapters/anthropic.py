@@ -22,6 +22,11 @@ redacted_thinking blocks are not carried), and go back to Anthropic as one
 signed thinking block leading the assistant turn. Anthropic reports no separate
 count of thinking tokens: they are in output_tokens, and Usage.reasoning_tokens
 stays 0.
+
+For /v1/messages the gateway calls Anthropic with the client's own request
+instead (messages_request, count_tokens_request: only the model renamed, the
+client's anthropic-beta and anthropic-version headers passed on) and relays its
+stream as it is (messages_stream, which reads usage and the end on the way).
 """
 
 import orjson

@@ -4,8 +4,8 @@ With extended thinking on (`thinking: {"type": "enabled", "budget_tokens": N}`, 
 `{"type": "adaptive"}` with `output_config.effort`) and the
 reasoning_tokens knob set, the answer opens with a signed thinking block; as Anthropic does, a
 request with thinking on is refused when its budget is out of range, its temperature is not 1,
-a thinking block's signature is not the mock's, or the assistant turn a tool result answers
-does not open with its thinking block. With `thinking.display: "omitted"` the thinking blocks
+a thinking block's signature is not the mock's, or (thinking enabled with a budget) the
+assistant turn a tool result answers does not open with its thinking block. With `thinking.display: "omitted"` the thinking blocks
 come with their signature and no text, and such a block may come back without its text.
 POST /v1/messages/count_tokens counts as the answers' usage would.
 """
@@ -99,7 +99,8 @@ def thinking_error(body: dict) -> str | None:
     if body.get("temperature") not in (None, 1):
         return "`temperature` may only be set to 1 when thinking is enabled."
     last = len(messages) - 2  # the assistant turn before a closing tool result
-    if last >= 0 and ask_of(body).after_tool and messages[last].get("role") == "assistant":
+    # Adaptive thinking may skip thinking on a turn: only a budget makes every turn open with it.
+    if thinking["type"] == "enabled" and last >= 0 and ask_of(body).after_tool and messages[last].get("role") == "assistant":
         content = messages[last].get("content")
         first = content[0] if isinstance(content, list) and content else {"type": "text"}
         if first.get("type") not in ("thinking", "redacted_thinking"):

@@ -94,7 +94,7 @@ def thinking_error(body: dict) -> str | None:
         return "thinking.adaptive.budget_tokens: Extra inputs are not permitted"
     if thinking["type"] == "enabled" and (not isinstance(budget, int) or budget < 1024):
         return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-    if thinking["type"] == "enabled" and budget >= body["max_tokens"]:
+    if thinking["type"] == "enabled" and body.get("max_tokens") is not None and budget >= body["max_tokens"]:
         return "`max_tokens` must be greater than `thinking.budget_tokens`."
     if body.get("temperature") not in (None, 1):
         return "`temperature` may only be set to 1 when thinking is enabled."

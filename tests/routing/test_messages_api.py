@@ -55,7 +55,8 @@ def test_an_anthropic_deployment_gets_todays_request_as_sent(claude, mock):
         thinking={"type": "adaptive", "display": "omitted"}, output_config={"effort": "high"},
         tools=[{**WRITE, "cache_control": {"type": "ephemeral"}}], tool_choice={"type": "none"},
         metadata={"user_id": "u-1"}, service_tier="auto", cache_control={"type": "ephemeral"},
-        betas=["interleaved-thinking-2025-05-14", "context-management-2025-06-27"], extra_body=extra)
+        betas=["interleaved-thinking-2025-05-14", "context-management-2025-06-27"], extra_body=extra,
+        extra_query={"beta": "true"})  # as the TypeScript SDK's beta client (Claude Code's) sends it
     last = sent(mock)
     body = last["body"]
     assert body["model"] == "mock-claude" and body["system"] == system and body["messages"] == messages
@@ -65,7 +66,7 @@ def test_an_anthropic_deployment_gets_todays_request_as_sent(claude, mock):
     assert (body["metadata"], body["service_tier"], body["max_tokens"]) == ({"user_id": "u-1"}, "auto", 32000)
     assert last["path"].endswith("/v1/messages?beta=true")
     assert last["headers"]["anthropic-beta"] == "interleaved-thinking-2025-05-14,context-management-2025-06-27"
-    assert last["headers"]["anthropic-version"] == "2023-06-01"
+    assert last["headers"]["anthropic-version"] == client.default_headers["anthropic-version"]  # the client's
     # The answer as Anthropic gave it: a signed thinking block without its text (display omitted).
     assert message.model == "chat-anthropic"
     assert [b.type for b in message.content] == ["thinking", "text"]
@@ -84,7 +85,7 @@ def thinking_turns(client, kind: str, stream: bool, thinking: dict, omit: bool =
     messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "done"}]}]
     second = ask(client, stream, model=model, max_tokens=32000, thinking=thinking, tools=[WRITE], messages=messages)
-    assert second.stop_reason == "end_turn" and second.content[-1].text == FIVE_WORDS
+    assert second.stop_reason == "end_turn" and [b.text for b in second.content if b.type == "text"] == [FIVE_WORDS]
     return first, second
 
 

@@ -161,10 +161,14 @@ class Stream:
         return out
 
     def _reasoning(self, delta: dict) -> list[bytes]:
-        """Reasoning as a thinking block: its text as thinking deltas, then its signature (a signature
-        arriving after the block closed gets a block of its own, so that it still goes back)."""
+        """Reasoning as a thinking block: its text as thinking deltas, then its signature. A signature
+        that comes only once the answer's blocks have begun (Gemini signs a text answer on its last
+        part) is left out: a thinking block after the answer would end the message, and only a
+        function call's signature must go back (Gemini signs those on the call, before it)."""
         text = "" if self.omit_thinking else delta.get("reasoning_content")
         signature = delta.get("reasoning_signature")
+        if signature and self.block_kind not in ("", "thinking"):
+            signature = None
         if not (text or signature):
             return []
         out = [] if self.block_kind == "thinking" else self._open("thinking", {

@@ -66,7 +66,7 @@ def test_pinned_claude_code_is_installed(tmp_path):
 
 @pytest.mark.parametrize("kind", ["anthropic", "openai", "gemini"])
 def test_claude_code_writes_a_file_and_answers_through_the_gateway(kind, gateway, api_key, mock, tmp_path):
-    make_provider(kind, mock.url, knobs="chunks=5")
+    make_provider(kind, mock.url, knobs="chunks=5,reasoning_tokens=3")
     headers = {"authorization": f"Bearer {api_key[1]}"}
     assert wait_until(lambda: f"chat-{kind}" in [m["id"] for m in httpx.get(
         gateway.url + "/v1/models", headers=headers).json()["data"]])

@@ -24,6 +24,11 @@ count of thinking tokens: they are in output_tokens, and Usage.reasoning_tokens
 stays 0. Cache reads and writes (cache_read_input_tokens, cache_creation_input_tokens
 split by cache_creation into 5-minute and 1-hour writes) are kept apart in Usage, each
 billed at its own price.
+
+For /v1/messages the gateway calls Anthropic with the client's own request
+instead (messages_request, count_tokens_request: only the model renamed, the
+client's anthropic-beta and anthropic-version headers passed on) and relays its
+stream as it is (messages_stream, which reads usage and the end on the way).
 """
 
 import orjson
@@ -334,6 +339,42 @@ def usage_dict(usage: Usage) -> dict:
 
 def chat_stream(target, body: dict, want_usage: bool) -> Stream:
     return Stream(target, body, want_usage)
+
+
+# --- the Messages API as the client sent it (routing/front/messages.py) --------------------
+
+def _native(target, path: str, body: dict, request_id: str, headers: dict[str, str], query: str) -> UpstreamRequest:
+    """`body` as the client sent it, to the deployment's model, with the client's anthropic-beta and
+    anthropic-version (the provider's anthropic_version when it sent none)."""
+    sent = _headers(target, request_id)
+    version = headers.get("anthropic-version")
+    if version and "anthropic-version" not in target.extra_headers:
+        sent["anthropic-version"] = version
+    if beta := headers.get("anthropic-beta"):
+        sent["anthropic-beta"] = beta
+    url = f"{target.base_url}{path}" + (f"?{query}" if query else "")
+    return UpstreamRequest(url, sent, orjson.dumps({**body, "model": target.upstream_model}))
+
+
+def messages_request(target, body: dict, request_id: str, headers: dict[str, str], query: str = "") -> UpstreamRequest:
+    return _native(target, "/v1/messages", body, request_id, headers, query)
+
+
+def count_tokens_request(target, body: dict, request_id: str, headers: dict[str, str],
+                         query: str = "") -> UpstreamRequest:
+    return _native(target, "/v1/messages/count_tokens", body, request_id, headers, query)
+
+
+class NativeStream(Stream):
+    """Anthropic's events relayed as they are (StreamEvent.forward), read for usage and the end."""
+
+    def __call__(self, data: bytes) -> StreamEvent:
+        event = super().__call__(data)
+        return StreamEvent(forward=data, usage=event.usage, has_content=event.has_content, done=event.done)
+
+
+def messages_stream(target) -> NativeStream:
+    return NativeStream(target, {}, True)
 
 
 def models_request(target) -> UpstreamRequest:

@@ -214,10 +214,10 @@ def fuzz_gateway(url: str, data: dict, max_examples: int, workdir: Path, seed: i
             phases = [] if all(re.search(only, path) for path in LINKED) else NOT_STATEFUL
             return [schemathesis_run("v1", str(v1), url, checks, [*auth, "--include-path-regex", only, *phases],
                                      max_examples, workdir, seed)]
-        outcomes.append(schemathesis_run("v1", str(v1), url, V1_CHECKS, [*auth, "--exclude-path", "/v1/messages"],
+        outcomes.append(schemathesis_run("v1", str(v1), url, V1_CHECKS, [*auth, "--exclude-path-regex", "^/v1/messages"],
                                          max_examples, workdir, seed))
         outcomes.append(schemathesis_run("v1-messages", str(v1), url, MESSAGES_CHECKS,
-                                         [*auth, "--include-path", "/v1/messages", *NOT_STATEFUL], max_examples,
+                                         [*auth, "--include-path-regex", "^/v1/messages", *NOT_STATEFUL], max_examples,
                                          workdir, seed))
         outcomes.append(schemathesis_run("v1-bad-keys", str(v1), url, BAD_KEY_CHECKS, ["--phases", "fuzzing"],
                                          max(1, max_examples // 5), workdir, seed))

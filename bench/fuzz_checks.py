@@ -55,7 +55,7 @@ def error_problem(path: str, status: int, content_type: str, text: str) -> str |
         body = json.loads(text)
     except ValueError:
         return "the body is not JSON"
-    return (anthropic_error_problem if path == "/v1/messages" else openai_error_problem)(body)
+    return (anthropic_error_problem if path.startswith("/v1/messages") else openai_error_problem)(body)
 
 
 @schemathesis.check

@@ -121,6 +121,9 @@ SUMS = {
     "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
     "prompt_tokens": Sum("prompt_tokens"),
     "completion_tokens": Sum("completion_tokens"),
+    "cached_tokens": Sum("cached_tokens"),
+    "cache_write_tokens": Sum("cache_write_tokens"),
+    "reasoning_tokens": Sum("reasoning_tokens"),
     "cost_usd": Sum("cost_usd"),
 }
 
@@ -134,6 +137,9 @@ def _row(values: dict) -> dict:
         "error_rate": round((values.get("errors") or 0) / requests, 4) if requests else 0,
         "prompt_tokens": prompt,
         "completion_tokens": completion,
+        "cached_tokens": values.get("cached_tokens") or 0,
+        "cache_write_tokens": values.get("cache_write_tokens") or 0,
+        "reasoning_tokens": values.get("reasoning_tokens") or 0,
         "tokens": prompt + completion,
         "cost_usd": format(values.get("cost_usd") or Decimal(0), "f"),  # never "2E-8"
         "p50_ms": round(values["p50"]) if values.get("p50") is not None else None,

@@ -13,6 +13,7 @@ from tenants.scoping import scope_of
 
 from . import http_headers
 from .models import Deployment, Provider
+from .targets import PRICE_FIELDS
 
 
 class ProviderSerializer(ScopedSerializer):
@@ -97,7 +98,7 @@ class DeploymentSerializer(ScopedSerializer):
     class Meta:
         model = Deployment
         fields = ["id", "provider", "public_model", "upstream_model", "mode", "context_window",
-                  "max_output_tokens", "input_price_per_mtok", "output_price_per_mtok", "priority",
+                  "max_output_tokens", *PRICE_FIELDS, "long_context_threshold", "priority",
                   "supports_vision", "supports_tools", "native_responses", "connect_timeout", "first_byte_timeout", "total_timeout",
                   "is_active", "created_at"]
         read_only_fields = ["created_at"]

@@ -7,8 +7,9 @@ from django.db import models
 
 from tenants.models import Tenant
 
-from . import crypto, http_headers, key_env, netguard
+from . import crypto, http_headers, key_env, netguard, price_catalogue
 from .adapters import for_kind
+from .targets import PRICE_FALLBACK
 
 
 class Provider(models.Model):
@@ -158,6 +159,12 @@ class Provider(models.Model):
         return bool(self.api_key_encrypted or self.api_key_env)
 
 
+def _price(name: str, help_text: str) -> models.DecimalField:
+    """An optional price (USD per 1M tokens) that falls back to another when empty (providers.targets)."""
+    return models.DecimalField(name, max_digits=14, decimal_places=6, null=True, blank=True,
+                               validators=[MinValueValidator(0)], help_text=help_text)
+
+
 class Deployment(models.Model):
     """One model served by one provider, under a public name clients use."""
 
@@ -185,6 +192,30 @@ class Deployment(models.Model):
         default=Decimal(0),
         validators=[MinValueValidator(0)],
     )
+    cached_input_price_per_mtok = _price(
+        "cached input price (USD per 1M tokens)", "Prompt tokens read from the provider's cache. Empty: the input price.")
+    cache_write_price_per_mtok = _price(
+        "cache write price, 5 minutes (USD per 1M tokens)",
+        "Prompt tokens written to the cache (Anthropic's 5-minute writes). Empty: the input price.")
+    cache_write_1h_price_per_mtok = _price(
+        "cache write price, 1 hour (USD per 1M tokens)",
+        "Prompt tokens written to the cache for 1 hour (Anthropic). Empty: the 5-minute write price.")
+    long_context_threshold = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompts of more tokens than this (cache reads and writes included) are "
+                                         "billed at the long-context prices below. Empty: one tier.")
+    long_input_price_per_mtok = _price(
+        "long-context input price (USD per 1M tokens)", "Empty: the input price.")
+    long_output_price_per_mtok = _price(
+        "long-context output price (USD per 1M tokens)", "Empty: the output price.")
+    long_cached_input_price_per_mtok = _price(
+        "long-context cached input price (USD per 1M tokens)",
+        "Empty: the cached input price, or without one the long-context input price.")
+    long_cache_write_price_per_mtok = _price(
+        "long-context cache write price, 5 minutes (USD per 1M tokens)",
+        "Empty: the 5-minute write price, or without one the long-context input price.")
+    long_cache_write_1h_price_per_mtok = _price(
+        "long-context cache write price, 1 hour (USD per 1M tokens)",
+        "Empty: the 1-hour write price, or without one the long-context 5-minute write price.")
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     supports_vision = models.BooleanField(default=True, help_text="Accepts image parts.")
     supports_tools = models.BooleanField(default=True, help_text="Accepts tools.")
@@ -219,6 +250,16 @@ class Deployment(models.Model):
         if by_kind is None:
             return False
         return by_kind if self.native_responses is None else self.native_responses
+
+    def save(self, *args, **kwargs) -> None:
+        if self._state.adding and not self.has_prices():
+            price_catalogue.fill(self)
+        super().save(*args, **kwargs)
+
+    def has_prices(self) -> bool:
+        """Whether any price or the long-context threshold is set (the catalogue then fills nothing)."""
+        return bool(self.input_price_per_mtok or self.output_price_per_mtok or self.long_context_threshold
+                    or any(getattr(self, name) is not None for name in PRICE_FALLBACK))
 
     def clean(self) -> None:
         provider = self.provider if self.provider_id else None

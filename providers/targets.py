@@ -8,6 +8,8 @@ a provider the way the gateway would.
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .adapters.base import Usage
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -30,6 +32,18 @@ class Target:
     input_price_per_mtok: Decimal
     output_price_per_mtok: Decimal
     created: int
+    # Prices of the other token classes (USD per 1M; None: as `PRICE_FALLBACK` says) and the
+    # long-context tier: a prompt of more than long_context_threshold tokens (0: no tier) is billed
+    # at the long_* prices, each None falling back to its normal-tier price.
+    cached_input_price_per_mtok: Decimal | None = None
+    cache_write_price_per_mtok: Decimal | None = None
+    cache_write_1h_price_per_mtok: Decimal | None = None
+    long_context_threshold: int = 0
+    long_input_price_per_mtok: Decimal | None = None
+    long_output_price_per_mtok: Decimal | None = None
+    long_cached_input_price_per_mtok: Decimal | None = None
+    long_cache_write_price_per_mtok: Decimal | None = None
+    long_cache_write_1h_price_per_mtok: Decimal | None = None
     priority: int = 0
     weight: int = 1
     supports_vision: bool = True
@@ -43,13 +57,54 @@ class Target:
     misconfigured: str = ""
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        """Exact cost in USD (prices are per million tokens)."""
-        return (
-            prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok
-        ) / 1_000_000
+        """Exact cost in USD of uncached prompt and output tokens (an estimate's, before usage is known)."""
+        return self.usage_cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+
+    def usage_cost(self, usage: Usage) -> Decimal:
+        """Exact cost in USD of `usage`, every token class at its price (prices are per million tokens)."""
+        long = 0 < self.long_context_threshold < usage.prompt_tokens
+        uncached, cached, write_5m, write_1h, output = self.rates(long)
+        return (usage.input_tokens * uncached + usage.cached_tokens * cached + usage.cache_write_5m_tokens * write_5m
+                + usage.cache_write_1h_tokens * write_1h + usage.completion_tokens * output) / 1_000_000
+
+    def rates(self, long: bool = False) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        """The prices of (uncached input, cache read, 5-minute cache write, 1-hour cache write, output)
+        in the normal or the long-context tier, every empty one filled as PRICE_FALLBACK says."""
+        uncached, output = self.input_price_per_mtok, self.output_price_per_mtok
+        cached, write_5m, write_1h = (self.cached_input_price_per_mtok, self.cache_write_price_per_mtok,
+                                      self.cache_write_1h_price_per_mtok)
+        if long:
+            uncached = _first(self.long_input_price_per_mtok, uncached)
+            output = _first(self.long_output_price_per_mtok, output)
+            cached = _first(self.long_cached_input_price_per_mtok, cached)
+            write_5m = _first(self.long_cache_write_price_per_mtok, write_5m)
+            write_1h = _first(self.long_cache_write_1h_price_per_mtok, write_1h)
+        write_5m = _first(write_5m, uncached)
+        return uncached, _first(cached, uncached), write_5m, _first(write_1h, write_5m), output
 
     def visible_to(self, tenant_id: int) -> bool:
         return self.tenant_id is None or self.tenant_id == tenant_id
+
+
+def _first(price: Decimal | None, fallback: Decimal | None) -> Decimal | None:
+    return fallback if price is None else price
+
+
+# Which price an empty one falls back to (the rule of Target.rates, shown in the admin and the README).
+# A long-context price falls back to its normal-tier price when that is set, else to the long tier's
+# own fallback: with no cache-read price at all, cache reads above the threshold cost long_input.
+PRICE_FALLBACK = {
+    "cached_input_price_per_mtok": "input_price_per_mtok",
+    "cache_write_price_per_mtok": "input_price_per_mtok",
+    "cache_write_1h_price_per_mtok": "cache_write_price_per_mtok",
+    "long_input_price_per_mtok": "input_price_per_mtok",
+    "long_output_price_per_mtok": "output_price_per_mtok",
+    "long_cached_input_price_per_mtok": "cached_input_price_per_mtok, else long_input_price_per_mtok",
+    "long_cache_write_price_per_mtok": "cache_write_price_per_mtok, else long_input_price_per_mtok",
+    "long_cache_write_1h_price_per_mtok": "cache_write_1h_price_per_mtok, else long_cache_write_price_per_mtok",
+}
+# Every price a deployment has, and the long-context threshold: what a Target copies from it.
+PRICE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok", *PRICE_FALLBACK)
 
 
 def target_for(provider, deployment=None) -> Target:
@@ -77,6 +132,8 @@ def target_for(provider, deployment=None) -> Target:
         max_output_tokens=d.max_output_tokens if d else 0,
         input_price_per_mtok=d.input_price_per_mtok if d else Decimal(0),
         output_price_per_mtok=d.output_price_per_mtok if d else Decimal(0),
+        **({name: getattr(d, name) for name in PRICE_FALLBACK} if d else {}),
+        long_context_threshold=(d.long_context_threshold or 0) if d else 0,
         created=int(d.created_at.timestamp()) if d else 0,
         allow_private_network=provider.allow_private_network,
         misconfigured=provider.call_problem(api_key),

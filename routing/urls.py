@@ -5,6 +5,7 @@ from .front import chat, completions, embeddings, messages, models, responses, s
 urlpatterns = [
     path("v1/chat/completions", chat.chat_completions),
     path("v1/messages", messages.messages),
+    path("v1/messages/count_tokens", messages.count_tokens),
     path("v1/responses", responses.responses),
     path("v1/responses/input_tokens", responses.input_tokens),
     path("v1/completions", completions.completions),

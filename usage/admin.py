@@ -17,8 +17,8 @@ class UsageRecordAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     """The billing ledger: read-only."""
 
     list_display = ["created_at", "request_id", "tenant", "key_prefix", "public_model", "provider_name",
-                    "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms", "status",
-                    "streamed"]
+                    "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "reasoning_tokens",
+                    "cost_usd", "latency_ms", "ttft_ms", "status", "streamed"]
     list_filter = ["status", "streamed", "endpoint", "tokens_estimated", "tenant"]
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
     date_hierarchy = "created_at"
@@ -112,7 +112,8 @@ ApiKeyAdmin.inlines = [*ApiKeyAdmin.inlines, KeyLimitInline]
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["bucket", "granularity", "tenant", "key_prefix", "public_model", "provider_name", "requests",
-                    "errors", "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
+                    "errors", "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens",
+                    "reasoning_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms"]
     list_filter = ["granularity", "tenant", "provider_name"]
     date_hierarchy = "bucket"
     list_select_related = ["tenant"]

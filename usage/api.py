@@ -33,7 +33,8 @@ class UsageRecordSerializer(serializers.ModelSerializer):
         model = UsageRecord
         fields = ["request_id", "client_request_id", "created_at", "tenant", "key_prefix", "endpoint",
                   "public_model", "upstream_model", "provider_name", "route", "strategy", "attempts",
-                  "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens", "tokens_estimated",
+                  "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+                  "cache_write_1h_tokens", "reasoning_tokens", "total_tokens", "tokens_estimated",
                   "cost_usd", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed"]
 
 
@@ -112,6 +113,8 @@ class Summary(APIView):
             "totals": inline_serializer("UsageTotals", {
                 "requests": serializers.IntegerField(), "errors": serializers.IntegerField(),
                 "prompt_tokens": serializers.IntegerField(), "completion_tokens": serializers.IntegerField(),
+                "cached_tokens": serializers.IntegerField(), "cache_write_tokens": serializers.IntegerField(),
+                "reasoning_tokens": serializers.IntegerField(),
                 "cost_usd": serializers.CharField(help_text="USD, exact, as a decimal string")}),
             "groups": serializers.ListField(child=serializers.DictField()),
         }),
@@ -121,7 +124,8 @@ class Summary(APIView):
         records = visible_records(request)
         sums = {"requests": Count("id"), "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
                 "prompt_tokens": Sum("prompt_tokens"), "completion_tokens": Sum("completion_tokens"),
-                "cost_usd": Sum("cost_usd")}
+                "cached_tokens": Sum("cached_tokens"), "cache_write_tokens": Sum("cache_write_tokens"),
+                "reasoning_tokens": Sum("reasoning_tokens"), "cost_usd": Sum("cost_usd")}
         totals = _exact(records.aggregate(**sums))
         groups = []
         if group_by := request.query_params.get("group_by"):

@@ -49,7 +49,13 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
-    cached_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0, help_text="Of the prompt tokens, those read from the cache.")
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the prompt tokens, those written to the cache (5-minute and 1-hour).")
+    cache_write_1h_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the cache writes, those with the 1-hour lifetime.")
+    reasoning_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the completion tokens, the reasoning ones (where the provider reports them).")
     tokens_estimated = models.BooleanField(
         default=False, help_text="Counted by the gateway because the upstream reported no usage."
     )
@@ -166,6 +172,9 @@ class UsageRollup(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
     latency_p50_ms = models.PositiveIntegerField(default=0)
     latency_p95_ms = models.PositiveIntegerField(default=0)

@@ -39,6 +39,7 @@ _SQL = """
 SELECT tenant_id, api_key_id, max(key_prefix), public_model, provider_name, count(*),
        count(*) FILTER (WHERE status NOT IN (%s, %s, %s)),
        sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_usd),
+       sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(reasoning_tokens),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
        percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
 FROM usage_usagerecord
@@ -59,15 +60,17 @@ def _groups(start: datetime, end: datetime) -> list[tuple]:
             return cursor.fetchall()
     groups: dict[tuple, list] = {}
     fields = ("tenant_id", "api_key_id", "key_prefix", "public_model", "provider_name", "status", "prompt_tokens",
-              "completion_tokens", "cached_tokens", "cost_usd", "latency_ms")
+              "completion_tokens", "cached_tokens", "cost_usd", "cache_write_tokens", "cache_write_1h_tokens",
+              "reasoning_tokens", "latency_ms")
     for row in UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end).values_list(*fields):
         groups.setdefault((row[0], row[1], row[3], row[4]), []).append(row)
     result = []
     for (tenant, key, model, provider), rows in groups.items():
-        latencies = [r[10] for r in rows]
+        latencies = [r[13] for r in rows]
         result.append((tenant, key, max(r[2] for r in rows), model, provider, len(rows),
                        sum(r[5] not in NOT_ERRORS for r in rows), sum(r[6] for r in rows), sum(r[7] for r in rows),
                        sum(r[8] for r in rows), sum((r[9] for r in rows), Decimal(0)),
+                       *(sum(r[i] for r in rows) for i in (10, 11, 12)),
                        percentile(latencies, 0.5), percentile(latencies, 0.95)))
     return result
 
@@ -80,8 +83,9 @@ def rollup(granularity: str, bucket: datetime) -> int:
         rows = [UsageRollup(granularity=granularity, bucket=bucket, tenant_id=g[0], api_key_id=g[1],
                             key_prefix=g[2] or "", public_model=g[3], provider_name=g[4], requests=g[5],
                             errors=g[6], prompt_tokens=g[7] or 0, completion_tokens=g[8] or 0,
-                            cached_tokens=g[9] or 0, cost_usd=g[10] or 0, latency_p50_ms=round(g[11] or 0),
-                            latency_p95_ms=round(g[12] or 0))
+                            cached_tokens=g[9] or 0, cost_usd=g[10] or 0, cache_write_tokens=g[11] or 0,
+                            cache_write_1h_tokens=g[12] or 0, reasoning_tokens=g[13] or 0,
+                            latency_p50_ms=round(g[14] or 0), latency_p95_ms=round(g[15] or 0))
                 for g in _groups(bucket, bucket + STEP[granularity])]
         existing = UsageRollup.objects.filter(granularity=granularity, bucket=bucket)
         counted = existing.aggregate(n=Sum("requests"))["n"] or 0

@@ -21,7 +21,14 @@ their texts joined, the last signature kept, or in a stream sent last;
 redacted_thinking blocks are not carried), and go back to Anthropic as one
 signed thinking block leading the assistant turn. Anthropic reports no separate
 count of thinking tokens: they are in output_tokens, and Usage.reasoning_tokens
-stays 0.
+stays 0. Cache reads and writes (cache_read_input_tokens, cache_creation_input_tokens
+split by cache_creation into 5-minute and 1-hour writes) are kept apart in Usage, each
+billed at its own price.
+
+For /v1/messages the gateway calls Anthropic with the client's own request
+instead (messages_request, count_tokens_request: only the model renamed, the
+client's anthropic-beta and anthropic-version headers passed on) and relays its
+stream as it is (messages_stream, which reads usage and the end on the way).
 """
 
 import orjson
@@ -211,12 +218,23 @@ def embeddings_response(target, body: dict, data: dict) -> None:
 
 def parse_usage(data: dict) -> Usage | None:
     usage = data.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    cached = int(usage.get("cache_read_input_tokens") or 0)
-    # Anthropic's input_tokens leave out cached and cache-written tokens; OpenAI's include them.
-    prompt = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_creation_input_tokens") or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0), cached_tokens=cached)
+    return usage_of(usage) if isinstance(usage, dict) else None
+
+
+def usage_of(usage: dict) -> Usage:
+    """Anthropic's usage object (a message's, or a stream's cumulative message_delta one) as Usage.
+
+    Anthropic's input_tokens leave out cache reads and writes; OpenAI's prompt_tokens (and Usage's)
+    include them. cache_creation splits the writes by lifetime; without it they are all 5-minute ones.
+    """
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    split = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), dict) else {}
+    hour = int(split.get("ephemeral_1h_input_tokens") or 0)
+    written = max(int(usage.get("cache_creation_input_tokens") or 0),
+                  hour + int(split.get("ephemeral_5m_input_tokens") or 0))
+    return Usage(prompt_tokens=int(usage.get("input_tokens") or 0) + read + written,
+                 completion_tokens=int(usage.get("output_tokens") or 0), cached_tokens=read,
+                 cache_write_tokens=written, cache_write_1h_tokens=hour)
 
 
 def chat_response(target, body: dict, data: dict) -> dict:
@@ -291,7 +309,10 @@ class Stream(fmt.ChunkStream):
         if reason:
             self.finish = STOP_REASONS.get(reason, "stop")
         usage = event.get("usage") or {}
-        if "output_tokens" in usage:
+        if any(name in usage for name in _INPUT_COUNTS):
+            # The current API repeats the input counts here, cumulative: they replace message_start's.
+            self.usage = usage_of({**usage_dict(self.usage), **usage})
+        elif "output_tokens" in usage:
             self.usage.completion_tokens = int(usage["output_tokens"] or 0)
         return self.event([])
 
@@ -304,8 +325,56 @@ class Stream(fmt.ChunkStream):
         raise self.failed(orjson.dumps(event))
 
 
+_INPUT_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation")
+
+
+def usage_dict(usage: Usage) -> dict:
+    """Usage as Anthropic's usage object (the /v1/messages front answers with it too)."""
+    return {"input_tokens": usage.input_tokens, "cache_read_input_tokens": usage.cached_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+                               "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens},
+            "output_tokens": usage.completion_tokens}
+
+
 def chat_stream(target, body: dict, want_usage: bool) -> Stream:
     return Stream(target, body, want_usage)
+
+
+# --- the Messages API as the client sent it (routing/front/messages.py) --------------------
+
+def _native(target, path: str, body: dict, request_id: str, headers: dict[str, str], query: str) -> UpstreamRequest:
+    """`body` as the client sent it, to the deployment's model, with the client's anthropic-beta and
+    anthropic-version (the provider's anthropic_version when it sent none)."""
+    sent = _headers(target, request_id)
+    version = headers.get("anthropic-version")
+    if version and "anthropic-version" not in target.extra_headers:
+        sent["anthropic-version"] = version
+    if beta := headers.get("anthropic-beta"):
+        sent["anthropic-beta"] = beta
+    url = f"{target.base_url}{path}" + (f"?{query}" if query else "")
+    return UpstreamRequest(url, sent, orjson.dumps({**body, "model": target.upstream_model}))
+
+
+def messages_request(target, body: dict, request_id: str, headers: dict[str, str], query: str = "") -> UpstreamRequest:
+    return _native(target, "/v1/messages", body, request_id, headers, query)
+
+
+def count_tokens_request(target, body: dict, request_id: str, headers: dict[str, str],
+                         query: str = "") -> UpstreamRequest:
+    return _native(target, "/v1/messages/count_tokens", body, request_id, headers, query)
+
+
+class NativeStream(Stream):
+    """Anthropic's events relayed as they are (StreamEvent.forward), read for usage and the end."""
+
+    def __call__(self, data: bytes) -> StreamEvent:
+        event = super().__call__(data)
+        return StreamEvent(forward=data, usage=event.usage, has_content=event.has_content, done=event.done)
+
+
+def messages_stream(target) -> NativeStream:
+    return NativeStream(target, {}, True)
 
 
 def models_request(target) -> UpstreamRequest:

@@ -39,6 +39,15 @@ Reasoning, the same on every kind:
 Reasoning tokens are counted in Usage.reasoning_tokens where the provider reports them apart
 (OpenAI's kinds, Gemini); Anthropic, Cohere and Ollama count thinking in their output tokens
 only, so there it stays 0 while completion_tokens still include it.
+
+Usage, the same on every kind (each adapter's parse_usage and stream translator convert to it):
+  prompt_tokens          every input token, OpenAI's way: uncached + cache reads + cache writes
+  cached_tokens          of those, read from the provider's prompt cache
+  cache_write_tokens     of those, written to it (Anthropic's cache_creation_input_tokens)
+  cache_write_1h_tokens  of the written ones, those with the 1-hour lifetime (the rest: 5 minutes)
+  completion_tokens      every output token, reasoning included
+  reasoning_tokens       of those, the reasoning ones, where the provider reports them apart
+Each class has its own price (providers.targets.Target.usage_cost).
 """
 
 from dataclasses import dataclass
@@ -60,12 +69,23 @@ class UpstreamRequest:
 
 @dataclass(slots=True)
 class Usage:
-    # OpenAI's accounting: prompt_tokens include cached ones, completion_tokens
-    # include reasoning ones. Adapters convert to it.
+    # OpenAI's accounting: prompt_tokens include cache reads and writes, completion_tokens
+    # include reasoning ones (the module's docstring has the table). Adapters convert to it.
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        """The input tokens neither read from nor written to a cache (Anthropic's input_tokens)."""
+        return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
+
+    @property
+    def cache_write_5m_tokens(self) -> int:
+        return max(0, self.cache_write_tokens - self.cache_write_1h_tokens)
 
 
 @dataclass(slots=True)

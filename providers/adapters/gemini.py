@@ -226,18 +226,21 @@ class Stream(fmt.ChunkStream):
         candidate = _candidate(response)
         chunks = []
         for part in (candidate.get("content") or {}).get("parts") or ():
+            if part.get("thought") and part.get("text"):
+                chunks.append(self.reasoning(part["text"]))
+            if part.get("thoughtSignature") and not self.signed:
+                # Before the part it signs: the reasoning it seals is then complete (on /v1/messages,
+                # the thinking block closes with its signature before the answer's blocks open).
+                self.signed = True
+                chunks.append(self.signature(part["thoughtSignature"]))
             if part.get("thought"):
-                if part.get("text"):
-                    chunks.append(self.reasoning(part["text"]))
-            elif part.get("text"):
+                continue
+            if part.get("text"):
                 chunks.append(self.text(part["text"]))
             elif "functionCall" in part:
                 call = part["functionCall"]
                 chunks.append(self.tool_start(call.get("id") or f"call_{self.tool_calls}", call.get("name", ""),
                                               orjson.dumps(call.get("args") or {}).decode()))
-            if part.get("thoughtSignature") and not self.signed:
-                self.signed = True
-                chunks.append(self.signature(part["thoughtSignature"]))
         finish = _finish(candidate, response)
         return self.end(finish, chunks) if finish is not None else self.event(chunks)
 

@@ -73,6 +73,7 @@ def chat_response(target, body: dict, data: dict) -> dict:
     choices = []
     for choice in data.get("choices") or ():
         message = dict(choice.get("message") or {})
+        message.setdefault("refusal", None)  # OpenAI's schema requires it; TGI leaves it out
         if message.get("tool_calls"):
             message["tool_calls"] = [
                 {k: v for k, v in _normal_call(c, i).items() if k != "index"} for i, c in enumerate(message["tool_calls"])

@@ -87,15 +87,20 @@ def _refuse_error_body(target, data) -> None:
 
 
 def parse_usage(response: dict) -> Usage | None:
+    """OpenAI's usage block as Usage. Besides OpenAI's own fields it reads what OpenAI-compatible
+    servers report of prompt caching: prompt_tokens_details.cache_write_tokens (OpenRouter, and
+    this gateway's own answers) and DeepSeek's prompt_cache_hit_tokens."""
     usage = response.get("usage")
     if not isinstance(usage, dict):
         return None
     prompt_details = usage.get("prompt_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
     completion_details = usage.get("completion_tokens_details")
     return Usage(
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0) if isinstance(prompt_details, dict) else 0,
+        cached_tokens=int(prompt_details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0),
+        cache_write_tokens=int(prompt_details.get("cache_write_tokens") or 0),
         reasoning_tokens=(int(completion_details.get("reasoning_tokens") or 0)
                           if isinstance(completion_details, dict) else 0),
     )

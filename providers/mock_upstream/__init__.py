@@ -6,7 +6,7 @@ published API reference):
   OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models
   Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...,
                 /openai/responses?api-version=..., /openai/v1/responses; GET /openai/models
-  Anthropic     POST /v1/messages; GET /v1/models (with an anthropic-version header)
+  Anthropic     POST /v1/messages, /v1/messages/count_tokens; GET /v1/models (with an anthropic-version header)
   Gemini        POST /v1beta/models/{model}:generateContent|streamGenerateContent|batchEmbedContents|embedContent;
                 GET /v1beta/models
   Cohere        POST /v2/chat, /v2/embed; GET /v1/models
@@ -15,7 +15,7 @@ published API reference):
 A path may start with a provider kind (/anthropic/v1/models, /huggingface/v1/chat/completions,
 /cohere/v1/models, /azure/openai/v1/responses) to pick that format where paths are shared; OpenAI's
 is the default. Plus GET /_mock/stats (requests served per path, tokens reported in usage blocks),
-GET /_mock/last (the last request body), POST /_mock/reset, and POST /_mock/knobs with a JSON object
+GET /_mock/last (the last request's body, path with query, and headers but the credentials), POST /_mock/reset, and POST /_mock/knobs with a JSON object
 of knobs that every request then gets, over every source below ({} clears them; tool_args may be
 the object itself): a provider that starts failing or hanging mid-test.
 
@@ -35,7 +35,14 @@ Knob names (values are integers unless said otherwise):
                     (0: right after the headers, before any data)
   no_usage          1: never report usage, even when asked (Anthropic always reports it)
   hang              1: never answer
-  cached_tokens     report this many of the prompt tokens as cached
+  cached_tokens     report this many of the prompt tokens as read from the provider's cache
+  cache_write_tokens     report this many of the prompt tokens as written to the cache for
+                    5 minutes (Anthropic's cache_creation; OpenAI-compatible answers carry them
+                    in prompt_tokens_details.cache_write_tokens, as OpenRouter does; the other
+                    formats have no such count)
+  cache_write_1h_tokens  the same, written for 1 hour (Anthropic's ephemeral_1h_input_tokens)
+                    A prompt counted shorter than its cached and written tokens together is
+                    counted as long as them.
   reasoning_tokens  report this many reasoning tokens besides the visible output; when the
                     request asks for reasoning, also answer with that many words of it in
                     the format's own reasoning fields, signed where the provider signs
@@ -108,6 +115,7 @@ ROUTES = [
     ("azure", "GET", r"/openai/models", openai.azure_models, openai),
     ("azure", "POST", r"/openai(/v1)?/responses", responses.azure, responses),
     ("anthropic", "POST", r"/v1/messages", anthropic.messages, anthropic),
+    ("anthropic", "POST", r"/v1/messages/count_tokens", anthropic.count_tokens, anthropic),
     ("anthropic", "GET", r"/v1/models", anthropic.models, anthropic),
     ("gemini", "POST", r"/v1(beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)",
      gemini.generate, gemini),
@@ -124,6 +132,8 @@ ROUTES = [
     ("huggingface", "POST", r"/embed", huggingface.embed, huggingface),
     ("huggingface", "GET", r"/info", huggingface.info, huggingface),
 ]
+CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key")
+last_request: dict = {}
 _COMPILED = [(f, m, re.compile(p + "$"), h, mod) for f, m, p, h, mod in ROUTES]
 
 
@@ -191,7 +201,8 @@ async def _handle(scope, path: str, receive, send) -> None:
         await send_json(send, 200, {"requests": dict(stats), "tokens": dict(served_tokens)})
         return
     if path == "/_mock/last":
-        await send_json(send, 200, {"body": last_body[0] if last_body else None})
+        await send_json(send, 200, {"body": last_body[0] if last_body else None,
+                                    "path": last_request.get("path"), "headers": last_request.get("headers")})
         return
     if path == "/_mock/reset":
         stats.clear()
@@ -209,6 +220,9 @@ async def _handle(scope, path: str, receive, send) -> None:
     if body is None:
         return
     last_body[:] = [body]
+    last_request.update(path=path + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else ""),
+                        headers={k.decode(): v.decode(errors="replace") for k, v in headers.items()
+                                 if k not in CREDENTIAL_HEADERS})
     if route is None:
         await _not_found(send, path)
         return

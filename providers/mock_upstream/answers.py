@@ -43,11 +43,17 @@ class Answer:
     finish: str = "stop"  # stop, length or tool
     prompt_tokens: int = 0
     completion_tokens: int = 0  # visible output, reasoning not included
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, read from the cache
+    cache_write_tokens: int = 0  # of the prompt tokens, written to the cache for 5 minutes
+    cache_write_1h_tokens: int = 0  # and for 1 hour
     reasoning_tokens: int = 0
     # The reasoning text in pieces, one per reasoning token, when the request asks for it
     # and the reasoning_tokens knob is set.
     reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def cache_written(self) -> int:
+        return self.cache_write_tokens + self.cache_write_1h_tokens
 
     @property
     def text(self) -> str:
@@ -137,7 +143,10 @@ def _call(result: Answer, tool: dict, knobs: dict) -> Answer:
 
 def answer(ask: Ask, knobs: dict) -> Answer:
     result = Answer(pieces=[], prompt_tokens=prompt_tokens(ask.texts), cached_tokens=knobs.get("cached_tokens", 0),
+                    cache_write_tokens=knobs.get("cache_write_tokens", 0),
+                    cache_write_1h_tokens=knobs.get("cache_write_1h_tokens", 0),
                     reasoning_tokens=knobs.get("reasoning_tokens", 0))
+    result.prompt_tokens = max(result.prompt_tokens, result.cached_tokens + result.cache_written)
     if ask.reasoning:
         result.reasoning = [(" " if i else "") + THOUGHTS[i % len(THOUGHTS)] for i in range(result.reasoning_tokens)]
     if knobs.get("refusal"):

@@ -4,13 +4,15 @@ With extended thinking on (`thinking: {"type": "enabled", "budget_tokens": N}`, 
 `{"type": "adaptive"}` with `output_config.effort`) and the
 reasoning_tokens knob set, the answer opens with a signed thinking block; as Anthropic does, a
 request with thinking on is refused when its budget is out of range, its temperature is not 1,
-a thinking block's signature is not the mock's, or the assistant turn a tool result answers
-does not open with its thinking block.
+a thinking block's signature is not the mock's, or (thinking enabled with a budget) the
+assistant turn a tool result answers does not open with its thinking block. With `thinking.display: "omitted"` the thinking blocks
+come with their signature and no text, and such a block may come back without its text.
+POST /v1/messages/count_tokens counts as the answers' usage would.
 """
 
 import time
 
-from .answers import Answer, Ask, answer, signature, signed
+from .answers import Answer, Ask, answer, prompt_tokens, signature, signed
 from .server import Request, send_json, send_stream, sse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -79,7 +81,8 @@ def thinking_error(body: dict) -> str | None:
     messages = body.get("messages") or []
     for i, message in enumerate(messages):
         for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
-            if block.get("type") == "thinking" and not signed(block.get("signature") or "", block.get("thinking")):
+            if block.get("type") == "thinking" and not signed(block.get("signature") or "",
+                                                              block.get("thinking") or None):
                 return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
     effort = (body.get("output_config") or {}).get("effort")
     if effort not in (None, "low", "medium", "high", "xhigh", "max"):
@@ -91,12 +94,13 @@ def thinking_error(body: dict) -> str | None:
         return "thinking.adaptive.budget_tokens: Extra inputs are not permitted"
     if thinking["type"] == "enabled" and (not isinstance(budget, int) or budget < 1024):
         return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-    if thinking["type"] == "enabled" and budget >= body["max_tokens"]:
+    if thinking["type"] == "enabled" and body.get("max_tokens") is not None and budget >= body["max_tokens"]:
         return "`max_tokens` must be greater than `thinking.budget_tokens`."
     if body.get("temperature") not in (None, 1):
         return "`temperature` may only be set to 1 when thinking is enabled."
     last = len(messages) - 2  # the assistant turn before a closing tool result
-    if last >= 0 and ask_of(body).after_tool and messages[last].get("role") == "assistant":
+    # Adaptive thinking may skip thinking on a turn: only a budget makes every turn open with it.
+    if thinking["type"] == "enabled" and last >= 0 and ask_of(body).after_tool and messages[last].get("role") == "assistant":
         content = messages[last].get("content")
         first = content[0] if isinstance(content, list) and content else {"type": "text"}
         if first.get("type") not in ("thinking", "redacted_thinking"):
@@ -107,29 +111,44 @@ def thinking_error(body: dict) -> str | None:
 
 
 def _usage(a: Answer) -> dict:
-    return {"input_tokens": a.prompt_tokens - a.cached_tokens, "output_tokens": a.completion_tokens + a.reasoning_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": a.cached_tokens, "service_tier": "standard"}
+    # input_tokens leave out cache reads and writes; cache_creation splits the writes by lifetime.
+    return {"input_tokens": a.prompt_tokens - a.cached_tokens - a.cache_written,
+            "output_tokens": a.completion_tokens + a.reasoning_tokens,
+            "cache_creation_input_tokens": a.cache_written, "cache_read_input_tokens": a.cached_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": a.cache_write_tokens,
+                               "ephemeral_1h_input_tokens": a.cache_write_1h_tokens},
+            "service_tier": "standard"}
+
+
+async def _refused(req: Request, required: tuple[str, ...]) -> bool:
+    """Answer Anthropic's 400 for what it would refuse (the version header, a required field, thinking)."""
+    body = req.body
+    missing = [name for name in required if not body.get(name)]
+    error = ("anthropic-version: header is required" if not req.header("anthropic-version")
+             else f"{missing[0]}: Field required" if missing else thinking_error(body))
+    if error:
+        await send_json(req.send, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": error}})
+    return bool(error)
+
+
+async def count_tokens(req: Request) -> None:
+    if not await _refused(req, ("model", "messages")):
+        await send_json(req.send, 200, {"input_tokens": prompt_tokens(ask_of(req.body).texts)})
+
+
+def _omitted(body: dict) -> bool:
+    return (body.get("thinking") or {}).get("display") == "omitted"
 
 
 async def messages(req: Request) -> None:
     body = req.body
-    if not req.header("anthropic-version"):
-        await send_json(req.send, 400, {"type": "error", "error": {
-            "type": "invalid_request_error", "message": "anthropic-version: header is required"}})
-        return
-    missing = [name for name in ("model", "max_tokens", "messages") if not body.get(name)]
-    if missing:
-        await send_json(req.send, 400, {"type": "error", "error": {
-            "type": "invalid_request_error", "message": f"{missing[0]}: Field required"}})
-        return
-    if error := thinking_error(body):
-        await send_json(req.send, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": error}})
+    if await _refused(req, ("model", "max_tokens", "messages")):
         return
     a = answer(ask_of(body), req.knobs)
     message = {"id": f"msg_mock{int(time.time() * 1e6)}", "type": "message", "role": "assistant",
                "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None}
     if body.get("stream"):
-        await send_stream(req, _frames(message, a))
+        await send_stream(req, _frames(message, a, _omitted(body)))
         return
     if a.tool_name:
         message["content"] = [{"type": "tool_use", "id": "toolu_mock01", "name": a.tool_name,
@@ -137,11 +156,12 @@ async def messages(req: Request) -> None:
     else:
         message["content"] = [{"type": "text", "text": a.text}]
     if a.reasoning:
-        message["content"].insert(0, {"type": "thinking", "thinking": a.thoughts, "signature": signature(a.thoughts)})
+        message["content"].insert(0, {"type": "thinking", "thinking": "" if _omitted(body) else a.thoughts,
+                                      "signature": signature(a.thoughts)})
     await send_json(req.send, 200, {**message, "stop_reason": STOP[a.finish], "usage": _usage(a)})
 
 
-def _frames(message: dict, a: Answer):
+def _frames(message: dict, a: Answer, omitted: bool = False):
     usage = _usage(a)
     yield sse({"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}},
               "message_start"), False
@@ -149,7 +169,7 @@ def _frames(message: dict, a: Answer):
     if a.reasoning:
         yield sse({"type": "content_block_start", "index": 0, "content_block": {
             "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"), False
-        for piece in a.reasoning:
+        for piece in () if omitted else a.reasoning:
             yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}},
                       "content_block_delta"), True
         yield sse({"type": "content_block_delta", "index": 0, "delta": {
@@ -168,8 +188,14 @@ def _frames(message: dict, a: Answer):
         yield sse({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"), True
     yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), False
     yield sse({"type": "message_delta", "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
-               "usage": {"output_tokens": usage["output_tokens"]}}, "message_delta"), False
+               "usage": _delta_usage(usage)}, "message_delta"), False
     yield sse({"type": "message_stop"}, "message_stop"), False
+
+
+def _delta_usage(usage: dict) -> dict:
+    """message_delta's usage: cumulative, the input counts repeated, as the current API sends it."""
+    return {name: usage[name] for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                                           "output_tokens")}
 
 
 async def models(req: Request) -> None:

@@ -99,7 +99,8 @@ def usage(a: Answer, variant: str = "openai") -> dict:
                 "total_tokens": a.prompt_tokens + completion}
     return {"prompt_tokens": a.prompt_tokens, "completion_tokens": completion,
             "total_tokens": a.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0,
+                                      **({"cache_write_tokens": a.cache_written} if a.cache_written else {})},
             "completion_tokens_details": {"reasoning_tokens": a.reasoning_tokens, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 

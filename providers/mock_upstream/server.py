@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import orjson
 
 KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_after", "no_usage", "hang",
-         "cached_tokens", "reasoning_tokens", "error_after", "fail_after", "echo_key", "refusal", "lenient_tools")
+         "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "error_after", "fail_after", "echo_key", "refusal", "lenient_tools")
 # Knobs with text values: a tool's name, a call's arguments (base64url of a JSON object) and a
 # custom tool's input (base64url of the text), encoded so that a directive holds them on one line.
 TEXT_KNOBS = ("tool", "tool_args", "tool_input")

@@ -70,7 +70,7 @@ class Call:
     def cost(self) -> Decimal:
         if self.target is None or self.usage is None:
             return Decimal(0)
-        return self.target.cost(self.usage.prompt_tokens, self.usage.completion_tokens)
+        return self.target.usage_cost(self.usage)
 
     async def settle_and_record(self) -> None:
         """Settle the limits reservation with what the call used, and buffer its usage event."""
@@ -135,7 +135,9 @@ class Call:
         reported = self.usage or Usage()
         usage = Usage(prompt_tokens=reported.prompt_tokens or self.estimated_prompt(),
                       completion_tokens=max(reported.completion_tokens, self.delivered_chunks),
-                      cached_tokens=reported.cached_tokens)
+                      cached_tokens=reported.cached_tokens, reasoning_tokens=reported.reasoning_tokens,
+                      cache_write_tokens=reported.cache_write_tokens,
+                      cache_write_1h_tokens=reported.cache_write_1h_tokens)
         event = self.event(usage, target)
         event.update(status="interrupted", error_type="worker_lost", tokens_estimated=True)
         if not self.streamed:
@@ -161,14 +163,15 @@ class Call:
         event.update(request_id=f"{self.request_id}-hedge", provider_id=target.provider_id,
                      provider_name=target.provider_name, deployment_id=target.deployment_id,
                      upstream_model=target.upstream_model, prompt_tokens=0, completion_tokens=0, total_tokens=0,
-                     cached_tokens=0, cost_usd="0", status="hedge_cancelled", ttft_ms=None)
+                     cached_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0, reasoning_tokens=0,
+                     cost_usd="0", status="hedge_cancelled", ttft_ms=None)
         return event
 
     def event(self, usage: Usage | None = None, target: Target | None = None) -> dict:
         """The usage event (also the request log line's fields; a call with no key is logged, not recorded),
         made to fit the ledger's columns: caller-chosen text never keeps it from being written."""
         target = target or self.target
-        cost = self.cost() if usage is None else target.cost(usage.prompt_tokens, usage.completion_tokens)
+        cost = self.cost() if usage is None else target.usage_cost(usage)
         usage = usage or self.usage or Usage()
         return events.clean({
             "request_id": self.request_id,
@@ -190,6 +193,9 @@ class Call:
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
             "tokens_estimated": self.tokens_estimated,
             "cost_usd": str(cost),
             "latency_ms": self.elapsed_ms(),

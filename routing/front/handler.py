@@ -48,7 +48,7 @@ def https_required(request):
         403, "This gateway serves its API over HTTPS only: call it at https://. The API key this request "
         "sent travelled unencrypted; ask your gateway admin to rotate it.", type="permission_error",
         code="https_required")
-    response = anthropic_error(error) if request.path == "/v1/messages" else error.response()
+    response = anthropic_error(error) if request.path.startswith("/v1/messages") else error.response()
     response["x-request-id"] = request_id_from(request.headers)
     return response
 

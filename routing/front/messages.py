@@ -1,187 +1,75 @@
-"""Anthropic's Messages API in front of every provider kind (POST /v1/messages).
+"""Anthropic's Messages API in front of every provider kind (POST /v1/messages, /v1/messages/count_tokens).
 
-A request in Anthropic's format becomes the gateway's OpenAI-shaped chat request,
-which any adapter can send; the OpenAI-shaped answer, or stream of chunks,
-becomes Anthropic's message, or named SSE events, again. Errors use Anthropic's
-shape here, since the clients of this endpoint are Anthropic SDKs.
+An Anthropic deployment gets the request as the client sent it (the model renamed to the
+deployment's, the anthropic-beta and anthropic-version headers passed on, fields the gateway does
+not know included: Anthropic answers for itself), and its answer, JSON or named SSE events, comes
+back as Anthropic sent it, thinking and signatures included; the gateway only reads its usage.
+Every other kind, and any call a stage of the request path applies to, goes through the chat
+form: the request becomes the gateway's OpenAI-shaped chat request (messages_input.py) and the
+answer, or stream of chunks, Anthropic's message or events again, reasoning as thinking blocks.
+Errors use Anthropic's shape here, since the clients of this endpoint are Anthropic SDKs.
 """
 
 import uuid
+from dataclasses import dataclass
 
 import orjson
 from django.http import HttpResponse
 
 from gateway_project.lib import errors
-from providers.adapters import for_kind
+from providers.adapters import anthropic, for_kind, openai
 from providers.adapters.base import StreamEvent, Usage
 from routing import upstream
 
-from . import estimates, relay, validation
-from .endpoint import front_view
-from .pipeline import Front, json_response, read_chat
+from . import estimates, relay, stages, validation
+from .endpoint import endpoint, front_view
+from .messages_input import omits_thinking, to_openai
+from .pipeline import (
+    Front,
+    authenticate,
+    authorize,
+    call_upstream,
+    json_response,
+    read_chat,
+    read_json,
+    upstream_headers,
+)
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
+FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
+COUNT_HEADER = "x-gateway-token-count"  # "provider": Anthropic counted; "estimate": the gateway's tokenizer
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
                429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error"}
-# Anthropic parameters with no counterpart in the OpenAI-shaped request: refused, not dropped.
-UNSUPPORTED = ("top_k", "container", "mcp_servers", "context_management", "service_tier")
-
-
-def _unsupported(param: str, detail: str = "") -> errors.GatewayError:
-    return errors.bad_request(f"The '{param}' parameter is not supported by this gateway{': ' + detail if detail else ''}.",
-                              param=param, code="unsupported_parameter")
-
-
-def _image_url(block: dict, param: str) -> dict:
-    source = block.get("source") or {}
-    if source.get("type") == "base64":
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    elif source.get("type") == "url":
-        url = source.get("url", "")
-    else:
-        raise _unsupported(param, f"image sources of type '{source.get('type')}'")
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def _tool_result_text(block: dict, param: str) -> str:
-    content = block.get("content")
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for part in content:
-        if part.get("type") != "text":
-            raise _unsupported(param, "tool results other than text")
-        texts.append(part.get("text", ""))
-    return "".join(texts)
-
-
-def _user(content, param: str) -> list[dict]:
-    """One Anthropic user turn: tool results first (as tool messages), then the rest."""
-    if isinstance(content, str):
-        return [{"role": "user", "content": content}]
-    results, parts = [], []
-    for i, block in enumerate(content):
-        kind = block.get("type")
-        if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
-        elif kind == "image":
-            parts.append(_image_url(block, f"{param}[{i}]"))
-        elif kind == "tool_result":
-            text = _tool_result_text(block, f"{param}[{i}]")
-            if block.get("is_error"):
-                text = f"Error: {text}"
-            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text})
-        else:
-            raise _unsupported(f"{param}[{i}]", f"content blocks of type '{kind}'")
-    return results + ([{"role": "user", "content": parts}] if parts else [])
-
-
-def _assistant(content, param: str) -> dict:
-    if isinstance(content, str):
-        return {"role": "assistant", "content": content}
-    text, calls = [], []
-    for i, block in enumerate(content):
-        kind = block.get("type")
-        if kind == "text":
-            text.append(block.get("text", ""))
-        elif kind == "tool_use":
-            calls.append({"id": block.get("id", ""), "type": "function", "function": {
-                "name": block.get("name", ""), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-        elif kind not in ("thinking", "redacted_thinking"):  # earlier reasoning has no OpenAI-shaped place
-            raise _unsupported(f"{param}[{i}]", f"content blocks of type '{kind}'")
-    message = {"role": "assistant", "content": "".join(text) or None}
-    if calls:
-        message["tool_calls"] = calls
-    return message
-
-
-def _system(system) -> list[dict]:
-    if system is None:
-        return []
-    if isinstance(system, str):
-        return [{"role": "system", "content": system}]
-    return [{"role": "system", "content": "".join(b.get("text", "") for b in system if isinstance(b, dict))}]
-
-
-def _tools(body: dict, result: dict) -> None:
-    tools = []
-    for i, tool in enumerate(body.get("tools") or ()):
-        if tool.get("type") not in (None, "custom") or "input_schema" not in tool:
-            raise _unsupported(f"tools[{i}]", "server tools")
-        function = {"name": tool.get("name", ""), "parameters": tool["input_schema"]}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        tools.append({"type": "function", "function": function})
-    if tools:
-        result["tools"] = tools
-    choice = body.get("tool_choice")
-    if choice:
-        kind = choice.get("type")
-        result["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name", "")}} if kind == "tool"
-                                 else {"auto": "auto", "any": "required", "none": "none"}.get(kind, "auto"))
-        if choice.get("disable_parallel_tool_use"):
-            result["parallel_tool_calls"] = False
-
-
-def _options(body: dict, result: dict) -> None:
-    for name in UNSUPPORTED:
-        if body.get(name) is not None:
-            raise _unsupported(name)
-    thinking = body.get("thinking")
-    if thinking is not None and (not isinstance(thinking, dict) or thinking.get("type") != "disabled"):
-        raise _unsupported("thinking")
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("stop_sequences", "stop")):
-        if body.get(ours) is not None:
-            result[theirs] = body[ours]
-    user = (body.get("metadata") or {}).get("user_id")
-    if user:
-        result["user"] = user
-    output = body.get("output_format")
-    if output:
-        result["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "output", "schema": output.get("schema") or {"type": "object"}}}
-
-
-def to_openai(body: dict) -> dict:
-    """An Anthropic Messages request as the gateway's OpenAI-shaped chat request."""
-    messages = _system(body.get("system"))
-    for i, message in enumerate(body["messages"]):
-        param = f"messages[{i}].content"
-        if message["role"] == "user":
-            messages.extend(_user(message["content"], param))
-        else:
-            messages.append(_assistant(message["content"], param))
-    result = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
-    _options(body, result)
-    _tools(body, result)
-    if body.get("stream"):
-        result["stream"] = True
-        result["stream_options"] = {"include_usage": True}
-    return result
-
-
 def _usage(usage: Usage | dict | None) -> dict:
+    """Anthropic's usage object: input_tokens the uncached input only, cache reads and writes
+    (split by lifetime) apart, as Anthropic reports them."""
     if isinstance(usage, dict):
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        usage = Usage(prompt_tokens=usage.get("prompt_tokens") or 0,
-                      completion_tokens=usage.get("completion_tokens") or 0, cached_tokens=cached)
-    usage = usage or Usage()
-    # Anthropic's input_tokens leave cached tokens out.
-    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": usage.cached_tokens}
+        usage = openai.parse_usage({"usage": usage})
+    return anthropic.usage_dict(usage or Usage())
 
 
 def _message_id(openai_id: str | None) -> str:
     return openai_id if openai_id and openai_id.startswith("msg_") else f"msg_{uuid.uuid4().hex[:24]}"
 
 
-def from_openai(completion: dict, model: str) -> dict:
-    """An OpenAI chat.completion as an Anthropic message."""
+def _thinking(message: dict, omit: bool) -> list[dict]:
+    """The message's reasoning as a thinking block (its text left out when the client asked so), none without."""
+    text, signature = message.get("reasoning_content") or "", message.get("reasoning_signature") or ""
+    if not (text or signature) or (omit and not signature):
+        return []
+    return [{"type": "thinking", "thinking": "" if omit else text, "signature": signature}]
+
+
+def from_openai(completion: dict, model: str, usage: Usage | None = None, omit_thinking: bool = False) -> dict:
+    """An OpenAI chat.completion as an Anthropic message; its usage the call's own when given
+    (the adapter's reading of the upstream's answer keeps what OpenAI's shape cannot say)."""
     choice = (completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    content = [{"type": "text", "text": message["content"]}] if message.get("content") else []
+    content = _thinking(message, omit_thinking)
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         try:
@@ -192,7 +80,7 @@ def from_openai(completion: dict, model: str) -> dict:
                         "input": arguments})
     return {"id": _message_id(completion.get("id")), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
-            "stop_sequence": None, "usage": _usage(completion.get("usage"))}
+            "stop_sequence": None, "usage": _usage(usage or completion.get("usage"))}
 
 
 def _sse(kind: str, data: dict) -> bytes:
@@ -216,8 +104,12 @@ def error_response(error: errors.GatewayError) -> HttpResponse:
 class Stream:
     """Writes OpenAI chunks as Anthropic's named SSE events, block by block."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, translate=None, omit_thinking: bool = False) -> None:
         self.model = model
+        # The adapter's stream translator: what it knows of the usage when the first event
+        # arrives (Anthropic's and Gemini's input and cache counts) goes into message_start.
+        self.translate = translate
+        self.omit_thinking = omit_thinking
         self.started = False
         self.block = -1  # index of the open content block, -1 for none
         self.block_kind = ""
@@ -238,7 +130,8 @@ class Stream:
     def _start(self) -> bytes:
         self.started = True
         message = {"id": _message_id(None), "type": "message", "role": "assistant", "model": self.model,
-                   "content": [], "stop_reason": None, "stop_sequence": None, "usage": _usage(None)}
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": _usage(getattr(self.translate, "usage", None))}
         return _sse("message_start", {"message": message}) + _sse("ping", {})
 
     def _open(self, kind: str, block: dict) -> list[bytes]:
@@ -257,6 +150,7 @@ class Stream:
         out = []
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            out.extend(self._reasoning(delta))
             if delta.get("content"):
                 if self.block_kind != "text":
                     out.extend(self._open("text", {"type": "text", "text": ""}))
@@ -266,6 +160,27 @@ class Stream:
                 out.extend(self._tool_delta(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+        return out
+
+    def _reasoning(self, delta: dict) -> list[bytes]:
+        """Reasoning as a thinking block: its text as thinking deltas, then its signature. A signature
+        that comes only once the answer's blocks have begun (Gemini signs a text answer on its last
+        part) is left out: a thinking block after the answer would end the message, and only a
+        function call's signature must go back (Gemini signs those on the call, before it)."""
+        text = "" if self.omit_thinking else delta.get("reasoning_content")
+        signature = delta.get("reasoning_signature")
+        if signature and self.block_kind not in ("", "thinking"):
+            signature = None
+        if not (text or signature):
+            return []
+        out = [] if self.block_kind == "thinking" else self._open("thinking", {
+            "type": "thinking", "thinking": "", "signature": ""})
+        if text:
+            out.append(_sse("content_block_delta", {"index": self.block, "delta": {
+                "type": "thinking_delta", "thinking": text}}))
+        if signature:
+            out.append(_sse("content_block_delta", {"index": self.block, "delta": {
+                "type": "signature_delta", "signature": signature}}))
         return out
 
     def _tool_delta(self, call: dict) -> list[bytes]:
@@ -288,31 +203,112 @@ class Stream:
         return _sse("error", {"error": _error_body(error)["error"]})
 
 
-# --- the endpoint (POST /v1/messages) ----------------------------------------------
+class NativeEvents:
+    """An Anthropic stream relayed event by event, the model named as the client asked."""
 
-def parse(request) -> dict:
-    body = validation.messages_body(request)
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def feed(self, event: StreamEvent) -> bytes:
+        data = event.forward
+        if data is None:
+            return b""
+        parsed = orjson.loads(data)
+        if parsed.get("type") == "message_start" and isinstance(parsed.get("message"), dict):
+            parsed["message"]["model"] = self.model
+            data = orjson.dumps(parsed)
+        return b"event: " + str(parsed.get("type", "message")).encode() + b"\ndata: " + data + b"\n\n"
+
+    def error(self, error: errors.GatewayError) -> bytes:
+        return _sse("error", {"error": _error_body(error)["error"]})
+
+
+# --- the endpoints (POST /v1/messages, POST /v1/messages/count_tokens) ----------------
+
+@dataclass(slots=True)
+class Request:
+    """The client's request as sent, for an Anthropic deployment, beside its chat form."""
+
+    body: dict
+    headers: dict[str, str]  # the anthropic-* headers to pass on
+    query: str  # ?beta=true, as the beta SDK sends it
+
+
+def _client_request(request, body: dict) -> Request:
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if request.headers.get(name)}
+    query = "beta=true" if request.GET.get("beta") == "true" else ""
+    return Request(body, headers, query)
+
+
+def parse(request, counting: bool = False) -> dict:
+    body = validation.messages_body(request, counting)
+    request.gateway_call.front_state = _client_request(request, body)
     try:
-        body = to_openai(body)
+        chat = to_openai(body)
     except upstream.MALFORMED:
         raise errors.bad_request("The request does not follow the Messages API: check the content blocks, "
                                  "tools and system prompt.", code="invalid_value") from None
     # What every adapter relies on holds for the translated request too.
-    return validation.chat(body)
+    return validation.chat(chat)
+
+
+def native(target, call) -> bool:
+    """Whether this call goes to `target` as the client sent it (else through the chat form)."""
+    return target.kind == "anthropic" and not (stages.at(stages.INPUT, call) or stages.at(stages.ADMITTED, call)
+                                               or stages.has_output(call))
 
 
 def build(adapter, target, body: dict, call):
+    if native(target, call):
+        state: Request = call.front_state
+        return anthropic.messages_request(target, state.body, call.request_id, state.headers, state.query)
     return adapter.chat_request(target, body, call.request_id)
 
 
 async def answer(call, attempt, body: dict):
+    state: Request = call.front_state
+    if native(attempt.target, call):
+        return await _answer_native(call, attempt, state)
+    omit = omits_thinking(state.body)
     if body.get("stream"):
         translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, True)
-        return relay.relay_stream(call, attempt, translate, Stream(call.model))
+        return relay.relay_stream(call, attempt, translate, Stream(call.model, translate, omit))
     _, completion, _ = await read_chat(call, attempt, body)
-    message = upstream.decode(attempt.target, from_openai, completion, call.model)
+    message = upstream.decode(attempt.target, from_openai, completion, call.model, call.usage, omit)
     return json_response(orjson.dumps(message))
+
+
+async def _answer_native(call, attempt, state: Request):
+    if state.body.get("stream"):
+        return relay.relay_stream(call, attempt, anthropic.messages_stream(attempt.target), NativeEvents(call.model))
+    _, data = await read_json(call, attempt)
+    call.first_token()
+    data["model"] = call.model
+    return json_response(orjson.dumps(data))
 
 
 FRONT = Front("messages", "POST", "chat", parse, build, answer, estimates.chat, error_shape=error_response)
 messages = front_view(FRONT)
+
+
+@endpoint("messages.count_tokens", "POST", error_response)
+async def count_tokens(request, call) -> HttpResponse:
+    """POST /v1/messages/count_tokens: Anthropic's own count on an Anthropic deployment, the gateway's
+    estimate (header x-gateway-token-count: estimate) on any other; nothing billed either way."""
+    body = parse(request, counting=True)
+    call.body, call.model = body, body["model"]
+    await authenticate(request, call)
+    spec = await authorize(call, "chat")
+    targets = [t for t in spec.targets if t.kind == "anthropic"]
+    if targets:
+        state: Request = call.front_state
+        attempt = await call_upstream(call, spec, targets, lambda adapter, t: anthropic.count_tokens_request(
+            t, state.body, call.request_id, state.headers, state.query))
+        _, data = await upstream.read_json(attempt)
+        response, counted = json_response(orjson.dumps({"input_tokens": data.get("input_tokens", 0)})), "provider"
+    else:
+        response = json_response(orjson.dumps({"input_tokens": call.estimated_prompt()}))
+        counted = "estimate"
+    call.key = None  # counting is free: no usage record (the request log still has the call)
+    response[COUNT_HEADER] = counted
+    return upstream_headers(response, call)

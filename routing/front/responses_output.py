@@ -49,6 +49,8 @@ def envelope(request: Request, response_id: str, model: str, created_at: int | N
 def usage_of(usage: Usage | None) -> dict | None:
     if usage is None:
         return None
+    # OpenAI's Responses usage: input_tokens include cache reads (and, here, cache writes: the
+    # shape has no field for them), output_tokens reasoning ones.
     return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
             "output_tokens": usage.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},

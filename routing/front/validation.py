@@ -232,21 +232,23 @@ def _positive_int(body: dict, name: str, required: bool = False) -> None:
                                  code="missing_required_parameter" if value is None else "invalid_value")
 
 
-def messages_body(request) -> dict:
-    """An Anthropic Messages API request (POST /v1/messages)."""
+def messages_body(request, counting: bool = False) -> dict:
+    """An Anthropic Messages API request (POST /v1/messages; with `counting`, /v1/messages/count_tokens,
+    which takes no max_tokens). Only what the gateway itself reads is checked: an Anthropic deployment
+    gets the rest as sent and answers for itself."""
     body = json_body(request)
     _model(body)
-    _positive_int(body, "max_tokens", required=True)
+    _positive_int(body, "max_tokens", required=not counting)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant") or not isinstance(
-            message.get("content"), (str, list)
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system") or (
+            not isinstance(message.get("content"), (str, list))
         ):
-            raise errors.bad_request(f"Invalid message at messages[{i}]: each needs a 'role' of user or assistant "
-                                     "and a 'content' string or array of blocks.", param=f"messages[{i}]",
+            raise errors.bad_request(f"Invalid message at messages[{i}]: each needs a 'role' of user, assistant or "
+                                     "system and a 'content' string or array of blocks.", param=f"messages[{i}]",
                                      code="invalid_value")
     _optional(body, "stream", (bool,), hint="expected a boolean")
     _optional(body, "system", (str, list), hint="expected a string or an array of text blocks")

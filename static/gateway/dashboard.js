@@ -75,7 +75,8 @@
   function render(data) {
     const t = data.totals;
     const shown = { requests: number(t.requests), tokens: number(t.tokens), cost_usd: money(t.cost_usd),
-                    error_rate: percent(t.error_rate), p50_ms: ms(t.p50_ms), p95_ms: ms(t.p95_ms) };
+                    cached_tokens: number(t.cached_tokens), cache_write_tokens: number(t.cache_write_tokens),
+                    reasoning_tokens: number(t.reasoning_tokens), error_rate: percent(t.error_rate), p50_ms: ms(t.p50_ms), p95_ms: ms(t.p95_ms) };
     for (const el of root.querySelectorAll("[data-total]")) el.textContent = shown[el.dataset.total];
 
     const s = data.series;

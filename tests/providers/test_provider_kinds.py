@@ -282,3 +282,13 @@ def test_openai_compatible_providers_send_their_extra_headers(gateway, api_key, 
     assert wait_until(lambda: client.chat.completions.create(
         model="chat-extra", messages=[{"role": "user", "content": "x"}]).choices[0].message.content == "mock reply from")
     assert Provider.objects.get(name="extra").get_api_key() == PROVIDER_SECRET
+
+
+@kinds
+def test_every_kinds_chat_message_carries_refusal_null(kind_client):
+    # OpenAI's schema requires the field; TGI (Hugging Face) leaves it out of its own answers.
+    client, kind = kind_client
+    raw = client.chat.completions.with_raw_response.create(model=f"chat-{kind}",
+                                                           messages=[{"role": "user", "content": "Hi"}])
+    message = orjson.loads(raw.content)["choices"][0]["message"]
+    assert "refusal" in message and message["refusal"] is None

@@ -27,12 +27,13 @@ from usage.models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
 
 def record(tenant, key, when, *, model="gpt-test", provider="mock", prompt=10, completion=20, cost="0.001",
-           status="ok", latency=100):
+           status="ok", latency=100, **counts):
+    """A usage record; `counts` its other token columns (cached_tokens, cache_write_tokens, ...)."""
     return UsageRecord.objects.create(
         request_id=f"req_{uuid.uuid4().hex}", created_at=when, tenant=tenant, api_key=key,
         key_prefix=key.prefix if key else "", provider_name=provider, endpoint="chat.completions",
         public_model=model, prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-        cost_usd=Decimal(cost), latency_ms=latency, status=status)
+        cost_usd=Decimal(cost), latency_ms=latency, status=status, **counts)
 
 
 def test_every_job_is_scheduled_and_editable_in_the_admin(db, admin_client):

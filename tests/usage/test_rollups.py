@@ -27,7 +27,8 @@ from usage.tasks import rollup_usage
 
 TOTALS = {"requests": Count("id"), "prompt_tokens": Sum("prompt_tokens"),
           "completion_tokens": Sum("completion_tokens"), "cached_tokens": Sum("cached_tokens"),
-          "cost_usd": Sum("cost_usd")}
+          "cache_write_tokens": Sum("cache_write_tokens"), "cache_write_1h_tokens": Sum("cache_write_1h_tokens"),
+          "reasoning_tokens": Sum("reasoning_tokens"), "cost_usd": Sum("cost_usd")}
 
 
 def rolled_up(granularity: str, **filters) -> dict:
@@ -47,7 +48,8 @@ def test_sums_errors_and_percentiles_per_tenant_key_model_and_provider(transacti
     for i, latency in enumerate(latencies):
         record(tenant, key_a if i % 2 else key_b, hour + timedelta(seconds=i * 60), latency=latency,
                cost="0.000123456789", status="ok" if i % 10 else "upstream_error",
-               model="gpt-test" if i < 40 else "embed-test")
+               model="gpt-test" if i < 40 else "embed-test", cached_tokens=i % 3, cache_write_tokens=4,
+               cache_write_1h_tokens=i % 2, reasoning_tokens=i % 5)
     record(tenant, key_a, hour + timedelta(hours=1))  # the next hour: not in this bucket
     assert rollups.rollup("hour", hour) == 4 and rollups.rollup("day", hour) == 4
 
@@ -56,6 +58,8 @@ def test_sums_errors_and_percentiles_per_tenant_key_model_and_provider(transacti
     assert sum(r.requests for r in hourly) == 50 and sum(r.errors for r in hourly) == 5
     assert sum(r.cost_usd for r in hourly) == Decimal("0.000123456789") * 50
     assert sum(r.prompt_tokens for r in hourly) == 500
+    assert (sum(r.cache_write_tokens for r in hourly), sum(r.cache_write_1h_tokens for r in hourly)) == (200, 25)
+    assert sum(r.reasoning_tokens for r in hourly) == sum(i % 5 for i in range(50))
     day = UsageRollup.objects.filter(granularity="day", bucket=hour.replace(hour=0))
     assert sum(r.requests for r in day) == 51
     # percentile_cont over one group: key_b's gpt-test calls (even i < 40: latencies 10, 30, ..., 390).
@@ -166,13 +170,16 @@ def scenario() -> dict:
             provider_name=rng.choice(["openai", "anthropic"]), endpoint="chat.completions",
             public_model=rng.choice(["gpt-test", "claude"]), prompt_tokens=rng.randrange(0, 900),
             completion_tokens=rng.randrange(0, 900), cached_tokens=rng.randrange(0, 50),
+            cache_write_tokens=rng.randrange(20, 40), cache_write_1h_tokens=rng.randrange(0, 20),
+            reasoning_tokens=rng.randrange(0, 30),
             cost_usd=Decimal(rng.randrange(0, 10**9)) / 10**12, latency_ms=rng.randrange(1, 5000),
             status=rng.choice(["ok", "ok", "ok", "upstream_error", "client_disconnected", "stream_cut"]))
     for granularity in rollups.STEP:
         rollups.rollup_since(midnight - timedelta(days=1), granularity, now=midnight + timedelta(hours=2))
     rows = [[r.granularity, r.bucket.isoformat(), r.tenant.slug, r.api_key.name if r.api_key else None,
              r.public_model, r.provider_name, r.requests, r.errors, r.prompt_tokens, r.completion_tokens,
-             r.cached_tokens, str(r.cost_usd.normalize()), r.latency_p50_ms, r.latency_p95_ms]
+             r.cached_tokens, r.cache_write_tokens, r.cache_write_1h_tokens, r.reasoning_tokens,
+             str(r.cost_usd.normalize()), r.latency_p50_ms, r.latency_p95_ms]
             for r in UsageRollup.objects.select_related("tenant", "api_key")]
     return {"rows": sorted(rows, key=lambda row: [str(value) for value in row]),
             "keyless rows unique": _refused(UsageRollup.objects.filter(api_key=None).first())}

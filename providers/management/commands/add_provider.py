@@ -8,6 +8,7 @@ from django.db import transaction
 
 from providers.adapters import for_kind
 from providers.models import Deployment, Provider
+from providers.targets import PRICE_FIELDS
 from tenants.models import Tenant
 
 
@@ -19,6 +20,11 @@ def _price(value: str) -> Decimal:
     if price < 0:
         raise CommandError("prices cannot be negative")
     return price
+
+
+def _price_flag(field: str) -> str:
+    """cache_write_1h_price_per_mtok -> cache_write_1h_price (the option's dest; --cache-write-1h-price)."""
+    return field.removesuffix("_per_mtok")
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:
@@ -54,8 +60,13 @@ class Command(BaseCommand):
         parser.add_argument("--model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
         parser.add_argument("--embedding-model", action="append", default=[], metavar="PUBLIC[=UPSTREAM]")
         parser.add_argument("--tenant", help="Tenant slug (default: shared by all tenants)")
-        parser.add_argument("--input-price", default="0", help="USD per 1M input tokens")
-        parser.add_argument("--output-price", default="0", help="USD per 1M output tokens")
+        for field in PRICE_FIELDS:
+            label = str(Deployment._meta.get_field(field).verbose_name).removesuffix(" (USD per 1M tokens)")
+            parser.add_argument("--" + _price_flag(field).replace("_", "-"), metavar="USD",
+                                help=f"USD per 1M tokens: {label}. Not given: left as it is; a new deployment "
+                                     "given no price at all takes the price catalogue's (providers/price_catalogue.json)")
+        parser.add_argument("--long-context-threshold", type=int, metavar="TOKENS",
+                            help="Prompts of more tokens than this are billed at the --long-* prices")
         parser.add_argument("--context-window", type=int, default=128_000)
         parser.add_argument("--max-output-tokens", type=int, default=16_384)
         parser.add_argument("--priority", type=int, default=0)
@@ -96,9 +107,13 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
         provider.save()
+        if o["long_context_threshold"] is not None and o["long_context_threshold"] < 0:
+            raise CommandError("--long-context-threshold cannot be negative")
+        given = {field: _price(o[_price_flag(field)]) for field in PRICE_FIELDS if o[_price_flag(field)] is not None}
+        if o["long_context_threshold"] is not None:
+            given["long_context_threshold"] = o["long_context_threshold"] or None
         prices = {
-            "input_price_per_mtok": _price(o["input_price"]),
-            "output_price_per_mtok": _price(o["output_price"]),
+            **given,
             "context_window": o["context_window"],
             "max_output_tokens": o["max_output_tokens"],
             "priority": o["priority"],

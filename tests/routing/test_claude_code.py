@@ -9,7 +9,6 @@ it asks nobody."""
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from providers.mock_upstream import directive
 from tests.conftest import ROOT, key_usage_records, make_provider, wait_until
+from tests.routing.agent_cli import model_calls, run_cli
 
 CLAUDE = ROOT / "node_modules" / ".bin" / "claude"
 CLAUDE_VERSION = json.loads((ROOT / "package.json").read_text())["devDependencies"]["@anthropic-ai/claude-code"]
@@ -41,21 +41,8 @@ def claude_env(home: Path, base_url: str, key: str, model: str) -> dict[str, str
 def claude_print(home: Path, workdir: Path, env: dict[str, str], prompt: str) -> subprocess.CompletedProcess:
     """`claude -p` in `workdir`; on a timeout its whole process group goes."""
     args = [str(CLAUDE), "-p", "--allowedTools", "Write", "--output-format", "text", prompt]
-    proc = subprocess.Popen(args, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"claude -p did not finish in {TIMEOUT} s; its output:\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    return run_cli(args, env, workdir, TIMEOUT, shown="both")
 
-
-def model_calls(mock) -> int:
-    """Answers the mock gave, listings of models aside."""
-    served = httpx.get(mock.url + "/_mock/stats").json()["requests"]
-    return sum(count for path, count in served.items() if not path.rstrip("/").endswith("/models"))
 
 
 def test_pinned_claude_code_is_installed(tmp_path):

@@ -8,16 +8,15 @@ as for any model that is not OpenAI's own."""
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from providers.mock_upstream import directive
 from tests.conftest import ROOT, key_usage_records, make_provider, wait_until
+from tests.routing.agent_cli import model_calls, run_cli
 
 CODEX = ROOT / "node_modules" / ".bin" / "codex"
 CODEX_VERSION = json.loads((ROOT / "package.json").read_text())["devDependencies"]["@openai/codex"]
@@ -65,21 +64,8 @@ def codex_exec(home: Path, workdir: Path, key: str, prompt: str) -> subprocess.C
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home), "GATEWAY_API_KEY": key}
     args = [str(CODEX), "exec", "--strict-config", "--skip-git-repo-check", "--ephemeral", "--color", "never",
             "-C", str(workdir), prompt]
-    proc = subprocess.Popen(args, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"codex exec did not finish in {TIMEOUT} s; its stderr:\n{stderr}")
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    return run_cli(args, env, workdir, TIMEOUT)
 
-
-def model_calls(mock) -> int:
-    """Answers the mock gave, listings of models aside."""
-    served = httpx.get(mock.url + "/_mock/stats").json()["requests"]
-    return sum(count for path, count in served.items() if not path.rstrip("/").endswith("/models"))
 
 
 def test_pinned_codex_is_installed():

@@ -25,12 +25,13 @@ from gateway_project.lib import (  # noqa: E402
     config_cache,  # noqa: E402
     metrics,
     redis_health,
+    tokens,  # noqa: E402
 )
 from gateway_project.lib.orm_thread import run_orm  # noqa: E402
 from routing import stats, upstream  # noqa: E402
 from routing.front import request_log, tracing  # noqa: E402
 from routing.front.handler import ApiHandler  # noqa: E402
-from usage import inflight, recorder, tokens  # noqa: E402
+from usage import inflight, recorder  # noqa: E402
 
 log = logging.getLogger(__name__)
 api_application = ApiHandler()

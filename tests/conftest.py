@@ -70,6 +70,37 @@ class Server:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _flush_after_the_gateway_has_written(django_db_setup):
+    """A gateway process writes usage and stored responses a moment after it answers, so a test's
+    closing flush (TRUNCATE) can meet such an insert: wait for those buffers to empty first, and
+    flush again if PostgreSQL still breaks a deadlock by failing the TRUNCATE."""
+    from django.conf import settings
+    from django.db.utils import OperationalError
+    from django.test import TransactionTestCase
+
+    client = redis.Redis.from_url(settings.REDIS_URL) if settings.REDIS_URL else None
+    teardown = TransactionTestCase._fixture_teardown
+
+    def settled_teardown(self):
+        deadline = time.monotonic() + 2
+        while client is not None and time.monotonic() < deadline and (
+                client.xlen("gw:usage") or client.xlen("gw:responses")):
+            time.sleep(0.02)
+        for attempt in range(5):
+            try:
+                return teardown(self)
+            except Exception as error:
+                cause = error.__cause__ or error
+                if not isinstance(cause, OperationalError) or "deadlock" not in str(cause) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+    TransactionTestCase._fixture_teardown = settled_teardown
+    yield
+    TransactionTestCase._fixture_teardown = teardown
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _close_orm_pool_connections(django_db_setup):
     yield
     from gateway_project.lib.orm_thread import close_connections

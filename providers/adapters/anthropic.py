@@ -21,7 +21,8 @@ their texts joined, the last signature kept, or in a stream sent last;
 redacted_thinking blocks are not carried), and go back to Anthropic as one
 signed thinking block leading the assistant turn. Anthropic reports no separate
 count of thinking tokens: they are in output_tokens, and Usage.reasoning_tokens
-stays 0. Cache reads and writes (cache_read_input_tokens, cache_creation_input_tokens
+is the tokenizer's count of the thinking text (openai_format.count_reasoning;
+0 when the client asked for display "omitted" or the blocks were redacted). Cache reads and writes (cache_read_input_tokens, cache_creation_input_tokens
 split by cache_creation into 5-minute and 1-hour writes) are kept apart in Usage, each
 billed at its own price.
 
@@ -217,8 +218,15 @@ def embeddings_response(target, body: dict, data: dict) -> None:
 
 
 def parse_usage(data: dict) -> Usage | None:
+    """A message's usage, its reasoning tokens counted from its thinking blocks (fmt.count_reasoning)."""
     usage = data.get("usage")
-    return usage_of(usage) if isinstance(usage, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    result = usage_of(usage)
+    blocks = data.get("content") if isinstance(data.get("content"), list) else ()
+    fmt.count_reasoning(result, "".join(str(b.get("thinking") or "") for b in blocks
+                                        if isinstance(b, dict) and b.get("type") == "thinking"))
+    return result
 
 
 def usage_of(usage: dict) -> Usage:

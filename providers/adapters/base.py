@@ -36,9 +36,10 @@ Reasoning, the same on every kind:
            reasoning (Anthropic a signed thinking block, Gemini the thoughtSignature on its part,
            Cohere and Ollama the text); kinds that take none back, OpenAI's included, get the
            message without them.
-Reasoning tokens are counted in Usage.reasoning_tokens where the provider reports them apart
+Reasoning tokens are counted in Usage.reasoning_tokens as the provider reports them apart
 (OpenAI's kinds, Gemini); Anthropic, Cohere and Ollama count thinking in their output tokens
-only, so there it stays 0 while completion_tokens still include it.
+only, so there it is the tokenizer's count of the reasoning text they returned, at most
+completion_tokens (openai_format.count_reasoning), and 0 when they returned none.
 
 Usage, the same on every kind (each adapter's parse_usage and stream translator convert to it):
   prompt_tokens          every input token, OpenAI's way: uncached + cache reads + cache writes
@@ -46,7 +47,7 @@ Usage, the same on every kind (each adapter's parse_usage and stream translator 
   cache_write_tokens     of those, written to it (Anthropic's cache_creation_input_tokens)
   cache_write_1h_tokens  of the written ones, those with the 1-hour lifetime (the rest: 5 minutes)
   completion_tokens      every output token, reasoning included
-  reasoning_tokens       of those, the reasoning ones, where the provider reports them apart
+  reasoning_tokens       of those, the reasoning ones (reported, or counted from the reasoning text)
 Each class has its own price (providers.targets.Target.usage_cost).
 """
 

@@ -8,7 +8,7 @@ reasoning_effort becomes `thinking` ({"type": "enabled", "token_budget": N} with
 N from openai_format.BUDGETS, {"type": "disabled"} for none); thinking content
 comes back as reasoning_content and goes back as a thinking content item of the
 assistant message. Cohere signs nothing, and counts thinking in its output
-tokens only (Usage.reasoning_tokens stays 0).
+tokens only (Usage.reasoning_tokens: the tokenizer's count of the thinking text).
 """
 
 import orjson
@@ -123,7 +123,11 @@ def parse_usage(data: dict) -> Usage | None:
     if "meta" in data and "usage" not in data:  # embed answers
         billed = (data.get("meta") or {}).get("billed_units") or {}
         return Usage(prompt_tokens=int(billed.get("input_tokens") or 0)) if billed else None
-    return _usage(data.get("usage"))
+    usage = _usage(data.get("usage"))
+    content = (data.get("message") or {}).get("content") if isinstance(data.get("message"), dict) else None
+    fmt.count_reasoning(usage, "".join(str(p.get("thinking") or "") for p in content or ()
+                                       if isinstance(p, dict) and p.get("type") == "thinking"))
+    return usage
 
 
 def chat_response(target, body: dict, data: dict) -> dict:

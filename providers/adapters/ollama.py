@@ -8,7 +8,7 @@ reasoning_effort becomes `think`: false for none; a level (low, medium, high)
 for gpt-oss models, which think by level; true for every other thinking model,
 which takes only true or false. message.thinking comes back as
 reasoning_content and goes back as the assistant message's `thinking`. Ollama
-counts thinking in eval_count only (Usage.reasoning_tokens stays 0).
+counts thinking in eval_count only (Usage.reasoning_tokens: the tokenizer's count of it).
 """
 
 import uuid
@@ -115,8 +115,11 @@ def chat_request(target, body: dict, request_id: str) -> UpstreamRequest:
 def parse_usage(data: dict) -> Usage | None:
     if not isinstance(data, dict) or ("prompt_eval_count" not in data and "eval_count" not in data):
         return None
-    return Usage(prompt_tokens=int(data.get("prompt_eval_count") or 0),
-                 completion_tokens=int(data.get("eval_count") or 0))
+    usage = Usage(prompt_tokens=int(data.get("prompt_eval_count") or 0),
+                  completion_tokens=int(data.get("eval_count") or 0))
+    message = data.get("message") if isinstance(data.get("message"), dict) else {}
+    fmt.count_reasoning(usage, str(message.get("thinking") or ""))
+    return usage
 
 
 def _finish(data: dict) -> str:

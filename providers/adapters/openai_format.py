@@ -10,6 +10,7 @@ import uuid
 
 import orjson
 
+from gateway_project.lib import tokens
 from gateway_project.lib.errors import GatewayError
 from gateway_project.lib.messages import content_text
 
@@ -203,6 +204,16 @@ def usage_dict(usage: Usage) -> dict:
     }
 
 
+def count_reasoning(usage: Usage | None, reasoning: str) -> None:
+    """Reasoning tokens for a provider that returns the reasoning text but no count of it (Anthropic's
+    thinking, Cohere's, Ollama's: all inside their output tokens): the tokenizer's count of the text,
+    never more than the output. Their parse_usage calls it on a whole answer, ChunkStream.end on a
+    stream's reasoning deltas. A count the provider gave is kept. Money does not move (reasoning is
+    output either way); the figure is what the usage record and the client's usage show."""
+    if usage is not None and reasoning and not usage.reasoning_tokens:
+        usage.reasoning_tokens = min(usage.completion_tokens, tokens.count_text(reasoning))
+
+
 def completion(model: str, text: str | None, tool_calls: list[dict], finish: str, usage: Usage | None,
                completion_id: str | None = None, reasoning: str = "", signature: str = "") -> dict:
     """An OpenAI chat.completion with one choice, the provider's reasoning in reasoning_content
@@ -264,6 +275,7 @@ class ChunkStream:
         self.usage = Usage()
         self.tool_calls = 0
         self.started = False
+        self.thoughts: list[str] = []  # the reasoning text streamed, counted at the end (count_reasoning)
 
     def chunk(self, delta: dict, finish: str | None = None) -> dict:
         if not self.started:
@@ -277,6 +289,7 @@ class ChunkStream:
         return self.chunk({"content": text})
 
     def reasoning(self, text: str) -> dict:
+        self.thoughts.append(text)
         return self.chunk({"reasoning_content": text})
 
     def signature(self, signature: str) -> dict:
@@ -296,6 +309,7 @@ class ChunkStream:
         if self.tool_calls and finish == "stop":
             finish = "tool_calls"
         has_content = bool(chunks)
+        count_reasoning(self.usage, "".join(self.thoughts))
         chunks.append(self.chunk({}, finish))
         if self.want_usage:
             chunks.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created,

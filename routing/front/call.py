@@ -8,13 +8,14 @@ from decimal import Decimal
 
 import orjson
 
+from gateway_project.lib import tokens
 from gateway_project.lib.errors import GatewayError
 from gateway_project.lib.messages import prompt_inputs
 from gateway_project.lib.request_ids import new_request_id
 from keys.auth import KeyInfo
 from providers.adapters.base import Usage
 from providers.targets import Target
-from usage import events, limits, prompts, recorder, tokens
+from usage import events, limits, prompts, recorder
 from usage.limits import Admission
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ import dataclasses
 import orjson
 from django.http import HttpResponse
 
-from gateway_project.lib import errors
+from gateway_project.lib import errors, tokens
 from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent
-from usage import responses_store, tokens
+from usage import responses_store
 
 from . import estimates, relay, stages, validation
 from .endpoint import endpoint, front_view

@@ -96,7 +96,7 @@ def exact_cost(prompt: int, completion: int, input_price: str, output_price: str
 
 def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, own_redis, tenant, api_key,
                                                                    mock_provider):
-    from usage import tokens
+    from gateway_project.lib import tokens
     from usage.models import Limit
 
     # A budget on the tenant: streams settle through the Redis script, which also deletes the entries.

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from django.core.exceptions import ValidationError
 
-from tests.conftest import make_provider, wait_until
+from tests.conftest import make_provider, usage_record, wait_until
 
 THOUGHTS = "thinking it over"  # the mock's reasoning for reasoning_tokens=3
 TWENTY_WORDS = " ".join(["mock", "reply", "from", "the", "gateway", "test", "upstream", "with", "some", "words"] * 2)
@@ -106,14 +106,17 @@ def test_the_providers_reasoning_comes_back_as_reasoning_content(thinking):
     assert ("reasoning_signature" in message) == (thinking.kind in SIGNING_KINDS)
     usage = response.json()["usage"]
     assert usage["completion_tokens"] == 23  # reasoning is output, billed as such
-    reported_apart = thinking.kind in PASS_THROUGH | {"gemini"}
-    assert usage["completion_tokens_details"]["reasoning_tokens"] == (3 if reported_apart else 0)
+    # Reported apart by OpenAI's kinds and Gemini, counted from the text for the others.
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 3
+    assert usage_record(response.headers["x-request-id"]).reasoning_tokens == 3
     assert "reasoning_content" not in thinking.answer(messages=HELLO)  # never unasked
 
 
 @kinds
 def test_streamed_reasoning_arrives_as_deltas_before_the_answer(thinking):
-    chunks = [c for c in thinking.stream(messages=HELLO, reasoning_effort="high") if c["choices"]]
+    every = thinking.stream(messages=HELLO, reasoning_effort="high", stream_options={"include_usage": True})
+    assert every[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+    chunks = [c for c in every if c["choices"]]
     deltas = [c["choices"][0]["delta"] for c in chunks]
     reasoning = [i for i, d in enumerate(deltas) if d.get("reasoning_content")]
     content = [i for i, d in enumerate(deltas) if d.get("content")]

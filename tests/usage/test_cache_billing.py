@@ -180,3 +180,50 @@ def test_a_deployment_given_no_prices_is_billed_at_the_catalogues(gateway, api_k
                         if name in ("input", "output", "cached_input", "cache_write", "cache_write_1h")}
     assert (record.cached_tokens, record.cache_write_1h_tokens) == (20, 9)
     assert record.cost_usd == expected_cost(record, catalogue_prices) > 0
+
+
+THOUGHTS = "thinking it over"  # the mock's reasoning for reasoning_tokens=3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_openai_sdk_on_an_anthropic_deployment_gets_reasoning_and_every_count(claude, gateway, api_key,
+                                                                                 stream):
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    messages = [{"role": "user", "content": PROMPT + directive(**KNOBS)}]
+    if stream:
+        answer = client.chat.completions.create(model="chat-anthropic", messages=messages, stream=True,
+                                                reasoning_effort="high", stream_options={"include_usage": True})
+        chunks = list(answer)
+        reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                            for c in chunks if c.choices)
+        usage, record = chunks[-1].usage, usage_record(answer.response.headers["x-request-id"])
+    else:
+        raw = client.chat.completions.with_raw_response.create(model="chat-anthropic", messages=messages,
+                                                               reasoning_effort="high")
+        completion = raw.parse()
+        reasoning, usage = completion.choices[0].message.model_extra["reasoning_content"], completion.usage
+        record = usage_record(raw.headers["x-request-id"])
+    assert reasoning == THOUGHTS
+    # Anthropic reports no thinking count: the gateway counts the thinking text (3 tokens).
+    assert usage.completion_tokens_details.reasoning_tokens == 3 == record.reasoning_tokens
+    assert usage.prompt_tokens_details.cached_tokens == 40 == record.cached_tokens
+    assert usage.prompt_tokens_details.cache_write_tokens == 10 == record.cache_write_tokens
+    assert record.cache_write_1h_tokens == 4 and record.completion_tokens == usage.completion_tokens == 23
+    assert record.cost_usd == expected_cost(record)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_thinking_on_the_messages_api_is_counted_as_reasoning_tokens(claude, stream):
+    body = {"model": "chat-anthropic", "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "Think " + directive(reasoning_tokens=3)}]}
+    if stream:
+        with claude.messages.stream(**body) as events:
+            message = events.get_final_message()
+            request_id = events.response.headers["x-request-id"]
+    else:
+        raw = claude.messages.with_raw_response.create(**body)
+        message, request_id = raw.parse(), raw.headers["x-request-id"]
+    assert message.content[0].type == "thinking" and message.content[0].thinking == THOUGHTS
+    record = usage_record(request_id)
+    assert record.reasoning_tokens == 3 and record.completion_tokens == message.usage.output_tokens == 23
+    assert record.cost_usd == expected_cost(record)

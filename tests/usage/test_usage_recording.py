@@ -77,7 +77,7 @@ def test_client_hanging_up_before_a_json_answer_is_billed_its_prompt_and_leaves_
                                                                                         api_key):
     from django.conf import settings
 
-    from usage import tokens
+    from gateway_project.lib import tokens
 
     text = "slow answer [[mock latency_ms=1500]]"
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": text}]}

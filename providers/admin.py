@@ -62,11 +62,35 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+def other_prices(deployment: Deployment) -> str:
+    """The prices besides input and output that a deployment sets, in one line (empty ones fall back)."""
+    if deployment is None or deployment.pk is None:
+        return "-"
+    parts = [f"{label} {getattr(deployment, field).normalize():f}" for field, label in OTHER_PRICES
+             if getattr(deployment, field) is not None]
+    if deployment.long_context_threshold:
+        parts.append(f"long context above {deployment.long_context_threshold:,} tokens")
+    return ", ".join(parts) or "input and output only"
+
+
+OTHER_PRICES = [("cached_input_price_per_mtok", "cache read"), ("cache_write_price_per_mtok", "cache write 5m"),
+                ("cache_write_1h_price_per_mtok", "cache write 1h"), ("long_input_price_per_mtok", "long input"),
+                ("long_output_price_per_mtok", "long output")]
+
+
 class DeploymentInline(ScopedInlineMixin, admin.TabularInline):
     model = Deployment
     extra = 0
+    # Every price is on the deployment's own page (the change link); the row says which are set.
+    show_change_link = True
     fields = ["public_model", "upstream_model", "mode", "context_window", "max_output_tokens",
-              "input_price_per_mtok", "output_price_per_mtok", "priority", "native_responses", "is_active"]
+              "input_price_per_mtok", "output_price_per_mtok", "more_prices", "priority", "native_responses",
+              "is_active"]
+    readonly_fields = ["more_prices"]
+
+    @admin.display(description="other prices (USD per 1M tokens)")
+    def more_prices(self, obj: Deployment) -> str:
+        return other_prices(obj)
 
 
 @admin.register(Provider)
@@ -130,6 +154,19 @@ class DeploymentAdmin(ScopedAdminMixin, admin.ModelAdmin):
                     "input_price_per_mtok", "output_price_per_mtok", "priority", "is_active", "health"]
     list_filter = ["mode", "is_active", "provider"]
     search_fields = ["public_model", "upstream_model"]
+    fieldsets = [
+        (None, {"fields": ["provider", "public_model", "upstream_model", "mode", "is_active"]}),
+        ("Limits", {"fields": ["context_window", "max_output_tokens", "supports_vision", "supports_tools"]}),
+        ("Prices (USD per 1M tokens; an empty one falls back as its help says)", {"fields": [
+            "input_price_per_mtok", "output_price_per_mtok", "cached_input_price_per_mtok",
+            "cache_write_price_per_mtok", "cache_write_1h_price_per_mtok"]}),
+        ("Long-context prices (Anthropic's and Gemini's higher tier above a prompt size)", {"fields": [
+            "long_context_threshold", "long_input_price_per_mtok", "long_output_price_per_mtok",
+            "long_cached_input_price_per_mtok", "long_cache_write_price_per_mtok",
+            "long_cache_write_1h_price_per_mtok"]}),
+        ("Routing", {"fields": ["priority", "native_responses", "connect_timeout", "first_byte_timeout",
+                                "total_timeout"]}),
+    ]
 
     def changelist_view(self, request, extra_context=None):
         self._latest = health.latest()

@@ -190,3 +190,10 @@ def test_the_admin_shows_every_price_and_fills_a_priceless_deployment(admin_clie
     assert deployment.long_context_threshold == listed["long_context_threshold"]
     assert (deployment.input_price_per_mtok, deployment.long_input_price_per_mtok) == (
         Decimal(listed["input"]), Decimal(listed["long_input"]))
+    # The provider's page lists its deployments with the other prices they set, and links each to
+    # its own page, where the prices are grouped.
+    provider_page = admin_client.get(reverse("admin:providers_provider_change", args=[provider.id])).content.decode()
+    assert "cache read 0.125" in provider_page and "long context above 200,000 tokens" in provider_page
+    assert reverse("admin:providers_deployment_change", args=[deployment.id]) in provider_page
+    own_page = admin_client.get(reverse("admin:providers_deployment_change", args=[deployment.id])).content.decode()
+    assert "Long-context prices" in own_page and 'value="2.500000"' in own_page

@@ -13,7 +13,7 @@ POST /v1/messages/count_tokens counts as the answers' usage would.
 import time
 
 from .answers import Answer, Ask, answer, prompt_tokens, signature, signed
-from .server import Request, send_json, send_stream, sse
+from .server import Request, count_served, send_json, send_stream, sse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
@@ -158,6 +158,7 @@ async def messages(req: Request) -> None:
     if a.reasoning:
         message["content"].insert(0, {"type": "thinking", "thinking": "" if _omitted(body) else a.thoughts,
                                       "signature": signature(a.thoughts)})
+    count_served(a.prompt_tokens, a.completion_tokens + a.reasoning_tokens)
     await send_json(req.send, 200, {**message, "stop_reason": STOP[a.finish], "usage": _usage(a)})
 
 
@@ -187,6 +188,7 @@ def _frames(message: dict, a: Answer, omitted: bool = False):
     for delta in deltas:
         yield sse({"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"), True
     yield sse({"type": "content_block_stop", "index": index}, "content_block_stop"), False
+    count_served(a.prompt_tokens, a.completion_tokens + a.reasoning_tokens)
     yield sse({"type": "message_delta", "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
                "usage": _delta_usage(usage)}, "message_delta"), False
     yield sse({"type": "message_stop"}, "message_stop"), False

@@ -10,7 +10,7 @@ import orjson
 
 from .answers import Answer, Ask, answer
 from .openai import MAX_DIMENSIONS, dimensions, vector
-from .server import Request, send_json, send_stream, sse
+from .server import Request, count_served, send_json, send_stream, sse
 
 FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool": "TOOL_CALL"}
 MODELS = ("mock-command", "mock-embed-v4")
@@ -51,6 +51,8 @@ def ask_of(body: dict) -> Ask:
 
 
 def _usage(a: Answer) -> dict:
+    """The usage of a whole answer (a JSON answer's, a stream's message-end)."""
+    count_served(a.prompt_tokens, a.completion_tokens + a.reasoning_tokens)
     tokens = {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens + a.reasoning_tokens}
     return {"billed_units": dict(tokens), "tokens": tokens, "cached_tokens": a.cached_tokens}
 

@@ -14,7 +14,7 @@ import orjson
 
 from .answers import Answer, Ask, answer, signature, signed
 from .openai import dimensions, vector
-from .server import Request, send_json, send_stream, sse
+from .server import Request, count_served, send_json, send_stream, sse
 
 STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
             429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -106,6 +106,7 @@ def _usage(a: Answer, final: bool) -> dict:
     usage = {"promptTokenCount": a.prompt_tokens, "promptTokensDetails": [
         {"modality": "TEXT", "tokenCount": a.prompt_tokens}]}
     if final:
+        count_served(a.prompt_tokens, a.completion_tokens + a.reasoning_tokens)
         usage["candidatesTokenCount"] = a.completion_tokens
         usage["totalTokenCount"] = a.prompt_tokens + a.completion_tokens + a.reasoning_tokens
         if a.reasoning_tokens:

@@ -11,7 +11,7 @@ import orjson
 
 from .answers import Answer, Ask, answer
 from .openai import MAX_DIMENSIONS, dimensions, vector
-from .server import Request, send_json, send_stream
+from .server import Request, count_served, send_json, send_stream
 
 MODELS = ("mock-llama:latest", "mock-embed:latest")
 
@@ -52,6 +52,7 @@ def _final(model: str, a: Answer, message: dict, no_usage: bool) -> dict:
               "done_reason": "length" if a.finish == "length" else "stop", "done": True,
               "total_duration": 1_000_000, "load_duration": 100_000}
     if not no_usage:
+        count_served(a.prompt_tokens, a.completion_tokens + a.reasoning_tokens)
         result.update(prompt_eval_count=a.prompt_tokens, prompt_eval_duration=200_000,
                       eval_count=a.completion_tokens + a.reasoning_tokens, eval_duration=700_000)
     return result

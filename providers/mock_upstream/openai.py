@@ -20,7 +20,7 @@ import time
 import orjson
 
 from .answers import Answer, Ask, answer
-from .server import Request, send_json, send_stream, served_tokens, sse
+from .server import Request, count_served, send_json, send_stream, sse
 
 MODELS = ("mock-gpt", "mock-gpt-large", "mock-embed")
 ERROR_TYPES = {
@@ -92,8 +92,7 @@ def ask_of(body: dict) -> Ask:
 
 def usage(a: Answer, variant: str = "openai") -> dict:
     completion = a.completion_tokens + a.reasoning_tokens
-    served_tokens["prompt"] += a.prompt_tokens
-    served_tokens["completion"] += completion
+    count_served(a.prompt_tokens, completion)
     if variant == "huggingface":  # TGI reports no token details
         return {"prompt_tokens": a.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": a.prompt_tokens + completion}

@@ -22,7 +22,7 @@ import uuid
 from .answers import Answer, Ask, answer, pieces_of
 from .openai import error_body as error_body  # the server answers this format's errors in OpenAI's shape
 from .openai import invalid
-from .server import Request, send_json, send_stream, served_tokens, sse
+from .server import Request, count_served, send_json, send_stream, sse
 
 ROLES = ("user", "system", "developer", "assistant")
 # Content part type -> the field holding its text (None: no text to count).
@@ -230,8 +230,7 @@ class Output:
 
 def _usage(a: Answer) -> dict:
     output = a.completion_tokens + a.reasoning_tokens
-    served_tokens["prompt"] += a.prompt_tokens
-    served_tokens["completion"] += output
+    count_served(a.prompt_tokens, output)
     return {"input_tokens": a.prompt_tokens, "input_tokens_details": {"cached_tokens": a.cached_tokens},
             "output_tokens": output, "output_tokens_details": {"reasoning_tokens": a.reasoning_tokens},
             "total_tokens": a.prompt_tokens + output}

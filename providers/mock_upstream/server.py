@@ -30,6 +30,13 @@ _DIRECTIVE = re.compile(rb"\[\[mock ([^\]]*)\]\]")
 stats: Counter = Counter()
 # Tokens reported to clients in usage blocks, so tests can prove billing matches what was served.
 served_tokens: Counter = Counter()
+
+
+def count_served(prompt: int, completion: int) -> None:
+    """Add one answer's reported usage (every input token; every output token, reasoning included) to
+    served_tokens, when the usage block that reports it is sent."""
+    served_tokens["prompt"] += prompt
+    served_tokens["completion"] += completion
 # The last request body the mock parsed (GET /_mock/last), so tests can see what the gateway sent.
 last_body: list = []
 

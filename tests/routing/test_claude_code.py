@@ -77,3 +77,7 @@ def test_claude_code_writes_a_file_and_answers_through_the_gateway(kind, gateway
         assert (record.endpoint, record.status, record.provider_name) == ("messages", "ok", kind)
         assert record.public_model == f"chat-{kind}" and record.streamed
         assert record.prompt_tokens > 0 and record.completion_tokens > 0 and not record.tokens_estimated
+    # The tokens billed are the tokens the provider reported, call for call summed.
+    served = httpx.get(mock.url + "/_mock/stats").json()["tokens"]
+    assert (sum(r.prompt_tokens for r in records), sum(r.completion_tokens for r in records)) == (
+        served["prompt"], served["completion"])

@@ -240,12 +240,12 @@ def print_tables(names: list[str], results: dict, opts, bench) -> None:
             ratio = f"{this / other:.3f}" if this is not None and other else "-"
             cells += [f"{other:.3f}" if other is not None else "-", ratio]
         print("| " + " | ".join(cells) + " |")
-    pairs = [(r, c) for r, c in bench.RESPONSES_VS_CHAT.items() if r in names and c in names]
+    pairs = [(r, c) for r, c in bench.AGAINST_CHAT.items() if r in names and c in names]
     if pairs:
-        print("\n| scenario | chat | responses | responses/chat |\n| --- | ---: | ---: | ---: |")
-        for responses, chat in pairs:
-            a, b = figure("this", chat), figure("this", responses)
-            print(f"| {responses} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
+        print("\n| scenario | chat | it | it/chat |\n| --- | ---: | ---: | ---: |")
+        for other, chat in pairs:
+            a, b = figure("this", chat), figure("this", other)
+            print(f"| {other} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
 
 
 if __name__ == "__main__":

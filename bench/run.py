@@ -58,13 +58,23 @@ SCENARIOS = {
     # The same chat as a Responses API call (stored, as by default), served through the chat form.
     "responses": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there"}'),
     "responses, stream": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there", "stream": true}'),
+    # Anthropic's Messages API (as Claude Code calls it) on an Anthropic deployment: relayed as sent.
+    "messages": ("/v1/messages", '{"model": "bench-claude", "max_tokens": 1024, '
+                 '"messages": [{"role": "user", "content": "Hello there"}]}'),
+    "messages, stream": ("/v1/messages", '{"model": "bench-claude", "max_tokens": 1024, "stream": true, '
+                         '"messages": [{"role": "user", "content": "Hello there"}]}'),
+    # The same on the OpenAI-compatible deployment: translated to chat and back.
+    "messages, translated": ("/v1/messages", '{"model": "bench-chat", "max_tokens": 1024, '
+                             '"messages": [{"role": "user", "content": "Hello there"}]}'),
 }
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
-GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream")
-# Scenarios a --compare checkout from before the Responses API lacks.
-NEWER = ("responses", "responses, stream")
-# Each Responses scenario beside the chat scenario it is measured against.
-RESPONSES_VS_CHAT = {"responses": "chat", "responses, stream": "stream"}
+GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", "messages", "messages, stream",
+                "messages, translated")
+# Scenarios a --compare checkout from before the Responses API (or today's Messages API) lacks.
+NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated")
+# Each scenario of another API beside the chat scenario it is measured against.
+AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": "chat",
+                "messages, stream": "stream", "messages, translated": "chat"}
 
 
 def free_port() -> int:
@@ -297,6 +307,10 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         run("add_provider", f"bench-mock-{n}", "--kind", "openai_compatible", "--base-url", mock_url,
             "--allow-private-network",
             "--model", f"bench-chat-{n}=mock-gpt", "--input-price", "0.15", "--output-price", "0.60")
+    # The mock answers Anthropic's format on its root (/v1/messages), as api.anthropic.com does.
+    run("add_provider", "bench-claude", "--kind", "anthropic", "--base-url", mock_url.removesuffix("/v1"),
+        "--allow-private-network", "--model", "bench-claude=mock-claude",
+        "--input-price", "0.15", "--output-price", "0.60")
     run("shell", "-c", (
         "from routing.models import Route, RouteTarget; from providers.models import Deployment; "
         "r = Route.objects.create(name='bench-route'); "
@@ -485,17 +499,17 @@ def print_drf(rows) -> None:
 
 
 def print_responses(rows) -> None:
-    """A Responses API call against the same chat completion, same run."""
+    """A Responses API or Messages API call against the same chat completion, same run."""
     by = {(scenario, target): loaded for scenario, target, loaded, _ in rows}
-    pairs = [(r, c) for r, c in RESPONSES_VS_CHAT.items() if (r, "gateway") in by and (c, "gateway") in by]
+    pairs = [(r, c) for r, c in AGAINST_CHAT.items() if (r, "gateway") in by and (c, "gateway") in by]
     if not pairs:
         return
-    print("\nThe Responses API through the chat form against chat completions (gateway CPU per request, "
+    print("\nThe Responses and Messages APIs against chat completions (gateway CPU per request, "
           "under the load above):\n")
-    print("| scenario | chat CPU ms/req | responses CPU ms/req | responses/chat |\n| --- | ---: | ---: | ---: |")
-    for responses, chat in pairs:
-        this, that = by[(responses, "gateway")], by[(chat, "gateway")]
-        print(f"| {responses} | {that['cpu_ms']:.3f} | {this['cpu_ms']:.3f} | {this['cpu_ms'] / that['cpu_ms']:.3f} |")
+    print("| scenario | chat CPU ms/req | its CPU ms/req | it/chat |\n| --- | ---: | ---: | ---: |")
+    for other, chat in pairs:
+        this, that = by[(other, "gateway")], by[(chat, "gateway")]
+        print(f"| {other} | {that['cpu_ms']:.3f} | {this['cpu_ms']:.3f} | {this['cpu_ms'] / that['cpu_ms']:.3f} |")
 
 
 def print_compare(rows, other: Path) -> None:
@@ -526,7 +540,7 @@ def print_table(rows, opts, duration) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
     for scenario, target, loaded, single in rows:
-        base = direct.get(RESPONSES_VS_CHAT.get(scenario, scenario.split(",")[0]))
+        base = direct.get(AGAINST_CHAT.get(scenario, scenario.split(",")[0]))
         added = (f"{single['p50'] - base['p50']:.2f} | {single['p99'] - base['p99']:.2f}"
                  if base and not target.startswith("mock") else "- | -")
         ttft = single.get("ttft")

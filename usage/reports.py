@@ -23,7 +23,6 @@ from email.mime.multipart import MIMEMultipart
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
@@ -33,7 +32,7 @@ from django.utils import timezone
 from tenants.models import Tenant
 
 from . import changes, charts, forecast
-from .alerts import tenant_admin_emails
+from .alerts import staff_emails, tenant_admin_emails
 from .forecast import Forecast
 from .models import Limit, ReportDelivery, UsageRecord
 from .rollups import NOT_ERRORS
@@ -298,7 +297,5 @@ def send_reports(period: str, today: date | None = None) -> int:
             sent += _deliver(period, tenant, tenant_admin_emails(tenant.id), today)
         except Exception:
             log.exception("cost report for tenant %s not sent; retried on the next run", tenant.slug)
-    staff = sorted(get_user_model().objects.filter(is_staff=True, is_active=True).exclude(email="")
-                   .values_list("email", flat=True))
-    sent += _deliver(period, None, staff, today)
+    sent += _deliver(period, None, staff_emails(), today)
     return sent

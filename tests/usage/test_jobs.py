@@ -21,7 +21,7 @@ from django.core.management import call_command
 from keys import services as key_services
 from providers.models import HealthCheck
 from tenants.models import Membership
-from tests.conftest import ROOT, free_port, make_provider, wait_until
+from tests.conftest import ROOT, free_port, make_provider, user_in, wait_until
 from usage import reports
 from usage.models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
@@ -135,7 +135,8 @@ def test_cost_reports_reach_each_tenants_admins_and_staff_once(transactional_db,
     for name, who, role in (("olga", tenant, "owner"), ("adam", tenant, "admin"), ("mia", tenant, "member"),
                             ("gus", other_tenant, "owner")):
         Membership.objects.create(tenant=who, user=user(name), role=role)
-    user("sam", is_staff=True)
+    user("sam", is_staff=True, is_superuser=True)
+    user_in(tenant, "member", name="tess", email="tess@example.com")  # in the admin (is_staff), not staff
     acme_key, _ = key_services.issue(tenant, "backend")
     globex_key, _ = key_services.issue(other_tenant, "globex")
     Limit.objects.create(tenant=tenant, budget_usd=Decimal("1.00"), period="month")

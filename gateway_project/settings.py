@@ -312,12 +312,14 @@ REPORT_CHANGES = env.int("REPORT_CHANGES", default=6)
 # Spend anomalies (usage/anomalies.py): each hour of a tenant's key and model against
 # the same hour of ANOMALY_BASELINE_DAYS days before (median and MAD). An hour is an
 # anomaly when its spend or requests are at least ANOMALY_MIN_RATIO times the median
-# and ANOMALY_MADS scaled MADs above it, and reach the minimum volume.
+# and ANOMALY_MADS scaled MADs above it, and reach the minimum volume: at least
+# ANOMALY_MIN_CALLS calls, and the spend or request minimum of the figure that rose.
 ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=14)
 ANOMALY_MADS = env.float("ANOMALY_MADS", default=6.0)
 ANOMALY_MIN_RATIO = env.float("ANOMALY_MIN_RATIO", default=3.0)
 ANOMALY_MIN_SPEND_USD = Decimal(env.str("ANOMALY_MIN_SPEND_USD", default="1.00"))
 ANOMALY_MIN_REQUESTS = env.int("ANOMALY_MIN_REQUESTS", default=50)
+ANOMALY_MIN_CALLS = env.int("ANOMALY_MIN_CALLS", default=10)
 # Closed hours each run looks at (a run that was missed is caught up by the next).
 ANOMALY_LOOKBACK_HOURS = env.int("ANOMALY_LOOKBACK_HOURS", default=3)
 

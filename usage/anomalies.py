@@ -10,8 +10,9 @@ comparable to a standard deviation): both ignore a few odd days, which a mean
 and standard deviation would chase, and hour of day is the strongest cycle of
 API traffic. An hour is an anomaly when its spend (or request count) is at
 least ANOMALY_MIN_RATIO times the median and ANOMALY_MADS spreads above it,
-and reaches the minimum volume (ANOMALY_MIN_SPEND_USD, ANOMALY_MIN_REQUESTS)
-so a quiet key's one call never alarms. The spread is floored at a tenth of
+and reaches the minimum volume (ANOMALY_MIN_CALLS calls, and ANOMALY_MIN_SPEND_USD
+or ANOMALY_MIN_REQUESTS for the figure that rose), so a quiet key's one call,
+however dear, never alarms. The spread is floored at a tenth of
 the median (and of the minimum volume), so a key as regular as a clock is not
 flagged for a few percent more. A slow drift moves the median along with it
 and stays inside the spread; a spike does not.
@@ -91,7 +92,8 @@ def check_hour(hour: datetime, now: datetime) -> list[SpendAnomaly]:
     observed = _hour_sums([hour], Q(cost_usd__gt=0) | Q(requests__gt=0))
     muted = _muted(now)
     candidates = {group: sums for (group, _), sums in observed.items()
-                  if group[1] not in muted and (sums[0] >= least_spend or sums[1] >= least_requests)}
+                  if group[1] not in muted and sums[1] >= settings.ANOMALY_MIN_CALLS
+                  and (sums[0] >= least_spend or sums[1] >= least_requests)}
     if not candidates:
         return []
     days = [hour - timedelta(days=i) for i in range(1, settings.ANOMALY_BASELINE_DAYS + 1)]

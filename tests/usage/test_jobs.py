@@ -3,8 +3,6 @@ each safe to run twice and on two workers at once; a real Celery worker and a
 real SMTP server."""
 
 import csv
-import email
-import email.policy
 import io
 import os
 import subprocess
@@ -13,8 +11,6 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import pytest
-from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
@@ -91,30 +87,6 @@ def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, te
         worker.terminate()
         worker.wait(timeout=30)
     assert worker.returncode == 0, worker.stderr.read().decode()[-2000:]
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
-        self.messages.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content,
-                                                                          policy=email.policy.default)))
-        return "250 OK"
-
-
-@pytest.fixture()
-def smtp(settings):
-    """A real SMTP server on loopback, and Django pointed at it."""
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
-    yield inbox
-    controller.stop()
 
 
 def user(name: str, **extra):

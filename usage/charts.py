@@ -46,10 +46,11 @@ def cost_per_day(title: str, days: list[date], current: list[Decimal], previous:
     axes.set_xticks(positions[::step], [f"{d:%b} {d.day}" for d in days[::step]], fontsize=8)
     axes.yaxis.set_major_formatter(FuncFormatter(_money))
     axes.tick_params(axis="y", labelsize=8)
-    axes.set_ylim(bottom=0)
+    top = max([float(v) for v in current] + before + [0.0])
+    axes.set_ylim(0, top * 1.3 if top else 1)  # headroom for the legend above the tallest bar
     axes.set_title(title, fontsize=10, loc="left")
     axes.spines[["top", "right"]].set_visible(False)
-    axes.legend(fontsize=8, frameon=False, loc="upper left")
+    axes.legend(fontsize=8, frameon=False, loc="upper left", ncols=2)
     figure.tight_layout(pad=0.6)
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=DPI)

@@ -31,10 +31,14 @@ MICRO = Decimal("0.000001")
 
 @dataclass(frozen=True)
 class Rate:
-    mean: Decimal  # USD a day
+    mean: Decimal  # USD a day, unrounded: forecasts multiply it
     low: Decimal
     high: Decimal
     days: int  # whole days it was measured over
+
+    @property
+    def per_day(self) -> Decimal:
+        return _money(self.mean)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def current_rate(records, moment: datetime, tz: ZoneInfo) -> Rate:
         return Rate(Decimal(0), Decimal(0), Decimal(0), 0)
     first = max(first, started.astimezone(tz).date())
     costs = daily_costs(records, first, today - DAY, tz)
-    return Rate(_money(sum(costs) / len(costs)), min(costs), max(costs), len(costs))
+    return Rate(sum(costs) / len(costs), min(costs), max(costs), len(costs))
 
 
 def _spent(records, since: datetime | None, moment: datetime) -> Decimal:

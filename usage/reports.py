@@ -141,7 +141,7 @@ def _budgets(tenant: Tenant, until: datetime) -> list[dict]:
         scope = " · ".join(filter(None, [f"key {limit.api_key.name}" if limit.api_key_id else "",
                                          f"model {limit.model}" if limit.model else ""])) or "whole tenant"
         found.append({"scope": scope, "period": limit.get_period_display(), "budget": limit.budget_usd,
-                      "spent": seen.spent, "rate": seen.rate.mean, "runs_out_on": seen.runs_out_on,
+                      "spent": seen.spent, "rate": seen.rate.per_day, "runs_out_on": seen.runs_out_on,
                       "exhausted": seen.exhausted,
                       "percent": round(seen.spent * 100 / limit.budget_usd) if limit.budget_usd else 0})
     return found

@@ -257,7 +257,7 @@ def _forecast(scope, params, win: Window, now: datetime) -> dict:
             day += STEPS["day"]
     return {"month_to_date_usd": format(seen.spent, "f"), "month_end_usd": format(seen.estimate, "f"),
             "low_usd": format(seen.low, "f"), "high_usd": format(seen.high, "f"),
-            "rate_per_day_usd": format(seen.rate.mean, "f"), "rate_days": seen.rate.days,
+            "rate_per_day_usd": format(seen.rate.per_day, "f"), "rate_days": seen.rate.days,
             "last_day": seen.last_day.isoformat(), "per_step_usd": format(per_step.quantize(Decimal("0.000001")), "f"),
             "future_labels": future}
 

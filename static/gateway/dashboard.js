@@ -95,8 +95,9 @@
       { label: "forecast at the current rate", data: costLabels.map(() => rate), borderColor: "#e65100",
         borderDash: [6, 4], pointRadius: 0, fill: false }],
       (v) => "$" + (v === 0 ? "0" : Number(v.toPrecision(2)).toString()));
-    $("dashboard-forecast").textContent = money(f.month_end_usd);
-    $("dashboard-forecast-range").textContent = money(f.low_usd) + " – " + money(f.high_usd) + " by " + f.last_day;
+    const dollars = (v) => "$" + Number(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    $("dashboard-forecast").textContent = dollars(f.month_end_usd);
+    $("dashboard-forecast-range").textContent = dollars(f.low_usd) + " – " + dollars(f.high_usd) + " by " + f.last_day;
     table("dashboard-anomalies", data.anomalies, (a) => {
       const link = document.createElement("a");
       link.href = root.dataset.anomalyUrl.replace("/0/", "/" + a.id + "/");

@@ -29,7 +29,7 @@ from providers.models import Deployment
 from routing import breakers
 from tenants.models import Tenant
 from tenants.scoping import scope_for
-from usage import limits
+from usage import anomalies, forecast, limits
 from usage.models import Limit, UsageRecord
 from usage.rollups import NOT_ERRORS
 
@@ -105,8 +105,11 @@ def window(params, now: datetime | None = None) -> Window:
     return Window(start, end, step)
 
 
-def _records(scope, params, win: Window):
-    records = UsageRecord.objects.filter(scope.key_filter(), created_at__gte=win.start, created_at__lt=win.end)
+def _records(scope, params, win: Window | None):
+    """The records the user may see, filtered as asked; within the window unless None."""
+    records = UsageRecord.objects.filter(scope.key_filter())
+    if win is not None:
+        records = records.filter(created_at__gte=win.start, created_at__lt=win.end)
     if value := params.get("tenant"):
         records = records.filter(tenant_id=int(value) if value.isdigit() else -1)
     if value := params.get("provider"):
@@ -241,6 +244,24 @@ def _filters(scope, win: Window) -> dict:
     }
 
 
+def _forecast(scope, params, win: Window, now: datetime) -> dict:
+    """The month's end at the current rate (usage.forecast, UTC like the charts), and the rate per
+    chart step, for the cost chart's forecast line (continued to the month's end on a daily chart)."""
+    seen = forecast.month_forecast(_records(scope, params, None), now, UTC)
+    per_step = seen.rate.mean * Decimal(STEPS[win.step].total_seconds()) / Decimal(86400)
+    future = []
+    if win.step == "day" and now - win.end < STEPS["day"]:  # a chart that ends now goes on to the month's end
+        day = _truncate(win.end, "day") + STEPS["day"]
+        while day.date() <= seen.last_day:
+            future.append(day.isoformat())
+            day += STEPS["day"]
+    return {"month_to_date_usd": format(seen.spent, "f"), "month_end_usd": format(seen.estimate, "f"),
+            "low_usd": format(seen.low, "f"), "high_usd": format(seen.high, "f"),
+            "rate_per_day_usd": format(seen.rate.per_day, "f"), "rate_days": seen.rate.days,
+            "last_day": seen.last_day.isoformat(), "per_step_usd": format(per_step.quantize(Decimal("0.000001")), "f"),
+            "future_labels": future}
+
+
 def data(user, params) -> dict:
     scope = scope_for(user)
     win = window(params)
@@ -254,6 +275,8 @@ def data(user, params) -> dict:
         "filters": _filters(scope, win),
         "health": _health(scope, scope.everything),
         "budgets": _budgets(scope),
+        "forecast": _forecast(scope, params, win, datetime.now(UTC)),
+        "anomalies": anomalies.open_for(scope),
     }
 
 

@@ -7,6 +7,7 @@ values: DATABASE_URL, REDIS_URL, SECRET_KEY and friends. README.md lists them al
 
 import ipaddress
 import secrets
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -297,6 +298,30 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Gateway <gateway
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Where admins reach the gateway, for links in emails.
 GATEWAY_PUBLIC_URL = env.str("GATEWAY_PUBLIC_URL", default="http://127.0.0.1:8000")
+
+# Cost reports and forecasts (usage/forecast.py, usage/changes.py; docs/reports.md).
+# The current rate: the mean daily spend of this many whole days before now.
+FORECAST_RATE_DAYS = env.int("FORECAST_RATE_DAYS", default=7)
+# "What changed": against the median of this many days before the period; a spend
+# move counts from this many USD a day, rates from this many requests; at most
+# REPORT_CHANGES sentences.
+REPORT_BASELINE_DAYS = env.int("REPORT_BASELINE_DAYS", default=14)
+REPORT_CHANGE_MIN_USD = Decimal(env.str("REPORT_CHANGE_MIN_USD", default="1.00"))
+REPORT_CHANGE_MIN_REQUESTS = env.int("REPORT_CHANGE_MIN_REQUESTS", default=20)
+REPORT_CHANGES = env.int("REPORT_CHANGES", default=6)
+# Spend anomalies (usage/anomalies.py): each hour of a tenant's key and model against
+# the same hour of ANOMALY_BASELINE_DAYS days before (median and MAD). An hour is an
+# anomaly when its spend or requests are at least ANOMALY_MIN_RATIO times the median
+# and ANOMALY_MADS scaled MADs above it, and reach the minimum volume: at least
+# ANOMALY_MIN_CALLS calls, and the spend or request minimum of the figure that rose.
+ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=14)
+ANOMALY_MADS = env.float("ANOMALY_MADS", default=6.0)
+ANOMALY_MIN_RATIO = env.float("ANOMALY_MIN_RATIO", default=3.0)
+ANOMALY_MIN_SPEND_USD = Decimal(env.str("ANOMALY_MIN_SPEND_USD", default="1.00"))
+ANOMALY_MIN_REQUESTS = env.int("ANOMALY_MIN_REQUESTS", default=50)
+ANOMALY_MIN_CALLS = env.int("ANOMALY_MIN_CALLS", default=10)
+# Closed hours each run looks at (a run that was missed is caught up by the next).
+ANOMALY_LOOKBACK_HOURS = env.int("ANOMALY_LOOKBACK_HOURS", default=3)
 
 # --- Celery -------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")

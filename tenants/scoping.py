@@ -59,6 +59,9 @@ RULES: dict[str, AccessRule] = {
     "usage.reportdelivery": AccessRule("tenant", managers=VIEW),
     "usage.promptlog": AccessRule("tenant", managers=VIEW),
     "usage.storedresponse": AccessRule("tenant", managers=VIEW),
+    # Owners and admins acknowledge their tenant's anomalies and mute their keys.
+    "usage.spendanomaly": AccessRule("tenant", managers=frozenset({"view", "change"})),
+    "usage.anomalymute": AccessRule("tenant", managers=frozenset({"view", "delete"})),
     "providers.healthcheck": AccessRule("provider__tenant", managers=VIEW, shared=True),
 }
 

@@ -8,8 +8,18 @@ from tenants.admin import TenantAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 from tenants.scoping import scope_of
 
-from . import limits
-from .models import Limit, PromptLog, ReportDelivery, StoredResponse, UsageDeadLetter, UsageRecord, UsageRollup
+from . import anomalies, limits
+from .models import (
+    AnomalyMute,
+    Limit,
+    PromptLog,
+    ReportDelivery,
+    SpendAnomaly,
+    StoredResponse,
+    UsageDeadLetter,
+    UsageRecord,
+    UsageRollup,
+)
 
 
 @admin.register(UsageRecord)
@@ -139,3 +149,50 @@ class UsageDeadLetterAdmin(ReadOnlyAdmin):
     @admin.display(description="reason")
     def short_reason(self, obj: UsageDeadLetter) -> str:
         return obj.reason[:120]
+
+
+@admin.register(SpendAnomaly)
+class SpendAnomalyAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    """Hours of unusual spend (usage.anomalies): read, acknowledge, or mute the key."""
+
+    list_display = ["last_hour", "tenant", "key_prefix", "public_model", "hours", "metrics", "spend_usd",
+                    "baseline_spend_usd", "requests", "baseline_requests", "score", "status", "notified_at"]
+    list_filter = ["status", "tenant", "public_model"]
+    search_fields = ["key_prefix", "public_model"]
+    date_hierarchy = "last_hour"
+    list_select_related = ["tenant"]
+    actions = ["acknowledge", "mute_keys"]
+    readonly_fields = ["summary", "tenant", "api_key", "key_prefix", "public_model", "started_at", "last_hour",
+                       "hours", "metrics", "spend_usd", "baseline_spend_usd", "requests", "baseline_requests", "score",
+                       "status", "acknowledged_by", "acknowledged_at", "notified_at", "created_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="what happened")
+    def summary(self, obj: SpendAnomaly) -> str:
+        return anomalies.describe(obj)
+
+    @admin.action(description="Acknowledge the selected anomalies", permissions=["change"])
+    def acknowledge(self, request, queryset):
+        done = anomalies.acknowledge(self.get_queryset(request).filter(pk__in=queryset), request.user)
+        self.message_user(request, f"{done} anomalies acknowledged.")
+
+    @admin.action(description="Mute anomalies for the keys of the selected ones", permissions=["change"])
+    def mute_keys(self, request, queryset):
+        muted = anomalies.mute_keys(self.get_queryset(request).filter(pk__in=queryset), request.user)
+        self.message_user(request, f"{muted} keys muted; their anomalies acknowledged.")
+
+
+@admin.register(AnomalyMute)
+class AnomalyMuteAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    """Keys whose anomalies are not looked for; delete a mute to watch the key again."""
+
+    list_display = ["api_key", "tenant", "until", "created_by", "created_at"]
+    list_filter = ["tenant"]
+    readonly_fields = ["tenant", "api_key", "created_by", "created_at"]
+    fields = ["tenant", "api_key", "until", "created_by", "created_at"]
+
+    def has_add_permission(self, request):
+        return False  # muted from an anomaly (its "Mute" action)

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Coalesce
 
@@ -277,3 +278,65 @@ class StoredResponse(models.Model):
 
     def __str__(self) -> str:
         return self.response_id
+
+
+class SpendAnomaly(models.Model):
+    """An hour, or a run of consecutive hours, in which one key's spend or requests on one model
+    rose far above the same hour of the days before (usage.anomalies).
+
+    One row per run: an hour that continues an open or acknowledged run extends it, so a
+    two-hour spike is one anomaly and one email. The figures are the run's peak hour.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="spend_anomalies")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                                related_name="+")
+    key_prefix = models.CharField(max_length=32, blank=True)
+    public_model = models.CharField(max_length=200)
+    started_at = models.DateTimeField(help_text="The first anomalous hour (UTC).")
+    last_hour = models.DateTimeField(help_text="The last anomalous hour so far (UTC).")
+    hours = models.PositiveIntegerField(default=1)
+    metrics = models.CharField(max_length=32, help_text="What rose: spend, requests, or both.")
+    spend_usd = models.DecimalField("spend in the peak hour (USD)", max_digits=24, decimal_places=6)
+    baseline_spend_usd = models.DecimalField("median spend of that hour (USD)", max_digits=24, decimal_places=6)
+    requests = models.PositiveIntegerField("requests in the peak hour")
+    baseline_requests = models.FloatField("median requests of that hour")
+    score = models.FloatField(help_text="How far above the median, in scaled MADs (the larger of spend and requests).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="When the owners, admins and staff were emailed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-last_hour"]
+        verbose_name_plural = "spend anomalies"
+        constraints = [models.UniqueConstraint("tenant", Coalesce("api_key", 0), "public_model", "started_at",
+                                               name="spend_anomaly_once")]
+        indexes = [models.Index(fields=["status", "last_hour"])]
+
+    def __str__(self) -> str:
+        who = f"key {self.key_prefix}…" if self.key_prefix else "no key"
+        return f"{who} on {self.public_model} from {self.started_at:%Y-%m-%d %H:00} UTC"
+
+
+class AnomalyMute(models.Model):
+    """A key whose spend anomalies are not looked for (until `until`, or until the mute is deleted)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="anomaly_mute")
+    until = models.DateTimeField(null=True, blank=True, help_text="Empty: until this mute is deleted.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"anomalies muted for key {self.api_key.prefix}"

@@ -6,7 +6,7 @@ from celery import shared_task
 
 from gateway_project.lib.joblock import single_run
 
-from . import prompts, recorder, reports, retention, rollups
+from . import anomalies, prompts, recorder, reports, retention, rollups
 
 
 @shared_task(ignore_result=True)
@@ -38,3 +38,10 @@ def send_cost_reports(period: str) -> int:
 def purge_prompts() -> int:
     """Delete logged prompts past their tenant's retention."""
     return prompts.purge_expired()
+
+
+@shared_task
+def detect_anomalies() -> int:
+    """Judge the last closed hours of spend per tenant, key and model; email new anomalies."""
+    with single_run("detect_anomalies") as mine:
+        return len(anomalies.detect()) if mine else 0

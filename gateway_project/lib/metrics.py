@@ -82,6 +82,8 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_usage_drain_failures_total": ("counter", "Usage drain runs that failed and will retry.", (), ()),
     "gateway_usage_dead_letters_total": (
         "counter", "Usage events the database refused even on their own, kept as dead letters.", (), ()),
+    "gateway_spend_anomalies_total": (
+        "counter", "Spend anomalies found (usage.anomalies), by what rose first: spend or requests.", ("metric",), ()),
     "gateway_job_runs_total": ("counter", "Celery job runs, by task and outcome.", ("task", "outcome"), ()),
     "gateway_redis_unreachable_total": (
         "counter", "Times a gateway process found Redis unreachable and served without it until a PING answered.",

@@ -86,9 +86,28 @@
       { label: "errors", data: s.errors, backgroundColor: "#ba2121" },
     ]);
     draw("chart-tokens", "line", labels, [{ label: "tokens", data: s.tokens, borderColor: "#79aec8", fill: false }]);
-    draw("chart-cost", "line", labels, [
-      { label: "cost (USD)", data: s.cost_usd.map(Number), borderColor: "#2e7d32", fill: false }],
+    // The forecast line: the current daily rate per step, on to the month's end on a daily chart.
+    const f = data.forecast;
+    const costLabels = labels.concat(f.future_labels.map((l) => label(l, data.range.step)));
+    const rate = Number(f.per_step_usd);
+    draw("chart-cost", "line", costLabels, [
+      { label: "cost (USD)", data: s.cost_usd.map(Number), borderColor: "#2e7d32", fill: false },
+      { label: "forecast at the current rate", data: costLabels.map(() => rate), borderColor: "#e65100",
+        borderDash: [6, 4], pointRadius: 0, fill: false }],
       (v) => "$" + (v === 0 ? "0" : Number(v.toPrecision(2)).toString()));
+    const dollars = (v) => "$" + Number(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    $("dashboard-forecast").textContent = dollars(f.month_end_usd);
+    $("dashboard-forecast-range").textContent = dollars(f.low_usd) + " – " + dollars(f.high_usd) + " by " + f.last_day;
+    table("dashboard-anomalies", data.anomalies, (a) => {
+      const link = document.createElement("a");
+      link.href = root.dataset.anomalyUrl.replace("/0/", "/" + a.id + "/");
+      link.textContent = "review";
+      const td = document.createElement("td");
+      td.append(link);
+      return [text("td", a.tenant), text("td", a.key ? a.key + "…" : "(no key)"), text("td", a.model),
+              text("td", new Date(a.started_at).toLocaleString() + (a.hours > 1 ? " (" + a.hours + " h)" : "")),
+              text("td", money(a.spend_usd), "gw-bad"), text("td", money(a.baseline_spend_usd)), td];
+    });
     draw("chart-latency", "line", labels, [
       { label: "p50", data: s.p50_ms, borderColor: "#417690", spanGaps: true },
       { label: "p95", data: s.p95_ms, borderColor: "#e65100", spanGaps: true },

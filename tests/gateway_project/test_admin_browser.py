@@ -168,3 +168,44 @@ def test_staff_see_every_tenant_on_the_dashboard(page, gateway, key_client, peop
     page.goto("/admin/playground/")
     expect(page.locator("#playground-key option")).to_have_count(1)
     shot(page, "08-playground-staff")
+
+
+def test_the_dashboard_draws_the_forecast_and_a_tenant_admin_acknowledges_an_anomaly(page, people, tenant, api_key):
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from usage.models import SpendAnomaly, UsageRecord
+
+    key = api_key[0]
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    UsageRecord.objects.bulk_create([
+        UsageRecord(request_id=f"req_forecast_{d}", created_at=today - timedelta(days=d), tenant=tenant, api_key=key,
+                    key_prefix=key.prefix, endpoint="chat.completions", public_model="gpt-big",
+                    cost_usd=Decimal(6 + d % 3)) for d in range(1, 8)])  # $6-8 a day: $7 on average
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    SpendAnomaly.objects.create(tenant=tenant, api_key=key, key_prefix=key.prefix, public_model="gpt-big",
+                                started_at=hour, last_hour=hour, metrics="spend, requests", spend_usd="30",
+                                baseline_spend_usd="3", requests=120, baseline_requests=12, score=40)
+    sign_in(page, "acme-admin")
+    page.click("button[data-range='30d']")
+    expect(page.locator("#dashboard")).to_have_attribute("data-shown", "30d")
+    expect(page.locator("#dashboard-forecast")).to_have_text(re.compile(r"^\$\d"))
+    expect(page.locator("#dashboard-forecast-range")).to_contain_text("$")
+    labels = page.evaluate("Chart.getChart('chart-cost').data.datasets.map(d => d.label)")
+    assert labels == ["cost (USD)", "forecast at the current rate"]
+    assert page.evaluate("Chart.getChart('chart-cost').data.datasets[1].data[0]") == 7
+    expect(page.locator("#dashboard-anomalies")).to_contain_text(key.prefix)
+    expect(page.locator("#dashboard-anomalies")).to_contain_text("$30")
+    shot(page, "09-dashboard-forecast-anomalies")
+
+    page.click("#dashboard-anomalies a")
+    expect(page.locator("#content")).to_contain_text("10.0x the median of $3.00")
+    shot(page, "10-spend-anomaly")
+    page.goto("/admin/usage/spendanomaly/")
+    page.check("#result_list input.action-select")
+    page.select_option("select[name=action]", "acknowledge")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist")).to_contain_text("1 anomalies acknowledged")
+    page.goto("/admin/")
+    expect(page.locator("#dashboard")).to_have_attribute("data-loaded", re.compile(r"\d+"))
+    expect(page.locator("#dashboard-anomalies")).to_contain_text("Nothing in this range.")

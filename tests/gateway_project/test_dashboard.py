@@ -180,3 +180,31 @@ def test_every_money_figure_is_a_plain_decimal(client, world):
         assert isinstance(value, str) and "E" not in value.upper(), (path, value)
         Decimal(value)  # a number all the same
     assert Decimal(data["totals"]["cost_usd"]) == Decimal("0.00000004")
+
+
+def test_the_cost_chart_carries_the_forecast_of_what_the_user_may_see(client, world):
+    acme, globex, users, keys = world
+    today = NOW.date()
+    for days_ago in range(1, 8):  # $7 a day on Acme's key, $100 a day on Globex's, at noon UTC
+        noon = datetime.combine(today - timedelta(days=days_ago), datetime.min.time(), UTC) + timedelta(hours=12)
+        minutes = (NOW - noon).total_seconds() / 60
+        record(keys["acme"], minutes, cost="7")
+        record(keys["globex"], minutes, cost="100")
+    month_start = today.replace(day=1)
+    last_day = (month_start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    spent = 7 * sum(1 for d in range(1, 8) if today - timedelta(days=d) >= month_start)
+
+    seen = dashboard(client, users["admin"], range="30d")["forecast"]
+    assert (seen["rate_per_day_usd"], seen["rate_days"], seen["per_step_usd"]) == ("7.000000", 7, "7.000000")
+    assert Decimal(seen["month_to_date_usd"]) == spent and seen["last_day"] == last_day.isoformat()
+    days_left = Decimal((datetime.combine(last_day + timedelta(days=1), datetime.min.time(), UTC)
+                         - datetime.now(UTC)).total_seconds()) / 86400
+    assert abs(Decimal(seen["month_end_usd"]) - (spent + 7 * days_left)) < Decimal("0.01")
+    assert seen["low_usd"] == seen["month_end_usd"] == seen["high_usd"]  # every day alike: no range
+    # The line goes on to the month's end: one label for each day after today.
+    assert [label[:10] for label in seen["future_labels"]] == [
+        (today + timedelta(days=i)).isoformat() for i in range(1, (last_day - today).days + 1)]
+    # By the hour, the rate per hour; staff's forecast counts Globex too.
+    assert dashboard(client, users["admin"], range="24h")["forecast"]["per_step_usd"] == "0.291667"
+    assert dashboard(client, users["admin"], range="24h")["forecast"]["future_labels"] == []
+    assert dashboard(client, users["staff"], range="30d")["forecast"]["rate_per_day_usd"] == "107.000000"

@@ -16,7 +16,16 @@ from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
 from routing.models import CircuitEvent, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
-from usage.models import Limit, PromptLog, ReportDelivery, StoredResponse, UsageRecord, UsageRollup
+from usage.models import (
+    AnomalyMute,
+    Limit,
+    PromptLog,
+    ReportDelivery,
+    SpendAnomaly,
+    StoredResponse,
+    UsageRecord,
+    UsageRollup,
+)
 
 ROLES = ["owner", "admin", "member"]
 
@@ -60,6 +69,11 @@ def make_world(tenant, people: dict) -> dict:
             response_id=f"resp_{slug}", tenant=tenant, api_key=key, model=f"{slug}-model", status="completed",
             created_at=datetime.now(UTC), expires_at=datetime.now(UTC) + timedelta(days=1),
             response={"id": f"resp_{slug}", "output": [{"type": "message", "content": f"{slug} secret answer"}]}),
+        "anomaly": SpendAnomaly.objects.create(
+            tenant=tenant, api_key=key, key_prefix=key.prefix, public_model=f"{slug}-model",
+            started_at=datetime(2026, 11, 1, tzinfo=UTC), last_hour=datetime(2026, 11, 1, tzinfo=UTC),
+            metrics="spend", spend_usd="30", baseline_spend_usd="3", requests=120, baseline_requests=12, score=40),
+        "mute": AnomalyMute.objects.create(tenant=tenant, api_key=key),
         "user": people["member"],
     }
 
@@ -99,6 +113,8 @@ ADMIN_OBJECTS = [
     ("usage/reportdelivery", "delivery"),
     ("usage/promptlog", "prompt"),
     ("usage/storedresponse", "stored"),
+    ("usage/spendanomaly", "anomaly"),
+    ("usage/anomalymute", "mute"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

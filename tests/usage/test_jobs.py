@@ -3,8 +3,6 @@ each safe to run twice and on two workers at once; a real Celery worker and a
 real SMTP server."""
 
 import csv
-import email
-import email.policy
 import io
 import os
 import subprocess
@@ -13,15 +11,13 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import pytest
-from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from keys import services as key_services
 from providers.models import HealthCheck
 from tenants.models import Membership
-from tests.conftest import ROOT, free_port, make_provider, wait_until
+from tests.conftest import ROOT, free_port, make_provider, user_in, wait_until
 from usage import reports
 from usage.models import Limit, ReportDelivery, UsageRecord, UsageRollup
 
@@ -93,30 +89,6 @@ def test_a_real_celery_worker_runs_the_jobs_from_the_broker(transactional_db, te
     assert worker.returncode == 0, worker.stderr.read().decode()[-2000:]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
-        self.messages.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content,
-                                                                          policy=email.policy.default)))
-        return "250 OK"
-
-
-@pytest.fixture()
-def smtp(settings):
-    """A real SMTP server on loopback, and Django pointed at it."""
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
-    yield inbox
-    controller.stop()
-
-
 def user(name: str, **extra):
     return get_user_model().objects.create_user(name, f"{name}@example.com", "x", **extra)
 
@@ -135,7 +107,8 @@ def test_cost_reports_reach_each_tenants_admins_and_staff_once(transactional_db,
     for name, who, role in (("olga", tenant, "owner"), ("adam", tenant, "admin"), ("mia", tenant, "member"),
                             ("gus", other_tenant, "owner")):
         Membership.objects.create(tenant=who, user=user(name), role=role)
-    user("sam", is_staff=True)
+    user("sam", is_staff=True, is_superuser=True)
+    user_in(tenant, "member", name="tess", email="tess@example.com")  # in the admin (is_staff), not staff
     acme_key, _ = key_services.issue(tenant, "backend")
     globex_key, _ = key_services.issue(other_tenant, "globex")
     Limit.objects.create(tenant=tenant, budget_usd=Decimal("1.00"), period="month")

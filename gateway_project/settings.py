@@ -235,6 +235,8 @@ GATEWAY_STAGES = env.list("GATEWAY_STAGES", default=[])
 # The response cache (routing/cache/, docs/cache.md): entries a process keeps in embedded mode
 # (no Redis), the least recently used evicted first.
 CACHE_LOCAL_MAX_ENTRIES = env.int("CACHE_LOCAL_MAX_ENTRIES", default=10_000)
+# Questions the semantic cache keeps per scope (tenant, model, system prompt, tools, parameters).
+CACHE_SEMANTIC_MAX_ENTRIES = env.int("CACHE_SEMANTIC_MAX_ENTRIES", default=100_000)
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)

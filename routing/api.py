@@ -89,7 +89,7 @@ class CachePolicySerializer(ScopedSerializer):
         model = CachePolicy
         fields = ["id", "tenant", "api_key", "model", "mode", "ttl_seconds", "expiry", "endpoints",
                   "cache_tool_calls", "max_answer_bytes", "hits_count_against_limits", "semantic_threshold",
-                  "created_at"]
+                  "semantic_embedding_model", "created_at"]
         read_only_fields = ["created_at"]
 
     def validate(self, attrs):

@@ -148,6 +148,10 @@ class CachePolicy(models.Model):
     hits_count_against_limits = models.BooleanField(
         default=False, help_text="A hit spends its tokens and the cost it saved of token quotas and budgets.")
     semantic_threshold = models.FloatField(default=0.95, help_text="Least cosine similarity of a semantic hit.")
+    semantic_embedding_model = models.CharField(
+        max_length=200, blank=True,
+        help_text="One of the tenant's embedding models, called (and billed) to embed questions; "
+                  "empty: the gateway's local model.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -21,6 +21,7 @@ class Policy:
     max_answer_bytes: int
     hits_count_against_limits: bool
     semantic_threshold: float
+    semantic_embedding_model: str
 
     @property
     def exact(self) -> bool:
@@ -38,7 +39,8 @@ def load() -> dict[int, tuple[Policy, ...]]:
         by_tenant.setdefault(p.tenant_id, []).append(Policy(
             p.id, p.tenant_id, p.api_key_id, p.model, p.mode, p.ttl_seconds,
             p.expiry == CachePolicy.Expiry.SLIDING, frozenset(p.endpoints or ()), p.cache_tool_calls,
-            p.max_answer_bytes, p.hits_count_against_limits, p.semantic_threshold))
+            p.max_answer_bytes, p.hits_count_against_limits, p.semantic_threshold,
+            p.semantic_embedding_model))
     return {tenant: tuple(sorted(policies, key=_specificity)) for tenant, policies in by_tenant.items()}
 
 

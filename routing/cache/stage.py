@@ -22,10 +22,11 @@ from routing import table
 
 from ..front import stages
 from ..front.call import Call
-from . import hashing, replay, store
+from . import embedding, hashing, replay, semantic, store
 from .policies import Policy, covering
 
 HEADER, TTL_HEADER, KEY_HEADER = "x-gateway-cache", "x-gateway-cache-ttl", "x-gateway-cache-key"
+SIMILARITY_HEADER = "x-gateway-cache-similarity"
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class State:
     key: str
     lookup: bool  # Cache-Control: no-cache skips it (the answer refreshes the entry)
     ttl: int  # seconds the answer is stored for; 0: not stored (no-store, x-gateway-cache-ttl: 0)
+    question: tuple[str, str] | None = None  # semantic: (scope, text to embed)
+    vector: object = None  # semantic: the question's embedding, once made
 
 
 _NOT_CACHED = object()
@@ -51,7 +54,7 @@ def _resolve(call: Call) -> State | None:
     if call.key is None or (routing := table.loaded()) is None or not routing.cache_policies:
         return None
     policy = covering(routing.cache_policies, call.key.tenant_id, call.key.id, call.model, call.endpoint)
-    if policy is None or not policy.exact:
+    if policy is None:
         return None
     headers = call.request_headers or {}
     control = (headers.get("cache-control") or "").lower()
@@ -63,7 +66,8 @@ def _resolve(call: Call) -> State | None:
         ttl = min(ttl, int(asked))  # a client may shorten its entry's life, not extend the tenant's policy
     key = hashing.entry_key(call.key.tenant_id, call.model, call.endpoint, call.body)
     _header(call, "bypass" if "no-cache" in control else "miss", key)
-    return State(policy, key, "no-cache" not in control, ttl)
+    question = semantic.question(call) if policy.semantic and call.endpoint != "embeddings" else None
+    return State(policy, key, "no-cache" not in control, ttl, question)
 
 
 def _header(call: Call, result: str, key: str = "") -> None:
@@ -85,14 +89,43 @@ class Lookup(stages.Stage):
         state = call.cache
         if not state.lookup:
             return None
-        started = time.perf_counter()
-        raw = await store.get(state.key, state.policy.ttl_seconds if state.policy.sliding else 0)
-        metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "exact")
-        if raw is None:
-            metrics.inc("gateway_cache_lookups_total", call.endpoint, "exact", "miss")
-            return None
-        metrics.inc("gateway_cache_lookups_total", call.endpoint, "exact", "hit")
-        return await hit(call, front, orjson.loads(raw))
+        renew = state.policy.ttl_seconds if state.policy.sliding else 0
+        if state.policy.exact:
+            started = time.perf_counter()
+            raw = await store.get(state.key, renew)
+            metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "exact")
+            metrics.inc("gateway_cache_lookups_total", call.endpoint, "exact", "miss" if raw is None else "hit")
+            if raw is not None:
+                return await hit(call, front, orjson.loads(raw))
+        if state.question is not None:
+            started = time.perf_counter()
+            found = await _semantic_lookup(call, state, renew)
+            metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "semantic")
+            metrics.inc("gateway_cache_lookups_total", call.endpoint, "semantic", "miss" if found is None else "hit")
+            if found is not None:
+                call.response_headers[SIMILARITY_HEADER] = f"{found[1]:.4f}"
+                return await hit(call, front, found[0])
+        return None
+
+
+async def _semantic_lookup(call: Call, state: State, renew: int) -> tuple[dict, float] | None:
+    """The stored answer to the closest question in the call's scope, at or above the threshold."""
+    vector = await _vector(call, state)
+    if vector is None:
+        return None
+    found = await semantic.nearest(state.question[0], vector)
+    if found is None or found[1] < state.policy.semantic_threshold:
+        return None
+    raw = await store.get(found[0], renew)
+    return None if raw is None else (orjson.loads(raw), found[1])
+
+
+async def _vector(call: Call, state: State):
+    if state.vector is None:
+        model, text = state.policy.semantic_embedding_model, state.question[1]
+        state.vector = (await embedding.embed_with_deployment(call, model, text) if model
+                        else embedding.embed_locally(text))
+    return state.vector
 
 
 async def hit(call: Call, front, entry: dict) -> stages.Reply:
@@ -139,8 +172,11 @@ async def save(call: Call, answer: dict) -> None:
                           "p": target.provider_name if target else "", "s": str(call.cost())})
     if len(entry) > state.policy.max_answer_bytes:
         return
-    if await store.put(state.key, entry, state.ttl):
-        metrics.inc("gateway_cache_stores_total", call.endpoint)
+    if not await store.put(state.key, entry, state.ttl):
+        return
+    metrics.inc("gateway_cache_stores_total", call.endpoint)
+    if state.question is not None and (vector := await _vector(call, state)) is not None:
+        await semantic.add(state.question[0], state.key, vector, state.ttl)
 
 
 def _calls_tools(answer: dict) -> bool:

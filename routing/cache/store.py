@@ -16,7 +16,7 @@ from django.conf import settings
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 
-from . import hashing
+from . import hashing, semantic
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def purge(tenant_id: int, model: str = "", entry: str = "") -> int:
                 if not entry or hashing.entry_id(k.decode()) == entry]
         for start in range(0, len(gone), 500):
             client.delete(*gone[start:start + 500])
+    semantic.forget(prefix)
     if gone:
         metrics.shared_inc("gateway_cache_evictions_total", "purge", by=len(gone))
     return len(gone)

@@ -312,3 +312,75 @@ def test_embedded_mode_caches_in_process(gateway_env, mock, tenant, api_key):
         assert headers["x-gateway-cache"] == "hit" and upstream_calls(mock) == calls and chunks
     finally:
         server.stop()
+
+
+# --- semantic ---------------------------------------------------------------------------
+
+
+def ask(client, text, **extra):
+    return chat(client, [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}],
+                **extra)
+
+
+@pytest.fixture()
+def semantic(gateway, mock, tenant, api_key):
+    """A tenant with a semantic policy on the local embedding model (default threshold 0.95)."""
+    policy(tenant, mode="semantic")
+    make_provider("openai", mock.url)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "chat-openai" in {m.id for m in client.models.list()})
+    return client
+
+
+def test_a_paraphrase_hits_and_a_different_question_misses(semantic, mock):
+    headers, first = ask(semantic, "How do I reverse a list in Python?")
+    assert headers["x-gateway-cache"] == "miss"
+    calls = upstream_calls(mock)
+    headers, again = ask(semantic, "How can I reverse a list in Python?")
+    assert headers["x-gateway-cache"] == "hit" and upstream_calls(mock) == calls
+    assert float(headers["x-gateway-cache-similarity"]) >= 0.95
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert ask(semantic, "How do I sort a list in Python?")[0]["x-gateway-cache"] == "miss"
+    assert ask(semantic, "What is the capital of Germany?")[0]["x-gateway-cache"] == "miss"
+
+
+def test_a_semantic_hit_needs_the_same_system_prompt_tools_and_tenant(semantic, gateway, other_tenant):
+    from keys import services as key_services
+
+    ask(semantic, "What is the capital of France?")
+    assert ask(semantic, "What's the capital of France?")[0]["x-gateway-cache"] == "hit"
+    other_system = [{"role": "system", "content": "Answer at length."},
+                    {"role": "user", "content": "What's the capital of France?"}]
+    assert chat(semantic, other_system)[0]["x-gateway-cache"] == "miss"
+    tool = {"type": "function", "function": {"name": "atlas", "parameters": {"type": "object", "properties": {}}}}
+    assert ask(semantic, "What's the capital of France? [[mock chunks=3]]", tools=[tool],
+               tool_choice="none")[0]["x-gateway-cache"] == "miss"
+    policy(other_tenant, mode="semantic")
+    theirs = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key_services.issue(other_tenant, "k")[1],
+                           max_retries=0)
+    assert wait_until(lambda: ask(theirs, "What's the capital of France?")[0].get("x-gateway-cache") == "miss")
+
+
+def test_a_failing_embedding_deployment_makes_the_lookup_a_miss_not_an_error(gateway, mock, tenant, api_key):
+    policy(tenant, mode="semantic", semantic_embedding_model="embed-broken")
+    make_provider("openai", mock.url)
+    make_provider("openai", mock.url, name="broken", knobs="error=500")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "embed-broken" in {m.id for m in client.models.list()})
+    for _ in range(2):
+        headers, answer = ask(client, "What is the capital of France?")
+        assert headers["x-gateway-cache"] == "miss" and answer.choices[0].message.content
+
+
+def test_an_embedding_deployment_embeds_through_the_gateway_and_is_billed(gateway, mock, tenant, api_key):
+    from usage.models import UsageRecord
+
+    policy(tenant, mode="semantic", semantic_embedding_model="embed-openai")
+    make_provider("openai", mock.url)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "embed-openai" in {m.id for m in client.models.list()})
+    assert ask(client, "What is the capital of France?")[0]["x-gateway-cache"] == "miss"
+    headers, _ = ask(client, "What is the capital of France?")
+    assert headers["x-gateway-cache"] == "hit" and float(headers["x-gateway-cache-similarity"]) > 0.999
+    assert wait_until(lambda: UsageRecord.objects.filter(tenant=tenant, endpoint="cache.embeddings",
+                                                         public_model="embed-openai", status="ok").count() == 2)

@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000)
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
-    from routing.cache import embedding
+    import django
+
+    django.setup()
+    from routing.cache import embedding  # deferred: needs the app registry
 
     texts = questions(args.entries)
     started = time.perf_counter()

@@ -58,11 +58,21 @@ SCENARIOS = {
     # The same chat as a Responses API call (stored, as by default), served through the chat form.
     "responses": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there"}'),
     "responses, stream": ("/v1/responses", '{"model": "bench-chat", "input": "Hello there", "stream": true}'),
+    # The same chat on a model whose answers the response cache keeps (routing/cache/): the same
+    # question every time (a hit after the first), and a new question every time ({n}: the
+    # request's number), a lookup that misses and a store.
+    "chat, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "messages": '
+                        '[{"role": "user", "content": "Hello there"}]}'),
+    "chat, cache miss": ("/v1/chat/completions", '{"model": "bench-cached", "messages": '
+                         '[{"role": "user", "content": "Hello there {n}"}]}'),
+    "stream, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "stream": true, "messages": '
+                          '[{"role": "user", "content": "Hello there"}]}'),
 }
+CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit")
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
-GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream")
-# Scenarios a --compare checkout from before the Responses API lacks.
-NEWER = ("responses", "responses, stream")
+GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", *CACHED)
+# Scenarios a --compare checkout from before the Responses API (or the response cache) lacks.
+NEWER = ("responses", "responses, stream", *CACHED)
 # Each Responses scenario beside the chat scenario it is measured against.
 RESPONSES_VS_CHAT = {"responses": "chat", "responses, stream": "stream"}
 
@@ -115,7 +125,11 @@ def wrk_script(tmp: Path, name: str, body: str, key: str | None) -> Path:
     if key:
         headers.append(f'wrk.headers["authorization"] = "Bearer {key}"')
     script = tmp / f"{name}.lua"
-    script.write_text('wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n")
+    text = 'wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n"
+    if "{n}" in body:  # a body of its own for every request
+        text += ("counter = 0\nrequest = function()\n  counter = counter + 1\n"
+                 f"  return wrk.format(nil, nil, nil, string.format([[{body.replace('{n}', '%d')}]], counter))\nend\n")
+    script.write_text(text)
     return script
 
 
@@ -303,6 +317,13 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         "[RouteTarget.objects.create(route=r, deployment=d, priority=i) for i, d in enumerate("
         "Deployment.objects.filter(public_model__in=['bench-chat', 'bench-chat-2', 'bench-chat-3'])"
         ".order_by('public_model'))]"))
+    run("shell", "-c", (
+        "from providers.models import Deployment, Provider; from tenants.models import Tenant\n"
+        "try:\n from routing.models import CachePolicy\nexcept ImportError:\n CachePolicy = None\n"
+        "if CachePolicy:\n"
+        " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-cached',"
+        " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
+        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-cached')"))
     key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the

@@ -9,6 +9,7 @@ per scope, which every process reads from where it left off, in one round trip w
 answer itself is the exact cache's entry (store.py), so it expires and is purged with it.
 """
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from . import hashing
 log = logging.getLogger(__name__)
 
 CONTEXT_FIELDS = ("messages", "prompt", "input")
+LOAD_IN_THREAD = 2000  # vectors read at once beyond which indexing leaves the event loop
 
 
 @dataclass(slots=True)
@@ -34,6 +36,7 @@ class Scoped:
     index: Index | None = None
     keys: list[str] = field(default_factory=list)
     synced: int = 0
+    loading: bool = False  # a large catch-up is being indexed in a thread: lookups miss meanwhile
 
 
 _indexes: dict[str, Scoped] = {}
@@ -100,8 +103,9 @@ async def add(scope: str, key: str, vector: np.ndarray, ttl: int) -> None:
 
 
 async def _sync(scope: str, scoped: Scoped) -> bool:
-    """Read what other processes (and this one) added since the last read: one round trip."""
-    if redis_health.down:
+    """Read what other processes (and this one) added since the last read: one round trip. A large
+    catch-up (a process that starts with a full list) is indexed in a thread, off the event loop."""
+    if redis_health.down or scoped.loading:
         return False
     try:
         async with async_redis().pipeline(transaction=False) as pipe:
@@ -115,7 +119,14 @@ async def _sync(scope: str, scoped: Scoped) -> bool:
     except (redis.RedisError, OSError) as exc:
         redis_health.failed(exc)
         return False
-    _append(scoped, items)
+    if len(items) < LOAD_IN_THREAD:
+        _append(scoped, items)
+        return True
+    scoped.loading = True
+    try:
+        await asyncio.to_thread(_append, scoped, items)
+    finally:
+        scoped.loading = False
     return True
 
 

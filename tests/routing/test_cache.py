@@ -87,6 +87,19 @@ def test_a_hit_is_a_usage_record_at_no_cost_that_says_what_it_saved(cached, mock
     assert hit.completion_tokens == missed.completion_tokens and hit.status == "ok"
 
 
+def test_the_usage_api_says_which_records_were_cache_hits(cached, gateway, tenant):
+    from tests.conftest import user_in
+
+    chat(cached)
+    headers, _ = chat(cached)
+    usage_record(headers["x-request-id"])
+    user_in(tenant, "admin", password="pw-123456789")
+    rows = httpx.get(gateway.url + "/api/usage/records", auth=("acme-admin", "pw-123456789")).json()["results"]
+    hit = next(r for r in rows if r["request_id"] == headers["x-request-id"])
+    assert hit["cache_hit"] is True and Decimal(hit["cost_usd"]) == 0
+    assert Decimal(hit["cost_saved_usd"]) > 0
+
+
 def test_every_front_hits_json_and_streamed(cached, gateway, mock, api_key):
     claude = anthropic.Anthropic(base_url=gateway.url, api_key=api_key[1], max_retries=0)
 

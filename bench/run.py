@@ -67,8 +67,14 @@ SCENARIOS = {
                          '[{"role": "user", "content": "Hello there {n}"}]}'),
     "stream, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "stream": true, "messages": '
                           '[{"role": "user", "content": "Hello there"}]}'),
+    # Semantic only, the questions embedded by the tenant's embedding model on the mock (a call of
+    # its own, routed, admitted and recorded): the same question (a hit), a new one (a miss).
+    "chat, semantic hit": ("/v1/chat/completions", '{"model": "bench-semantic", "messages": '
+                           '[{"role": "user", "content": "Hello there"}]}'),
+    "chat, semantic miss": ("/v1/chat/completions", '{"model": "bench-semantic", "messages": '
+                            '[{"role": "user", "content": "Hello there {n}"}]}'),
 }
-CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit")
+CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit", "chat, semantic hit", "chat, semantic miss")
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
 GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", *CACHED)
 # Scenarios a --compare checkout from before the Responses API (or the response cache) lacks.
@@ -323,7 +329,11 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         "if CachePolicy:\n"
         " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-cached',"
         " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
-        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-cached')"))
+        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-cached')\n"
+        " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-semantic',"
+        " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
+        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-semantic',"
+        " mode='semantic', semantic_embedding_model='bench-embed')"))
     key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the

@@ -107,12 +107,15 @@ async def _sync(scope: str, scoped: Scoped) -> bool:
     catch-up (a process that starts with a full list) is indexed in a thread, off the event loop."""
     if redis_health.down or scoped.loading:
         return False
+    start = scoped.synced
     try:
-        async with async_redis().pipeline(transaction=False) as pipe:
+        async with async_redis().pipeline(transaction=True) as pipe:  # no push in between
             pipe.llen(scope)
-            pipe.lrange(scope, scoped.synced, -1)
+            pipe.lrange(scope, start, -1)
             length, items = await pipe.execute()
-        if length != scoped.synced + len(items):
+        if scoped.synced != start or scoped.loading:
+            return True  # another lookup of this process caught up meanwhile
+        if length != start + len(items):
             # Trimmed, purged or expired under us: start over from what the list holds.
             scoped.index, scoped.keys, scoped.synced = None, [], 0
             items = await async_redis().lrange(scope, 0, -1)

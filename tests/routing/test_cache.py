@@ -397,3 +397,25 @@ def test_an_embedding_deployment_embeds_through_the_gateway_and_is_billed(gatewa
     assert headers["x-gateway-cache"] == "hit" and float(headers["x-gateway-cache-similarity"]) > 0.999
     assert wait_until(lambda: UsageRecord.objects.filter(tenant=tenant, endpoint="cache.embeddings",
                                                          public_model="embed-openai", status="ok").count() == 2)
+
+
+def test_a_hit_still_passes_the_input_stages_and_output_stages_see_it(cached, gateway_env, api_key, mock):
+    """Two gateways on one Redis: the plain one caches the answers, the one with stages (a refusal on
+    input, upper-casing on output) must refuse before serving the cached answer, and shape a hit."""
+    forbidden = [{"role": "user", "content": "a forbidden one"}]
+    chat(cached, forbidden)
+    chat(cached)
+    staged = start_gateway({**gateway_env, "GATEWAY_STAGES": "input=tests.routing.stage_examples:refuse_word,"
+                                                             "output=tests.routing.stage_examples:shout"})
+    try:
+        client = openai.OpenAI(base_url=staged.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, forbidden)
+        assert refused.value.body["code"] == "content_blocked"
+        calls = upstream_calls(mock)
+        headers, answer = chat(client)
+        text = answer.choices[0].message.content
+        assert headers["x-gateway-cache"] == "hit" and upstream_calls(mock) == calls
+        assert text == text.upper() and any(c.isalpha() for c in text)
+    finally:
+        staged.stop()

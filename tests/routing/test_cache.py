@@ -419,3 +419,20 @@ def test_a_hit_still_passes_the_input_stages_and_output_stages_see_it(cached, ga
         assert text == text.upper() and any(c.isalpha() for c in text)
     finally:
         staged.stop()
+
+
+def test_purge_from_the_admin_is_audited(cached, client, tenant):
+    from django.contrib.auth import get_user_model
+
+    from routing.models import CachePolicy
+    from tenants.models import AuditLog
+
+    chat(cached)
+    assert chat(cached)[0]["x-gateway-cache"] == "hit"
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", None))
+    chosen = CachePolicy.objects.get(tenant=tenant)
+    page = client.post("/admin/routing/cachepolicy/", {"action": "purge_answers", "_selected_action": [chosen.id]},
+                       follow=True)
+    assert "1 cached answers purged." in page.content.decode()
+    assert chat(cached)[0]["x-gateway-cache"] == "miss"
+    assert AuditLog.objects.filter(action="cache.purge", tenant=tenant).exists()

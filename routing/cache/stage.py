@@ -50,8 +50,15 @@ def state_of(call: Call) -> State | None:
     return None if state is _NOT_CACHED else state
 
 
+CHAT_FORM = frozenset({"chat.completions", "messages", "responses"})
+
+
 def _resolve(call: Call) -> State | None:
     if call.key is None or (routing := table.loaded()) is None or not routing.cache_policies:
+        return None
+    if call.endpoint in CHAT_FORM and "messages" not in call.body:
+        # Asked before the body is in the chat form: a Responses request only a native deployment can
+        # serve (a built-in tool). Its answer could not be replayed: it is not cached, and goes native.
         return None
     policy = covering(routing.cache_policies, call.key.tenant_id, call.key.id, call.model, call.endpoint)
     if policy is None:

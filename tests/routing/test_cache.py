@@ -436,3 +436,17 @@ def test_purge_from_the_admin_is_audited(cached, client, tenant):
     assert "1 cached answers purged." in page.content.decode()
     assert chat(cached)[0]["x-gateway-cache"] == "miss"
     assert AuditLog.objects.filter(action="cache.purge", tenant=tenant).exists()
+
+
+def test_a_request_only_a_native_deployment_can_serve_still_goes_native_under_a_policy(gateway, mock, tenant,
+                                                                                       api_key):
+    policy(tenant)
+    make_provider("openai", mock.url, name="native", knobs="lenient_tools=1")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "chat-native" in {m.id for m in client.models.list()})
+    searched = client.responses.with_raw_response.create(model="chat-native", input="Hello there",
+                                                         tools=[{"type": "web_search"}])
+    assert searched.status_code == 200 and searched.parse().output_text
+    assert "x-gateway-cache" not in searched.headers  # not cached: its answer could not be replayed
+    plain = client.responses.with_raw_response.create(model="chat-native", input="Hello there")
+    assert plain.headers["x-gateway-cache"] == "miss"

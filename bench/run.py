@@ -66,12 +66,29 @@ SCENARIOS = {
     # The same on the OpenAI-compatible deployment: translated to chat and back.
     "messages, translated": ("/v1/messages", '{"model": "bench-chat", "max_tokens": 1024, '
                              '"messages": [{"role": "user", "content": "Hello there"}]}'),
+    # The same chat on a model whose answers the response cache keeps (routing/cache/): the same
+    # question every time (a hit after the first), and a new question every time ({n}: the
+    # request's number), a lookup that misses and a store.
+    "chat, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "messages": '
+                        '[{"role": "user", "content": "Hello there"}]}'),
+    "chat, cache miss": ("/v1/chat/completions", '{"model": "bench-cached", "messages": '
+                         '[{"role": "user", "content": "Hello there {n}"}]}'),
+    "stream, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "stream": true, "messages": '
+                          '[{"role": "user", "content": "Hello there"}]}'),
+    # Semantic only, the questions embedded by the tenant's embedding model on the mock (a call of
+    # its own, routed, admitted and recorded): the same question (a hit), a new one (a miss).
+    "chat, semantic hit": ("/v1/chat/completions", '{"model": "bench-semantic", "messages": '
+                           '[{"role": "user", "content": "Hello there"}]}'),
+    "chat, semantic miss": ("/v1/chat/completions", '{"model": "bench-semantic", "messages": '
+                            '[{"role": "user", "content": "Hello there {n}"}]}'),
 }
+CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit", "chat, semantic hit", "chat, semantic miss")
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
 GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", "messages", "messages, stream",
-                "messages, translated")
-# Scenarios a --compare checkout from before the Responses API (or today's Messages API) lacks.
-NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated")
+                "messages, translated", *CACHED)
+# Scenarios a --compare checkout from before the Responses API (or today's Messages API, or the
+# response cache) lacks.
+NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated", *CACHED)
 # Each scenario of another API beside the chat scenario it is measured against.
 AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": "chat",
                 "messages, stream": "stream", "messages, translated": "chat"}
@@ -125,7 +142,11 @@ def wrk_script(tmp: Path, name: str, body: str, key: str | None) -> Path:
     if key:
         headers.append(f'wrk.headers["authorization"] = "Bearer {key}"')
     script = tmp / f"{name}.lua"
-    script.write_text('wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n")
+    text = 'wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n"
+    if "{n}" in body:  # a body of its own for every request
+        text += ("counter = 0\nrequest = function()\n  counter = counter + 1\n"
+                 f"  return wrk.format(nil, nil, nil, string.format([[{body.replace('{n}', '%d')}]], counter))\nend\n")
+    script.write_text(text)
     return script
 
 
@@ -317,6 +338,17 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         "[RouteTarget.objects.create(route=r, deployment=d, priority=i) for i, d in enumerate("
         "Deployment.objects.filter(public_model__in=['bench-chat', 'bench-chat-2', 'bench-chat-3'])"
         ".order_by('public_model'))]"))
+    run("shell", "-c", (
+        "from providers.models import Deployment, Provider; from tenants.models import Tenant\n"
+        "try:\n from routing.models import CachePolicy\nexcept ImportError:\n CachePolicy = None\n"
+        "if CachePolicy:\n"
+        " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-cached',"
+        " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
+        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-cached')\n"
+        " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-semantic',"
+        " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
+        " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-semantic',"
+        " mode='semantic', semantic_embedding_model='bench-embed')"))
     key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the

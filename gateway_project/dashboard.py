@@ -35,7 +35,7 @@ from usage.rollups import NOT_ERRORS
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-BREAKDOWNS = {"tenant": "tenant__name", "provider": "provider_name", "model": "public_model"}
+BREAKDOWNS = {"tenant": "tenant__name", "provider": "provider_name", "model": "public_model", "route": "route"}
 # Budgets and quotas shown: the fullest first, those at least this used.
 BUDGET_SHOWN_FROM = 0.5
 BUDGET_WARN_AT = 0.8
@@ -128,6 +128,8 @@ SUMS = {
     "cache_write_tokens": Sum("cache_write_tokens"),
     "reasoning_tokens": Sum("reasoning_tokens"),
     "cost_usd": Sum("cost_usd"),
+    "cache_hits": Count("id", filter=Q(cache_hit=True)),
+    "cost_saved_usd": Sum("cost_saved_usd"),
 }
 
 
@@ -145,6 +147,9 @@ def _row(values: dict) -> dict:
         "reasoning_tokens": values.get("reasoning_tokens") or 0,
         "tokens": prompt + completion,
         "cost_usd": format(values.get("cost_usd") or Decimal(0), "f"),  # never "2E-8"
+        "cache_hits": values.get("cache_hits") or 0,
+        "cache_hit_rate": round((values.get("cache_hits") or 0) / requests, 4) if requests else 0,
+        "cost_saved_usd": format(values.get("cost_saved_usd") or Decimal(0), "f"),
         "p50_ms": round(values["p50"]) if values.get("p50") is not None else None,
         "p95_ms": round(values["p95"]) if values.get("p95") is not None else None,
     }

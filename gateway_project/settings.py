@@ -233,6 +233,11 @@ USAGE_FLUSH_BATCH = env.int("USAGE_FLUSH_BATCH", default=500)
 # Extra stages of the request path (routing/front/stages.py), each "point=module.path:attribute",
 # point one of input, admitted, output; the gateway's own stages register themselves.
 GATEWAY_STAGES = env.list("GATEWAY_STAGES", default=[])
+# The response cache (routing/cache/, docs/cache.md): entries a process keeps in embedded mode
+# (no Redis), the least recently used evicted first.
+CACHE_LOCAL_MAX_ENTRIES = env.int("CACHE_LOCAL_MAX_ENTRIES", default=10_000)
+# Questions the semantic cache keeps per scope (tenant, model, system prompt, tools, parameters).
+CACHE_SEMANTIC_MAX_ENTRIES = env.int("CACHE_SEMANTIC_MAX_ENTRIES", default=100_000)
 GATEWAY_PROCESSES = env.int("GATEWAY_PROCESSES", default=1)
 # Completion tokens reserved against limits when a request sets no max_tokens.
 LIMITS_COMPLETION_ESTIMATE = env.int("LIMITS_COMPLETION_ESTIMATE", default=1024)

@@ -8,7 +8,7 @@ from gateway_project import dashboard
 from gateway_project.lib.rest import sign_in_limited
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
-from routing.api import RouteViewSet
+from routing.api import CachePolicyViewSet, RouteViewSet
 from routing.front import playground
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
@@ -32,6 +32,7 @@ manage.register("keys", KeyViewSet, basename="manage-key")
 manage.register("providers", ProviderViewSet, basename="manage-provider")
 manage.register("deployments", DeploymentViewSet, basename="manage-deployment")
 manage.register("routes", RouteViewSet, basename="manage-route")
+manage.register("cache-policies", CachePolicyViewSet, basename="manage-cache-policy")
 manage.register("limits", LimitViewSet, basename="manage-limit")
 manage.register("audit", AuditLogViewSet, basename="manage-audit")
 

@@ -4,7 +4,8 @@ from gateway_project.lib.readonly_admin import ReadOnlyAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import breakers
-from .models import CircuitEvent, Route, RouteRule, RouteTarget
+from .cache.purge import cache_purge
+from .models import CachePolicy, CircuitEvent, Route, RouteRule, RouteTarget
 
 
 class RouteTargetInline(ScopedInlineMixin, admin.TabularInline):
@@ -42,3 +43,19 @@ class CircuitEventAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["created_at", "deployment", "state", "reason"]
     list_filter = ["state", "deployment__provider"]
     date_hierarchy = "created_at"
+
+
+@admin.register(CachePolicy)
+class CachePolicyAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    """Response cache policies (docs/cache.md); the action purges what the chosen policies cached."""
+
+    list_display = ["tenant", "api_key", "model", "mode", "ttl_seconds", "expiry", "hits_count_against_limits"]
+    list_filter = ["mode", "expiry", "tenant"]
+    search_fields = ["model"]
+    autocomplete_fields = ["api_key"]
+    actions = ["purge_answers"]
+
+    @admin.action(description="Purge the cached answers of the selected policies' tenants and models")
+    def purge_answers(self, request, queryset) -> None:
+        gone = sum(cache_purge(policy.tenant, policy.model) for policy in queryset.select_related("tenant"))
+        self.message_user(request, f"{gone} cached answers purged.")

@@ -7,6 +7,8 @@ class RoutingConfig(AppConfig):
 
     def ready(self) -> None:
         from . import breakers, signals  # noqa: F401 (signal receivers; breakers registers its pub/sub channel)
+        from .cache import stage as cache_stage
         from .front import stages  # app modules load once the registry is ready
 
+        cache_stage.register()
         stages.load_configured(settings.GATEWAY_STAGES)

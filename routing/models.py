@@ -109,3 +109,67 @@ class CircuitEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} {self.state}"
+
+
+CACHE_ENDPOINTS = ("chat.completions", "completions", "embeddings", "messages", "responses")
+
+
+def _all_endpoints() -> list[str]:
+    return list(CACHE_ENDPOINTS)
+
+
+class CachePolicy(models.Model):
+    """How a tenant's answers are cached (routing/cache/): for the whole tenant, one of its keys, one
+    public model or route, or a key on one model. The most specific policy that matches a call wins
+    (key and model, key, model, tenant); a policy with mode "off" switches caching off at its level."""
+
+    class Mode(models.TextChoices):
+        OFF = "off", "Off"
+        EXACT = "exact", "Exact"
+        SEMANTIC = "semantic", "Semantic"
+        BOTH = "both", "Exact, then semantic"
+
+    class Expiry(models.TextChoices):
+        ABSOLUTE = "absolute", "Absolute (from when the answer was stored)"
+        SLIDING = "sliding", "Sliding (renewed by every hit)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="cache_policies")
+    api_key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="cache_policies", help_text="Empty: every key of the tenant.")
+    model = models.CharField(max_length=200, blank=True,
+                             help_text="Public model or route name; empty: every model.")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.EXACT)
+    ttl_seconds = models.PositiveIntegerField(default=3600, help_text="How long an answer is served from the cache.")
+    expiry = models.CharField(max_length=8, choices=Expiry.choices, default=Expiry.ABSOLUTE)
+    endpoints = models.JSONField(default=_all_endpoints, blank=True,
+                                 help_text=f"Which endpoints are cached, of {', '.join(CACHE_ENDPOINTS)}.")
+    cache_tool_calls = models.BooleanField(default=False, help_text="Also cache answers that call tools.")
+    max_answer_bytes = models.PositiveIntegerField(default=262144, help_text="Larger answers are not cached.")
+    hits_count_against_limits = models.BooleanField(
+        default=False, help_text="A hit spends its tokens and the cost it saved of token quotas and budgets.")
+    semantic_threshold = models.FloatField(default=0.95, help_text="Least cosine similarity of a semantic hit.")
+    semantic_embedding_model = models.CharField(
+        max_length=200, blank=True,
+        help_text="One of the tenant's embedding models, called (and billed) to embed questions; "
+                  "empty: the gateway's local model.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "api_key", "model"]
+        verbose_name_plural = "cache policies"
+
+    def __str__(self) -> str:
+        who = f"key {self.api_key.prefix}" if self.api_key_id else f"tenant {self.tenant.slug}"
+        return f"cache on {who}" + (f" for {self.model}" if self.model else "")
+
+    def clean(self) -> None:
+        if self.api_key_id and not self.tenant_id:
+            self.tenant_id = self.api_key.tenant_id
+        if self.api_key_id and self.api_key.tenant_id != self.tenant_id:
+            raise ValidationError({"api_key": "This key belongs to another tenant."})
+        if not isinstance(self.endpoints, list) or not set(self.endpoints) <= set(CACHE_ENDPOINTS):
+            raise ValidationError({"endpoints": f"A list of: {', '.join(CACHE_ENDPOINTS)}."})
+        if not 0 < self.semantic_threshold <= 1:
+            raise ValidationError({"semantic_threshold": "Between 0 and 1."})
+        if self.ttl_seconds < 1:
+            raise ValidationError({"ttl_seconds": "At least one second."})

@@ -7,7 +7,7 @@ from gateway_project.lib import config_cache
 from providers import health
 
 from . import breakers
-from .models import Route, RouteRule, RouteTarget
+from .models import CachePolicy, Route, RouteRule, RouteTarget
 
 
 @receiver(health.checked)
@@ -18,5 +18,6 @@ def deployment_checked(sender, deployment_id: int, ok: bool, error: str, **kwarg
 @receiver([post_save, post_delete], sender=Route)
 @receiver([post_save, post_delete], sender=RouteTarget)
 @receiver([post_save, post_delete], sender=RouteRule)
+@receiver([post_save, post_delete], sender=CachePolicy)
 def routes_changed(sender, **kwargs) -> None:
     config_cache.changed("routes")

@@ -16,6 +16,7 @@ from providers.crypto import SecretUnreadable
 from providers.models import Deployment
 from providers.targets import Target, target_for
 
+from .cache import policies as cache_policies
 from .models import Route, RouteRule, RouteTarget
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class RouteSpec:
 
 
 class RoutingTable:
-    def __init__(self, targets: list[Target], routes: list[tuple[int | None, RouteSpec]] = ()) -> None:
+    def __init__(self, targets: list[Target], routes: list[tuple[int | None, RouteSpec]] = (),
+                 cache_policies: dict | None = None) -> None:
+        # The response cache's policies by tenant (routing/cache/policies.py): configuration that
+        # changes with the routes', read on the path without a query.
+        self.cache_policies = cache_policies or {}
         self.by_model: dict[str, list[Target]] = {}
         for target in targets:
             self.by_model.setdefault(target.public_model, []).append(target)
@@ -119,7 +124,7 @@ def load() -> RoutingTable:
             max_attempts=route.max_attempts, deadline_seconds=route.deadline_seconds,
             context_fallback=route.context_fallback.name if route.context_fallback_id else None, explicit=True,
         )))
-    return RoutingTable(targets, routes)
+    return RoutingTable(targets, routes, cache_policies.load())
 
 
 
@@ -129,6 +134,11 @@ _table = config_cache.Reloaded("routes", load, "routing table")
 
 async def current() -> RoutingTable:
     return await _table.get()
+
+
+def loaded() -> RoutingTable | None:
+    """The table as this process last loaded it (no reload): for a step after authorize, which loaded it."""
+    return _table.value
 
 
 async def route_for_key(key, model: str, mode: str) -> RouteSpec:

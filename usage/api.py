@@ -35,7 +35,8 @@ class UsageRecordSerializer(serializers.ModelSerializer):
                   "public_model", "upstream_model", "provider_name", "route", "strategy", "attempts",
                   "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
                   "cache_write_1h_tokens", "reasoning_tokens", "total_tokens", "tokens_estimated",
-                  "cost_usd", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed"]
+                  "cost_usd", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
+                  "cache_hit", "cost_saved_usd"]
 
 
 class NewestFirst(pagination.CursorPagination):

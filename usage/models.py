@@ -67,6 +67,10 @@ class UsageRecord(models.Model):
     http_status = models.PositiveSmallIntegerField(default=200)
     error_type = models.CharField(max_length=64, blank=True)
     streamed = models.BooleanField(default=False)
+    cache_hit = models.BooleanField(default=False, help_text="Answered from the gateway's response cache.")
+    cost_saved_usd = models.DecimalField(
+        max_digits=24, decimal_places=12, default=0,
+        help_text="A cache hit: what the stored answer cost when the upstream made it.")
 
     class Meta:
         ordering = ["-created_at"]

@@ -82,6 +82,8 @@ def _to_row(event: dict) -> UsageRecord:
     fields.pop("prompt_expires_at", None)
     fields["created_at"] = datetime.fromtimestamp(fields.pop("ts"), tz=UTC)
     fields["cost_usd"] = Decimal(fields["cost_usd"])
+    if "cost_saved_usd" in fields:
+        fields["cost_saved_usd"] = Decimal(fields["cost_saved_usd"])
     return UsageRecord(**fields)
 
 

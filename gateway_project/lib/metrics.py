@@ -88,6 +88,17 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_redis_unreachable_total": (
         "counter", "Times a gateway process found Redis unreachable and served without it until a PING answered.",
         (), ()),
+    "gateway_cache_lookups_total": (
+        "counter", "Response cache lookups, by endpoint, kind (exact, semantic) and result (hit, miss, bypass).",
+        ("endpoint", "kind", "result"), ()),
+    "gateway_cache_stores_total": ("counter", "Answers written to the response cache, by endpoint.",
+                                   ("endpoint",), ()),
+    "gateway_cache_evictions_total": (
+        "counter", "Response cache entries removed before their time, by reason (purge, capacity).",
+        ("reason",), ()),
+    "gateway_cache_lookup_seconds": (
+        "histogram", "Time of one response cache lookup, by kind (exact, semantic).", ("kind",),
+        (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)),
     "gateway_requests_in_flight": ("gauge", "Requests being served right now.", (), ()),
     "gateway_open_streams": ("gauge", "Streams being relayed right now.", (), ()),
     "gateway_usage_events_held": (

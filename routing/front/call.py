@@ -63,6 +63,14 @@ class Call:
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
     front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
+    request_headers: object = None  # the client's headers, for stages that read them (Cache-Control)
+    response_headers: dict | None = None  # headers stages add to the answer (x-gateway-cache)
+    cache: object = None  # what the response cache (routing/cache/) knows of this call
+    # A cache hit: answered by the gateway at no upstream cost; whether it spends of token quotas and
+    # budgets (its tokens and the cost it saved), as its policy says.
+    cache_hit: bool = False
+    cost_saved: Decimal = Decimal(0)
+    hit_spends_limits: bool = False
 
     @property
     def response_id(self) -> str:
@@ -87,13 +95,21 @@ class Call:
         try:
             inflight = (self.inflight, self.request_id) if self.inflight else None
             if self.admission is not None:
-                used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
+                used, spent = self.spent_of_limits()
                 serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
-                if await limits.settle(self.admission, used, limits.to_micros(self.cost()), serialized, inflight):
+                if await limits.settle(self.admission, used, limits.to_micros(spent), serialized, inflight):
                     return  # the settle script buffered the event too (and deleted the in-flight entry)
             await recorder.record(event, self.inflight or None)
         finally:
             self.account_span = (started, time.perf_counter())
+
+    def spent_of_limits(self) -> tuple[int, Decimal]:
+        """Tokens and cost the call spends of the limits: what it used, or for a cache hit nothing
+        unless its policy counts hits (then its tokens and the cost it saved)."""
+        used = self.usage.prompt_tokens + self.usage.completion_tokens if self.usage else 0
+        if self.cache_hit:
+            return (used, self.cost_saved) if self.hit_spends_limits else (0, Decimal(0))
+        return used, self.cost()
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -205,4 +221,6 @@ class Call:
             "http_status": self.http_status,
             "error_type": self.error_type,
             "streamed": self.streamed,
+            "cache_hit": self.cache_hit,
+            "cost_saved_usd": str(self.cost_saved),
         })

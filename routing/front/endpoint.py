@@ -36,7 +36,8 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
         @csrf_exempt
         @functools.wraps(handler)
         async def view(request):
-            call = request.gateway_call = Call(endpoint=name, client_request_id=client_request_id(request.headers))
+            call = request.gateway_call = Call(endpoint=name, client_request_id=client_request_id(request.headers),
+                                               request_headers=request.headers)
             observe.started(call, request.headers)
             try:
                 if request.method != method:
@@ -73,6 +74,9 @@ async def finish(call: Call, response: HttpResponse) -> HttpResponse:
     response["x-request-id"] = call.response_id
     if call.admission is not None:
         for header, value in call.admission.headers.items():
+            response[header] = value
+    if call.response_headers:
+        for header, value in call.response_headers.items():
             response[header] = value
     if not call.recorded_by_stream:
         if call.key is not None:

@@ -75,6 +75,7 @@
   function render(data) {
     const t = data.totals;
     const shown = { requests: number(t.requests), tokens: number(t.tokens), cost_usd: money(t.cost_usd),
+                    cache_hit_rate: percent(t.cache_hit_rate), cost_saved_usd: money(t.cost_saved_usd),
                     cached_tokens: number(t.cached_tokens), cache_write_tokens: number(t.cache_write_tokens),
                     reasoning_tokens: number(t.reasoning_tokens), error_rate: percent(t.error_rate), p50_ms: ms(t.p50_ms), p95_ms: ms(t.p95_ms) };
     for (const el of root.querySelectorAll("[data-total]")) el.textContent = shown[el.dataset.total];
@@ -113,9 +114,10 @@
       { label: "p95", data: s.p95_ms, borderColor: "#e65100", spanGaps: true },
     ]);
 
-    for (const name of ["tenant", "provider", "model"]) {
+    for (const name of ["tenant", "provider", "model", "route"]) {
       table("by-" + name, data.by[name], (r) => [
         text("td", r.name), text("td", number(r.requests)), text("td", number(r.tokens)), text("td", money(r.cost_usd)),
+        text("td", percent(r.cache_hit_rate)), text("td", money(r.cost_saved_usd)),
         text("td", percent(r.error_rate)), text("td", ms(r.p50_ms)), text("td", ms(r.p95_ms)),
       ]);
     }

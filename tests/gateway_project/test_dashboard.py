@@ -208,3 +208,22 @@ def test_the_cost_chart_carries_the_forecast_of_what_the_user_may_see(client, wo
     assert dashboard(client, users["admin"], range="24h")["forecast"]["per_step_usd"] == "0.291667"
     assert dashboard(client, users["admin"], range="24h")["forecast"]["future_labels"] == []
     assert dashboard(client, users["staff"], range="30d")["forecast"]["rate_per_day_usd"] == "107.000000"
+
+
+def test_cache_hit_rate_and_money_saved_per_tenant_and_route(client, world):
+    acme, globex, users, keys = world
+    record(keys["acme"], 5, cost="0.002")
+    for _ in range(3):
+        hit = record(keys["acme"], 4, cost="0")
+        UsageRecord.objects.filter(pk=hit.pk).update(cache_hit=True, cost_saved_usd=Decimal("0.002"), route="gpt")
+    record(keys["globex"], 5)
+
+    data = dashboard(client, users["staff"], range="24h")
+    assert data["totals"]["cache_hits"] == 3 and data["totals"]["cache_hit_rate"] == 0.6
+    assert Decimal(data["totals"]["cost_saved_usd"]) == Decimal("0.006")
+    by_tenant = {row["name"]: row for row in data["by"]["tenant"]}
+    assert by_tenant["Acme"]["cache_hit_rate"] == 0.75 and by_tenant["Globex"]["cache_hits"] == 0
+    by_route = {row["name"]: row for row in data["by"]["route"]}
+    assert by_route["gpt"]["cache_hits"] == 3 and Decimal(by_route["gpt"]["cost_saved_usd"]) == Decimal("0.006")
+    theirs = dashboard(client, users["admin"], range="24h")  # Acme's admin: Acme's figures only
+    assert theirs["totals"]["requests"] == 4 and theirs["totals"]["cache_hits"] == 3

@@ -14,7 +14,7 @@ from django.contrib.sessions.models import Session
 from gateway_project.urls import manage
 from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
-from routing.models import CircuitEvent, Route, RouteRule, RouteTarget
+from routing.models import CachePolicy, CircuitEvent, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
 from usage.models import (
     AnomalyMute,
@@ -49,6 +49,7 @@ def make_world(tenant, people: dict) -> dict:
         "provider": provider,
         "deployment": deployment,
         "route": route,
+        "cache_policy": CachePolicy.objects.create(tenant=tenant, model=f"{slug}-model"),
         "key_limit": Limit.objects.create(tenant=tenant, api_key=key, model=f"{slug}-model", requests_per_minute=5),
         "tenant_limit": Limit.objects.create(tenant=tenant, budget_usd="10"),
         "usage": UsageRecord.objects.create(request_id=f"req_{slug}", created_at=datetime.now(UTC), tenant=tenant,
@@ -105,6 +106,7 @@ ADMIN_OBJECTS = [
     ("providers/deployment", "deployment"),
     ("routing/route", "route"),
     ("routing/circuitevent", "circuit"),
+    ("routing/cachepolicy", "cache_policy"),
     ("usage/limit", "key_limit"),
     ("usage/limit", "tenant_limit"),
     ("usage/usagerecord", "usage"),
@@ -132,6 +134,7 @@ API_OBJECTS = [
     ("deployments", "deployment", {"upstream_model": "other"}),
     ("routes", "route", {"name": "taken-over", "targets": []}),
     ("limits", "key_limit", {"requests_per_minute": 100000}),
+    ("cache-policies", "cache_policy", {"mode": "off", "ttl_seconds": 5}),
     ("limits", "tenant_limit", {"budget_usd": "100000"}),
     ("audit", "audit", {"action": "nothing"}),
 ]

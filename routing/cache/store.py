@@ -1,0 +1,96 @@
+"""Cache entries: in Redis (shared by every process), or in this process in embedded mode.
+
+A Redis that fails or is marked down (gateway_project.lib.redis_health) makes a
+lookup a miss and a store a no-op: requests go on uncached, nothing fails. A
+sliding entry is renewed by the read itself (GETEX), so a hit costs one round
+trip either way.
+"""
+
+import logging
+import time
+from collections import OrderedDict
+
+import redis
+from django.conf import settings
+
+from gateway_project.lib import metrics, redis_health
+from gateway_project.lib.redis_pool import async_redis, sync_redis
+
+from . import hashing, semantic
+
+log = logging.getLogger(__name__)
+
+# Embedded mode: key -> (expires at, monotonic; ttl to renew by or 0; value), least recently used first.
+_local: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
+
+
+async def get(key: str, renew_ttl: int = 0) -> bytes | None:
+    """The entry under `key`, its lifetime restarted at `renew_ttl` seconds when given (sliding)."""
+    if not settings.REDIS_URL:
+        return _local_get(key, renew_ttl)
+    if redis_health.down:
+        return None
+    try:
+        client = async_redis()
+        return await (client.getex(key, ex=renew_ttl) if renew_ttl else client.get(key))
+    except (redis.RedisError, OSError) as exc:
+        redis_health.failed(exc)
+        log.warning("response cache unreachable (%s); serving uncached", type(exc).__name__)
+        return None
+
+
+async def put(key: str, value: bytes, ttl: int) -> bool:
+    if not settings.REDIS_URL:
+        _local_put(key, value, ttl)
+        return True
+    if redis_health.down:
+        return False
+    try:
+        await async_redis().set(key, value, ex=ttl)
+        return True
+    except (redis.RedisError, OSError) as exc:
+        redis_health.failed(exc)
+        return False
+
+
+def _local_get(key: str, renew_ttl: int) -> bytes | None:
+    found = _local.get(key)
+    if found is None:
+        return None
+    now = time.monotonic()
+    if found[0] <= now:
+        del _local[key]
+        return None
+    if renew_ttl:
+        _local[key] = (now + renew_ttl, renew_ttl, found[2])
+    _local.move_to_end(key)
+    return found[2]
+
+
+def _local_put(key: str, value: bytes, ttl: int) -> None:
+    _local[key] = (time.monotonic() + ttl, 0, value)
+    _local.move_to_end(key)
+    while len(_local) > settings.CACHE_LOCAL_MAX_ENTRIES:
+        _local.popitem(last=False)
+        metrics.inc("gateway_cache_evictions_total", "capacity")
+
+
+def purge(tenant_id: int, model: str = "", entry: str = "") -> int:
+    """Delete the tenant's entries (of one model or route, or the one entry `entry` names); how many went.
+    Sync: for the admin, the management API and the CLI."""
+    prefix = hashing.model_prefix(tenant_id, model) if model else hashing.tenant_prefix(tenant_id)
+    if not settings.REDIS_URL:
+        gone = [k for k in _local if k.startswith(prefix) and (not entry or hashing.entry_id(k) == entry)]
+        for k in gone:
+            del _local[k]
+    else:
+        client = sync_redis()
+        pattern = f"{prefix}*{entry}" if entry else f"{prefix}*"
+        gone = [k for k in client.scan_iter(match=pattern, count=1000)
+                if not entry or hashing.entry_id(k.decode()) == entry]
+        for start in range(0, len(gone), 500):
+            client.delete(*gone[start:start + 500])
+    semantic.forget(prefix)
+    if gone:
+        metrics.shared_inc("gateway_cache_evictions_total", "purge", by=len(gone))
+    return len(gone)

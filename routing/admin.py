@@ -42,3 +42,6 @@ class CircuitEventAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     list_display = ["created_at", "deployment", "state", "reason"]
     list_filter = ["state", "deployment__provider"]
     date_hierarchy = "created_at"
+
+
+from .guardrails import admin as guardrails_admin  # noqa: E402, F401 (registers the guardrail policies)

@@ -8,5 +8,7 @@ class RoutingConfig(AppConfig):
     def ready(self) -> None:
         from . import breakers, signals  # noqa: F401 (signal receivers; breakers registers its pub/sub channel)
         from .front import stages  # app modules load once the registry is ready
+        from .guardrails import stage as guardrails
 
+        guardrails.register()
         stages.load_configured(settings.GATEWAY_STAGES)

@@ -109,3 +109,5 @@ class CircuitEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} {self.state}"
+
+from .guardrails.models import GuardrailCheck, GuardrailPolicy  # noqa: E402, F401 (models of this app)

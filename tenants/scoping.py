@@ -52,6 +52,8 @@ RULES: dict[str, AccessRule] = {
     "routing.route": AccessRule("tenant", shared=True),
     "routing.routetarget": AccessRule("route__tenant", shared=True),
     "routing.routerule": AccessRule("route__tenant", shared=True),
+    "routing.guardrailpolicy": AccessRule("tenant"),
+    "routing.guardrailcheck": AccessRule("policy__tenant"),
     "routing.circuitevent": AccessRule("deployment__provider__tenant", managers=VIEW),
     "usage.limit": AccessRule("tenant", members=VIEW, own="api_key__created_by"),
     "usage.usagerecord": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),

@@ -66,6 +66,10 @@ class UsageRecord(models.Model):
     http_status = models.PositiveSmallIntegerField(default=200)
     error_type = models.CharField(max_length=64, blank=True)
     streamed = models.BooleanField(default=False)
+    guardrails = models.JSONField(
+        null=True, blank=True,
+        help_text="What the guardrail checks decided: each check's action, findings by type and count, time "
+                  "taken. Never the matched text.")
 
     class Meta:
         ordering = ["-created_at"]

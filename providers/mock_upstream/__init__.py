@@ -3,7 +3,8 @@ tests, the demo and benchmarks.
 
 Endpoints, JSON and streaming alike (each module follows its provider's
 published API reference):
-  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models
+  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/moderations, /v1/responses;
+                GET /v1/models
   Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...,
                 /openai/responses?api-version=..., /openai/v1/responses; GET /openai/models
   Anthropic     POST /v1/messages, /v1/messages/count_tokens; GET /v1/models (with an anthropic-version header)
@@ -108,6 +109,7 @@ ROUTES = [
     ("openai", "POST", r"/v1/chat/completions", openai.chat, openai),
     ("openai", "POST", r"/v1/completions", openai.completions, openai),
     ("openai", "POST", r"/v1/embeddings", openai.embeddings, openai),
+    ("openai", "POST", r"/v1/moderations", openai.moderations, openai),
     ("openai", "GET", r"/v1/models", openai.models, openai),
     ("openai", "POST", r"/v1/responses", responses.create, responses),
     ("azure", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|completions|embeddings)",

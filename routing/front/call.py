@@ -63,6 +63,8 @@ class Call:
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
     front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
+    guard: object = None  # the guardrails' state for this call (routing/guardrails/stage.py)
+    guardrails: dict | None = None  # what the guardrails decided, for the usage record (no matched text)
 
     @property
     def response_id(self) -> str:
@@ -205,4 +207,5 @@ class Call:
             "http_status": self.http_status,
             "error_type": self.error_type,
             "streamed": self.streamed,
+            "guardrails": self.guardrails,
         })

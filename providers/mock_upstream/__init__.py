@@ -58,6 +58,8 @@ Knob names (values are integers unless said otherwise):
   tool              text: call the offered tool of this name (a 400 when none is)
   tool_args         base64url of a JSON object: the call's arguments, verbatim
   tool_input        base64url of text: a Responses custom tool call's input
+  say               base64url of text: the model answers with exactly this text, streamed in
+                    pieces of 4 characters (so a test's finding is split across chunks)
   refusal           1: the model refuses (a refusal in OpenAI's chat and Responses
                     formats, plain text in the others)
   lenient_tools     1: the Responses API accepts and ignores tools it cannot run

@@ -53,6 +53,7 @@ _PII = re2.compile(
     r"|(?P<number>\+?\(?[0-9][0-9 ().\-]{5,22}[0-9]\b)"
 )
 _DIGITS_ONLY = re.compile(r"[^0-9]")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}( [0-9]{1,2})?")  # an ISO date is no phone number
 _SSN = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
 _AADHAAR = re.compile(r"[2-9][0-9]{3} [0-9]{4} [0-9]{4}")
 _NHS = re.compile(r"[0-9]{3} [0-9]{3} [0-9]{4}")
@@ -89,7 +90,7 @@ def _number(text: str, region: str) -> str | None:
     if (_SSN.fullmatch(text) and ssn.is_valid(text)) or (_AADHAAR.fullmatch(text) and aadhaar.is_valid(text)) \
             or (_NHS.fullmatch(text) and nhs.is_valid(text)) or (_NIR.fullmatch(text) and nir.is_valid(text)):
         return "national_id"
-    if len(digits) < 7:
+    if len(digits) < 7 or _DATE.fullmatch(text):
         return None
     try:
         number = phonenumbers.parse(text, region)

@@ -9,6 +9,8 @@ from .models import GuardrailCheck, GuardrailPolicy
 
 
 class GuardrailCheckForm(forms.ModelForm):
+    url = forms.URLField(required=False, max_length=500, assume_scheme="https",
+                         help_text="Webhook: where the text is posted.")
     webhook_secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                                      help_text="Webhook: the HMAC key (stored encrypted; empty keeps the current one).")
 

@@ -20,6 +20,8 @@ from providers.adapters.base import StreamEvent
 from . import policies
 
 _SPACE = " \n\t"
+# Held text is released in runs of at least this many characters: each release rescans what is held.
+RELEASE_AT_LEAST = 24
 
 
 def _text_slot(choice: dict) -> tuple[dict, str]:
@@ -93,6 +95,8 @@ class Held:
     async def release(self, final: bool) -> str:
         """The text that may leave now, checked (raises to block)."""
         cut = len(self.pending) if final else (0 if self.hold_all else _cut(self.pending, self.window))
+        if not final and cut < RELEASE_AT_LEAST:
+            return ""  # nothing (or too little) to release: no need to scan yet
         for check in self.checks:
             if check.local and check.label not in self.failed:
                 cut = await self._local(check, cut, final)

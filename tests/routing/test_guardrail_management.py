@@ -1,4 +1,7 @@
-"""Guardrail policies through the management API and the admin: scoped by tenant, secrets write-only."""
+"""Guardrail policies through the management API and the admin: scoped by tenant, secrets write-only;
+and POST /v1/moderations, which moderation checks rely on."""
+
+import pytest
 
 from routing.models import GuardrailPolicy
 from tests.conftest import user_in
@@ -49,3 +52,29 @@ def test_other_tenants_policies_are_not_found(client, tenant, other_tenant):
     client.force_login(member)
     assert client.post("/api/manage/guardrails/", _policy_body(tenant),
                        content_type="application/json").status_code == 403
+
+
+def test_moderations_refuse_a_chat_model_and_serve_a_moderation_one(gateway, mock, api_key):
+    import openai
+
+    from providers.models import Deployment
+    from tests.conftest import make_provider, wait_until
+
+    provider = make_provider("openai", mock.url)
+    Deployment.objects.create(provider=provider, public_model="mod-openai", upstream_model="omni-moderation-latest",
+                              mode="moderation")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0)
+
+    def moderated():
+        try:
+            return client.moderations.create(model="mod-openai", input=["a kind word", "you idiot"])
+        except openai.NotFoundError:
+            return None
+    result = wait_until(moderated, timeout=10)
+    assert [r.flagged for r in result.results] == [False, True] and result.results[1].categories.harassment
+    with pytest.raises(openai.BadRequestError) as chat_model:
+        client.moderations.create(model="chat-openai", input="hello")
+    assert chat_model.value.body["code"] == "model_not_supported" and "moderation" in chat_model.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as malformed:
+        client.moderations.create(model="mod-openai", input=[1, 2])
+    assert malformed.value.body["param"] == "input"

@@ -95,4 +95,7 @@ async def _webhook(check: Check, text: str, stage: str, call) -> list[str]:
     if answer["allow"]:
         return []
     reasons = answer.get("reasons")
-    return [str(r)[:40] for r in reasons][:5] if isinstance(reasons, list) and reasons else ["webhook"]
+    if not isinstance(reasons, list) or not reasons:
+        return ["webhook"]
+    # The webhook's own words, kept short and printable: they are recorded as a finding's type.
+    return ["".join(c for c in str(r)[:40] if c.isprintable()) or "webhook" for r in reasons[:5]]

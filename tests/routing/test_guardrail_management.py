@@ -78,3 +78,29 @@ def test_moderations_refuse_a_chat_model_and_serve_a_moderation_one(gateway, moc
     with pytest.raises(openai.BadRequestError) as malformed:
         client.moderations.create(model="mod-openai", input=[1, 2])
     assert malformed.value.body["param"] == "input"
+
+
+def test_policies_load_from_a_configuration_file_and_reloading_it_changes_nothing(tenant, tmp_path, monkeypatch):
+    from django.core.management import CommandError, call_command
+
+    monkeypatch.setenv("HOOK_KEY", HOOK_SECRET)
+    config = tmp_path / "guardrails.yaml"
+    config.write_text(f"""
+- tenant: {tenant.slug}
+  name: from-config
+  route: chat-openai
+  restore: true
+  checks:
+    - {{kind: pii, stage: both, action: redact, pii_types: [email]}}
+    - {{kind: webhook, action: flag, url: "https://hooks.example.com/x", webhook_secret_env: HOOK_KEY}}
+""")
+    call_command("load_guardrails", str(config))
+    call_command("load_guardrails", str(config))
+    policy = GuardrailPolicy.objects.get(tenant=tenant, name="from-config")
+    assert policy.route == "chat-openai" and policy.restore
+    assert [c.kind for c in policy.checks.all()] == ["pii", "webhook"]
+    assert policy.checks.get(kind="webhook").secret() == HOOK_SECRET
+    config.write_text(f"- {{tenant: {tenant.slug}, name: broken, checks: [{{kind: pii, pii_types: [dna]}}]}}")
+    with pytest.raises(CommandError, match="pii_types"):
+        call_command("load_guardrails", str(config))
+    assert not GuardrailPolicy.objects.filter(name="broken").exists()

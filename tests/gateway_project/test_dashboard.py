@@ -180,3 +180,23 @@ def test_every_money_figure_is_a_plain_decimal(client, world):
         assert isinstance(value, str) and "E" not in value.upper(), (path, value)
         Decimal(value)  # a number all the same
     assert Decimal(data["totals"]["cost_usd"]) == Decimal("0.00000004")
+
+
+def test_guardrail_blocks_and_redactions_are_counted_per_tenant_and_check(client, world):
+    acme, globex, users, keys = world
+
+    def decided(key, *actions):
+        row = record(key, 1)
+        row.guardrails = {"action": actions[0], "ms": 0.1, "checks": [
+            {"check": f"p/pii#{n}", "kind": "pii", "stage": "input", "action": a, "findings": {"email": 1}, "ms": 0.1}
+            for n, a in enumerate(actions, 1)]}
+        row.save()
+
+    decided(keys["acme"], "blocked")
+    decided(keys["acme"], "blocked", "redacted")
+    decided(keys["globex"], "flagged")
+    staff = dashboard(client, users["staff"])["guardrails"]
+    assert {(g["tenant"], g["check"], g["blocked"], g["redacted"], g["flagged"]) for g in staff} == {
+        ("Acme", "p/pii#1", 2, 0, 0), ("Acme", "p/pii#2", 0, 1, 0), ("Globex", "p/pii#1", 0, 0, 1)}
+    admin = dashboard(client, users["admin"])["guardrails"]
+    assert {g["tenant"] for g in admin} == {"Acme"}

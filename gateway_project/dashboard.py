@@ -212,6 +212,25 @@ def _health(scope, everything: bool) -> list[dict]:
     return out
 
 
+GUARDRAIL_ACTIONS = ("blocked", "redacted", "flagged", "refused", "failed_open")
+MAX_GUARDRAIL_RECORDS = 20_000
+
+
+def _guardrails(records) -> list[dict]:
+    """Blocks, redactions and flags per tenant and check in the window (from the usage records' decisions,
+    the latest MAX_GUARDRAIL_RECORDS of them)."""
+    counts: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(GUARDRAIL_ACTIONS, 0))
+    decided = records.exclude(guardrails=None).order_by("-created_at").values_list("tenant_id", "guardrails")
+    for tenant_id, decision in decided[:MAX_GUARDRAIL_RECORDS]:
+        for check in (decision or {}).get("checks") or ():
+            if check.get("action") in GUARDRAIL_ACTIONS:
+                counts[(tenant_id, str(check.get("check")))][check["action"]] += 1
+    names = dict(Tenant.objects.filter(id__in={t for t, _ in counts}).values_list("id", "name"))
+    rows = [{"tenant": names.get(t, str(t)), "check": label, **actions} for (t, label), actions in counts.items()]
+    rows.sort(key=lambda r: -sum(r[a] for a in GUARDRAIL_ACTIONS))
+    return rows[:MAX_GROUPS]
+
+
 def _budgets(scope) -> list[dict]:
     rows = list(scope.visible(Limit.objects.select_related("tenant", "api_key"))
                 .filter(Q(budget_usd__isnull=False) | Q(token_quota__isnull=False))[:500])
@@ -282,6 +301,7 @@ def data(user, params) -> dict:
         "budgets": _budgets(scope),
         "forecast": _forecast(scope, params, win, datetime.now(UTC)),
         "anomalies": anomalies.open_for(scope),
+        "guardrails": _guardrails(records),
     }
 
 

@@ -10,6 +10,7 @@ from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
 from routing.api import CachePolicyViewSet, RouteViewSet
 from routing.front import playground
+from routing.guardrails.api import GuardrailPolicyViewSet
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
 from usage.limits_api import LimitViewSet
@@ -34,6 +35,7 @@ manage.register("deployments", DeploymentViewSet, basename="manage-deployment")
 manage.register("routes", RouteViewSet, basename="manage-route")
 manage.register("cache-policies", CachePolicyViewSet, basename="manage-cache-policy")
 manage.register("limits", LimitViewSet, basename="manage-limit")
+manage.register("guardrails", GuardrailPolicyViewSet, basename="manage-guardrail")
 manage.register("audit", AuditLogViewSet, basename="manage-audit")
 
 # The admin index is the dashboard (gateway_project/dashboard.py); the playground is routing/front/playground.py.

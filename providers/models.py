@@ -171,6 +171,7 @@ class Deployment(models.Model):
     class Mode(models.TextChoices):
         CHAT = "chat", "Chat completions"
         EMBEDDING = "embedding", "Embeddings"
+        MODERATION = "moderation", "Moderation (OpenAI's /v1/moderations)"
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="deployments")
     public_model = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
@@ -268,6 +269,9 @@ class Deployment(models.Model):
                                                        "Responses API; their calls go through the chat form."})
         if provider and self.mode == self.Mode.EMBEDDING and not for_kind(provider.kind).EMBEDDINGS:
             raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no embeddings."})
+        if provider and self.mode == self.Mode.MODERATION and not hasattr(for_kind(provider.kind),
+                                                                          "moderations_request"):
+            raise ValidationError({"mode": f"{provider.get_kind_display()} providers offer no moderation API."})
 
 
 class HealthCheck(models.Model):

@@ -59,3 +59,6 @@ class CachePolicyAdmin(ScopedAdminMixin, admin.ModelAdmin):
     def purge_answers(self, request, queryset) -> None:
         gone = sum(cache_purge(policy.tenant, policy.model) for policy in queryset.select_related("tenant"))
         self.message_user(request, f"{gone} cached answers purged.")
+
+
+from .guardrails import admin as guardrails_admin  # noqa: E402, F401 (registers the guardrail policies)

@@ -9,6 +9,8 @@ class RoutingConfig(AppConfig):
         from . import breakers, signals  # noqa: F401 (signal receivers; breakers registers its pub/sub channel)
         from .cache import stage as cache_stage
         from .front import stages  # app modules load once the registry is ready
+        from .guardrails import stage as guardrails
 
         cache_stage.register()
+        guardrails.register()
         stages.load_configured(settings.GATEWAY_STAGES)

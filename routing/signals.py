@@ -7,7 +7,7 @@ from gateway_project.lib import config_cache
 from providers import health
 
 from . import breakers
-from .models import CachePolicy, Route, RouteRule, RouteTarget
+from .models import CachePolicy, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
 
 
 @receiver(health.checked)
@@ -21,3 +21,9 @@ def deployment_checked(sender, deployment_id: int, ok: bool, error: str, **kwarg
 @receiver([post_save, post_delete], sender=CachePolicy)
 def routes_changed(sender, **kwargs) -> None:
     config_cache.changed("routes")
+
+
+@receiver([post_save, post_delete], sender=GuardrailPolicy)
+@receiver([post_save, post_delete], sender=GuardrailCheck)
+def guardrails_changed(sender, **kwargs) -> None:
+    config_cache.changed("guardrails")

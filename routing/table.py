@@ -155,7 +155,7 @@ async def route_for_key(key, model: str, mode: str) -> RouteSpec:
         raise errors.model_not_allowed(model)
     targets = tuple(t for t in spec.targets if t.mode == mode)
     if not targets:
-        what = "chat completions" if mode == "chat" else "embeddings"
+        what = {"chat": "chat completions", "embedding": "embeddings"}.get(mode, mode)
         raise errors.bad_request(f"The model '{model}' does not support {what}.", param="model",
                                  code="model_not_supported")
     return spec if len(targets) == len(spec.targets) else _replace_targets(spec, targets)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .front import chat, completions, embeddings, messages, models, responses, stored_responses
+from .front import chat, completions, embeddings, messages, models, moderations, responses, stored_responses
 
 urlpatterns = [
     path("v1/chat/completions", chat.chat_completions),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("v1/responses/input_tokens", responses.input_tokens),
     path("v1/completions", completions.completions),
     path("v1/embeddings", embeddings.embeddings),
+    path("v1/moderations", moderations.moderations),
     path("v1/models", models.models),
     path("v1/openapi.json", models.openapi),
     path("v1/responses/<str:response_id>", stored_responses.response),

@@ -53,6 +53,8 @@ RULES: dict[str, AccessRule] = {
     "routing.routetarget": AccessRule("route__tenant", shared=True),
     "routing.routerule": AccessRule("route__tenant", shared=True),
     "routing.cachepolicy": AccessRule("tenant"),
+    "routing.guardrailpolicy": AccessRule("tenant"),
+    "routing.guardrailcheck": AccessRule("policy__tenant"),
     "routing.circuitevent": AccessRule("deployment__provider__tenant", managers=VIEW),
     "usage.limit": AccessRule("tenant", members=VIEW, own="api_key__created_by"),
     "usage.usagerecord": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),

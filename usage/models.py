@@ -71,6 +71,10 @@ class UsageRecord(models.Model):
     cost_saved_usd = models.DecimalField(
         max_digits=24, decimal_places=12, default=0,
         help_text="A cache hit: what the stored answer cost when the upstream made it.")
+    guardrails = models.JSONField(
+        null=True, blank=True,
+        help_text="What the guardrail checks decided: each check's action, findings by type and count, time "
+                  "taken. Never the matched text.")
 
     class Meta:
         ordering = ["-created_at"]

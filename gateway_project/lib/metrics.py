@@ -73,6 +73,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_fallbacks_total": (
         "counter", "Attempts that moved on to another deployment, by the provider fallen back to.", ("provider",), ()),
     "gateway_hedges_total": ("counter", "Hedged second calls started.", ("provider",), ()),
+    "gateway_guardrail_decisions_total": (
+        "counter", "Guardrail checks run, by kind and what they did (passed, blocked, redacted, flagged, refused "
+                   "or failed_open when the check itself failed).", ("check", "action"), ()),
     "gateway_circuit_breaker_transitions_total": (
         "counter", "Circuit breaker changes decided by a gateway process.", ("deployment", "state"), ()),
     "gateway_limit_refusals_total": (

@@ -67,6 +67,10 @@ def embeddings_request(target, body: dict, request_id: str) -> UpstreamRequest:
     return UpstreamRequest(f"{target.base_url}/embeddings", headers(target, request_id), plain_payload(target, body))
 
 
+def moderations_request(target, body: dict, request_id: str) -> UpstreamRequest:
+    return UpstreamRequest(f"{target.base_url}/moderations", headers(target, request_id), plain_payload(target, body))
+
+
 def chat_response(target, body: dict, data: dict) -> None:
     _refuse_error_body(target, data)
     return None  # already OpenAI's shape: relayed as is

@@ -3,7 +3,8 @@ tests, the demo and benchmarks.
 
 Endpoints, JSON and streaming alike (each module follows its provider's
 published API reference):
-  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models
+  OpenAI        POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/moderations, /v1/responses;
+                GET /v1/models
   Azure OpenAI  POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=...,
                 /openai/responses?api-version=..., /openai/v1/responses; GET /openai/models
   Anthropic     POST /v1/messages, /v1/messages/count_tokens; GET /v1/models (with an anthropic-version header)
@@ -57,6 +58,8 @@ Knob names (values are integers unless said otherwise):
   tool              text: call the offered tool of this name (a 400 when none is)
   tool_args         base64url of a JSON object: the call's arguments, verbatim
   tool_input        base64url of text: a Responses custom tool call's input
+  say               base64url of text: the model answers with exactly this text, streamed in
+                    pieces of 4 characters (so a test's finding is split across chunks)
   refusal           1: the model refuses (a refusal in OpenAI's chat and Responses
                     formats, plain text in the others)
   lenient_tools     1: the Responses API accepts and ignores tools it cannot run
@@ -108,6 +111,7 @@ ROUTES = [
     ("openai", "POST", r"/v1/chat/completions", openai.chat, openai),
     ("openai", "POST", r"/v1/completions", openai.completions, openai),
     ("openai", "POST", r"/v1/embeddings", openai.embeddings, openai),
+    ("openai", "POST", r"/v1/moderations", openai.moderations, openai),
     ("openai", "GET", r"/v1/models", openai.models, openai),
     ("openai", "POST", r"/v1/responses", responses.create, responses),
     ("azure", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|completions|embeddings)",

@@ -287,6 +287,28 @@ async def embeddings(req: Request, model: str | None = None) -> None:
     await send_json(req.send, 200, result)
 
 
+# What the mock's moderation model flags: a word of each category, whole, in any case.
+MODERATION_WORDS = {"violence": "kill", "harassment": "idiot", "self-harm": "suicide"}
+
+
+async def moderations(req: Request) -> None:
+    """OpenAI's /v1/moderations: one result per input, flagged on the words above."""
+    body = req.body
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        await send_json(req.send, 400, invalid("'input' must be a string or a list of strings.", "input"))
+        return
+    results = []
+    for text in inputs:
+        words = set(text.lower().replace(".", " ").replace(",", " ").split())
+        categories = {name: word in words for name, word in MODERATION_WORDS.items()}
+        results.append({"flagged": any(categories.values()), "categories": categories,
+                        "category_scores": {name: 0.99 if hit else 0.01 for name, hit in categories.items()}})
+    await send_json(req.send, 200, {"id": "modr-mock", "model": body.get("model") or "omni-moderation-latest",
+                                    "results": results})
+
+
 MODELS_BODY = orjson.dumps({"object": "list", "data": [
     {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "mock"} for m in MODELS]})
 

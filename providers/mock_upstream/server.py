@@ -17,7 +17,7 @@ KNOBS = ("latency_ms", "chunks", "chunk_delay_ms", "error", "retry_after", "cut_
          "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "error_after", "fail_after", "echo_key", "refusal", "lenient_tools")
 # Knobs with text values: a tool's name, a call's arguments (base64url of a JSON object) and a
 # custom tool's input (base64url of the text), encoded so that a directive holds them on one line.
-TEXT_KNOBS = ("tool", "tool_args", "tool_input")
+TEXT_KNOBS = ("tool", "tool_args", "tool_input", "say")
 DEFAULTS: dict[str, int] = {"chunks": 20, "retry_after": 1}
 SETTINGS: dict[str, str | None] = {"required_key": None}
 # Knobs every request gets, over every other source, set at run time (POST /_mock/knobs):
@@ -101,11 +101,11 @@ def knob_value(name: str, value):
     tool_args object or the tool_input text."""
     if name == "tool_args":
         return _tool_args(value)
-    if name == "tool_input":
+    if name in ("tool_input", "say"):
         try:
             return _decoded(str(value)).decode()
         except UnicodeDecodeError as exc:
-            raise KnobError("tool_input is not the base64url of UTF-8 text") from exc
+            raise KnobError(f"{name} is not the base64url of UTF-8 text") from exc
     return str(value) if name == "tool" else _int(value)
 
 
@@ -144,7 +144,7 @@ def directive(**knobs) -> str:
             raise ValueError(f"unknown mock knob {name!r}")
         if name == "tool_args" and isinstance(value, dict):
             value = base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
-        elif name == "tool_input":
+        elif name in ("tool_input", "say"):
             value = base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
         pairs.append(f"{name}={int(value) if isinstance(value, bool) else value}")
     return "[[mock " + " ".join(pairs) + "]]"

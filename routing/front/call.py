@@ -71,6 +71,8 @@ class Call:
     cache_hit: bool = False
     cost_saved: Decimal = Decimal(0)
     hit_spends_limits: bool = False
+    guard: object = None  # the guardrails' state for this call (routing/guardrails/stage.py)
+    guardrails: dict | None = None  # what the guardrails decided, for the usage record (no matched text)
 
     @property
     def response_id(self) -> str:
@@ -223,4 +225,5 @@ class Call:
             "streamed": self.streamed,
             "cache_hit": self.cache_hit,
             "cost_saved_usd": str(self.cost_saved),
+            "guardrails": self.guardrails,
         })

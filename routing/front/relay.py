@@ -105,6 +105,10 @@ def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> St
             call.status, call.error_type = "stream_cut", error.code
             # The adapters clean upstream text already; this is the last gate before the client.
             yield writer.error(without_secrets(error, attempt.target))
+        except errors.GatewayError as error:
+            # An output stage refused the answer (a guardrail's block): the stream ends with the refusal.
+            call.status, call.error_type = "client_error", error.code or error.type
+            yield writer.error(error)
         except (asyncio.CancelledError, GeneratorExit):
             call.status = "client_disconnected"
             raise

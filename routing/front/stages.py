@@ -47,6 +47,10 @@ class Stage:
     """One policy of the request path. Override what the stage does; `applies` says for which calls."""
 
     name = "stage"
+    # Where the stage runs among those at its point, lowest first (equal orders: as registered).
+    # Guardrails take 10, so that a cache lookup (100 by default) only answers prompts that passed
+    # them, and a cache stores an answer as they left it.
+    order = 100
 
     def applies(self, call: Call) -> bool:
         return True
@@ -68,11 +72,11 @@ _registered: dict[str, tuple[Stage, ...]] = {point: () for point in POINTS}
 
 
 def register(point: str, stage: Stage) -> None:
-    """Add `stage` at `point` (after those already there). Registering a stage by the same name again replaces it."""
+    """Add `stage` at `point` (by its `order`, after those of the same order already there). Registering a stage by the same name again replaces it."""
     if point not in POINTS:
         raise ValueError(f"unknown point {point!r}; one of {POINTS}")
     kept = tuple(s for s in _registered[point] if s.name != stage.name)
-    _registered[point] = (*kept, stage)
+    _registered[point] = tuple(sorted((*kept, stage), key=lambda s: s.order))
 
 
 def load_configured(entries: list[str]) -> None:

@@ -135,6 +135,10 @@
       text("td", b.kind === "budget" ? money(b.used) : number(b.used)),
       text("td", b.percent + "%", b.warn ? "gw-bad" : ""),
     ]);
+    table("dashboard-guardrails", data.guardrails || [], (g) => [
+      text("td", g.tenant), text("td", g.check), text("td", number(g.blocked)), text("td", number(g.redacted)),
+      text("td", number(g.flagged)), text("td", number(g.refused) + " / " + number(g.failed_open)),
+    ]);
     fillSelect("dashboard-tenant", data.filters.tenants, state.tenant);
     fillSelect("dashboard-provider", data.filters.providers, state.provider);
     fillSelect("dashboard-model", data.filters.models, state.model);

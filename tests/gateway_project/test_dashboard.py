@@ -227,3 +227,23 @@ def test_cache_hit_rate_and_money_saved_per_tenant_and_route(client, world):
     assert by_route["gpt"]["cache_hits"] == 3 and Decimal(by_route["gpt"]["cost_saved_usd"]) == Decimal("0.006")
     theirs = dashboard(client, users["admin"], range="24h")  # Acme's admin: Acme's figures only
     assert theirs["totals"]["requests"] == 4 and theirs["totals"]["cache_hits"] == 3
+
+
+def test_guardrail_blocks_and_redactions_are_counted_per_tenant_and_check(client, world):
+    acme, globex, users, keys = world
+
+    def decided(key, *actions):
+        row = record(key, 1)
+        row.guardrails = {"action": actions[0], "ms": 0.1, "checks": [
+            {"check": f"p/pii#{n}", "kind": "pii", "stage": "input", "action": a, "findings": {"email": 1}, "ms": 0.1}
+            for n, a in enumerate(actions, 1)]}
+        row.save()
+
+    decided(keys["acme"], "blocked")
+    decided(keys["acme"], "blocked", "redacted")
+    decided(keys["globex"], "flagged")
+    staff = dashboard(client, users["staff"])["guardrails"]
+    assert {(g["tenant"], g["check"], g["blocked"], g["redacted"], g["flagged"]) for g in staff} == {
+        ("Acme", "p/pii#1", 2, 0, 0), ("Acme", "p/pii#2", 0, 1, 0), ("Globex", "p/pii#1", 0, 0, 1)}
+    admin = dashboard(client, users["admin"])["guardrails"]
+    assert {g["tenant"] for g in admin} == {"Acme"}

@@ -14,7 +14,7 @@ from django.contrib.sessions.models import Session
 from gateway_project.urls import manage
 from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
-from routing.models import CachePolicy, CircuitEvent, Route, RouteRule, RouteTarget
+from routing.models import CachePolicy, CircuitEvent, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
 from usage.models import (
     AnomalyMute,
@@ -41,7 +41,10 @@ def make_world(tenant, people: dict) -> dict:
     route = Route.objects.create(name=f"{slug}-route", tenant=tenant)
     RouteTarget.objects.create(route=route, deployment=deployment)
     RouteRule.objects.create(route=route, kind="keyword", value=f"{slug}-word", deployment=deployment)
+    guardrail = GuardrailPolicy.objects.create(tenant=tenant, name=f"{slug}-guardrail", api_key=key)
+    GuardrailCheck.objects.create(policy=guardrail, kind="terms", terms=[f"{slug}-secret-term"])
     return {
+        "guardrail": guardrail,
         "tenant": tenant,
         "membership": Membership.objects.get(tenant=tenant, user=people["member"]),
         "owner_membership": Membership.objects.get(tenant=tenant, user=people["owner"]),
@@ -107,6 +110,7 @@ ADMIN_OBJECTS = [
     ("routing/route", "route"),
     ("routing/circuitevent", "circuit"),
     ("routing/cachepolicy", "cache_policy"),
+    ("routing/guardrailpolicy", "guardrail"),
     ("usage/limit", "key_limit"),
     ("usage/limit", "tenant_limit"),
     ("usage/usagerecord", "usage"),
@@ -133,6 +137,7 @@ API_OBJECTS = [
     ("providers", "provider", {"base_url": "https://evil.example.com/v1", "api_key": "sk-stolen"}),
     ("deployments", "deployment", {"upstream_model": "other"}),
     ("routes", "route", {"name": "taken-over", "targets": []}),
+    ("guardrails", "guardrail", {"is_active": False, "checks": []}),
     ("limits", "key_limit", {"requests_per_minute": 100000}),
     ("cache-policies", "cache_policy", {"mode": "off", "ttl_seconds": 5}),
     ("limits", "tenant_limit", {"budget_usd": "100000"}),

@@ -1,0 +1,214 @@
+"""What the guardrails recognise in text: personal data, secrets, blocked terms and patterns.
+
+Each detector returns `Finding`s (a type and a span), never acting on them: the
+policy (policies.py) decides whether a finding blocks, is redacted or is only
+recorded. Candidates are found in one linear-time RE2 pass (a prompt cannot make
+a pattern backtrack), then validated by the libraries that know the formats:
+email-validator for addresses, phonenumbers for phone numbers, python-stdnum
+for card numbers (Luhn), IBANs (ISO 7064 mod 97) and national ids, the
+standard library's ipaddress for IP addresses, and detect-secrets' catalogue
+of credential formats (AWS, GitHub, GitLab, Slack, Stripe, OpenAI, JWT,
+private keys, ...). A candidate that fails its checksum is not a finding.
+
+Names and postal addresses are not recognised: that needs an entity recogniser
+with a trained model, and the registries reached here carry spaCy's English
+models only as unofficial re-uploads (the official ones are released outside
+PyPI), so none is installed.
+"""
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+import phonenumbers
+import re2
+from email_validator import EmailNotValidError, validate_email
+from stdnum import iban, luhn
+from stdnum.es import dni
+from stdnum.fr import nir
+from stdnum.gb import nhs
+from stdnum.in_ import aadhaar
+from stdnum.us import ssn
+
+PII_TYPES = ("email", "phone", "card", "iban", "national_id", "ip")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    type: str  # "email", "secret", "term", ...: the placeholder's name, upper-cased
+    start: int
+    end: int
+
+
+# One alternation, tried left to right at each position: IBANs and IPs before the digit runs they
+# would otherwise be read as.
+_PII = re2.compile(
+    r"(?P<email>[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,24})"
+    r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b)"
+    r"|(?P<ipv6>(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:.]*[0-9A-Fa-f]|::[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)"
+    r"|(?P<ipv4>\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b)"
+    r"|(?P<dni>\b[0-9]{8}-?[A-Za-z]\b)"
+    r"|(?P<number>\+?\(?[0-9][0-9 ().\-]{5,22}[0-9]\b)"
+)
+_DIGITS_ONLY = re.compile(r"[^0-9]")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}( [0-9]{1,2})?")  # an ISO date is no phone number
+_SSN = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
+_AADHAAR = re.compile(r"[2-9][0-9]{3} [0-9]{4} [0-9]{4}")
+_NHS = re.compile(r"[0-9]{3} [0-9]{3} [0-9]{4}")
+_NIR = re.compile(r"[12] ?[0-9]{2} ?[0-9]{2} ?[0-9AB]{2} ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}")
+
+
+def _email(text: str) -> bool:
+    try:
+        validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def _ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _dotted_on(text: str, start: int, end: int) -> bool:
+    """Four numbers inside a longer dotted run (a version 1.2.3.4.5, an OID) are no address."""
+    return text[end:end + 1] == "." and text[end + 1:end + 2].isdigit() or \
+        text[start - 1:start] == "." and text[start - 2:start - 1].isdigit()
+
+
+def _number(text: str, region: str) -> str | None:
+    """What a run of digits is, if anything: a payment card, a national id or a phone number."""
+    digits = _DIGITS_ONLY.sub("", text)
+    if 13 <= len(digits) <= 19 and not text.startswith("+") and luhn.is_valid(digits):
+        return "card"
+    if (_SSN.fullmatch(text) and ssn.is_valid(text)) or (_AADHAAR.fullmatch(text) and aadhaar.is_valid(text)) \
+            or (_NHS.fullmatch(text) and nhs.is_valid(text)) or (_NIR.fullmatch(text) and nir.is_valid(text)):
+        return "national_id"
+    if len(digits) < 7 or _DATE.fullmatch(text):
+        return None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    return "phone" if phonenumbers.is_valid_number(number) else None
+
+
+def pii(text: str, types: Iterable[str] = PII_TYPES, region: str = "US") -> list[Finding]:
+    wanted = set(types)
+    found = []
+    for match in _PII.finditer(text):
+        kind, value = match.lastgroup, match.group()
+        if kind == "email":
+            kind = "email" if _email(value) else None
+        elif kind == "iban":
+            kind = "iban" if iban.is_valid(value) else None
+        elif kind in ("ipv4", "ipv6"):
+            kind = "ip" if _ip(value) and not _dotted_on(text, match.start(), match.end()) else None
+        elif kind == "dni":
+            kind = "national_id" if dni.is_valid(value) else None
+        else:
+            kind = _number(value.strip(" ()-."), region)
+        if kind in wanted:
+            found.append(Finding(kind, match.start(), match.end()))
+    return found
+
+
+# --- secrets ---------------------------------------------------------------------
+
+# Formats detect-secrets names by a regular expression of their own. Its entropy and keyword
+# plugins guess from context (and fire on ordinary words in prose); its IP plugin is the PII check's.
+_GUESSING = ("Base64 High Entropy String", "Hex High Entropy String", "Secret Keyword", "Public IP (ipv4)")
+_PRIVATE_KEY = r"-----BEGIN[A-Z ]{0,30} PRIVATE KEY( BLOCK)?-----(?:[A-Za-z0-9+/=\s:,\-]*?-----END[A-Z ]{0,30} PRIVATE KEY( BLOCK)?-----)?"
+_QUIET = re2.Options()
+_QUIET.log_errors = False  # a pattern RE2 cannot read is expected here: it goes to Python's engine
+
+
+# Assertions RE2 lacks, as detect-secrets writes them: dropped, they leave a pattern that matches
+# at least where the original does (a prefilter), confirmed by the original in Python's engine.
+_ASSERTIONS = (("(?:(?<=\\W)|(?<=^))", ""), ("(?!\\w)", ""), ("(?![a-zA-Z0-9_\\-])", ""),
+               ("(?![a-f0-9])", ""), (",1024}", ",}"))
+
+
+def _relaxed(pattern: str) -> str:
+    for written, relaxed in _ASSERTIONS:
+        pattern = pattern.replace(written, relaxed)
+    return pattern
+
+
+@cache
+def _secret_patterns() -> tuple[object, tuple]:
+    """(one RE2 alternation of the formats RE2 can read, and (RE2 prefilter, Python pattern) for the others)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class  # 0.1 s: once, on first use
+
+    linear, other = [_PRIVATE_KEY], []
+    for name, plugin in get_mapping_from_secret_type_to_class().items():
+        if name in _GUESSING or name == "Private Key":
+            continue
+        for pattern in getattr(plugin, "denylist", ()):
+            try:
+                re2.compile(pattern.pattern, _QUIET)
+            except re2.error:
+                try:
+                    other.append((re2.compile(_relaxed(pattern.pattern), _QUIET), pattern))
+                except re2.error:
+                    other.append((None, pattern))
+            else:
+                linear.append(pattern.pattern)
+    # One pass says whether any of them may match; one without a prefilter must always run.
+    any_other = re2.compile("" if any(p is None for p, _ in other) else
+                            "|".join(f"(?:{p.pattern})" for p, _ in other), _QUIET)
+    return re2.compile("|".join(f"(?:{p})" for p in linear), _QUIET), any_other, tuple(other)
+
+
+def secrets(text: str) -> list[Finding]:
+    linear, any_other, other = _secret_patterns()
+    found = [Finding("secret", m.start(), m.end()) for m in linear.finditer(text)]
+    if not any_other.search(text):
+        return found
+    for prefilter, pattern in other:
+        if prefilter is None or prefilter.search(text):
+            found.extend(Finding("secret", m.start(), m.end()) for m in pattern.finditer(text))
+    return found
+
+
+# --- blocked terms and patterns ---------------------------------------------------
+
+class PatternTimeout(Exception):
+    """A policy's pattern ran past its time limit (only Python patterns can: RE2 runs in linear time)."""
+
+
+def compile_terms(terms: list[str]):
+    """Whole-word, case-insensitive matching of every term in one RE2 pass; None for no terms."""
+    terms = [t.strip() for t in terms if t.strip()]
+    if not terms:
+        return None
+    return re2.compile(r"(?i)\b(?:" + "|".join(re2.escape(t) for t in terms) + r")\b")
+
+
+def compile_pattern(pattern: str):
+    """A policy's regular expression: RE2 (linear time, no stall possible) where it can read it,
+    else Python's `re` run under a time limit (backreferences, lookarounds)."""
+    try:
+        return re2.compile(pattern, _QUIET)
+    except re2.error:
+        return re.compile(pattern)
+
+
+async def matches(compiled, text: str, kind: str, time_limit_ms: float) -> list[Finding]:
+    """The matches of a term list or pattern; PatternTimeout when a Python pattern runs past its limit."""
+    if compiled is None:
+        return []
+    if isinstance(compiled, re.Pattern):
+        from . import sandbox  # deferred: only policies with a pattern RE2 cannot read pay for it
+
+        spans = await sandbox.finditer(compiled.pattern, text, time_limit_ms / 1000)
+        if spans is None:
+            raise PatternTimeout(compiled.pattern)
+        return [Finding(kind, start, end) for start, end in spans]
+    return [Finding(kind, m.start(), m.end()) for m in compiled.finditer(text)]

@@ -1,0 +1,190 @@
+"""Output checks on a stream, as it arrives.
+
+The text of the answer (choice 0) is taken out of the chunks as they are read
+and held back; what is released goes out in the read's last text chunk. Text is
+released only once it lies `hold_back` characters behind the newest text, cut
+at a word boundary, and never in the middle of a finding: a finding shorter than
+the window is always seen whole (wherever the chunks split it) before any of it
+leaves. Findings in released text are settled by their check's action; a block
+raises, and the relay ends the stream with an error event in the caller's format.
+A policy with a moderation or webhook check on output holds the whole answer:
+those see it once, whole, at its end.
+"""
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from providers.adapters.base import StreamEvent
+
+from . import policies
+
+_SPACE = " \n\t"
+# Held text is released in runs of at least this many characters: each release rescans what is held.
+RELEASE_AT_LEAST = 24
+
+
+def _text_slot(choice: dict) -> tuple[dict, str]:
+    if "text" in choice:
+        return choice, "text"  # a legacy completion relayed as the upstream sent it
+    return choice.setdefault("delta", {}), "content"
+
+
+def _take(events: list[StreamEvent]) -> tuple[str, list[tuple[dict, str]], bool, dict | None]:
+    """The new text of choice 0 (removed from its chunks), where it was, whether the answer ended,
+    and a chunk to copy should the text need one of its own."""
+    text, slots, final, template = [], [], False, None
+    for event in events:
+        for chunk in event.chunks or ():
+            template = chunk
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
+                    continue
+                container, key = _text_slot(choice)
+                if isinstance(piece := container.get(key), str) and piece:
+                    text.append(piece)
+                    container[key] = ""
+                    slots.append((container, key))
+                if choice.get("finish_reason"):
+                    final = True
+                    slots.append((container, key))
+        final = final or event.done
+    return "".join(text), slots, final, template
+
+
+def _put(events: list[StreamEvent], slots, template: dict | None, text: str) -> None:
+    if slots:
+        container, key = slots[-1]
+        container[key] = text
+        return
+    if template is None:
+        return
+    chunk = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+    chunk["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+    for event in events:
+        if event.chunks is not None:
+            event.chunks.insert(0, chunk)
+            event.has_content = True
+            return
+
+
+def _cut(text: str, window: int) -> int:
+    """Where held text may be released up to: a word boundary at least `window` characters back."""
+    limit = len(text) - window
+    if limit <= 0:
+        return 0
+    cut = max(text.rfind(space, 0, limit + 1) for space in _SPACE)
+    return cut + 1 if cut >= 0 else (limit if len(text) > 4 * window else 0)
+
+
+class Held:
+    """The checks' state over one stream."""
+
+    def __init__(self, call) -> None:
+        self.call = call
+        self.guard = call.guard
+        self.checks = self.guard.resolved.output
+        self.window = self.guard.resolved.hold_back
+        self.hold_all = any(not c.local for c in self.checks)
+        self.counts = {c.label: Counter() for c in self.checks}
+        self.spent = {c.label: 0.0 for c in self.checks}
+        self.failed: dict[str, str] = {}
+        self.pending = ""
+        self.whole: list[str] = []  # every released piece, for checks that see the answer once
+
+    async def release(self, final: bool) -> str:
+        """The text that may leave now, checked (raises to block)."""
+        cut = len(self.pending) if final else (0 if self.hold_all else _cut(self.pending, self.window))
+        if not final and cut < RELEASE_AT_LEAST:
+            return ""  # nothing (or too little) to release: no need to scan yet
+        for check in self.checks:
+            if check.local and check.label not in self.failed:
+                cut = await self._local(check, cut, final)
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        if final and self.hold_all:
+            await self._remote(out)
+        return out
+
+    async def _local(self, check, cut: int, final: bool) -> int:
+        started = time.perf_counter()
+        try:
+            findings = await policies.find(check, self.pending)
+        except Exception as exc:  # detectors.PatternTimeout, or a detector's own failure
+            self.spent[check.label] += time.perf_counter() - started
+            self.failed[check.label] = "time limit" if type(exc).__name__ == "PatternTimeout" else "error"
+            if check.closed:
+                self._decide()
+                raise policies.unavailable(check, self.failed[check.label]) from None
+            return cut
+        if not final:
+            for finding in findings:
+                if finding.start < cut < finding.end:
+                    cut = finding.start  # not released until its check has settled it
+        settled = [f for f in findings if f.end <= cut]
+        if settled:
+            self.counts[check.label].update(f.type for f in settled)
+            if check.action == "block":
+                self.spent[check.label] += time.perf_counter() - started
+                self._decide()
+                raise policies.refusal(check, Counter(f.type for f in settled))
+            if check.action == "redact":
+                head = policies.redacted(self.pending[:cut], settled, self.guard.vault)
+                self.pending = head + self.pending[cut:]
+                cut = len(head)
+        self.spent[check.label] += time.perf_counter() - started
+        return cut
+
+    async def _remote(self, text: str) -> None:
+        for check in self.checks:
+            if not check.local:
+                await policies.run_remote(check, "output", [text], self.call, self.guard.decisions)
+
+    def _decide(self) -> None:
+        """Each local check's decision over the whole stream, into the call's record (once)."""
+        for check in self.checks:
+            if not check.local or check.label not in self.counts:
+                continue
+            counts = self.counts.pop(check.label)
+            if check.label in self.failed:
+                action = "refused" if check.closed else "failed_open"
+            elif not counts:
+                action = "passed"
+            else:
+                action = {"block": "blocked", "redact": "redacted", "flag": "flagged"}[check.action]
+            started = time.perf_counter() - self.spent[check.label]
+            self.guard.decisions.add(check, "output", action, counts, started, self.failed.get(check.label, ""))
+        self.call.guardrails = self.guard.record()
+
+
+async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
+    held = Held(call)
+    try:
+        async for events in reads:
+            text, slots, final, template = _take(events)
+            if not text and not final:
+                yield events
+                continue
+            held.pending += text
+            out = await held.release(final)
+            if out:
+                _put(events, slots, template, out)
+            yield events
+    finally:
+        held._decide()
+
+
+async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
+    """Placeholders put back in a stream; a placeholder split across chunks is held until it is whole."""
+    vault, pending = call.guard.vault, ""
+    async for events in reads:
+        if not vault.values:
+            yield events
+            continue
+        text, slots, final, template = _take(events)
+        pending += text
+        open_at = pending.rfind("[")
+        cut = open_at if not final and open_at >= len(pending) - 40 and "]" not in pending[open_at:] else len(pending)
+        out, pending = vault.restore(pending[:cut]), pending[cut:]
+        if out:
+            _put(events, slots, template, out)
+        yield events

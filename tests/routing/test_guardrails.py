@@ -1,0 +1,306 @@
+"""Guardrails on the real gateway process, through the openai and anthropic SDKs.
+
+Policies are written to the database as an admin would; the gateway process hears of them
+through Redis. The mock upstream answers with scripted text (`say`) in 4-character stream
+chunks, so every finding in an answer is split across chunks.
+"""
+
+import http.server
+import json
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from providers.mock_upstream import directive
+from tests.conftest import make_provider, usage_record, wait_until
+
+EMAIL = "jane.roe@example.org"
+
+
+def policy(tenant, *checks, name="policy", **fields):
+    from routing.models import GuardrailCheck, GuardrailPolicy
+
+    row = GuardrailPolicy.objects.create(tenant=tenant, name=name, **fields)
+    for n, spec in enumerate(checks):
+        spec = dict(spec)
+        secret = spec.pop("secret", "")
+        check = GuardrailCheck(policy=row, order=n, **spec)
+        check.set_secret(secret)
+        check.full_clean()
+        check.save()
+    return row
+
+
+@pytest.fixture()
+def clients(gateway, mock, api_key):
+    for kind in ("openai", "anthropic"):
+        make_provider(kind, mock.url)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: {"chat-openai", "chat-anthropic"} <= {m.id for m in client.models.list()})
+    return client, claude
+
+
+def chat(client, text, model="chat-openai", **kwargs):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def refused(call):
+    """Wait for the gateway process to have the new policy: the call is refused once it has."""
+    def attempt():
+        try:
+            call()
+        except (openai.BadRequestError, anthropic.BadRequestError) as exc:
+            return exc
+        return None
+    error = wait_until(attempt, timeout=10)
+    assert error is not None, "the policy never took effect"
+    return error
+
+
+def streamed_text(stream) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_input_block_answers_400_in_every_fronts_shape_naming_the_check(tenant, clients):
+    client, claude = clients
+    policy(tenant, {"kind": "pii", "stage": "input", "action": "block"}, name="no-pii")
+    prompt = f"Write to {EMAIL} please"
+    error = refused(lambda: chat(client, prompt))
+    assert error.body["code"] == "content_policy_violation"
+    assert "no-pii/pii#1" in error.body["message"] and EMAIL not in error.body["message"]
+    record = usage_record(error.response.headers["x-request-id"])
+    assert record.http_status == 400 and record.error_type == "content_policy_violation"
+    assert record.guardrails["action"] == "blocked"
+    assert record.guardrails["checks"][0]["findings"] == {"email": 1}
+    assert EMAIL not in json.dumps(record.guardrails)
+    for call in (lambda: client.completions.create(model="chat-openai", prompt=prompt),
+                 lambda: client.embeddings.create(model="embed-openai", input=[prompt]),
+                 lambda: client.responses.create(model="chat-openai", input=prompt),
+                 lambda: chat(client, prompt, stream=True)):
+        with pytest.raises(openai.BadRequestError) as blocked:
+            call()
+        assert blocked.value.body["code"] == "content_policy_violation"
+    with pytest.raises(anthropic.BadRequestError) as blocked_there:
+        claude.messages.create(model="chat-anthropic", max_tokens=20, messages=[{"role": "user", "content": prompt}])
+    assert blocked_there.value.body["type"] == "error"
+    assert "no-pii/pii#1" in blocked_there.value.body["error"]["message"]
+    assert chat(client, "Nothing personal here").choices[0].message.content  # clean prompts pass
+
+
+def test_input_redaction_hides_values_from_the_upstream_and_restore_puts_them_back(tenant, clients, mock):
+    client, claude = clients
+    policy(tenant, {"kind": "pii", "stage": "input", "action": "redact"},
+           {"kind": "secrets", "stage": "input", "action": "redact"}, name="mask", restore=True)
+    key = "AKIAIOSFODNN7EXAMPLE"
+    prompt = f"Mail {EMAIL} the key {key} " + directive(say="Done: I wrote to [EMAIL_1] about [SECRET_1].")
+
+    def upstream_saw_placeholder():
+        chat(client, prompt)
+        return "[EMAIL_1]" in httpx.get(mock.url + "/_mock/last").text
+    assert wait_until(upstream_saw_placeholder, timeout=10)
+    seen = httpx.get(mock.url + "/_mock/last").text
+    assert EMAIL not in seen and key not in seen and "[SECRET_1]" in seen
+    answer = chat(client, prompt)
+    assert answer.choices[0].message.content == f"Done: I wrote to {EMAIL} about {key}."
+    assert streamed_text(chat(client, prompt, stream=True)) == f"Done: I wrote to {EMAIL} about {key}."
+    with claude.messages.stream(model="chat-anthropic", max_tokens=50,
+                                messages=[{"role": "user", "content": prompt}]) as stream:
+        assert "".join(stream.text_stream) == f"Done: I wrote to {EMAIL} about {key}."
+
+
+def test_output_redaction_in_json_and_streams_catches_findings_split_across_chunks(tenant, clients):
+    client, claude = clients
+    policy(tenant, {"kind": "pii", "stage": "output", "action": "redact"}, name="out")
+    say = directive(say=f"Reach me at {EMAIL} or 4111 1111 1111 1111, not 4111 1111 1111 1112.")
+    expected = "Reach me at [EMAIL_1] or [CARD_1], not 4111 1111 1111 1112."
+    assert wait_until(lambda: chat(client, say).choices[0].message.content == expected, timeout=10)
+    assert streamed_text(chat(client, say, stream=True)) == expected
+    assert streamed_text(chat(client, say, model="chat-anthropic", stream=True)) == expected
+    legacy = "".join(c.choices[0].text for c in client.completions.create(model="chat-openai", prompt=say,
+                                                                         stream=True))
+    assert legacy == expected
+    with claude.messages.stream(model="chat-anthropic", max_tokens=50,
+                                messages=[{"role": "user", "content": say}]) as stream:
+        assert "".join(stream.text_stream) == expected
+    response = client.responses.create(model="chat-openai", input=say)
+    assert response.output_text == expected
+    events = list(client.responses.create(model="chat-openai", input=say, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == expected
+
+
+def test_output_block_ends_a_stream_with_an_error_event_before_the_finding(tenant, clients):
+    client, claude = clients
+    policy(tenant, {"kind": "secrets", "stage": "output", "action": "block"}, name="nokeys")
+    leak = "Here is the token you asked for: ghp_abcdefghijklmnopqrstuvwxyz0123456789 enjoy"
+    say = directive(say=leak)
+    error = refused(lambda: chat(client, say))
+    assert error.body["code"] == "content_policy_violation"
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in chat(client, say, stream=True):
+            received.extend(c.delta.content or "" for c in chunk.choices)
+    assert "content_policy_violation" in str(cut.value.body or cut.value.message) or \
+        "nokeys/secrets#1" in cut.value.message
+    assert "ghp_" not in "".join(received)
+    with pytest.raises(anthropic.APIStatusError) as there:
+        with claude.messages.stream(model="chat-anthropic", max_tokens=50,
+                                    messages=[{"role": "user", "content": say}]) as stream:
+            text = "".join(stream.text_stream)
+            assert "ghp_" not in text
+    assert "nokeys/secrets#1" in str(there.value)
+
+
+def test_flag_lets_the_call_pass_and_records_the_findings(tenant, clients):
+    client, _ = clients
+    policy(tenant, {"kind": "terms", "stage": "both", "action": "flag", "terms": ["Project Falcon"]}, name="watch")
+    prompt = "Tell me about project falcon " + directive(say="Project Falcon is secret.")
+
+    def flagged_record():
+        answer = chat(client, prompt)
+        assert answer.choices[0].message.content == "Project Falcon is secret."
+        record = usage_record(answer.id) or _record_by_latest(tenant)
+        return record if record and record.guardrails else None
+    record = wait_until(flagged_record, timeout=10)
+    assert record.guardrails["action"] == "flagged"
+    assert [(c["stage"], c["action"], c["findings"]) for c in record.guardrails["checks"]] == [
+        ("input", "flagged", {"term": 1}), ("output", "flagged", {"term": 1})]
+
+
+def _record_by_latest(tenant):
+    from usage.models import UsageRecord
+
+    time.sleep(0.3)
+    return UsageRecord.objects.filter(tenant=tenant, endpoint="chat.completions").order_by("-created_at").first()
+
+
+class Webhook(http.server.BaseHTTPRequestHandler):
+    mode = "allow"
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        Webhook.seen.append((self.headers.get("x-gateway-signature", ""), body))
+        if Webhook.mode == "hang":
+            time.sleep(3)
+        if Webhook.mode == "error":
+            self.send_response(500)
+            self.end_headers()
+            return
+        verdict = {"allow": b"forbidden" not in body, "reasons": ["house-rule"]}
+        out = json.dumps(verdict).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def webhook():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Webhook.mode, Webhook.seen = "allow", []
+    yield f"http://127.0.0.1:{server.server_address[1]}/check"
+    server.shutdown()
+
+
+def test_webhook_signs_its_calls_and_blocks_what_it_refuses(tenant, clients, webhook):
+    import hashlib
+    import hmac
+
+    client, _ = clients
+    policy(tenant, {"kind": "webhook", "stage": "input", "action": "block", "url": webhook, "secret": "whsec-1",
+                    "allow_private_network": True, "timeout_ms": 1000}, name="hook")
+    error = refused(lambda: chat(client, "a forbidden request"))
+    assert "hook/webhook#1" in error.body["message"]
+    signature, body = Webhook.seen[-1]
+    stamp, mac = (part.split("=", 1)[1] for part in signature.split(","))
+    assert mac == hmac.new(b"whsec-1", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert chat(client, "a fine request").choices[0].message.content
+
+
+@pytest.mark.parametrize("failure", ["hang", "error"])
+def test_a_failing_webhook_refuses_under_closed_and_passes_recorded_under_open(tenant, clients, webhook, failure):
+    from routing.models import GuardrailCheck
+
+    client, _ = clients
+    policy(tenant, {"kind": "webhook", "stage": "input", "action": "block", "url": webhook,
+                    "allow_private_network": True, "timeout_ms": 400, "failure_mode": "closed"}, name="hook")
+    Webhook.mode = failure
+    error = refused(lambda: chat(client, "hello"))
+    assert "could not run" in error.body["message"] and error.body["code"] == "content_policy_violation"
+    for check in GuardrailCheck.objects.all():
+        check.failure_mode = "open"
+        check.save()  # as the admin saves it: the gateway hears of the change
+
+    def passed():
+        try:
+            return chat(client, "hello")
+        except openai.BadRequestError:
+            return None
+    answer = wait_until(passed, timeout=10)
+    assert answer is not None
+    record = wait_until(lambda: (r := _record_by_latest(tenant)) and r.http_status == 200 and r.guardrails and r)
+    assert record.guardrails["checks"][0]["action"] == "failed_open"
+    assert record.guardrails["checks"][0]["error"] == ("time limit" if failure == "hang" else "status 500")
+
+
+def test_a_catastrophic_pattern_is_cut_off_by_its_time_limit(tenant, clients):
+    client, _ = clients
+    # A lookahead RE2 cannot run: Python's engine backtracks for minutes on this prompt.
+    policy(tenant, {"kind": "regex", "stage": "input", "action": "block", "patterns": [r"^(?=(a+)+$)b"],
+                    "timeout_ms": 300}, name="slow")
+    started = time.monotonic()
+    error = refused(lambda: chat(client, "a" * 40 + "!"))
+    assert time.monotonic() - started < 8
+    assert "time limit" in error.body["message"]
+    assert chat(client, "b fine").choices[0].message.content  # the pattern's process is back for the next call
+
+
+def test_moderation_runs_through_a_moderation_deployment_and_is_billed(tenant, clients, mock, api_key):
+    from providers.models import Deployment, Provider
+    from usage.models import UsageRecord
+
+    client, _ = clients
+    provider = Provider.objects.get(name="openai")
+    Deployment.objects.create(provider=provider, public_model="mod-openai", upstream_model="omni-moderation-latest",
+                              mode="moderation", input_price_per_mtok="2")
+    assert wait_until(lambda: _moderates(client), timeout=10)
+    policy(tenant, {"kind": "moderation", "stage": "input", "action": "block", "model": "mod-openai"}, name="mod")
+    error = refused(lambda: chat(client, "I will kill the process"))
+    assert "mod/moderation#1" in error.body["message"] and "violence" in error.body["message"]
+    billed = wait_until(lambda: UsageRecord.objects.filter(api_key=api_key[0], endpoint="moderations",
+                                                           client_request_id__endswith="-mod").first())
+    assert billed.prompt_tokens > 0 and billed.cost_usd > 0
+
+
+def _moderates(client):
+    try:
+        result = client.moderations.create(model="mod-openai", input="I will kill it")
+    except openai.APIError:
+        return False
+    return result.results[0].flagged and result.results[0].categories.violence
+
+
+def test_policies_apply_per_key_and_route_only(tenant, clients, api_key):
+    from keys import services as key_services
+
+    client, _ = clients
+    policy(tenant, {"kind": "terms", "stage": "input", "action": "block", "terms": ["zebra"]}, name="route-only",
+           route="chat-openai")
+    refused(lambda: chat(client, "a zebra"))
+    assert chat(client, "a zebra", model="chat-anthropic").choices[0].message.content
+    other_key = key_services.issue(tenant, "other")[1]
+    policy(tenant, {"kind": "terms", "stage": "input", "action": "block", "terms": ["lion"]}, name="key-only",
+           api_key=api_key[0])
+    refused(lambda: chat(client, "a lion", model="chat-anthropic"))
+    other = openai.OpenAI(base_url=client.base_url, api_key=other_key, max_retries=0)
+    assert chat(other, "a lion", model="chat-anthropic").choices[0].message.content

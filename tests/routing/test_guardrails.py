@@ -304,3 +304,31 @@ def test_policies_apply_per_key_and_route_only(tenant, clients, api_key):
     refused(lambda: chat(client, "a lion", model="chat-anthropic"))
     other = openai.OpenAI(base_url=client.base_url, api_key=other_key, max_retries=0)
     assert chat(other, "a lion", model="chat-anthropic").choices[0].message.content
+
+
+def test_a_cached_answer_is_restored_with_each_callers_own_values_never_anothers(tenant, clients, mock):
+    """The cache keys on the redacted prompt and stores the answer with its placeholders: a hit gives
+    the second caller their own address back, never the first caller's, and the upstream saw neither."""
+    from routing.models import CachePolicy
+
+    client, _ = clients
+    policy(tenant, {"kind": "pii", "stage": "input", "action": "redact"}, name="mask", restore=True)
+    CachePolicy.objects.create(tenant=tenant, mode="exact")
+    say = directive(say="Done: I wrote to [EMAIL_1].")
+    first, second = "jane.roe@example.org", "max.mustermann@example.com"
+
+    def restored_and_cached():
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat-openai", messages=[{"role": "user", "content": f"Mail {first} {say}"}])
+        return raw.headers.get("x-gateway-cache") and raw.parse().choices[0].message.content == f"Done: I wrote to {first}."
+    assert wait_until(restored_and_cached, timeout=10)
+    calls = httpx.get(mock.url + "/_mock/stats").json()["requests"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat-openai", messages=[{"role": "user", "content": f"Mail {second} {say}"}])
+    assert raw.headers["x-gateway-cache"] == "hit"
+    assert raw.parse().choices[0].message.content == f"Done: I wrote to {second}."
+    assert httpx.get(mock.url + "/_mock/stats").json()["requests"] == calls  # answered from the cache
+    assert first not in httpx.get(mock.url + "/_mock/last").text
+    streamed = client.chat.completions.create(model="chat-openai", stream=True,
+                                              messages=[{"role": "user", "content": f"Mail {second} {say}"}])
+    assert streamed_text(streamed) == f"Done: I wrote to {second}."

@@ -30,6 +30,7 @@ import asyncio
 import collections
 import functools
 import http.client
+import json
 import os
 import re
 import shutil
@@ -83,15 +84,29 @@ SCENARIOS = {
                             '[{"role": "user", "content": "Hello there {n}"}]}'),
 }
 CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit", "chat, semantic hit", "chat, semantic miss")
+# A 2,000-character prompt of prose with numbers and dates (bench/guardrails.py's), plain and on a
+# model whose guardrail policy runs the PII (input and output, redact), secrets (both, block) and
+# blocked-term (input) checks on it; and the plain stream on that model (output checks on every chunk).
+PROSE = ("The quarterly report for 2024 shows 14 new customers, 3 closed tickets and revenue of 1,250.00 EUR; "
+         "version 2.3.1 shipped on 2024-05-01 to room 101. ")
+LONG_PROMPT = (PROSE * 20)[:2000]
+SCENARIOS["chat, 2,000 characters"] = ("/v1/chat/completions", json.dumps(
+    {"model": "bench-chat", "messages": [{"role": "user", "content": LONG_PROMPT}]}))
+SCENARIOS["chat, 2,000 characters, guardrails"] = ("/v1/chat/completions", json.dumps(
+    {"model": "bench-guarded", "messages": [{"role": "user", "content": LONG_PROMPT}]}))
+SCENARIOS["stream, guardrails"] = ("/v1/chat/completions", '{"model": "bench-guarded", "stream": true, '
+                                   '"messages": [{"role": "user", "content": "Hello there"}]}')
+GUARDED = ("chat, 2,000 characters, guardrails", "stream, guardrails")
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
 GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", "messages", "messages, stream",
-                "messages, translated", *CACHED)
+                "messages, translated", *CACHED, *GUARDED)
 # Scenarios a --compare checkout from before the Responses API (or today's Messages API, or the
 # response cache) lacks.
-NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated", *CACHED)
+NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated", *CACHED, *GUARDED)
 # Each scenario of another API beside the chat scenario it is measured against.
 AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": "chat",
-                "messages, stream": "stream", "messages, translated": "chat"}
+                "messages, stream": "stream", "messages, translated": "chat",
+                "chat, 2,000 characters, guardrails": "chat, 2,000 characters", "stream, guardrails": "stream"}
 
 
 def free_port() -> int:
@@ -349,6 +364,17 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
         " CachePolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), model='bench-semantic',"
         " mode='semantic', semantic_embedding_model='bench-embed')"))
+    run("shell", "-c", (
+        "from providers.models import Deployment, Provider; from tenants.models import Tenant\n"
+        "try:\n from routing.models import GuardrailCheck, GuardrailPolicy\nexcept ImportError:\n GuardrailPolicy = None\n"
+        "if GuardrailPolicy:\n"
+        " Deployment.objects.create(provider=Provider.objects.get(name='bench-mock'), public_model='bench-guarded',"
+        " upstream_model='mock-gpt', input_price_per_mtok='0.15', output_price_per_mtok='0.60')\n"
+        " p = GuardrailPolicy.objects.create(tenant=Tenant.objects.get(slug='bench'), route='bench-guarded', name='bench')\n"
+        " GuardrailCheck.objects.create(policy=p, order=0, kind='pii', stage='both', action='redact')\n"
+        " GuardrailCheck.objects.create(policy=p, order=1, kind='secrets', stage='both', action='block')\n"
+        " GuardrailCheck.objects.create(policy=p, order=2, kind='terms', stage='input', action='block',"
+        " terms=['falcon', 'zebra'])"))
     key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the
@@ -536,8 +562,8 @@ def print_responses(rows) -> None:
     pairs = [(r, c) for r, c in AGAINST_CHAT.items() if (r, "gateway") in by and (c, "gateway") in by]
     if not pairs:
         return
-    print("\nThe Responses and Messages APIs against chat completions (gateway CPU per request, "
-          "under the load above):\n")
+    print("\nThe Responses and Messages APIs, and the guardrails, against the plain call (gateway CPU per "
+          "request, under the load above):\n")
     print("| scenario | chat CPU ms/req | its CPU ms/req | it/chat |\n| --- | ---: | ---: | ---: |")
     for other, chat in pairs:
         this, that = by[(other, "gateway")], by[(chat, "gateway")]

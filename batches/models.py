@@ -96,6 +96,8 @@ class Batch(models.Model):
             "cancelling_at": ts(self.cancelling_at), "cancelled_at": ts(self.cancelled_at),
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata,
+            # Not OpenAI's: why a batch in progress waits (budget_exceeded, quota_exceeded, a rate limit), or null.
+            "paused_reason": self.paused_reason or None,
         }
 
 

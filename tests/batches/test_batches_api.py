@@ -199,3 +199,24 @@ def test_a_file_over_the_limit_is_refused(db, tenant, settings):
     with pytest.raises(errors.GatewayError) as refused:
         files.upload(tenant.id, "b.jsonl", "batch", jsonl(chat_lines(5)))
     assert refused.value.code == "storage_quota_exceeded"
+
+
+def test_a_budget_reached_pauses_the_batch_and_raising_it_resumes(key_client, worker, tenant):
+    from batches.tasks import resume_batches
+    from usage.models import Limit
+
+    limit = Limit.objects.create(tenant=tenant, budget_usd="0.0002")
+    lines = chat_lines(200)
+    for line in lines:
+        line["body"]["max_tokens"] = 20  # what a line reserves against the budget
+    batch = key_client.batches.create(input_file_id=upload(key_client, lines).id,
+                                      endpoint="/v1/chat/completions", completion_window="24h")
+    paused = wait_until(lambda: (b := key_client.batches.retrieve(batch.id)).paused_reason and b, timeout=60)
+    assert paused.status == "in_progress" and paused.paused_reason == "budget_exceeded"
+    assert 0 < paused.request_counts.completed < 200 and paused.request_counts.failed == 0  # nothing failed
+    limit.budget_usd = "100"
+    limit.save()
+    assert wait_until(lambda: resume_batches.delay() and key_client.batches.retrieve(batch.id).status == "completed",
+                      timeout=90, interval=2)
+    done = key_client.batches.retrieve(batch.id)
+    assert (done.request_counts.completed, done.request_counts.failed, done.paused_reason) == (200, 0, None)

@@ -59,6 +59,8 @@ RULES: dict[str, AccessRule] = {
     "usage.reportdelivery": AccessRule("tenant", managers=VIEW),
     "usage.promptlog": AccessRule("tenant", managers=VIEW),
     "usage.storedresponse": AccessRule("tenant", managers=VIEW),
+    "batches.file": AccessRule("tenant", managers=VIEW),
+    "batches.batch": AccessRule("tenant", managers=VIEW),
     "providers.healthcheck": AccessRule("provider__tenant", managers=VIEW, shared=True),
 }
 

@@ -220,3 +220,19 @@ def test_a_budget_reached_pauses_the_batch_and_raising_it_resumes(key_client, wo
                       timeout=90, interval=2)
     done = key_client.batches.retrieve(batch.id)
     assert (done.request_counts.completed, done.request_counts.failed, done.paused_reason) == (200, 0, None)
+
+
+def test_the_admin_lists_batches_with_counts_and_progress(transactional_db, tenant, api_key, admin_client):
+    from batches import files, runner
+    from batches.models import BatchLine
+    from keys.auth import info_for
+
+    row = files.upload(tenant.id, "in.jsonl", "batch", jsonl(chat_lines(4)))
+    key = info_for(type(api_key[0]).objects.select_related("tenant").get(pk=api_key[0].pk))
+    batch = runner.create(key, row, "/v1/chat/completions", "24h", None)
+    assert runner.validate(batch)
+    BatchLine.objects.filter(batch=batch, number__lte=2).update(done=True, ok=True)
+    batch.completed = 2
+    batch.save()
+    page = admin_client.get("/admin/batches/batch/").content.decode()
+    assert batch.id in page and 'value="50"' in page and "in_progress" in page

@@ -25,6 +25,9 @@ from datetime import timedelta
 
 import orjson
 from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Mod
 from django.http import QueryDict
 from django.http.request import HttpHeaders
 from django.utils import timezone
@@ -179,7 +182,17 @@ def _count(batch: Batch) -> None:
 
 
 def finalize(batch: Batch, status: str = "completed") -> None:
-    """Write the output and error files (OpenAI's line format) and end the batch."""
+    """Write the output and error files (OpenAI's line format) and end the batch, once: of two slots
+    finishing together, the second finds it ended."""
+    with transaction.atomic():
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        if locked.status not in ("in_progress", "cancelling"):
+            batch.status = locked.status
+            return
+        _finalize(batch, status)
+
+
+def _finalize(batch: Batch, status: str) -> None:
     _set_status(batch, "finalizing") if status == "completed" else None
     out, bad = [], []
     for line in BatchLine.objects.filter(batch=batch, done=True).order_by("number").iterator():
@@ -200,11 +213,23 @@ def finalize(batch: Batch, status: str = "completed") -> None:
     _set_status(batch, status, **fields)
 
 
-def advance(batch_id: str, lock_key: str | None = None) -> str:
-    """Run the batch from its first unanswered line to its end (or a pause, a cancel); return its status."""
+def _slot_lines(batch: Batch, slot: int):
+    """The unanswered lines of one slot: chunks are dealt to the slots in turn, so that slots on
+    different workers never run the same line."""
+    chunk, slots = settings.BATCH_CHUNK_LINES, settings.BATCH_SLOTS
+    return (BatchLine.objects.filter(batch=batch, done=False)
+            .annotate(slot=Mod((F("number") - 1) / chunk, slots)).filter(slot=slot).order_by("number"))
+
+
+def advance(batch_id: str, lock_key: str | None = None, slot: int = 0, start_others=None) -> str:
+    """Run the slot's lines of the batch from its first unanswered one to the end (or a pause, a
+    cancel); the last slot to finish writes the files. Returns the batch's status."""
     batch = Batch.objects.select_related("input_file").get(pk=batch_id)
-    if batch.status == "validating" and not validate(batch):
-        return batch.status
+    if batch.status == "validating":
+        if slot or not validate(batch):
+            return batch.status
+        if start_others:
+            start_others()
     key = _key_for(batch)
     while batch.status in ("in_progress", "cancelling"):
         batch.refresh_from_db(fields=["status", "paused_reason"])
@@ -214,9 +239,10 @@ def advance(batch_id: str, lock_key: str | None = None) -> str:
         if timezone.now() >= batch.expires_at:
             finalize(batch, "expired")
             break
-        lines = list(BatchLine.objects.filter(batch=batch, done=False).order_by("number")[:settings.BATCH_CHUNK_LINES])
+        lines = list(_slot_lines(batch, slot)[:settings.BATCH_CHUNK_LINES])
         if not lines:
-            finalize(batch)
+            if not BatchLine.objects.filter(batch=batch, done=False).exists():
+                finalize(batch)
             break
         paused = loop().run_until_complete(run_chunk(batch, key, lines))
         BatchLine.objects.bulk_update([line for line in lines if line.done], ["done", "ok", "result"])

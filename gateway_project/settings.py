@@ -318,6 +318,7 @@ FILES_TENANT_MAX_BYTES = env.int("FILES_TENANT_MAX_BYTES", default=10 * 1024 * 1
 BATCH_CHUNK_LINES = env.int("BATCH_CHUNK_LINES", default=50)
 BATCH_LINE_CONCURRENCY = env.int("BATCH_LINE_CONCURRENCY", default=8)
 BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=120)
+BATCH_SLOTS = env.int("BATCH_SLOTS", default=2)
 
 # --- Observability (docs/observability.md) --------------------------------------
 # GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW

@@ -11,6 +11,8 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.sessions.models import Session
 
+from batches.models import Batch
+from batches.models import File as BatchFile
 from gateway_project.urls import manage
 from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
@@ -60,6 +62,10 @@ def make_world(tenant, people: dict) -> dict:
             response_id=f"resp_{slug}", tenant=tenant, api_key=key, model=f"{slug}-model", status="completed",
             created_at=datetime.now(UTC), expires_at=datetime.now(UTC) + timedelta(days=1),
             response={"id": f"resp_{slug}", "output": [{"type": "message", "content": f"{slug} secret answer"}]}),
+        "batch_file": (batch_file := BatchFile.objects.create(tenant=tenant, filename=f"{slug}.jsonl",
+                                                              purpose="batch", storage_name=f"files/{slug}.jsonl")),
+        "batch": Batch.objects.create(tenant=tenant, api_key=key, endpoint="/v1/chat/completions",
+                                      input_file=batch_file, expires_at=datetime.now(UTC) + timedelta(days=1)),
         "user": people["member"],
     }
 
@@ -99,6 +105,8 @@ ADMIN_OBJECTS = [
     ("usage/reportdelivery", "delivery"),
     ("usage/promptlog", "prompt"),
     ("usage/storedresponse", "stored"),
+    ("batches/file", "batch_file"),
+    ("batches/batch", "batch"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

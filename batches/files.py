@@ -10,7 +10,7 @@ from gateway_project.lib import errors
 
 from .models import File
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses", "/v1/messages")
 
 
 def storage():

@@ -36,7 +36,7 @@ from gateway_project.lib import errors
 from gateway_project.lib.redis_pool import sync_redis
 from keys.auth import info_for
 from keys.models import ApiKey
-from routing.front import chat, completions, embeddings, responses
+from routing.front import chat, completions, embeddings, messages, responses
 from routing.front.call import Call
 from routing.front.endpoint import finish
 from routing.front.pipeline import run
@@ -47,7 +47,8 @@ from .models import Batch, BatchLine
 log = logging.getLogger(__name__)
 
 FRONTS = {"/v1/chat/completions": chat.FRONT, "/v1/embeddings": embeddings.FRONT,
-          "/v1/completions": completions.FRONT, "/v1/responses": responses.FRONT}
+          "/v1/completions": completions.FRONT, "/v1/responses": responses.FRONT,
+          "/v1/messages": messages.FRONT}  # the Message Batches front (batches/message_batches.py)
 # A budget or quota pauses the batch; a rate limit makes the line wait for the next round.
 PAUSING = ("budget_exceeded", "quota_exceeded", "rate_limit_exceeded", "tokens_per_minute_exceeded",
            "concurrency_limit_exceeded")
@@ -101,7 +102,7 @@ async def run_line(batch: Batch, key, line: BatchLine) -> dict | None:
         if error.code in PAUSING:
             raise Paused(error.code) from None
         call.failed(error)
-        response = error.response()
+        response = (front.error_shape or errors.GatewayError.response)(error)
     except Exception:
         log.exception("batch %s line %s failed inside the gateway", batch.id, line.number)
         error = errors.internal_error()

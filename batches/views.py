@@ -129,8 +129,8 @@ async def file_content(request, call):
 
 def _create_batch(key, body: dict) -> Batch:
     endpoint_ = body.get("endpoint")
-    if endpoint_ not in runner.FRONTS:
-        raise errors.bad_request(f"Invalid 'endpoint': expected one of {', '.join(runner.FRONTS)}.",
+    if endpoint_ not in runner.FRONTS or endpoint_ == "/v1/messages":  # that one: /v1/messages/batches
+        raise errors.bad_request(f"Invalid 'endpoint': expected one of {', '.join(list(runner.FRONTS)[:4])}.",
                                  param="endpoint", code="invalid_value")
     if body.get("completion_window") not in WINDOWS:
         raise errors.bad_request("Invalid 'completion_window': only '24h' is supported.",

@@ -313,6 +313,9 @@ BATCH_QUEUE = env.str("BATCH_QUEUE", default="batches")
 CELERY_TASK_ROUTES = {"batches.tasks.run_batch": {"queue": BATCH_QUEUE}}
 
 # Files and batches (docs/batches.md).
+# Uploaded and batch files go through STORAGES["default"]: the file system here unless set otherwise
+# (S3 through django-storages: docs/batches.md).
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
 FILES_MAX_BYTES = env.int("FILES_MAX_BYTES", default=200 * 1024 * 1024)
 FILES_TENANT_MAX_BYTES = env.int("FILES_TENANT_MAX_BYTES", default=10 * 1024 * 1024 * 1024)
 BATCH_CHUNK_LINES = env.int("BATCH_CHUNK_LINES", default=50)

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "providers",
     "routing",
     "usage",
+    "batches",
     "gateway_project",  # the composition root: the schedules (gateway_project/apps.py)
 ]
 
@@ -117,7 +118,7 @@ ROOT_URLCONF = "gateway_project.urls"
 # The OpenAI-compatible API is served by its own handler with no middleware
 # (see gateway_project/asgi.py): each sync middleware costs a thread hop.
 # GATEWAY_API_URLCONF is for bench/run.py --drf alone (bench.drf_front: the same endpoints as DRF views).
-API_URLCONF = env.str("GATEWAY_API_URLCONF", default="routing.urls")
+API_URLCONF = env.str("GATEWAY_API_URLCONF", default="gateway_project.api_urls")
 
 TEMPLATES = [
     {
@@ -336,6 +337,21 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # is every 3 minutes): the admin shows it current, and compose's beat health check reads it.
 CELERY_BEAT_SYNC_EVERY = env.int("CELERY_BEAT_SYNC_EVERY", default=1)
 CELERY_TIMEZONE = TIME_ZONE
+# Batch lines run on a queue of their own (docs/batches.md): start workers for it with
+# `celery -A gateway_project worker -Q batches` (or `-Q celery,batches` for one worker doing both).
+BATCH_QUEUE = env.str("BATCH_QUEUE", default="batches")
+CELERY_TASK_ROUTES = {"batches.tasks.run_batch": {"queue": BATCH_QUEUE}}
+
+# Files and batches (docs/batches.md).
+# Uploaded and batch files go through STORAGES["default"]: the file system here unless set otherwise
+# (S3 through django-storages: docs/batches.md).
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
+FILES_MAX_BYTES = env.int("FILES_MAX_BYTES", default=200 * 1024 * 1024)
+FILES_TENANT_MAX_BYTES = env.int("FILES_TENANT_MAX_BYTES", default=10 * 1024 * 1024 * 1024)
+BATCH_CHUNK_LINES = env.int("BATCH_CHUNK_LINES", default=50)
+BATCH_LINE_CONCURRENCY = env.int("BATCH_LINE_CONCURRENCY", default=8)
+BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=120)
+BATCH_SLOTS = env.int("BATCH_SLOTS", default=2)
 
 # --- Observability (docs/observability.md) --------------------------------------
 # GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW

@@ -114,10 +114,12 @@ class ApiHandler(ASGIHandler):
         await super().send_response(response, send)
 
     async def read_limited_body(self, scope, receive):
+        # A file upload (/v1/files) may be as large as FILES_MAX_BYTES, with room for its form fields.
+        limit = max(self.max_body, settings.FILES_MAX_BYTES + 65536) if scope.get("path") == "/v1/files" else self.max_body
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise errors.too_large(self.max_body)
-        return await self.read_body(_counting(receive, self.max_body))
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise errors.too_large(limit)
+        return await self.read_body(_counting(receive, limit))
 
 
 def _counting(receive, limit: int):

@@ -11,6 +11,8 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.sessions.models import Session
 
+from batches.models import Batch
+from batches.models import File as BatchFile
 from gateway_project.urls import manage
 from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
@@ -78,6 +80,10 @@ def make_world(tenant, people: dict) -> dict:
             started_at=datetime(2026, 11, 1, tzinfo=UTC), last_hour=datetime(2026, 11, 1, tzinfo=UTC),
             metrics="spend", spend_usd="30", baseline_spend_usd="3", requests=120, baseline_requests=12, score=40),
         "mute": AnomalyMute.objects.create(tenant=tenant, api_key=key),
+        "batch_file": (batch_file := BatchFile.objects.create(tenant=tenant, filename=f"{slug}.jsonl",
+                                                              purpose="batch", storage_name=f"files/{slug}.jsonl")),
+        "batch": Batch.objects.create(tenant=tenant, api_key=key, endpoint="/v1/chat/completions",
+                                      input_file=batch_file, expires_at=datetime.now(UTC) + timedelta(days=1)),
         "user": people["member"],
     }
 
@@ -121,6 +127,8 @@ ADMIN_OBJECTS = [
     ("usage/storedresponse", "stored"),
     ("usage/spendanomaly", "anomaly"),
     ("usage/anomalymute", "mute"),
+    ("batches/file", "batch_file"),
+    ("batches/batch", "batch"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

@@ -98,7 +98,6 @@ INSTALLED_APPS = [
     "providers",
     "routing",
     "usage",
-    "batches",
     "gateway_project",  # the composition root: the schedules (gateway_project/apps.py)
 ]
 
@@ -340,7 +339,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # Batch lines run on a queue of their own (docs/batches.md): start workers for it with
 # `celery -A gateway_project worker -Q batches` (or `-Q celery,batches` for one worker doing both).
 BATCH_QUEUE = env.str("BATCH_QUEUE", default="batches")
-CELERY_TASK_ROUTES = {"batches.tasks.run_batch": {"queue": BATCH_QUEUE}}
+CELERY_TASK_ROUTES = {"routing.batches.tasks.run_batch": {"queue": BATCH_QUEUE}}
 
 # Files and batches (docs/batches.md).
 # Uploaded and batch files go through STORAGES["default"]: the file system here unless set otherwise

@@ -61,4 +61,5 @@ class CachePolicyAdmin(ScopedAdminMixin, admin.ModelAdmin):
         self.message_user(request, f"{gone} cached answers purged.")
 
 
+from .batches import admin as batches_admin  # noqa: E402, F401 (registers files and batches)
 from .guardrails import admin as guardrails_admin  # noqa: E402, F401 (registers the guardrail policies)

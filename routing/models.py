@@ -173,4 +173,5 @@ class CachePolicy(models.Model):
             raise ValidationError({"semantic_threshold": "Between 0 and 1."})
         if self.ttl_seconds < 1:
             raise ValidationError({"ttl_seconds": "At least one second."})
+from .batches.models import Batch, BatchLine, File  # noqa: E402, F401 (models of this app: the Files and Batches APIs)
 from .guardrails.models import GuardrailCheck, GuardrailPolicy  # noqa: E402, F401 (models of this app)

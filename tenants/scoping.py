@@ -65,8 +65,8 @@ RULES: dict[str, AccessRule] = {
     # Owners and admins acknowledge their tenant's anomalies and mute their keys.
     "usage.spendanomaly": AccessRule("tenant", managers=frozenset({"view", "change"})),
     "usage.anomalymute": AccessRule("tenant", managers=frozenset({"view", "delete"})),
-    "batches.file": AccessRule("tenant", managers=VIEW),
-    "batches.batch": AccessRule("tenant", managers=VIEW),
+    "routing.file": AccessRule("tenant", managers=VIEW),
+    "routing.batch": AccessRule("tenant", managers=VIEW),
     "providers.healthcheck": AccessRule("provider__tenant", managers=VIEW, shared=True),
 }
 

@@ -18,12 +18,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("gateway_project", "tenants", "keys", "providers", "usage", "routing", "batches")
+PACKAGES = ("gateway_project", "tenants", "keys", "providers", "usage", "routing")
 # Who may import whom, by layer: the composition root everything; routing the domain apps; each
 # domain app those it points at by foreign key; every app the lower layer; the lower layer nothing.
 ALLOWED = {
-    "root": {"root", "lib", "batches", "routing", "tenants", "keys", "providers", "usage"},
-    "batches": {"batches", "lib", "routing", "tenants", "keys", "providers", "usage"},
+    "root": {"root", "lib", "routing", "tenants", "keys", "providers", "usage"},
     "routing": {"routing", "lib", "tenants", "keys", "providers", "usage"},
     "usage": {"usage", "lib", "tenants", "keys", "providers"},
     "keys": {"keys", "lib", "tenants"},

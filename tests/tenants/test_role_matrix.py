@@ -11,11 +11,11 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.sessions.models import Session
 
-from batches.models import Batch
-from batches.models import File as BatchFile
 from gateway_project.urls import manage
 from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
+from routing.batches.models import Batch
+from routing.batches.models import File as BatchFile
 from routing.models import CachePolicy, CircuitEvent, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
 from tenants.models import AuditLog, Membership
 from usage.models import (
@@ -127,8 +127,8 @@ ADMIN_OBJECTS = [
     ("usage/storedresponse", "stored"),
     ("usage/spendanomaly", "anomaly"),
     ("usage/anomalymute", "mute"),
-    ("batches/file", "batch_file"),
-    ("batches/batch", "batch"),
+    ("routing/file", "batch_file"),
+    ("routing/batch", "batch"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]

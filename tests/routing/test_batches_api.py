@@ -94,8 +94,8 @@ def test_a_batch_runs_to_completed_and_each_line_is_answered_and_billed_once(key
 
 
 def test_a_worker_killed_mid_batch_leaves_every_line_answered_and_billed_once(key_client, worker_env):
-    from batches.models import BatchLine
-    from batches.tasks import resume_batches
+    from routing.batches.models import BatchLine
+    from routing.batches.tasks import resume_batches
 
     first = Worker(worker_env)
     batch = key_client.batches.create(input_file_id=upload(key_client, chat_lines(300)).id,
@@ -186,8 +186,8 @@ def test_a_tenant_never_sees_another_tenants_files_or_batches(key_client, gatewa
 
 
 def test_a_file_over_the_limit_is_refused(db, tenant, settings):
-    from batches import files
     from gateway_project.lib import errors
+    from routing.batches import files
 
     settings.FILES_MAX_BYTES = 100
     with pytest.raises(errors.GatewayError) as refused:
@@ -202,7 +202,7 @@ def test_a_file_over_the_limit_is_refused(db, tenant, settings):
 
 
 def test_a_budget_reached_pauses_the_batch_and_raising_it_resumes(key_client, worker, tenant):
-    from batches.tasks import resume_batches
+    from routing.batches.tasks import resume_batches
     from usage.models import Limit
 
     limit = Limit.objects.create(tenant=tenant, budget_usd="0.0002")
@@ -223,9 +223,9 @@ def test_a_budget_reached_pauses_the_batch_and_raising_it_resumes(key_client, wo
 
 
 def test_the_admin_lists_batches_with_counts_and_progress(transactional_db, tenant, api_key, admin_client):
-    from batches import files, runner
-    from batches.models import BatchLine
     from keys.auth import info_for
+    from routing.batches import files, runner
+    from routing.batches.models import BatchLine
 
     row = files.upload(tenant.id, "in.jsonl", "batch", jsonl(chat_lines(4)))
     key = info_for(type(api_key[0]).objects.select_related("tenant").get(pk=api_key[0].pk))
@@ -234,7 +234,7 @@ def test_the_admin_lists_batches_with_counts_and_progress(transactional_db, tena
     BatchLine.objects.filter(batch=batch, number__lte=2).update(done=True, ok=True)
     batch.completed = 2
     batch.save()
-    page = admin_client.get("/admin/batches/batch/").content.decode()
+    page = admin_client.get("/admin/routing/batch/").content.decode()
     assert batch.id in page and 'value="50"' in page and "in_progress" in page
 
 

@@ -598,7 +598,7 @@ def print_table(rows, opts, duration) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
     for scenario, target, loaded, single in rows:
-        base = direct.get(AGAINST_CHAT.get(scenario, scenario.split(",")[0]))
+        base = direct.get(scenario) or direct.get(AGAINST_CHAT.get(scenario, scenario.split(",")[0]))
         added = (f"{single['p50'] - base['p50']:.2f} | {single['p99'] - base['p99']:.2f}"
                  if base and not target.startswith("mock") else "- | -")
         ttft = single.get("ttft")

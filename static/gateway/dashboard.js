@@ -146,7 +146,12 @@
     root.dataset.shown = state.start ? "custom" : state.range;
   }
 
+  // Answers can arrive out of order (the first load's after a click on another range): only the
+  // newest request's answer is drawn, so the page never shows one range's figures under another's label.
+  let latest = 0;
+
   async function load() {
+    const asked = ++latest;
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(state)) if (v) params.set(k, v);
     if (state.start) params.delete("range");
@@ -155,6 +160,7 @@
       const response = await fetch(root.dataset.url + "?" + params, { credentials: "same-origin" });
       const body = await response.json();
       if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+      if (asked !== latest) return;
       error.hidden = true;
       render(body);
     } catch (e) {

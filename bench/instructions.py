@@ -208,7 +208,7 @@ def main() -> None:
             redis.Redis.from_url(redis_url).flushdb()
             key = bench.prepare_database(env, mock_url, True, root)
             scenarios = {s: bench.SCENARIOS[s] for s in names if not (tag == "other" and s in bench.NEWER
-                                                                     and not _knows(root, s))}
+                                                                     and not bench.knows(root, s))}
             children[tag] = start_child(root, env, key, scenarios, opts, tmp / f"{tag}.out")
         results = {}
         for tag, child in children.items():
@@ -224,11 +224,6 @@ def main() -> None:
                 child.kill()
     print_tables(names, results, opts, bench)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _knows(root: Path, scenario: str) -> bool:
-    """Whether another checkout's benchmark has `scenario` (a checkout from before it was added has not)."""
-    return f'"{scenario}":' in (root / "bench" / "run.py").read_text()
 
 
 def print_tables(names: list[str], results: dict, opts, bench) -> None:

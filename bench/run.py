@@ -87,11 +87,16 @@ CACHED = ("chat, cache hit", "chat, cache miss", "stream, cache hit", "chat, sem
 GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", "messages", "messages, stream",
                 "messages, translated", *CACHED)
 # Scenarios a --compare checkout from before the Responses API (or today's Messages API, or the
-# response cache) lacks.
+# response cache) lacks: measured on it only if its own bench/run.py has them (`knows`).
 NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated", *CACHED)
 # Each scenario of another API beside the chat scenario it is measured against.
 AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": "chat",
                 "messages, stream": "stream", "messages, translated": "chat"}
+
+
+def knows(root: Path, scenario: str) -> bool:
+    """Whether another checkout's benchmark has `scenario` (one from before it was added has not)."""
+    return f'"{scenario}":' in (root / "bench" / "run.py").read_text()
 
 
 def free_port() -> int:
@@ -449,7 +454,8 @@ def main() -> None:
                 continue
             measured = []
             for target, (url, pid, auth, names) in targets.items():
-                if scenario in GATEWAY_ONLY and names != "gateway" or scenario in NEWER and target == COMPARED:
+                if scenario in GATEWAY_ONLY and names != "gateway" or (
+                        scenario in NEWER and target == COMPARED and not knows(opts.compare, scenario)):
                     continue
                 payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
                     "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")

@@ -59,6 +59,11 @@ class Stage:
         """At INPUT or ADMITTED: rewrite `call.body`, raise to refuse, or return a Reply."""
         return None
 
+    def admission_read(self, call: Call) -> tuple[str, int] | None:
+        """At ADMITTED: a Redis key (and the TTL to renew it at, or 0) that `on_request` will read, for the
+        admission script to read in its round trip (found as `call.admission.read_value`)."""
+        return None
+
     async def on_answer(self, call: Call, answer: dict) -> dict:
         """At OUTPUT, for a JSON answer in the internal form."""
         return answer
@@ -97,6 +102,14 @@ def at(point: str, call: Call) -> tuple[Stage, ...]:
     """The stages at `point` that apply to `call`, in order."""
     stages = _registered[point]
     return tuple(s for s in stages if s.applies(call)) if stages else ()
+
+
+def admission_read(call: Call) -> tuple[str, int] | None:
+    """The first read an ADMITTED stage that applies asks the admission to make (None: none)."""
+    for stage in at(ADMITTED, call):
+        if (read := stage.admission_read(call)) is not None:
+            return read
+    return None
 
 
 async def run_request(point: str, call: Call, front) -> Reply | None:

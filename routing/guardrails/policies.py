@@ -237,9 +237,12 @@ async def run_local(check: Check, stage: str, texts: list[str], vault: Vault, de
     results = []
     try:
         for text in texts:
-            findings = await find(check, text) if text else []
+            findings = await find(check, text) if text else None
+            if not findings:
+                results.append(text)
+                continue
             counts.update(f.type for f in findings)
-            results.append(redacted(text, findings, vault) if findings and check.action == "redact" else text)
+            results.append(redacted(text, findings, vault) if check.action == "redact" else text)
     except detectors.PatternTimeout:
         return _failed(check, stage, texts, "time limit", started, decisions)
     if not counts:

@@ -51,6 +51,9 @@ class Stage:
     # Guardrails take 10, so that a cache lookup (100 by default) only answers prompts that passed
     # them, and a cache stores an answer as they left it.
     order = 100
+    # Whether `on_stream` takes events as they come, pass-through payloads unparsed (it parses what it
+    # needs itself); by default a stage sees every event as parsed chunks.
+    takes_forwarded = False
 
     def applies(self, call: Call) -> bool:
         return True
@@ -127,11 +130,10 @@ async def run_answer(call: Call, answer: dict) -> dict:
 
 def wrap_stream(call: Call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
     """The stream as the output stages leave it; untouched (no parsing, no wrapper) when none applies."""
-    applying = at(OUTPUT, call)
-    if not applying:
-        return reads
-    reads = _as_chunks(reads)
-    for stage in applying:
+    parsed = False
+    for stage in at(OUTPUT, call):
+        if not (parsed or stage.takes_forwarded):
+            reads, parsed = _as_chunks(reads), True
         reads = stage.on_stream(call, reads)
     return reads
 

@@ -16,8 +16,11 @@ so they are a measure of the Python work on the request path, which is what code
 
 `--compare DIR` runs another checkout's gateway (a git worktree of an earlier commit) the same way, in
 parallel, with its own database `<name>_instructions_compare` and Redis database, and prints this
-checkout's counts as ratios of that one's. `--no-valgrind` runs the same driver without valgrind and
-reports process CPU time per request instead (quick, and as noisy as any timing).
+checkout's counts as ratios of that one's. Redis databases: BENCH_REDIS_URL and BENCH_COMPARE_REDIS_URL
+if set, else REDIS_URL's server, databases 12 and 11 (each flushed first). A scenario whose body holds
+`{n}` (the cache-miss rows) gets the request's number there: a body of its own for every request.
+`--no-valgrind` runs the same driver without valgrind and reports process CPU time per request instead
+(quick, and as noisy as any timing).
 
 Installs valgrind (Debian package) if missing.
 """
@@ -110,16 +113,18 @@ async def drive(opts) -> None:
     app = gateway_project.asgi.application
     await lifespan(app)
     for name, (path, body) in json.loads(opts.scenarios).items():
-        payload = body.encode()
+        # {n} in a body: the request's number, a body of its own for every request (a cache miss).
+        payloads = (body.replace("{n}", str(n)).encode() if "{n}" in body else body.encode()
+                    for n in range(opts.warm + opts.requests))
         for _ in range(opts.warm):
-            if (status := await call(app, path, payload, opts.key)) != 200:
+            if (status := await call(app, path, next(payloads), opts.key)) != 200:
                 raise SystemExit(f"{name}: the gateway answered {status}")
         gc.collect()  # every scenario starts from the same collector state
         if opts.valgrind:
             control("-i", "on")
             control("-z")
         started = time.process_time()
-        for _ in range(opts.requests):
+        for payload in payloads:
             await call(app, path, payload, opts.key)
         cpu = time.process_time() - started
         if opts.valgrind:
@@ -195,13 +200,15 @@ def main() -> None:
     try:
         bench.wait_http(mock_url + "/models")
         for n, (tag, root) in enumerate(checkouts.items()):
-            redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + f"/{12 - n}"
+            redis_url = os.environ.get(("BENCH_REDIS_URL", "BENCH_COMPARE_REDIS_URL")[n]) or os.environ.get(
+                "REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + f"/{12 - n}"
             env = {**common, "DATABASE_URL": base + ("_instructions" if tag == "this" else "_instructions_compare"),
                    "REDIS_URL": redis_url, "GATEWAY_DATA_DIR": str(tmp / tag)}
             (tmp / tag).mkdir()
             redis.Redis.from_url(redis_url).flushdb()
             key = bench.prepare_database(env, mock_url, True, root)
-            scenarios = {s: bench.SCENARIOS[s] for s in names if not (tag == "other" and s in bench.NEWER)}
+            scenarios = {s: bench.SCENARIOS[s] for s in names if not (tag == "other" and s in bench.NEWER
+                                                                     and not bench.knows(root, s))}
             children[tag] = start_child(root, env, key, scenarios, opts, tmp / f"{tag}.out")
         results = {}
         for tag, child in children.items():

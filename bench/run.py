@@ -74,6 +74,10 @@ SCENARIOS = {
                         '[{"role": "user", "content": "Hello there"}]}'),
     "chat, cache miss": ("/v1/chat/completions", '{"model": "bench-cached", "messages": '
                          '[{"role": "user", "content": "Hello there {n}"}]}'),
+    # What a miss is measured against: the same new question every time, on a model no policy caches
+    # (a new prompt costs its own token count, and wrk's Lua its own body).
+    "chat, new question": ("/v1/chat/completions", '{"model": "bench-chat", "messages": '
+                           '[{"role": "user", "content": "Hello there {n}"}]}'),
     "stream, cache hit": ("/v1/chat/completions", '{"model": "bench-cached", "stream": true, "messages": '
                           '[{"role": "user", "content": "Hello there"}]}'),
     # Semantic only, the questions embedded by the tenant's embedding model on the mock (a call of
@@ -99,14 +103,19 @@ SCENARIOS["stream, guardrails"] = ("/v1/chat/completions", '{"model": "bench-gua
 GUARDED = ("chat, 2,000 characters, guardrails", "stream, guardrails")
 # Scenarios only the gateway serves (the mock and the floor would answer the same as plain chat).
 GATEWAY_ONLY = ("chat, 3-target route", "responses", "responses, stream", "messages", "messages, stream",
-                "messages, translated", *CACHED, *GUARDED)
-# Scenarios a --compare checkout from before the Responses API (or today's Messages API, or the
-# response cache) lacks.
+                "messages, translated", "chat, new question", *CACHED, *GUARDED)
+# Scenarios a --compare checkout from before the Responses API (or today's Messages API, the
+# response cache or the guardrails) lacks: measured on it only if its own bench/run.py has them (`knows`).
 NEWER = ("responses", "responses, stream", "messages", "messages, stream", "messages, translated", *CACHED, *GUARDED)
 # Each scenario of another API beside the chat scenario it is measured against.
 AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": "chat",
                 "messages, stream": "stream", "messages, translated": "chat",
                 "chat, 2,000 characters, guardrails": "chat, 2,000 characters", "stream, guardrails": "stream"}
+
+
+def knows(root: Path, scenario: str) -> bool:
+    """Whether another checkout's benchmark has `scenario` (one from before it was added has not)."""
+    return f'"{scenario}":' in (root / "bench" / "run.py").read_text()
 
 
 def free_port() -> int:
@@ -152,15 +161,33 @@ def ensure_wrk() -> str:
     return shutil.which("wrk")
 
 
+# A prefix unique to each thread of each wrk run (a run's random id, the thread's number), so that
+# no request of a warm-up, round or thread repeats another's body.
+_NUMBERED = """local run = ""
+do
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f:read(8)
+  f:close()
+  for i = 1, #bytes do run = run .. string.format("%02x", bytes:byte(i)) end
+end
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("prefix", run .. "-" .. threads)
+end
+counter = 0
+"""
+
+
 def wrk_script(tmp: Path, name: str, body: str, key: str | None) -> Path:
     headers = ['wrk.headers["content-type"] = "application/json"']
     if key:
         headers.append(f'wrk.headers["authorization"] = "Bearer {key}"')
     script = tmp / f"{name}.lua"
     text = 'wrk.method = "POST"\n' + "\n".join(headers) + f"\nwrk.body = [[{body}]]\n"
-    if "{n}" in body:  # a body of its own for every request
-        text += ("counter = 0\nrequest = function()\n  counter = counter + 1\n"
-                 f"  return wrk.format(nil, nil, nil, string.format([[{body.replace('{n}', '%d')}]], counter))\nend\n")
+    if "{n}" in body:  # a body of its own for every request, of every thread, of every run of the script
+        text += _NUMBERED + ("request = function()\n  counter = counter + 1\n  return wrk.format(nil, nil, nil, "
+                             f"string.format([[{body.replace('{n}', '%s')}]], prefix .. '-' .. counter))\nend\n")
     script.write_text(text)
     return script
 
@@ -475,7 +502,8 @@ def main() -> None:
                 continue
             measured = []
             for target, (url, pid, auth, names) in targets.items():
-                if scenario in GATEWAY_ONLY and names != "gateway" or scenario in NEWER and target == COMPARED:
+                if scenario in GATEWAY_ONLY and names != "gateway" or (
+                        scenario in NEWER and target == COMPARED and not knows(opts.compare, scenario)):
                     continue
                 payload = body if names == "gateway" else body.replace("bench-chat", "mock-gpt").replace(
                     "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")

@@ -81,6 +81,10 @@ class Admission:
     # The largest answer the call can get, in tokens and micro-dollars (at least the estimate).
     largest_tokens: int = 0
     largest_micros: int = 0
+    # A key the admission script read for the caller once the call was admitted (`admit`'s `read`), and
+    # what it held (None: nothing): "" when nothing was read (no read asked, or not the Redis engine).
+    read_key: str = ""
+    read_value: bytes | None = None
 
 
 def duration(ms: float) -> str:

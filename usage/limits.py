@@ -86,14 +86,18 @@ def _rule_args(rule: LimitRule, now: float, admission: Admission) -> list:
             start, end, admission.tokens, admission.micros, admission.largest_tokens, admission.largest_micros]
 
 
-async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None) -> Admission | None:
+async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None,
+                read: tuple[str, int] | None = None) -> Admission | None:
     """Check and reserve, or raise a 429 GatewayError. None when no limit applies.
 
     `estimate()` gives (tokens, micro-dollars) to reserve; it is only called
     when some limit applies, since counting tokens costs CPU. `inflight()`, if
     given, gives the call's in-flight entry (hash, request id, event;
     usage/inflight.py), which the Redis script writes when it admits: in the
-    same round trip, not one more.
+    same round trip, not one more. `read`, (key, TTL to renew it at or 0), is a
+    key the Redis script reads once it admits, in that round trip too: its value
+    is the admission's `read_value` (and `read_key` the key; "" when the script
+    did not run, so the caller reads it itself).
     """
     rules = await rules_for(tenant_id, key_id, model)
     if not rules:
@@ -104,7 +108,7 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
                           largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros))
     if settings.REDIS_URL and not redis_health.down:
         try:
-            return await _admit_redis(admission, inflight() if inflight else ())
+            return await _admit_redis(admission, inflight() if inflight else (), read)
         except (redis.RedisError, OSError) as exc:
             redis_health.failed(exc)
             log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)
@@ -112,19 +116,23 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     return await local.admit(admission)
 
 
-async def _admit_redis(admission: Admission, entry: tuple = ()) -> Admission:
+async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str, int] | None = None) -> Admission:
     for _ in range(3):
         now = time.time()
         args = [int(now * 1000), admission.reservation, limit_rules.RESERVATION_TTL_MS, len(admission.rules),
                 int(settings.LIMITS_OVERRUN_MEMORY * 1000), int(settings.LIMITS_TRUST_MAX_TOKENS)]
         for rule in admission.rules:
             args += _rule_args(rule, now, admission)
-        args += entry
+        args += entry or ("", "", "")
+        if read is not None:
+            args += read
         result = await _scripts().admit(args=args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:
             admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
                                                    tuple(int(x) for x in result[7:10]))
+            if read is not None:
+                admission.read_key, admission.read_value = read[0], result[10] if len(result) > 10 else None
             return admission
         if status == 0:
             raise refusal(code, retry, {})
@@ -143,12 +151,13 @@ async def _rebuild(rule: LimitRule, now: float) -> None:
 
 
 async def settle(admission: Admission | None, tokens: int, micros: int, event: bytes | None = None,
-                 inflight: tuple[str, str] | None = None) -> bool:
+                 inflight: tuple[str, str] | None = None, writes: tuple = ()) -> bool:
     """Replace the reservation with real usage (exactly once) and raise threshold alerts.
 
     With Redis, `event` (a serialized usage event) is appended to the usage
-    buffer in the same script, and the `inflight` entry (hash, request id) of
-    its stream deleted; returns whether it was.
+    buffer in the same script, the `inflight` entry (hash, request id) of
+    its stream deleted, and `writes` ((key, value, TTL in seconds) each) set;
+    returns whether the event was buffered (the writes were then set too).
     """
     if admission is None or admission.settled:
         return False
@@ -158,8 +167,10 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
             return False  # the reservation expires and is settled at what it reserved
         try:
             args = [admission.reservation, tokens, micros]
-            if event is not None:
-                args += [event, *(inflight or ())]
+            if event is not None or writes:
+                args += [event or "", *(inflight or ("", ""))]
+            for write in writes:
+                args += write
             result = await _scripts().settle(args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at what it reserved.

@@ -50,20 +50,24 @@ def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def record(event: dict, inflight_key: str | None = None) -> None:
+async def record(event: dict, inflight_key: str | None = None, writes: tuple = ()) -> None:
     """Buffer one usage event. Called once per request on the hot path.
 
     `inflight_key` names the hash holding the stream's in-flight entry (usage/inflight.py),
-    deleted in the same round trip.
+    deleted in the same round trip; `writes`, (key, value, TTL in seconds) each, are set in it
+    too (the response cache's entry of the answer), and dropped when Redis is unreachable.
     """
     if settings.REDIS_URL and not redis_health.down:
         try:
-            if inflight_key is None:
+            if inflight_key is None and not writes:
                 await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
             else:
                 async with async_redis().pipeline(transaction=False) as pipe:
                     pipe.xadd(STREAM, {"e": orjson.dumps(event)})
-                    pipe.hdel(inflight_key, event["request_id"])
+                    if inflight_key is not None:
+                        pipe.hdel(inflight_key, event["request_id"])
+                    for key, value, ttl in writes:
+                        pipe.set(key, value, ex=ttl)
                     await pipe.execute()
             return
         except (redis.RedisError, OSError) as exc:

@@ -37,13 +37,15 @@ class State:
     ttl: int  # seconds the answer is stored for; 0: not stored (no-store, x-gateway-cache-ttl: 0)
     question: tuple[str, str] | None = None  # semantic: (scope, text to embed)
     vector: object = None  # semantic: the question's embedding, once made
+    result: str = "miss"  # x-gateway-cache until a hit: "miss", or "bypass" (Cache-Control)
 
 
 _NOT_CACHED = object()
 
 
 def state_of(call: Call) -> State | None:
-    """The call's cache state, worked out once per call (None: no policy caches it)."""
+    """The call's cache state, worked out once per call (None: no policy covers it; Cache-Control:
+    no-store gives a state that neither reads nor writes)."""
     state = call.cache
     if state is None:
         state = call.cache = _resolve(call) or _NOT_CACHED
@@ -66,15 +68,14 @@ def _resolve(call: Call) -> State | None:
     headers = call.request_headers or {}
     control = (headers.get("cache-control") or "").lower()
     if "no-store" in control:
-        _header(call, "bypass")
-        return None
+        return State(policy, "", False, 0, result="bypass")  # neither read nor written
     ttl = policy.ttl_seconds
     if (asked := headers.get(TTL_HEADER, "")).isdigit():
         ttl = min(ttl, int(asked))  # a client may shorten its entry's life, not extend the tenant's policy
     key = hashing.entry_key(call.key.tenant_id, call.model, call.endpoint, call.body)
-    _header(call, "bypass" if "no-cache" in control else "miss", key)
     question = semantic.question(call) if policy.semantic and call.endpoint != "embeddings" else None
-    return State(policy, key, "no-cache" not in control, ttl, question)
+    return State(policy, key, "no-cache" not in control, ttl, question, result="miss" if "no-cache" not in control
+                 else "bypass")
 
 
 def _header(call: Call, result: str, key: str = "") -> None:
@@ -92,14 +93,26 @@ class Lookup(stages.Stage):
     def applies(self, call: Call) -> bool:
         return state_of(call) is not None
 
+    def admission_read(self, call: Call) -> tuple[str, int] | None:
+        """The exact entry, read by the admission script when the call has limits (one round trip less)."""
+        state = call.cache
+        if not (state.lookup and state.policy.exact):
+            return None
+        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0
+
     async def on_request(self, call: Call, front) -> stages.Reply | None:
         state = call.cache
+        _header(call, state.result, state.key)  # only now: a call the limits refuse says nothing of the cache
         if not state.lookup:
             return None
         renew = state.policy.ttl_seconds if state.policy.sliding else 0
         if state.policy.exact:
             started = time.perf_counter()
-            raw = await store.get(state.key, renew)
+            admission = call.admission
+            if admission is not None and admission.read_key == state.key:
+                raw = admission.read_value  # read in the admission's round trip
+            else:
+                raw = await store.get(state.key, renew)
             metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "exact")
             metrics.inc("gateway_cache_lookups_total", call.endpoint, "exact", "miss" if raw is None else "hit")
             if raw is not None:
@@ -154,7 +167,9 @@ class Store(stages.Stage):
 
     async def on_answer(self, call: Call, answer: dict) -> dict:
         if isinstance(answer, dict):
-            await save(call, _normalised(call, answer))
+            # A JSON answer leaves once the call is settled: its entry goes in that round trip, and is
+            # there before the client has the answer. A stream's (below) is stored before its end leaves.
+            await save(call, _normalised(call, answer), deferred=True)
         return answer
 
     def on_stream(self, call: Call, reads):
@@ -170,7 +185,9 @@ def _normalised(call: Call, answer: dict) -> dict:
     return answer
 
 
-async def save(call: Call, answer: dict) -> None:
+async def save(call: Call, answer: dict, deferred: bool = False) -> None:
+    """Store `answer` under the call's key; `deferred`, with Redis and no semantic index to add to: in the
+    round trip that settles the call (call.writes), not one of its own."""
     state: State = call.cache
     if not state.policy.cache_tool_calls and _calls_tools(answer):
         return
@@ -179,7 +196,9 @@ async def save(call: Call, answer: dict) -> None:
                           "p": target.provider_name if target else "", "s": str(call.cost())})
     if len(entry) > state.policy.max_answer_bytes:
         return
-    if not await store.put(state.key, entry, state.ttl):
+    if deferred and state.question is None and store.shared():
+        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl)]
+    elif not await store.put(state.key, entry, state.ttl):
         return
     metrics.inc("gateway_cache_stores_total", call.endpoint)
     if state.question is not None and (vector := await _vector(call, state)) is not None:

@@ -3,7 +3,10 @@
 A Redis that fails or is marked down (gateway_project.lib.redis_health) makes a
 lookup a miss and a store a no-op: requests go on uncached, nothing fails. A
 sliding entry is renewed by the read itself (GETEX), so a hit costs one round
-trip either way.
+trip either way. On a call with limits, the lookup is read by the admission
+script and a JSON answer's entry set by the settle script (usage/limit_scripts.py),
+in round trips the call makes anyway; without limits, the entry is set in the
+usage event's pipeline (usage/recorder.py).
 """
 
 import logging
@@ -22,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # Embedded mode: key -> (expires at, monotonic; ttl to renew by or 0; value), least recently used first.
 _local: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
+
+
+def shared() -> bool:
+    """Whether entries go to Redis (configured and not marked down), where the usage round trip can write them."""
+    return bool(settings.REDIS_URL) and not redis_health.down
 
 
 async def get(key: str, renew_ttl: int = 0) -> bytes | None:

@@ -66,6 +66,9 @@ class Call:
     request_headers: object = None  # the client's headers, for stages that read them (Cache-Control)
     response_headers: dict | None = None  # headers stages add to the answer (x-gateway-cache)
     cache: object = None  # what the response cache (routing/cache/) knows of this call
+    # Redis SETs, (key, value, TTL in seconds) each, that a stage leaves to the round trip that settles the
+    # call and buffers its usage event (the response cache's entry of a JSON answer), instead of one of its own.
+    writes: list | None = None
     # A cache hit: answered by the gateway at no upstream cost; whether it spends of token quotas and
     # budgets (its tokens and the cost it saved), as its policy says.
     cache_hit: bool = False
@@ -96,12 +99,13 @@ class Call:
             prompts.attach(event, self.body, self.key.prompt_retention_days)
         try:
             inflight = (self.inflight, self.request_id) if self.inflight else None
+            writes = tuple(self.writes or ())
             if self.admission is not None:
                 used, spent = self.spent_of_limits()
                 serialized = orjson.dumps(event) if self.admission.engine == "redis" else None
-                if await limits.settle(self.admission, used, limits.to_micros(spent), serialized, inflight):
-                    return  # the settle script buffered the event too (and deleted the in-flight entry)
-            await recorder.record(event, self.inflight or None)
+                if await limits.settle(self.admission, used, limits.to_micros(spent), serialized, inflight, writes):
+                    return  # the settle script buffered the event too (deleted the in-flight entry, set the writes)
+            await recorder.record(event, self.inflight or None, writes)
         finally:
             self.account_span = (started, time.perf_counter())
 

@@ -125,14 +125,17 @@ async def admit(call: Call, estimate, targets) -> None:
     With Redis, an admitted call also gets its in-flight entry (usage/inflight.py):
     should this worker die before the call is recorded, the reaper bills its
     prompt as an interrupted call. The admission script writes it; with no limit
-    to check, it is written beside the upstream call.
+    to check, it is written beside the upstream call. The script also reads the key
+    an ADMITTED stage asks for (the response cache's entry), sparing it a round trip.
     """
     started = time.perf_counter()
     call.planned = targets[0] if targets else None
     entry = _inflight_entry(call, call.planned) if settings.REDIS_URL and call.planned else None
+    read = stages.admission_read(call) if settings.REDIS_URL else None
     try:
         call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
-                                            lambda: estimate(call.body, targets, call.estimated_prompt()), entry)
+                                            lambda: estimate(call.body, targets, call.estimated_prompt()), entry,
+                                            read)
     except errors.GatewayError:
         call.inflight = None  # refused: no entry was written
         raise

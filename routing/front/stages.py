@@ -51,12 +51,20 @@ class Stage:
     # Guardrails take 10, so that a cache lookup (100 by default) only answers prompts that passed
     # them, and a cache stores an answer as they left it.
     order = 100
+    # Whether `on_stream` takes events as they come, pass-through payloads unparsed (it parses what it
+    # needs itself); by default a stage sees every event as parsed chunks.
+    takes_forwarded = False
 
     def applies(self, call: Call) -> bool:
         return True
 
     async def on_request(self, call: Call, front) -> Reply | None:
         """At INPUT or ADMITTED: rewrite `call.body`, raise to refuse, or return a Reply."""
+        return None
+
+    def admission_read(self, call: Call) -> tuple[str, int] | None:
+        """At ADMITTED: a Redis key (and the TTL to renew it at, or 0) that `on_request` will read, for the
+        admission script to read in its round trip (found as `call.admission.read_value`)."""
         return None
 
     async def on_answer(self, call: Call, answer: dict) -> dict:
@@ -99,6 +107,14 @@ def at(point: str, call: Call) -> tuple[Stage, ...]:
     return tuple(s for s in stages if s.applies(call)) if stages else ()
 
 
+def admission_read(call: Call) -> tuple[str, int] | None:
+    """The first read an ADMITTED stage that applies asks the admission to make (None: none)."""
+    for stage in at(ADMITTED, call):
+        if (read := stage.admission_read(call)) is not None:
+            return read
+    return None
+
+
 async def run_request(point: str, call: Call, front) -> Reply | None:
     for stage in at(point, call):
         if (reply := await stage.on_request(call, front)) is not None:
@@ -114,11 +130,10 @@ async def run_answer(call: Call, answer: dict) -> dict:
 
 def wrap_stream(call: Call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
     """The stream as the output stages leave it; untouched (no parsing, no wrapper) when none applies."""
-    applying = at(OUTPUT, call)
-    if not applying:
-        return reads
-    reads = _as_chunks(reads)
-    for stage in applying:
+    parsed = False
+    for stage in at(OUTPUT, call):
+        if not (parsed or stage.takes_forwarded):
+            reads, parsed = _as_chunks(reads), True
         reads = stage.on_stream(call, reads)
     return reads
 

@@ -56,11 +56,36 @@ _PII_KINDS = (
     ("number", r"\+?\(?[0-9][0-9 ().\-]{5,22}[0-9]\b"),
 )
 _PII = re2.compile("|".join(f"(?:{pattern})" for _, pattern in _PII_KINDS))
-_PII_EACH = tuple((kind, re.compile(pattern)) for kind, pattern in _PII_KINDS)
+_PII_BYTES = re2.compile(_PII.pattern.encode())
+_PII_EACH = {kind: re.compile(pattern) for kind, pattern in _PII_KINDS}
+
+
+def spans(pattern, pattern_bytes, text: str) -> Iterable[tuple[int, int]]:
+    """(start, end) of each match. ASCII text (most prompts) goes to RE2 as bytes, whose offsets are
+    the text's own: google-re2's wrapper maps every match's byte offsets back to characters in
+    Python for a str, which costs more than the match itself."""
+    if text.isascii():
+        return (m.span() for m in pattern_bytes.finditer(text.encode()))
+    return (m.span() for m in pattern.finditer(text))
 
 
 def _kind_of(candidate: str) -> str:
-    return next((kind for kind, pattern in _PII_EACH if pattern.fullmatch(candidate)), "number")
+    """The first alternative of _PII_KINDS that matches the candidate whole (the one RE2 took),
+    told mostly by its characters: only an address has "@", only an IPv6 address ":", only an
+    IBAN (of the rest) starts with a letter, only a DNI ends with one."""
+    if "@" in candidate:
+        kind = "email"
+    elif ":" in candidate:
+        kind = "ipv6"
+    elif candidate[0].isalpha():
+        kind = "iban"
+    elif candidate[-1].isalpha():
+        kind = "dni"
+    elif candidate.count(".") == 3:
+        kind = "ipv4"
+    else:
+        return "number"
+    return kind if _PII_EACH[kind].fullmatch(candidate) else "number"
 
 
 _DIGITS_ONLY = re.compile(r"[^0-9]")
@@ -95,13 +120,15 @@ def _dotted_on(text: str, start: int, end: int) -> bool:
 
 def _number(text: str, region: str) -> str | None:
     """What a run of digits is, if anything: a payment card, a national id or a phone number."""
+    if _DATE.fullmatch(text):
+        return None  # no card (13 digits or more) nor national id has a date's shape
     digits = _DIGITS_ONLY.sub("", text)
     if 13 <= len(digits) <= 19 and not text.startswith("+") and luhn.is_valid(digits):
         return "card"
     if (_SSN.fullmatch(text) and ssn.is_valid(text)) or (_AADHAAR.fullmatch(text) and aadhaar.is_valid(text)) \
             or (_NHS.fullmatch(text) and nhs.is_valid(text)) or (_NIR.fullmatch(text) and nir.is_valid(text)):
         return "national_id"
-    if len(digits) < 7 or _DATE.fullmatch(text):
+    if len(digits) < 7:
         return None
     try:
         number = phonenumbers.parse(text, region)
@@ -113,21 +140,21 @@ def _number(text: str, region: str) -> str | None:
 def pii(text: str, types: Iterable[str] = PII_TYPES, region: str = "US") -> list[Finding]:
     wanted = set(types)
     found = []
-    for match in _PII.finditer(text):
-        value = match.group()
+    for start, end in spans(_PII, _PII_BYTES, text):
+        value = text[start:end]
         kind = _kind_of(value)
         if kind == "email":
             kind = "email" if _email(value) else None
         elif kind == "iban":
             kind = "iban" if iban.is_valid(value) else None
         elif kind in ("ipv4", "ipv6"):
-            kind = "ip" if _ip(value) and not _dotted_on(text, match.start(), match.end()) else None
+            kind = "ip" if _ip(value) and not _dotted_on(text, start, end) else None
         elif kind == "dni":
             kind = "national_id" if dni.is_valid(value) else None
         else:
             kind = _number(value.strip(" ()-."), region)
         if kind in wanted:
-            found.append(Finding(kind, match.start(), match.end()))
+            found.append(Finding(kind, start, end))
     return found
 
 
@@ -154,8 +181,9 @@ def _relaxed(pattern: str) -> str:
 
 
 @cache
-def _secret_patterns() -> tuple[object, tuple]:
-    """(one RE2 alternation of the formats RE2 can read, and (RE2 prefilter, Python pattern) for the others)."""
+def _secret_patterns() -> tuple:
+    """One RE2 alternation of the formats RE2 can read, one of the prefilters of the others (each
+    also compiled for bytes: see `spans`), and (RE2 prefilter, Python pattern) for the others."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class  # 0.1 s: once, on first use
 
     linear, other = [_PRIVATE_KEY], []
@@ -175,13 +203,15 @@ def _secret_patterns() -> tuple[object, tuple]:
     # One pass says whether any of them may match; one without a prefilter must always run.
     any_other = re2.compile("" if any(p is None for p, _ in other) else
                             "|".join(f"(?:{p.pattern})" for p, _ in other), _QUIET)
-    return re2.compile("|".join(f"(?:{p})" for p in linear), _QUIET), any_other, tuple(other)
+    linear = "|".join(f"(?:{p})" for p in linear)
+    return (re2.compile(linear, _QUIET), re2.compile(linear.encode(), _QUIET), any_other,
+            re2.compile(any_other.pattern.encode(), _QUIET), tuple(other))
 
 
 def secrets(text: str) -> list[Finding]:
-    linear, any_other, other = _secret_patterns()
-    found = [Finding("secret", m.start(), m.end()) for m in linear.finditer(text)]
-    if not any_other.search(text):
+    linear, linear_bytes, any_other, any_other_bytes, other = _secret_patterns()
+    found = [Finding("secret", start, end) for start, end in spans(linear, linear_bytes, text)]
+    if not (any_other_bytes.search(text.encode()) if text.isascii() else any_other.search(text)):
         return found
     for prefilter, pattern in other:
         if prefilter is None or prefilter.search(text):

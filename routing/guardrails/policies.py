@@ -115,8 +115,27 @@ def may_apply(tenant_id: int) -> bool:
 
 
 async def resolve(key, route: str) -> Resolved | None:
-    policies = [p for p in (await _table.get()).get(key.tenant_id, ())
-                if (p.api_key_id is None or p.api_key_id == key.id) and (not p.route or p.route == route)]
+    """The checks for a call by `key` to `route`, worked out once per table (per key and route)."""
+    table = await _table.get()
+    if _resolved.get("table") is not table:
+        _resolved.clear()
+        _resolved["table"] = table
+    at = (key.id, route)
+    if at in _resolved:
+        return _resolved[at]
+    if len(_resolved) > 10_000:  # routes are the tenant's own names, keys its own keys: a bound for safety
+        _resolved.clear()
+        _resolved["table"] = table
+    _resolved[at] = found = _resolve(table.get(key.tenant_id, ()), key.id, route)
+    return found
+
+
+_resolved: dict = {}
+
+
+def _resolve(policies: tuple[Policy, ...], key_id: int, route: str) -> Resolved | None:
+    policies = [p for p in policies
+                if (p.api_key_id is None or p.api_key_id == key_id) and (not p.route or p.route == route)]
     if not policies:
         return None
     checks = [c for p in policies for c in p.checks]
@@ -218,9 +237,12 @@ async def run_local(check: Check, stage: str, texts: list[str], vault: Vault, de
     results = []
     try:
         for text in texts:
-            findings = await find(check, text) if text else []
+            findings = await find(check, text) if text else None
+            if not findings:
+                results.append(text)
+                continue
             counts.update(f.type for f in findings)
-            results.append(redacted(text, findings, vault) if findings and check.action == "redact" else text)
+            results.append(redacted(text, findings, vault) if check.action == "redact" else text)
     except detectors.PatternTimeout:
         return _failed(check, stage, texts, "time limit", started, decisions)
     if not counts:

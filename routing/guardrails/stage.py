@@ -96,6 +96,8 @@ class OutputGuard(stages.Stage):
     name = "guardrails-output"
     order = 10
 
+    takes_forwarded = True  # held_back parses each payload itself, and relays it verbatim when it can
+
     def applies(self, call) -> bool:
         return call.guard is not None and bool(call.guard.resolved.output) and call.endpoint != "embeddings"
 

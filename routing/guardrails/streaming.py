@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import orjson
+
 from providers.adapters.base import StreamEvent
 
 from . import policies
@@ -27,29 +29,57 @@ RELEASE_AT_LEAST = 24
 def _text_slot(choice: dict) -> tuple[dict, str]:
     if "text" in choice:
         return choice, "text"  # a legacy completion relayed as the upstream sent it
-    return choice.setdefault("delta", {}), "content"
+    delta = choice.get("delta")
+    if delta is None:
+        delta = choice["delta"] = {}
+    return delta, "content"
 
 
-def _take(events: list[StreamEvent]) -> tuple[str, list[tuple[dict, str]], bool, dict | None]:
-    """The new text of choice 0 (removed from its chunks), where it was, whether the answer ended,
-    and a chunk to copy should the text need one of its own."""
-    text, slots, final, template = [], [], False, None
+def _parsed(event: StreamEvent) -> list[dict] | None:
+    """The event's chunks: its own, or its pass-through payload parsed (None: no chunk in it)."""
+    forward = event.forward
+    if forward is None:
+        return event.chunks
+    if forward.startswith(b"{"):
+        try:
+            return [orjson.loads(forward)]
+        except orjson.JSONDecodeError:
+            pass
+    return None
+
+
+def _take(events: list[StreamEvent]):
+    """The new text of choice 0, each event's chunks (see `_parsed`), where the text was (each piece's
+    place, then the places to put text back in), whether the answer ended, and a chunk to copy should
+    the text need one of its own. Nothing is changed yet."""
+    text, chunk_lists, filled, slots, final, template = [], [], [], [], False, None
     for event in events:
-        for chunk in event.chunks or ():
+        chunks = _parsed(event)
+        chunk_lists.append(chunks)
+        final = final or event.done
+        for chunk in chunks or ():
             template = chunk
             for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) != 0:
+                if choice.get("index", 0):
                     continue
                 container, key = _text_slot(choice)
-                if isinstance(piece := container.get(key), str) and piece:
+                piece = container.get(key)
+                if piece and isinstance(piece, str):
                     text.append(piece)
-                    container[key] = ""
+                    filled.append((container, key))
                     slots.append((container, key))
                 if choice.get("finish_reason"):
                     final = True
                     slots.append((container, key))
-        final = final or event.done
-    return "".join(text), slots, final, template
+    return "".join(text), chunk_lists, filled, slots, final, template
+
+
+def _rewritable(events: list[StreamEvent], chunk_lists: list[list[dict] | None]) -> None:
+    """The pass-through events turned into their parsed chunks, in place, so that text can be moved."""
+    for i, (event, chunks) in enumerate(zip(events, chunk_lists, strict=True)):
+        if event.forward is not None and chunks is not None:
+            events[i] = StreamEvent(forward=None, usage=event.usage, has_content=event.has_content,
+                                    done=event.done, chunks=chunks)
 
 
 def _put(events: list[StreamEvent], slots, template: dict | None, text: str) -> None:
@@ -157,15 +187,25 @@ class Held:
 
 
 async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
+    """The stream with its text held back and checked. A read whose text all leaves as it came (nothing
+    held before it, nothing held after it, nothing redacted) goes on untouched: pass-through payloads
+    are relayed verbatim, not parsed and serialised again."""
     held = Held(call)
     try:
         async for events in reads:
-            text, slots, final, template = _take(events)
+            text, chunk_lists, filled, slots, final, template = _take(events)
             if not text and not final:
                 yield events
                 continue
+            before = held.pending
             held.pending += text
             out = await held.release(final)
+            if not before and out == text:
+                yield events
+                continue
+            _rewritable(events, chunk_lists)
+            for container, key in filled:
+                container[key] = ""
             if out:
                 _put(events, slots, template, out)
             yield events
@@ -180,7 +220,13 @@ async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterat
         if not vault.values:
             yield events
             continue
-        text, slots, final, template = _take(events)
+        text, chunk_lists, filled, slots, final, template = _take(events)
+        if not text and not final and not pending:
+            yield events
+            continue
+        _rewritable(events, chunk_lists)
+        for container, key in filled:
+            container[key] = ""
         pending += text
         open_at = pending.rfind("[")
         cut = open_at if not final and open_at >= len(pending) - 40 and "]" not in pending[open_at:] else len(pending)

@@ -78,10 +78,14 @@ def check_url(url: str, allow_private: bool) -> None:
         return  # not resolvable from here now: the resolver checks it on every connection
     private = [a for a in addresses if not is_public(a)]
     if private:
-        raise UnsafeAddress(
-            f"'{host}' is a private, loopback, link-local or reserved address ({', '.join(private)}); "
-            "only staff can allow a provider to call private networks.")
+        raise UnsafeAddress(f"'{host}' is a private, loopback, link-local or reserved address "
+                            f"({', '.join(private)}). {HOW_TO_ALLOW}")
 
+
+# Said wherever an address is refused: where staff allow it (a local Ollama or vLLM, a webhook at home).
+HOW_TO_ALLOW = ("Staff can allow it: tick \"Allow private network\" on it in the admin, or set "
+                "allow_private_network: true through the management API or in the configuration file "
+                "(apply_config, docs/config.md); for a provider, add_provider --allow-private-network does the same.")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -110,7 +114,7 @@ class PublicOnlyResolver(aiohttp.ThreadedResolver):
         infos = await super().resolve(host, port, family)
         for info in infos:
             if not is_public(info["host"]):
-                raise UnsafeAddress(f"'{host}' resolves to a non-public address ({info['host']}).")
+                raise UnsafeAddress(f"'{host}' resolves to a non-public address ({info['host']}). {HOW_TO_ALLOW}")
         return infos
 
 

@@ -168,7 +168,7 @@ def _host(url: str) -> str:
 
 def _refused(target: Target) -> UpstreamError:
     return UpstreamError(502, f"Provider '{target.provider_name}' points at a private or reserved network address, "
-                              "which this provider may not call.", retryable=True, code="upstream_address_refused")
+                              "which this provider may not call. " + netguard.HOW_TO_ALLOW, retryable=True, code="upstream_address_refused")
 
 
 def _schedule(targets: list[Target], max_attempts: int) -> list[Target]:

@@ -51,6 +51,7 @@ class Context:
     actor: object | None = None  # overrides the request's user (DRF authenticates later)
     address: str | None = None
     request_id: str = ""
+    label: str = ""  # who acts when no user does ("apply_config"): the audit rows' actor
     extra: dict = field(default_factory=dict)
 
     def user(self):
@@ -68,9 +69,10 @@ def current() -> Context | None:
 
 
 @contextmanager
-def acting(actor=None, *, request=None, address: str | None = None, request_id: str = "") -> Iterator[Context]:
-    """Audit what happens inside, as done by `actor` (None: the system)."""
-    context = Context(request=request, actor=actor, address=address, request_id=request_id)
+def acting(actor=None, *, request=None, address: str | None = None, request_id: str = "",
+           label: str = "") -> Iterator[Context]:
+    """Audit what happens inside, as done by `actor` (None: the system, or what `label` names)."""
+    context = Context(request=request, actor=actor, address=address, request_id=request_id, label=label)
     token = _current.set(context)
     try:
         yield context
@@ -147,6 +149,8 @@ def record(action: str, obj=None, *, changes: dict | None = None, tenant_id: int
         actor = context.user()
     if address is None and context is not None:
         address = context.address
+    if not actor_label and context is not None:
+        actor_label = context.label
     if tenant_id is None and obj is not None:
         tenant_id = tenant_of(obj)
     return AuditLog.objects.create(

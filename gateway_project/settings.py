@@ -7,6 +7,7 @@ values: DATABASE_URL, REDIS_URL, SECRET_KEY and friends. README.md lists them al
 
 import ipaddress
 import secrets
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -369,9 +370,13 @@ REQUEST_LOG = env.bool("REQUEST_LOG", default=True)
 # Longest prompt kept (after redaction) for tenants that opt into prompt logging.
 PROMPT_LOG_MAX_CHARS = env.int("PROMPT_LOG_MAX_CHARS", default=4000)
 
-LOG_FORMAT = env.str("LOG_FORMAT", default="json")
-if LOG_FORMAT not in ("text", "json"):
-    raise ValueError("LOG_FORMAT must be 'text' or 'json'")
+# Readable text where a person watches the logs (a terminal), one JSON object per line for
+# collectors otherwise; the logs go to standard error, so that is the stream asked.
+LOG_FORMAT = env.str("LOG_FORMAT", default="auto")
+if LOG_FORMAT not in ("text", "json", "auto"):
+    raise ValueError("LOG_FORMAT must be 'text', 'json' or 'auto'")
+if LOG_FORMAT == "auto":
+    LOG_FORMAT = "text" if sys.stderr is not None and sys.stderr.isatty() else "json"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -339,7 +339,7 @@ class Applier:
                                 **{name: given(target, name, RouteTarget) for name in TARGET_FIELDS}})
         current = [{"deployment": t.deployment, **{name: getattr(t, name) for name in TARGET_FIELDS}}
                    for t in route.targets.order_by("id")]
-        self.replace(route, "targets", RouteTarget, current, desired, (*loc, "targets"))
+        self.replace(route, f"route {_owned(route.name, route.tenant)}", "targets", RouteTarget, current, desired, (*loc, "targets"))
 
     def rules(self, route: Route, spec: schema.Route, loc: tuple, own: dict, shared: dict) -> None:
         desired = []
@@ -354,9 +354,9 @@ class Applier:
             desired.append(row)
         current = [{"order": r.order, **{name: getattr(r, name) for name in RULE_FIELDS},
                     "deployment": r.deployment, "sub_route": r.sub_route} for r in route.rules.order_by("order", "id")]
-        self.replace(route, "rules", RouteRule, current, desired, (*loc, "rules"))
+        self.replace(route, f"route {_owned(route.name, route.tenant)}", "rules", RouteRule, current, desired, (*loc, "rules"))
 
-    def replace(self, owner, relation: str, model, current: list[dict], desired: list[dict], loc: tuple,
+    def replace(self, owner, what: str, relation: str, model, current: list[dict], desired: list[dict], loc: tuple,
                 secrets: list[str] | None = None, same_secrets: bool = True) -> None:
         """Replace the rows of `owner.<relation>` when they differ from `desired` (as the API does)."""
         if current == desired and same_secrets:
@@ -373,7 +373,7 @@ class Applier:
                 self._refused(error, (*loc, n), {})
                 continue
             row.save()
-        self.changes.append(Change("update", f"{owner._meta.verbose_name} {owner}",
+        self.changes.append(Change("update", what,
                                    {relation: (_rows_text(model, current), _rows_text(model, desired))}))
 
     # --- limits and policies ---
@@ -422,7 +422,7 @@ class Applier:
             desired.append({"order": n, **{name: given(spec, name, GuardrailCheck) for name in CHECK_FIELDS}})
             secrets.append(self.check_secret(spec.secret, current_secrets[n] if n < len(rows) else "",
                                              (*loc, n, "secret")))
-        self.replace(policy, "checks", GuardrailCheck, current, desired, loc, secrets, current_secrets == secrets)
+        self.replace(policy, f"guardrail policy {policy.name} of {policy.tenant.slug}", "checks", GuardrailCheck, current, desired, loc, secrets, current_secrets == secrets)
 
     def check_secret(self, ref: schema.SecretRef | None, stored: str, loc: tuple) -> str:
         """A webhook's HMAC key, read as apply_config runs and stored encrypted as the admin stores it."""

@@ -73,3 +73,23 @@ def test_the_worker_and_beat_checks_follow_their_processes(transactional_db, gat
         stop(worker)
         stop(beat)
         app.control.purge()  # what beat sent after the worker stopped
+
+
+def test_migrate_applies_deploy_gateway_yaml_which_holds_under_composes_environment(transactional_db, monkeypatch):
+    """The configuration as code of the compose setup: applied after the schema, its provider the `mock` service."""
+    import io
+
+    from django.core.management import call_command
+
+    migrate = SERVICES["migrate"]
+    assert migrate["command"][-1].endswith("&& python manage.py apply_config deploy/gateway.yaml")
+    assert "./deploy/gateway.yaml:/app/deploy/gateway.yaml:ro" in migrate["volumes"]
+    environment = COMPOSE["x-gateway"]["environment"]
+    assert environment["MOCK_UPSTREAM_URL"] == "http://mock.internal:8001/v1"
+    assert "--host 0.0.0.0 --port 8001" in SERVICES["mock"]["command"]
+    for name in ("MOCK_UPSTREAM_URL", "GATEWAY_PROVIDER_KEY_MOCK"):
+        monkeypatch.setenv(name, environment[name])
+    out = io.StringIO()
+    call_command("apply_config", str(ROOT / "deploy" / "gateway.yaml"), "--dry-run", stdout=out)
+    assert "+ provider mock (shared)" in out.getvalue() and "+ tenant demo" in out.getvalue()
+    assert out.getvalue().endswith("change(s) would be made (dry run).\n")

@@ -43,6 +43,35 @@ def test_private_addresses_in_every_form_are_refused_unless_allowed(url, db):
     Provider(name="p", kind="openai", base_url=url, allow_private_network=True).full_clean()
 
 
+ALLOWED_BY = ('"Allow private network"', "allow_private_network: true", "add_provider --allow-private-network")
+
+
+def test_a_loopback_provider_is_refused_with_where_staff_allow_it(db, tmp_path):
+    """A local Ollama: the admin's form, add_provider and apply_config each say which field or flag allows it."""
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(ValidationError) as refused:
+        Provider(name="ollama", kind="ollama", base_url="http://127.0.0.1:11434").full_clean()
+    assert all(way in refused.value.message_dict["base_url"][0] for way in ALLOWED_BY)
+
+    with pytest.raises(CommandError) as cli:
+        call_command("add_provider", "ollama", "--kind", "ollama", "--base-url", "http://localhost:11434",
+                     "--model", "llama3", stdout=io.StringIO())
+    assert all(way in str(cli.value) for way in ALLOWED_BY)
+    call_command("add_provider", "ollama", "--kind", "ollama", "--base-url", "http://localhost:11434",
+                 "--model", "llama3", "--allow-private-network", stdout=io.StringIO())
+    assert Provider.objects.get(name="ollama").allow_private_network
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("providers:\n  - name: local\n    kind: ollama\n    base_url: http://[::1]:11434\n")
+    with pytest.raises(CommandError) as applied:
+        call_command("apply_config", str(config), stdout=io.StringIO())
+    assert "line 4: providers[0].base_url:" in str(applied.value)
+    assert all(way in str(applied.value) for way in ALLOWED_BY)
+
+
 @pytest.mark.parametrize("url", ODD_FORMS)
 def test_odd_ipv4_forms_are_refused_by_the_form_and_by_the_guard(url, db):
     with pytest.raises(ValidationError):
@@ -89,6 +118,7 @@ def test_calls_to_private_addresses_are_refused_at_connection_time(host, client,
     with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model="chat-rebound", messages=[{"role": "user", "content": "hi"}])
     assert refused.value.status_code == 502 and refused.value.body["code"] == "upstream_address_refused"
+    assert "Allow private network" in refused.value.body["message"]  # what an admin changes to allow it
     assert httpx.get(mock.url + "/_mock/stats").json()["requests"] == before  # nothing reached it
     result = check_connection(Provider.objects.get(name="rebound"))
     assert not result.ok and "private" in result.error

@@ -252,17 +252,17 @@ class Applier:
                 self.problem(loc, "no key is stored for this provider in this database: give {env: ...} or {file: ...}")
                 return False
             return None
-        secret = ""
+        new_key = ""
         if ref is not None and ref.file:
             try:
-                secret = read_secret(ref, self.base)
+                new_key = read_secret(ref, self.base)
             except OSError as exc:
                 self.problem((*loc, "file"), f"cannot read the key: {exc.strerror or exc}")
                 return False
-        if secret == (provider.get_api_key() if stored else ""):
+        if new_key == (provider.get_api_key() if stored else ""):
             return None
-        provider.set_api_key(secret)
-        return (HIDDEN if stored else "", HIDDEN if secret else "")
+        provider.set_api_key(new_key)
+        return (HIDDEN if stored else "", HIDDEN if new_key else "")
 
     def deployments(self, provider: Provider, specs: list[schema.Deployment], loc: tuple) -> None:
         named = []

@@ -191,30 +191,37 @@ class Applier:
     def members(self, tenant: Tenant, specs: list[schema.Member], loc: tuple) -> None:
         named = set()
         for n, spec in enumerate(specs):
-            try:
-                validate_email(spec.email)
-            except ValidationError:
-                self.problem((*loc, n, "email"), f"{spec.email!r} is not an e-mail address")
+            if (user := self.user(spec, (*loc, n))) is None:
                 continue
-            user = self.user(spec.email)
             membership = Membership.objects.filter(tenant=tenant, user=user).first()
             if membership is None:
                 membership = members.member_add(tenant, user.get_username(), spec.role)
             named.add(membership.user_id)
-            self.sync(membership, {"role": spec.role}, f"member {spec.email} of {tenant.slug}", (*loc, n))
+            self.sync(membership, {"role": spec.role}, f"member {spec.email or spec.username} of {tenant.slug}",
+                      (*loc, n))
         for membership in Membership.objects.filter(tenant=tenant).exclude(user_id__in=named).select_related("user"):
             self.delete(membership, f"member {membership.user.email or membership.user} of {tenant.slug}")
 
-    def user(self, email: str):
-        """The user with this e-mail address, or a new one named by it who signs in once an admin
-        sets a password (or through single sign-on): the file holds no passwords."""
+    def user(self, spec: schema.Member, loc: tuple):
+        """The user with this e-mail address (or username), or a new one named by it who signs in once
+        an admin sets a password (or through single sign-on): the file holds no passwords."""
         users = get_user_model()._default_manager
-        user = users.filter(email__iexact=email).order_by("id").first()
+        if spec.username:
+            user = users.filter(username=spec.username).first()
+            if user is None:
+                user = users.create_user(spec.username, "", None, is_staff=True)
+                self.changes.append(Change("create", f"user {spec.username}"))
+            return user
+        try:
+            validate_email(spec.email)
+        except ValidationError:
+            self.problem((*loc, "email"), f"{spec.email!r} is not an e-mail address")
+            return None
+        user = users.filter(email__iexact=spec.email).order_by("id").first() or \
+            users.filter(username=spec.email).first()
         if user is None:
-            user = users.filter(username=email).first()
-        if user is None:
-            user = users.create_user(email[:150], email, None, is_staff=True)
-            self.changes.append(Change("create", f"user {email}"))
+            user = users.create_user(spec.email[:150], spec.email, None, is_staff=True)
+            self.changes.append(Change("create", f"user {spec.email}"))
         return user
 
     # --- providers and deployments ---

@@ -91,7 +91,8 @@ def _rule(rule) -> dict:
 def tenant(t: Tenant) -> dict:
     out = {"slug": t.slug, **fields(t, spec.TENANT_FIELDS)}
     out["name"] = t.name
-    out["members"] = [{"email": m.user.email or m.user.get_username(), "role": m.role}
+    out["members"] = [{"email": m.user.email, "role": m.role} if m.user.email else
+                      {"username": m.user.get_username(), "role": m.role}
                       for m in t.memberships.select_related("user").order_by("user__email", "user__username")]
     out["providers"] = [provider(p) for p in t.providers.order_by("name")]
     out["routes"] = [route(r) for r in t.routes.order_by("name")]

@@ -252,8 +252,17 @@ class GuardrailPolicy(Strict):
 
 
 class Member(Strict):
-    email: str
+    """A user by e-mail address (created if none has it), or by username for one without an address."""
+
+    email: str | None = None
+    username: str | None = None
     role: Literal["owner", "admin", "member"] = "member"
+
+    @model_validator(mode="after")
+    def one_name(self):
+        if bool(self.email) == bool(self.username):
+            raise ValueError("give the member's email (or, for a user without one, username)")
+        return self
 
 
 class Tenant(Strict):
@@ -306,7 +315,7 @@ def _unique(config: Config) -> list[tuple[tuple, str]]:
         route_loc = (*where[:-1], "routes")
         check(owner.routes, route_loc, lambda r: r.name, "route")
     for n, tenant in enumerate(config.tenants):
-        check(tenant.members, ("tenants", n, "members"), lambda m: m.email.lower(), "member")
+        check(tenant.members, ("tenants", n, "members"), lambda m: (m.email or "").lower() or m.username, "member")
         check(tenant.cache, ("tenants", n, "cache"), lambda c: c.model, "cache policy")
         check(tenant.guardrails, ("tenants", n, "guardrails"), lambda g: g.name, "guardrail policy")
     return found

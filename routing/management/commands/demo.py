@@ -46,7 +46,8 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("\nThe gateway demo is ready.\n"))
         self.stdout.write(f"  Admin:    {url}/admin/   login admin / {password}")
         self.stdout.write(f"  API:      {url}/v1   (models: {', '.join(self.models(tenant))})")
-        self.stdout.write(f"  Config:   {config}   (edit it, then: python3 manage.py apply_config {config})")
+        shown = os.path.relpath(config) if not os.path.relpath(config).startswith("..") else config
+        self.stdout.write(f"  Config:   {shown}   (edit it, then: python3 manage.py apply_config {shown})")
         self.stdout.write(f"  Try:      curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
                           "-H 'content-type: application/json' "
                           "-d '{\"model\": \"mock-gpt\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'")

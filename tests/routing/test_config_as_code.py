@@ -9,7 +9,7 @@ import openai
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.conftest import Server, user_in, wait_until
+from tests.conftest import Server, start_gateway, user_in, wait_until
 
 FILE = """\
 version: 1
@@ -392,20 +392,31 @@ def test_a_stored_key_is_exported_as_a_reference_kept_where_it_is_stored(transac
         apply(path)
 
 
-def test_the_config_change_reaches_a_gateway_process_as_an_admin_edit_does(transactional_db, gateway, tmp_path,
-                                                                          mock_upstream):
-    """A route added by the file is served by the running process within moments."""
+def test_the_config_change_reaches_every_gateway_process_as_an_admin_edit_does(transactional_db, gateway_env,
+                                                                             tmp_path, mock_upstream):
+    """A route added by the file is served by both worker processes of a running gateway within moments,
+    well before their caches would expire (GATEWAY_CONFIG_CACHE_SECONDS, 30 s): the pub/sub news did it."""
     from keys import services as key_services
     from tenants.models import Tenant
 
-    apply(gateway_file(tmp_path, mock_upstream.url))
-    _, secret = key_services.issue(Tenant.objects.get(slug="acme"), "app")
-    headers = {"Authorization": f"Bearer {secret}"}
-    body = {"model": "newest", "messages": [{"role": "user", "content": "Hi"}]}
-    assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers).status_code == 404
-    more = FILE.format(mock=mock_upstream.url, rpm=100).replace(
-        "routes:\n  - name: smart\n", "routes:\n  - name: newest\n    targets:\n      - deployment: mock/small\n"
-                                      "  - name: smart\n", 1)
-    assert "+ route newest (shared)" in apply(write(tmp_path, more))
-    assert wait_until(lambda: httpx.post(gateway.url + "/v1/chat/completions", json=body,
-                                         headers=headers).status_code == 200, timeout=5)
+    server = start_gateway(gateway_env, workers=2)
+    try:
+        apply(gateway_file(tmp_path, mock_upstream.url))
+        _, secret = key_services.issue(Tenant.objects.get(slug="acme"), "app")
+        headers = {"Authorization": f"Bearer {secret}"}
+        body = {"model": "newest", "messages": [{"role": "user", "content": "Hi"}]}
+
+        def statuses(count: int) -> set[int]:
+            # New connections each time: the kernel spreads them over both workers.
+            return {httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code
+                    for _ in range(count)}
+
+        assert wait_until(lambda: statuses(1) == {404}, timeout=10)  # both know the key, neither the route
+        assert statuses(10) == {404}
+        more = FILE.format(mock=mock_upstream.url, rpm=100).replace(
+            "routes:\n  - name: smart\n", "routes:\n  - name: newest\n    targets:\n      - deployment: mock/small\n"
+                                          "  - name: smart\n", 1)
+        assert "+ route newest (shared)" in apply(write(tmp_path, more))
+        assert wait_until(lambda: statuses(10) == {200}, timeout=10, interval=0.2)
+    finally:
+        server.stop()

@@ -22,6 +22,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_email
 from django.db import models, transaction
 
+from providers import http_headers
 from providers.models import Deployment, Provider
 from routing.models import CachePolicy, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
 from tenants import audit, members
@@ -54,7 +55,7 @@ POLICY_FIELDS = ("route", "is_active", "restore", "hold_back_chars")
 CHECK_FIELDS = ("kind", "stage", "action", "failure_mode", "pii_types", "phone_region", "terms", "patterns", "model",
                 "categories", "url", "allow_private_network", "timeout_ms")
 HIDDEN = "[secret]"  # how a diff shows a secret
-ROWS = ("targets", "rules", "checks")  # replaced as a whole, shown as lists
+ROWS = ("targets", "rules", "checks", "secrets")  # replaced as a whole, shown as lists
 
 
 @dataclass
@@ -266,6 +267,9 @@ class Applier:
             except OSError as exc:
                 self.problem((*loc, "file"), f"cannot read the key: {exc.strerror or exc}")
                 return False
+            if reason := http_headers.value_problem("The API key", new_key):  # what the API refuses too
+                self.problem((*loc, "file"), reason)
+                return False
         if new_key == (provider.get_api_key() if stored else ""):
             return None
         provider.set_api_key(new_key)
@@ -380,8 +384,10 @@ class Applier:
                 self._refused(error, (*loc, n), {})
                 continue
             row.save()
-        self.changes.append(Change("update", what,
-                                   {relation: (_rows_text(model, current), _rows_text(model, desired))}))
+        fields = {relation: (_rows_text(model, current), _rows_text(model, desired))}
+        if not same_secrets:
+            fields["secrets"] = (HIDDEN, f"{HIDDEN} (changed)")
+        self.changes.append(Change("update", what, fields))
 
     # --- limits and policies ---
 

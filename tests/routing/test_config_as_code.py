@@ -268,6 +268,13 @@ INVALID = [
             base_url: https://api.openai.com/v1
             api_key: sk-live-123
         """, "line 5: providers[0].api_key: a secret is never written in the file"),
+    ("a key file that is not there", """\
+        providers:
+          - name: p
+            kind: openai
+            base_url: https://api.openai.com/v1
+            api_key: {file: no-such.key}
+        """, "line 5: providers[0].api_key.file: cannot read the key: No such file or directory"),
     ("a misspelt key", """\
         tenants:
           - slug: acme
@@ -420,3 +427,34 @@ def test_the_config_change_reaches_every_gateway_process_as_an_admin_edit_does(t
         assert wait_until(lambda: statuses(10) == {200}, timeout=10, interval=0.2)
     finally:
         server.stop()
+
+
+def test_a_webhook_secret_is_read_from_the_environment_stored_encrypted_and_its_change_applied(
+        transactional_db, tmp_path, monkeypatch):
+    from routing.models import GuardrailCheck
+
+    monkeypatch.setenv("HOOK_HMAC", "first-hmac-key")
+    path = write(tmp_path, textwrap.dedent("""\
+        tenants:
+          - slug: acme
+            guardrails:
+              - name: review
+                checks:
+                  - kind: webhook
+                    url: https://hooks.example.com/check
+                    action: flag
+                    secret: {env: HOOK_HMAC}
+        """))
+    apply(path)
+    check = GuardrailCheck.objects.get()
+    assert check.secret() == "first-hmac-key" and "first-hmac-key" not in check.secret_encrypted
+    assert apply(path).strip() == "No changes."
+
+    monkeypatch.setenv("HOOK_HMAC", "second-hmac-key")
+    out = apply(path)
+    assert "~ guardrail policy review of acme: checks " in out and "secrets [secret] -> [secret] (changed)" in out
+    assert "second-hmac-key" not in out
+    assert GuardrailCheck.objects.get().secret() == "second-hmac-key"
+    exported = io.StringIO()
+    call_command("export_config", stdout=exported)
+    assert "second-hmac-key" not in exported.getvalue() and "stored: true" in exported.getvalue()

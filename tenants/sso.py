@@ -25,6 +25,7 @@ import requests
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.db import transaction
 from django.http import HttpResponse
@@ -148,6 +149,10 @@ class SsoBackend(OIDCAuthenticationBackend):
             return None
         return super().authenticate(request, **kwargs)
 
+    def get_user(self, user_id):
+        # Django's check, which the library's own get_user skips: a deactivated user's session ends.
+        return ModelBackend.get_user(self, user_id)
+
     def _verify_jws(self, payload, key):
         header = jwt.get_unverified_header(payload)
         if header.get("alg") != self.OIDC_RP_SIGN_ALGO:
@@ -174,6 +179,8 @@ class SsoBackend(OIDCAuthenticationBackend):
         self.request.sso_claims = claims
         identity = SsoIdentity.objects.select_related("user").filter(
             issuer=payload["iss"], subject=payload["sub"]).first()
+        if identity is not None and not identity.user.is_active:
+            raise Refused("Your account in this gateway is deactivated.")
         with audit.acting(label=f"sso: {payload['iss']}"[:200], address=self.request.META.get("REMOTE_ADDR"),
                           request_id=getattr(self.request, "request_id", "")):
             grants = grants_for(claims)

@@ -165,6 +165,15 @@ def test_sign_in_through_the_provider_gives_the_claims_role_in_the_right_tenant(
     expect(page.locator("#dashboard")).to_be_visible()
     assert get_user_model().objects.filter(email="alice@example.com").count() == 1
     assert AuditLog.objects.filter(action="login.sso", actor=alice).count() == 2
+
+    # Staff deactivate her: her session ends, and the provider's word no longer signs her in.
+    get_user_model().objects.filter(pk=alice.pk).update(is_active=False)
+    assert page.goto("/admin/").url.startswith(gateway.url + "/admin/login/")
+    page.context.clear_cookies()
+    assert sso_sign_in(page, "alice").status == 403
+    expect(page.locator("#sso-refused-reason")).to_have_text("Your account in this gateway is deactivated.")
+    assert Membership.objects.filter(user=alice).exists()  # refused before anything changed
+    assert AuditLog.objects.get(action="login.refused").actor_label == "sso: alice"
     page.context.close()
 
 

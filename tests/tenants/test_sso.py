@@ -32,6 +32,7 @@ USERS = [
      "groups": ["acme-admins", "unrelated-group"]},
     {"username": "bob", "password": IDP_PASSWORD, "email": "bob@example.com"},  # no groups: no claim
     {"username": "carol", "password": IDP_PASSWORD, "email": "carol@example.com", "groups": ["wiki-editors"]},
+    {"username": "root", "password": IDP_PASSWORD, "email": "root@example.com", "groups": ["platform-team"]},
 ]
 
 
@@ -174,6 +175,24 @@ def test_sign_in_through_the_provider_gives_the_claims_role_in_the_right_tenant(
     expect(page.locator("#sso-refused-reason")).to_have_text("Your account in this gateway is deactivated.")
     assert Membership.objects.filter(user=alice).exists()  # refused before anything changed
     assert AuditLog.objects.get(action="login.refused").actor_label == "sso: alice"
+    page.context.close()
+
+
+def test_a_group_mapped_to_superuser_makes_platform_staff_who_see_every_tenant(browser, idp, tenant, other_tenant):
+    _, gateway = idp
+    local = get_user_model().objects.create_user("root", password=IDP_PASSWORD)  # a local account of that name
+    page = new_page(browser, gateway)
+    sso_sign_in(page, "root")
+    expect(page.locator("#dashboard")).to_be_visible()
+    page.goto("/admin/tenants/tenant/")
+    expect(page.locator("#result_list")).to_contain_text("Acme")
+    expect(page.locator("#result_list")).to_contain_text("Globex")
+    # The provider's "root" is a new user beside the local one, never signed in as it.
+    user = SsoIdentity.objects.get().user
+    assert user.username == "root-2" and user.is_superuser and user.is_staff
+    local.refresh_from_db()
+    assert not local.is_superuser and local.check_password(IDP_PASSWORD)
+    assert AuditLog.objects.get(action="login.sso").changes["superuser"] is True
     page.context.close()
 
 

@@ -166,6 +166,43 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
+# --- Single sign-on for the admin (OpenID Connect, tenants/sso.py, docs/sso.md) ----------
+# On when OIDC_RP_CLIENT_ID is set. mozilla-django-oidc runs the code flow (state, nonce, PKCE);
+# the gateway's backend checks the ID token's signature, issuer and audience, creates the user
+# on first sign-in and sets their tenant roles from OIDC_ROLES_CLAIM through OIDC_ROLE_MAP.
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
+SSO_ENABLED = bool(OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="") or (
+    Path(path).read_text().strip() if (path := env.str("OIDC_RP_CLIENT_SECRET_FILE", default="")) else "")
+OIDC_OP_ISSUER = env.str("OIDC_OP_ISSUER", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile")
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="single sign-on")
+# The claim that carries the user's groups or roles (a list of strings, or one string), and
+# what each value grants: "value=tenant-slug:role" (role owner, admin or member) or
+# "value=superuser", comma separated. A user none of whose values is mapped is refused.
+OIDC_ROLES_CLAIM = env.str("OIDC_ROLES_CLAIM", default="groups")
+OIDC_ROLE_MAP = env.dict("OIDC_ROLE_MAP", default={})
+OIDC_USERNAME_CLAIM = env.str("OIDC_USERNAME_CLAIM", default="preferred_username")
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
+OIDC_USE_PKCE = True
+OIDC_STORE_ID_TOKEN = False
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"
+OIDC_REDIRECT_FIELD_NAME = "next"
+LOGIN_REDIRECT_URL = "/admin/"
+# false: the admin's sign-in page offers single sign-on only and refuses passwords (the
+# usage and management APIs' HTTP basic auth is not the admin's sign-in page: see docs/sso.md).
+ADMIN_PASSWORD_LOGIN = env.bool("ADMIN_PASSWORD_LOGIN", default=True)
+if not ADMIN_PASSWORD_LOGIN and not SSO_ENABLED:
+    raise ValueError("ADMIN_PASSWORD_LOGIN=false needs single sign-on (OIDC_RP_CLIENT_ID): nobody could sign in")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+if SSO_ENABLED:
+    AUTHENTICATION_BACKENDS.append("tenants.sso.SsoBackend")
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True

@@ -5,7 +5,7 @@ from gateway_project.lib.readonly_admin import ReadOnlyAdmin
 from tenants.scoped_admin import ScopedAdminMixin, ScopedInlineMixin
 
 from . import members
-from .models import AuditLog, Membership, Tenant
+from .models import AuditLog, Membership, SsoIdentity, Tenant
 from .scoping import TENANT_FIELDS_FOR_OWNERS, scope_of
 
 
@@ -113,3 +113,13 @@ class AuditLogAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     def get_queryset(self, request):
         # Joined so that rows naming a deleted tenant show it as empty, not fail.
         return super().get_queryset(request).select_related("tenant")
+
+
+@admin.register(SsoIdentity)
+class SsoIdentityAdmin(ReadOnlyAdmin):
+    """Who signed in through the identity provider (tenants/sso.py): platform staff's alone, as
+    users are (no line in scoping.RULES, so tenant users never see it)."""
+
+    list_display = ["user", "issuer", "subject", "created_at", "last_login_at"]
+    search_fields = ["user__username", "user__email", "subject"]
+    list_select_related = ["user"]

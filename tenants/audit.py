@@ -32,7 +32,7 @@ from .scoping import tenant_of
 AUDITED = [
     "tenants.Tenant", "tenants.Membership", "keys.ApiKey", "providers.Provider", "providers.Deployment",
     "routing.Route", "routing.RouteTarget", "routing.RouteRule", "usage.Limit",
-    "auth.User", "auth.Group",
+    "auth.User", "auth.Group", "tenants.SsoIdentity",
     "django_celery_beat.PeriodicTask", "django_celery_beat.IntervalSchedule",
     "django_celery_beat.CrontabSchedule",
 ]
@@ -51,7 +51,7 @@ class Context:
     actor: object | None = None  # overrides the request's user (DRF authenticates later)
     address: str | None = None
     request_id: str = ""
-    label: str = ""  # who acts when no user does ("apply_config"): the audit rows' actor
+    label: str = ""  # who acts when no user does ("sso: <issuer>" for roles a sign-in set)
     extra: dict = field(default_factory=dict)
 
     def user(self):
@@ -71,7 +71,7 @@ def current() -> Context | None:
 @contextmanager
 def acting(actor=None, *, request=None, address: str | None = None, request_id: str = "",
            label: str = "") -> Iterator[Context]:
-    """Audit what happens inside, as done by `actor` (None: the system, or what `label` names)."""
+    """Audit what happens inside, as done by `actor` (None: `label`, else the system)."""
     context = Context(request=request, actor=actor, address=address, request_id=request_id, label=label)
     token = _current.set(context)
     try:
@@ -226,12 +226,17 @@ def _address(request) -> str | None:
 
 
 def _logged_in(sender, request, user, **kwargs) -> None:
+    # A sign-in that is more than a password check names itself on the user (tenants/sso.py:
+    # "login.sso", with the issuer and the roles the claim gave).
+    action, changes = getattr(user, "audit_login", ("login", {}))
     tenants = list(Membership.objects.filter(user=user).values_list("tenant_id", flat=True)[:2])
-    record("login", user, actor=user, tenant_id=tenants[0] if len(tenants) == 1 else None,
+    record(action, user, actor=user, changes=changes, tenant_id=tenants[0] if len(tenants) == 1 else None,
            address=_address(request))
 
 
 def _login_failed(sender, credentials, request=None, **kwargs) -> None:
+    if "nonce" in credentials:
+        return  # a single sign-on callback: tenants/sso.py records its refusal, with the reason
     # Django has already masked the password in `credentials`.
     record("login.failed", actor_label=str(credentials.get("username", ""))[:150] or "unknown",
            address=_address(request))

@@ -114,3 +114,24 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type} {self.object_repr}"
+
+
+class SsoIdentity(models.Model):
+    """The identity provider's account behind a user who signs in with single sign-on
+    (tenants/sso.py): found again by issuer and subject, never by a name or an e-mail
+    address, so a local account is never taken over by an IdP account of the same name.
+    Such a user's memberships follow the role claim at every sign-in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identity")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "SSO identity"
+        verbose_name_plural = "SSO identities"
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="sso_identity_unique_subject")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

@@ -51,8 +51,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class Server:
-    def __init__(self, args: list[str], env: dict | None = None, ready_path: str = "/") -> None:
-        self.port = free_port()
+    def __init__(self, args: list[str], env: dict | None = None, ready_path: str = "/", port: int = 0) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(os.environ["GATEWAY_DATA_DIR"]) / f"server-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -108,10 +108,10 @@ def _close_orm_pool_connections(django_db_setup):
     close_connections()
 
 
-def start_gateway(env: dict, workers: int = 1) -> Server:
+def start_gateway(env: dict, workers: int = 1, port: int = 0) -> Server:
     """A gateway process (manage.py serve) with `env` on top of the suite's environment."""
     return Server(["manage.py", "serve", "--port", "{port}", "--workers", str(workers), "--log-level", "warning"],
-                  env=env, ready_path="/healthz")
+                  env=env, ready_path="/healthz", port=port)
 
 
 @pytest.fixture(autouse=True)

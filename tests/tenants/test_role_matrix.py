@@ -134,7 +134,7 @@ ADMIN_OBJECTS = [
 PLATFORM_ADMIN = [("auth/user", "user")]
 PLATFORM_MODELS = {"auth.user", "auth.group", "django_celery_beat.periodictask", "django_celery_beat.intervalschedule",
                    "django_celery_beat.crontabschedule", "django_celery_beat.solarschedule",
-                   "django_celery_beat.clockedschedule", "usage.usagedeadletter"}
+                   "django_celery_beat.clockedschedule", "usage.usagedeadletter", "tenants.ssoidentity"}
 
 # (API resource, object, a body that would move or change it)
 API_OBJECTS = [

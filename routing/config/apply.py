@@ -20,7 +20,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_email
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 
 from providers import http_headers
 from providers.models import Deployment, Provider
@@ -132,10 +132,14 @@ class Applier:
             return True
         try:
             obj.full_clean()
+            with transaction.atomic():  # a savepoint: a row another writer took meanwhile is one more problem
+                obj.save()
         except ValidationError as error:
             self._refused(error, loc, keys or {})
             return False
-        obj.save()
+        except IntegrityError as error:
+            self.problem(loc, f"the database refused it: {error}".splitlines()[0])
+            return False
         self.changes.append(Change("create" if created else "update", what, {} if created else changed))
         return True
 

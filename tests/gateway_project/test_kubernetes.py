@@ -8,7 +8,10 @@ tests/gateway_project/schemas/, made as strict.
 
 import copy
 import re
+import shutil
+import subprocess  # nosec B404: runs kubectl kustomize, a fixed command line
 import time
+from io import StringIO
 
 import httpx
 import jsonschema
@@ -28,15 +31,23 @@ def kustomization() -> dict:
     return yaml.safe_load((K8S / "kustomization.yaml").read_text())
 
 
+def generated() -> list[dict]:
+    """The ConfigMaps of the configMapGenerator, as kustomize makes them (each file's name its key;
+    kustomize also adds a hash of the content to the name and to every reference to it)."""
+    return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]},
+             "data": {path.rsplit("/", 1)[-1]: (K8S / path).read_text() for path in generator["files"]}}
+            for generator in kustomization().get("configMapGenerator", [])]
+
+
 def manifests() -> list[dict]:
     """Every object the kustomization applies, with its common labels as kustomize adds them."""
     common = kustomization()["labels"][0]["pairs"]
     objects = []
-    for name in kustomization()["resources"]:
-        for doc in yaml.safe_load_all((K8S / name).read_text()):
-            doc["metadata"].setdefault("labels", {}).update(common)
-            doc["metadata"]["namespace"] = kustomization()["namespace"]
-            objects.append(doc)
+    docs = [doc for name in kustomization()["resources"] for doc in yaml.safe_load_all((K8S / name).read_text())]
+    for doc in [*docs, *generated()]:
+        doc["metadata"].setdefault("labels", {}).update(common)
+        doc["metadata"]["namespace"] = kustomization()["namespace"]
+        objects.append(doc)
     return objects
 
 
@@ -118,8 +129,6 @@ def test_workers_beat_migrations_and_the_autoscaler():
     beat = deployments["beat"]
     assert _container(beat)["command"][:4] == ["celery", "-A", "gateway_project", "beat"]
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
-    job = by_kind("Job")["gateway-migrate"]
-    assert _container(job)["command"] == ["python", "manage.py", "migrate", "--noinput"]
     for name in ("gateway", "gateway-metrics", "worker", "beat"):
         init = deployments[name]["spec"]["template"]["spec"]["initContainers"][0]
         assert "migrate --check" in init["command"][-1]
@@ -137,11 +146,92 @@ def test_workers_beat_migrations_and_the_autoscaler():
     assert _container(deployments["gateway"])["resources"]["requests"]["cpu"]  # what utilization is a share of
 
 
+def _file_mounted(pod: dict, container: dict, path: str) -> dict | None:
+    """The ConfigMap and key that `path` is in `container`, or None."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(folder) and "configMap" in volumes[mount["name"]]:
+            return {"configmap": volumes[mount["name"]]["configMap"]["name"], "key": path[len(folder):],
+                    "read_only": mount.get("readOnly", False)}
+    return None
+
+
+def test_the_migrate_job_migrates_then_applies_the_configuration_file_mounted_from_a_config_map():
+    pod = by_kind("Job")["gateway-migrate"]["spec"]["template"]["spec"]
+    # Init containers run in order, each to success, before the containers: migrate, then apply.
+    (migrate,) = pod["initContainers"]
+    (apply,) = pod["containers"]
+    assert migrate["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert apply["command"][:3] == ["python", "manage.py", "apply_config"] and len(apply["command"]) == 4
+    assert pod["restartPolicy"] == "OnFailure"  # a failed apply is retried, never half-applied (one transaction)
+    mounted = _file_mounted(pod, apply, apply["command"][3])
+    assert mounted is not None and mounted["read_only"], apply["volumeMounts"]
+    config_map = by_kind("ConfigMap")[mounted["configmap"]]
+    assert (mounted["configmap"], "gateway-config-file") == (config_map["metadata"]["name"], "gateway-config-file")
+    assert config_map["data"][mounted["key"]] == (K8S / "config" / "gateway.yaml").read_text()
+    # Both run with the same database and settings as the pods that serve.
+    for container in (migrate, apply):
+        assert {"configMapRef": {"name": "gateway-config"}} in container["envFrom"]
+        assert container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "gateway-database", "key": "url"}
+
+
+def test_the_clusters_configuration_file_applies_and_its_secrets_come_from_the_secret(monkeypatch, transactional_db):
+    """The file the Job applies is valid (applied here to an empty database) and holds no secret:
+    each {env: NAME} it names is a variable of every pod that calls providers, from the
+    gateway-provider-keys Secret."""
+    from django.core.management import call_command
+
+    from providers.models import Deployment, Provider
+    from routing.models import Route
+    from tenants.models import Membership, Tenant
+
+    text = (K8S / "config" / "gateway.yaml").read_text()
+    names = set(re.findall(r"\{env: (\w+)\}", text))
+    assert names == {"GATEWAY_PROVIDER_KEY_OPENAI", "GATEWAY_PROVIDER_KEY_ANTHROPIC"}
+    for name in names:
+        monkeypatch.setenv(name, f"sk-{name.lower()}-for-tests")
+    out = StringIO()
+    call_command("apply_config", str(K8S / "config" / "gateway.yaml"), stdout=out)
+    assert set(Provider.objects.values_list("name", "api_key_env")) == {
+        ("openai", "GATEWAY_PROVIDER_KEY_OPENAI"), ("anthropic", "GATEWAY_PROVIDER_KEY_ANTHROPIC")}
+    assert Deployment.objects.count() == 4 and Route.objects.filter(name="smart").exists()
+    member = Membership.objects.get(tenant=Tenant.objects.get(slug="acme"))
+    assert (member.user.email, member.role) == ("platform-team@example.com", "owner")
+    out = StringIO()
+    call_command("apply_config", str(K8S / "config" / "gateway.yaml"), stdout=out)  # the Job run again
+    assert "No changes." in out.getvalue()
+    deployments, job = by_kind("Deployment"), by_kind("Job")["gateway-migrate"]
+    for workload in (deployments["gateway"], deployments["gateway-metrics"], deployments["worker"], job):
+        assert {"secretRef": {"name": "gateway-provider-keys"}} in _container(workload)["envFrom"]
+
+
+def test_kustomize_builds_what_these_tests_validate():
+    """`kubectl kustomize` (what `kubectl apply -k` runs; kubectl is on this kind of machine) builds
+    the objects read above, the generated ConfigMap under a hashed name every reference follows,
+    and the build itself passes the strict validation."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to build deploy/k8s with kustomize"
+    built = list(yaml.safe_load_all(subprocess.run(  # nosec B603: a fixed command line
+        [kubectl, "kustomize", str(K8S)], check=True, capture_output=True, text=True, timeout=60).stdout))
+    hashed = {o["metadata"]["name"]: o for o in built if o["kind"] == "ConfigMap"}
+    (config_file,) = [n for n in hashed if re.fullmatch(r"gateway-config-file-[a-z0-9]{10}", n)]
+    assert sorted((o["kind"], o["metadata"]["name"].replace(config_file, "gateway-config-file")) for o in built) == \
+        sorted((o["kind"], o["metadata"]["name"]) for o in manifests())
+    assert hashed[config_file]["data"] == by_kind("ConfigMap")["gateway-config-file"]["data"]
+    (job,) = [o for o in built if o["kind"] == "Job"]
+    assert {"name": "config-file", "configMap": {"name": config_file}} in job["spec"]["template"]["spec"]["volumes"]
+    for obj in built:
+        if obj["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
 def test_secrets_are_referenced_never_shipped():
     assert not [o for o in manifests() if o["kind"] == "Secret"]
     text = "\n".join(p.read_text() for p in K8S.glob("*.yaml"))
-    referenced = set(re.findall(r"secretName: ([\w-]+)", text)) | set(re.findall(r"secretKeyRef: \{name: ([\w-]+)", text))
-    assert referenced == {"gateway-secrets", "gateway-database"}
+    referenced = (set(re.findall(r"secretName: ([\w-]+)", text)) | set(re.findall(r"secretKeyRef: \{name: ([\w-]+)", text))
+                  | set(re.findall(r"secretRef: \{name: ([\w-]+)", text)))
+    assert referenced == {"gateway-secrets", "gateway-database", "gateway-provider-keys"}
     # Secrets reach the gateway as *_FILE paths into the mounted Secret, never as values in the ConfigMap.
     config = by_kind("ConfigMap")["gateway-config"]["data"]
     assert config["SECRET_KEY_FILE"].startswith("/run/secrets/gateway/")

@@ -189,6 +189,12 @@ OIDC_ROLES_CLAIM = env.str("OIDC_ROLES_CLAIM", default="groups")
 OIDC_ROLE_MAP = env.dict("OIDC_ROLE_MAP", default={})
 OIDC_USERNAME_CLAIM = env.str("OIDC_USERNAME_CLAIM", default="preferred_username")
 OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
+# A first SSO sign-in whose e-mail address the provider says it verified (`email_verified`
+# true) joins the one existing account with that address (declared in the configuration file
+# or made by an admin) instead of making a second one. Off by default: turn it on only for a
+# provider whose addresses you trust. Superusers are never joined unless OIDC_LINK_SUPERUSERS.
+OIDC_LINK_BY_EMAIL = env.bool("OIDC_LINK_BY_EMAIL", default=False)
+OIDC_LINK_SUPERUSERS = env.bool("OIDC_LINK_SUPERUSERS", default=False)
 OIDC_USE_PKCE = True
 OIDC_STORE_ID_TOKEN = False
 OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"

@@ -6,8 +6,11 @@ against the provider's JWKS). This module adds what a gateway needs on top:
 
 - the ID token must also name this client as its audience and `OIDC_OP_ISSUER` as its
   issuer (the library checks neither), and userinfo must be about the same subject;
-- a user is found by issuer and subject (`SsoIdentity`), never by name or e-mail, and
-  created on their first sign-in with no usable password;
+- a user is found by issuer and subject (`SsoIdentity`), never by name, and created on
+  their first sign-in with no usable password; with `OIDC_LINK_BY_EMAIL` a first sign-in
+  instead joins the one existing account with the address the provider says it verified
+  (never a superuser's unless `OIDC_LINK_SUPERUSERS`, never one already joined to another
+  identity), audited as `sso.link`;
 - the role claim decides, at every sign-in, whether the user is staff and which
   memberships they hold (`OIDC_ROLE_MAP`): the identity provider is the source of truth
   for these users. Someone with no mapped value is refused, and an identity that lost
@@ -139,6 +142,38 @@ def _username_for(claims: dict) -> str:
     return name
 
 
+DEACTIVATED = "Your account in this gateway is deactivated."
+
+
+def email_verified(claims: dict) -> bool:
+    # A boolean by the standard; some providers (Amazon Cognito) send the string.
+    return claims.get("email_verified") in (True, "true")
+
+
+def account_to_join(claims: dict):
+    """The existing account a first sign-in joins, as (user, "") or (None, why it joins none);
+    ("" when no account has the address). Only an address the provider verified joins: an
+    unverified one could be anybody's."""
+    email = claims.get("email")
+    if not email or not isinstance(email, str):
+        return None, ""
+    found = list(get_user_model()._default_manager.filter(email__iexact=email).order_by("id")[:2])
+    if not found:
+        return None, ""
+    if not settings.OIDC_LINK_BY_EMAIL:
+        return None, "joining accounts by e-mail address is off (OIDC_LINK_BY_EMAIL)"
+    if not email_verified(claims):
+        return None, "the identity provider does not say the e-mail address is verified"
+    if len(found) > 1:
+        return None, "more than one account has this e-mail address"
+    (user,) = found
+    if SsoIdentity.objects.filter(user=user).exists():
+        return None, "the account with this e-mail address signs in with another identity"
+    if user.is_superuser and not settings.OIDC_LINK_SUPERUSERS:
+        return None, "the account with this e-mail address is a superuser (OIDC_LINK_SUPERUSERS)"
+    return user, ""
+
+
 class SsoBackend(OIDCAuthenticationBackend):
     """Signs in the person the identity provider vouches for, with the roles its claim gives."""
 
@@ -180,7 +215,10 @@ class SsoBackend(OIDCAuthenticationBackend):
         identity = SsoIdentity.objects.select_related("user").filter(
             issuer=payload["iss"], subject=payload["sub"]).first()
         if identity is not None and not identity.user.is_active:
-            raise Refused("Your account in this gateway is deactivated.")
+            raise Refused(DEACTIVATED)
+        joined, not_joined = account_to_join(claims) if identity is None else (None, "")
+        if joined is not None and not joined.is_active:
+            raise Refused(DEACTIVATED)  # staff turned this person away: no fresh account around it
         with audit.acting(label=f"sso: {payload['iss']}"[:200], address=self.request.META.get("REMOTE_ADDR"),
                           request_id=getattr(self.request, "request_id", "")):
             grants = grants_for(claims)
@@ -190,15 +228,29 @@ class SsoBackend(OIDCAuthenticationBackend):
                         roles_apply(identity.user, grants)  # the provider took every role away
                 raise Refused(NO_ROLE.format(provider=settings.OIDC_PROVIDER_NAME, claim=settings.OIDC_ROLES_CLAIM))
             with transaction.atomic():
-                user = identity.user if identity is not None else self._create(claims, payload["iss"])
+                if identity is not None:
+                    user = identity.user
+                elif joined is not None:
+                    user = self._join(joined, claims, payload["iss"])
+                else:
+                    user = self._create(claims, payload["iss"])
                 if claims.get("email") and user.email != claims["email"]:
                     user.email = claims["email"][:254]
                     user.save(update_fields=["email"])
                 roles_apply(user, grants)
                 SsoIdentity.objects.filter(user=user).update(last_login_at=timezone.now())
         roles = dict(Membership.objects.filter(user=user).values_list("tenant__slug", "role"))
-        user.audit_login = ("login.sso", {"issuer": payload["iss"], "subject": payload["sub"],
-                                          "superuser": grants.superuser, "roles": roles})
+        changes = {"issuer": payload["iss"], "subject": payload["sub"], "superuser": grants.superuser, "roles": roles}
+        if joined is not None:
+            changes["joined"] = user.get_username()
+        elif not_joined:
+            changes["not_joined"] = not_joined  # why a second account has this address
+        user.audit_login = ("login.sso", changes)
+        return user
+
+    def _join(self, user, claims: dict, issuer: str):
+        SsoIdentity.objects.create(user=user, issuer=issuer, subject=claims["sub"])
+        audit.record("sso.link", user, changes={"issuer": issuer, "subject": claims["sub"], "email": claims["email"]})
         return user
 
     def _create(self, claims: dict, issuer: str):
@@ -238,7 +290,7 @@ class SsoCallback(OIDCAuthenticationCallbackView):
             "The sign-in could not be completed. Start again.")
         user = getattr(self, "user", None)
         if user is not None and not user.is_active:
-            reason = "Your account in this gateway is deactivated."
+            reason = DEACTIVATED
         claims = getattr(request, "sso_claims", {})
         who = claims.get(settings.OIDC_USERNAME_CLAIM) or claims.get("email") or claims.get("sub") or "unknown"
         audit.record("login.refused", actor_label=f"sso: {who}"[:200], address=request.META.get("REMOTE_ADDR"),

@@ -33,6 +33,11 @@ USERS = [
     {"username": "bob", "password": IDP_PASSWORD, "email": "bob@example.com"},  # no groups: no claim
     {"username": "carol", "password": IDP_PASSWORD, "email": "carol@example.com", "groups": ["wiki-editors"]},
     {"username": "root", "password": IDP_PASSWORD, "email": "root@example.com", "groups": ["platform-team"]},
+    # Accounts that exist in the gateway before their first sign-in (tests of OIDC_LINK_BY_EMAIL):
+    {"username": "dave", "password": IDP_PASSWORD, "email": "dave@example.com", "groups": ["acme-admins"]},
+    {"username": "frank", "password": IDP_PASSWORD, "email": "frank@example.com", "groups": ["acme-admins"],
+     "email_verified": False},
+    {"username": "grace", "password": IDP_PASSWORD, "email": "grace@example.com", "groups": ["acme-admins"]},
 ]
 
 
@@ -63,6 +68,7 @@ def idp(gateway_env, tmp_path_factory):
         "OIDC_OP_AUTHORIZATION_ENDPOINT": discovery["authorization_endpoint"],
         "OIDC_OP_TOKEN_ENDPOINT": discovery["token_endpoint"], "OIDC_OP_USER_ENDPOINT": discovery["userinfo_endpoint"],
         "OIDC_OP_JWKS_ENDPOINT": discovery["jwks_uri"], "OIDC_PROVIDER_NAME": "Test IdP", "OIDC_ROLE_MAP": ROLE_MAP,
+        "OIDC_LINK_BY_EMAIL": "true",
     }, port=gateway_port)
     yield provider, gateway
     gateway.stop()
@@ -196,6 +202,59 @@ def test_a_group_mapped_to_superuser_makes_platform_staff_who_see_every_tenant(b
     page.context.close()
 
 
+def test_a_member_declared_by_e_mail_is_the_same_account_at_their_first_sign_in(browser, idp, tenant, tmp_path):
+    """OIDC_LINK_BY_EMAIL on: the configuration file's member (its address in another case) is
+    joined, not doubled; an unverified address or a superuser's is never joined."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    provider, gateway = idp
+    config = tmp_path / "gateway.yaml"
+    config.write_text("version: 1\ntenants:\n  - slug: acme\n    name: Acme\n"
+                      "    members:\n      - {email: Dave@Example.com, role: member}\n")
+    call_command("apply_config", str(config), stdout=StringIO())
+    declared = get_user_model().objects.get(username="Dave@Example.com")
+    assert declared.email == "Dave@example.com"  # Django lower-cases the domain only
+    page = new_page(browser, gateway)
+    sso_sign_in(page, "dave")
+    expect(page.locator("#dashboard")).to_be_visible()
+    expect(page.locator("#user-tools")).to_contain_text("Dave@Example.com")  # the declared account
+    assert list(get_user_model().objects.filter(email__iexact="dave@example.com")) == [declared]
+    identity = SsoIdentity.objects.get()
+    assert identity.user == declared and identity.issuer == provider.url + "/o"
+    # The claim decides its roles from now on (acme-admins: admin), as for every SSO user.
+    assert Membership.objects.get(user=declared).role == "admin"
+    joined = AuditLog.objects.get(action="sso.link")
+    assert joined.object_id == str(declared.pk) and joined.actor_label == f"sso: {provider.url}/o"
+    assert joined.changes["email"] == "dave@example.com"
+    assert AuditLog.objects.get(action="login.sso", actor=declared).changes["joined"] == "Dave@Example.com"
+    page.context.clear_cookies()
+    sso_sign_in(page, "dave")  # found by issuer and subject now: still one account
+    expect(page.locator("#dashboard")).to_be_visible()
+    assert get_user_model().objects.filter(email__iexact="dave@example.com").count() == 1
+    assert AuditLog.objects.filter(action="sso.link").count() == 1
+    page.context.close()
+
+    # An address the provider does not vouch for, and a superuser's, never join an account.
+    for username, local, why in [("frank", {"is_staff": True}, "does not say the e-mail address is verified"),
+                                 ("grace", {"is_staff": True, "is_superuser": True}, "is a superuser")]:
+        account = get_user_model().objects.create_user(f"{username}.local", f"{username}@example.com",
+                                                       IDP_PASSWORD, **local)
+        page = new_page(browser, gateway)
+        sso_sign_in(page, username)
+        expect(page.locator("#dashboard")).to_be_visible()
+        expect(page.locator("#user-tools")).not_to_contain_text(f"{username}.local")
+        signed_in = get_user_model().objects.get(username=username)
+        assert signed_in != account and signed_in.sso_identity and not signed_in.is_superuser
+        assert not SsoIdentity.objects.filter(user=account).exists()
+        assert why in AuditLog.objects.get(action="login.sso", actor=signed_in).changes["not_joined"]
+        account.refresh_from_db()
+        assert account.check_password(IDP_PASSWORD) and account.is_superuser == local.get("is_superuser", False)
+        page.context.close()
+    assert AuditLog.objects.filter(action="sso.link").count() == 1
+
+
 @pytest.mark.parametrize("username, claim", [("bob", []), ("carol", ["wiki-editors"])])
 def test_a_user_without_a_mapped_role_claim_is_refused_with_a_page_that_says_why(
         browser, idp, tenant, username, claim):
@@ -265,6 +324,30 @@ def test_roles_follow_the_claim_and_an_identity_that_lost_every_role_loses_its_m
     sso.roles_apply(user, sso.Grants())
     user.refresh_from_db()
     assert not Membership.objects.filter(user=user).exists() and not user.is_staff
+
+
+def test_which_existing_account_a_first_sign_in_joins(tenant):
+    from tenants import sso
+
+    users = get_user_model().objects
+    member = users.create_user("ann@example.com", "Ann@Example.com", is_staff=True)
+    verified = {"sub": "1", "email": "ann@example.com", "email_verified": True}
+    assert sso.account_to_join(verified) == (None, "joining accounts by e-mail address is off (OIDC_LINK_BY_EMAIL)")
+    with override_settings(OIDC_LINK_BY_EMAIL=True):
+        assert sso.account_to_join(verified) == (member, "")
+        assert sso.account_to_join({**verified, "email_verified": "true"}) == (member, "")  # Cognito's string
+        assert sso.account_to_join({**verified, "email": "nobody@example.com"}) == (None, "")
+        for unverified in [{"email_verified": False}, {"email_verified": "false"}, {"email_verified": None}]:
+            assert "verified" in sso.account_to_join({**verified, **unverified})[1]
+        root = users.create_user("root", "root@example.com", is_staff=True, is_superuser=True)
+        assert "superuser" in sso.account_to_join({**verified, "email": "root@example.com"})[1]
+        with override_settings(OIDC_LINK_SUPERUSERS=True):
+            assert sso.account_to_join({**verified, "email": "root@example.com"}) == (root, "")
+        SsoIdentity.objects.create(user=member, issuer="https://idp.example", subject="someone-else")
+        assert "another identity" in sso.account_to_join(verified)[1]
+        users.create_user("bea", "bea@example.com")
+        users.create_user("bea2", "BEA@example.com")
+        assert "more than one" in sso.account_to_join({**verified, "email": "bea@example.com"})[1]
 
 
 def _token(key_pem: str, **claims) -> str:

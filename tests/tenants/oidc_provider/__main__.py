@@ -1,7 +1,7 @@
 """Run the test identity provider: `python -m tests.tenants.oidc_provider --port P --config JSON`.
 
 JSON: {"client_id", "client_secret", "redirect_uri", "users": [{"username", "password",
-"email", "groups": [...]}]}. It migrates its SQLite database, registers the gateway as a
+"email", "groups": [...], "email_verified" (default true)}]}. It migrates its SQLite database, registers the gateway as a
 confidential client (authorization code, RS256, consent skipped) and the users, then
 serves on 127.0.0.1:P until stopped.
 """
@@ -31,6 +31,8 @@ def setup(config: dict) -> None:
     from django.contrib.auth.models import Group, User
     from oauth2_provider.models import Application
 
+    from .validator import UNVERIFIED
+
     Application.objects.update_or_create(client_id=config["client_id"], defaults={
         "name": "LLM gateway", "client_secret": config["client_secret"],
         "client_type": Application.CLIENT_CONFIDENTIAL,
@@ -43,6 +45,8 @@ def setup(config: dict) -> None:
         user.set_password(person["password"])
         user.save()
         user.groups.set([Group.objects.get_or_create(name=name)[0] for name in person.get("groups", [])])
+        if not person.get("email_verified", True):
+            UNVERIFIED.add(person["username"])
 
 
 if __name__ == "__main__":

@@ -71,6 +71,22 @@ def test_serve_writes_text_lines_to_a_terminal(gateway_env):
     assert not any(line.startswith("{") for line in lines), lines
 
 
+def test_log_format_json_holds_in_a_terminal_too(gateway_env):
+    """LOG_FORMAT=json (a terminal that feeds a collector, `kubectl logs -f` piped on): no text lines."""
+    port = free_port()
+    terminal = Terminal([sys.executable, "manage.py", "serve", "--port", str(port)],
+                        {**environment(**gateway_env), "LOG_FORMAT": "json"})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", terminal.proc)
+        unauthenticated_call(f"http://127.0.0.1:{port}")
+        assert wait_until(lambda: "gateway.request" in terminal.text(), timeout=10)
+    finally:
+        lines = terminal.finish()
+    requests = [json.loads(line) for line in lines if '"gateway.request"' in line]
+    assert requests and requests[0]["http_status"] == 401, lines
+    assert not any(TEXT_REQUEST.match(line) for line in lines), lines
+
+
 def test_serve_writes_json_lines_to_a_pipe(gateway_env, tmp_path):
     port = free_port()
     with open(tmp_path / "serve.log", "w+") as log:

@@ -38,6 +38,7 @@ USERS = [
     {"username": "frank", "password": IDP_PASSWORD, "email": "frank@example.com", "groups": ["acme-admins"],
      "email_verified": False},
     {"username": "grace", "password": IDP_PASSWORD, "email": "grace@example.com", "groups": ["acme-admins"]},
+    {"username": "ivy", "password": IDP_PASSWORD, "email": "ivy@example.com", "groups": ["acme-admins"]},
 ]
 
 
@@ -253,6 +254,19 @@ def test_a_member_declared_by_e_mail_is_the_same_account_at_their_first_sign_in(
         assert account.check_password(IDP_PASSWORD) and account.is_superuser == local.get("is_superuser", False)
         page.context.close()
     assert AuditLog.objects.filter(action="sso.link").count() == 1
+
+
+def test_a_deactivated_account_with_the_address_refuses_the_sign_in_rather_than_making_another(
+        browser, idp, tenant):
+    _, gateway = idp
+    account = get_user_model().objects.create_user("ivy.local", "ivy@example.com", is_staff=True, is_active=False)
+    page = new_page(browser, gateway)
+    assert sso_sign_in(page, "ivy").status == 403
+    expect(page.locator("#sso-refused-reason")).to_have_text("Your account in this gateway is deactivated.")
+    assert list(get_user_model().objects.filter(email__iexact="ivy@example.com")) == [account]
+    assert not SsoIdentity.objects.exists() and not AuditLog.objects.filter(action="sso.link").exists()
+    assert AuditLog.objects.get(action="login.refused").changes["reason"] == "Your account in this gateway is deactivated."
+    page.context.close()
 
 
 @pytest.mark.parametrize("username, claim", [("bob", []), ("carol", ["wiki-editors"])])

@@ -192,3 +192,34 @@ def test_the_management_api_publishes_moves_labels_diffs_and_audits(client, tena
     assert client.get(f"/api/manage/prompts/{theirs.id}/").status_code == 404
     assert client.post(f"/api/manage/prompts/{theirs.id}/publish/", {"messages": V1},
                        content_type="application/json").status_code == 404
+
+
+def test_the_admin_publishes_a_version_and_shows_its_diff(client, tenant, other_tenant, template):
+    import json
+
+    owner = user_in(tenant, "owner")
+    client.force_login(owner)
+    v2 = template.versions.get(number=2)
+    page = client.get(f"/admin/routing/promptversion/{v2.id}/change/").content.decode()
+    assert 'id="prompt-diff"' in page and "Be brief with" in page and "You help" in page
+    assert 'name="_save"' not in page  # a published version is shown, never edited
+
+    added = client.post("/admin/routing/promptversion/add/", {
+        "template": template.id, "messages": json.dumps([{"role": "system", "content": "Hello <b>{{ customer }}"}]),
+        "model": "gpt-test", "parameters": "{}", "note": "from the admin", "label": "production"})
+    assert added.status_code == 302, added.content.decode()[:2000]
+    v3 = template.versions.get(number=3)
+    assert v3.author == owner and v3.variables == ["customer"] and template.labels.get(name="production").version == v3
+    assert AuditLog.objects.filter(action="prompt.publish", actor=owner, object_id=str(v3.pk)).exists()
+    against = client.get(f"/admin/routing/promptversion/{v3.id}/change/?against=1").content.decode()
+    assert "&lt;b&gt;" in against and "<b>{{" not in against  # the diff escapes the text
+    assert "You help" in against  # against version 1, not 2
+
+    refused = client.post("/admin/routing/promptversion/add/", {
+        "template": template.id, "messages": json.dumps([{"role": "user", "content": "{{ x.y }}"}]),
+        "parameters": "{}"})
+    assert refused.status_code == 200 and "attribute access" in refused.content.decode()
+    theirs = PromptTemplate.objects.create(tenant=other_tenant, name="theirs")
+    assert client.post("/admin/routing/promptversion/add/", {
+        "template": theirs.id, "messages": json.dumps(V1), "parameters": "{}"}).status_code == 200  # not a choice
+    assert not theirs.versions.exists()

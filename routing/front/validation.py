@@ -238,8 +238,17 @@ def _is_token_list(value) -> bool:
     return bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
+def _no_prompt(body: dict, endpoint: str) -> None:
+    """A template names chat messages: an endpoint without them refuses it rather than pass it upstream."""
+    if body.get(PROMPT_FIELD) is not None:
+        raise errors.bad_request(f"'{PROMPT_FIELD}' is not supported on {endpoint}: prompt templates are for chat "
+                                 "completions, messages and responses.", param=PROMPT_FIELD,
+                                 code="unsupported_parameter")
+
+
 def embeddings_body(request) -> dict:
     body = json_body(request)
+    _no_prompt(body, "embeddings")
     _model(body)
     value = body.get("input")
     ok = (
@@ -304,6 +313,7 @@ def messages_body(request, counting: bool = False) -> dict:
 def completions_body(request) -> dict:
     """A legacy text completions request (POST /v1/completions)."""
     body = json_body(request)
+    _no_prompt(body, "legacy completions")
     _model(body)
     prompt = body.get("prompt")
     ok = (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (

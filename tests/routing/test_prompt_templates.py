@@ -223,3 +223,13 @@ def test_the_admin_publishes_a_version_and_shows_its_diff(client, tenant, other_
     assert client.post("/admin/routing/promptversion/add/", {
         "template": theirs.id, "messages": json.dumps(V1), "parameters": "{}"}).status_code == 200  # not a choice
     assert not theirs.versions.exists()
+
+
+def test_fronts_without_messages_refuse_a_template(sdk):
+    for call in (lambda: sdk.completions.create(model="gpt-test", prompt="hi", extra_body={
+                     "gateway_prompt": {"id": "support"}}),
+                 lambda: sdk.embeddings.create(model="embed-test", input="hi", extra_body={
+                     "gateway_prompt": {"id": "support"}})):
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert caught.value.body["param"] == "gateway_prompt" and caught.value.body["code"] == "unsupported_parameter"

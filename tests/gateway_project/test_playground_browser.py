@@ -157,3 +157,47 @@ def test_compare_wants_two_to_four_models(page, gateway, mock, key_client, api_k
     page.fill("#playground-user", "hi")
     page.click("#playground-send")
     expect(page.locator("#playground-error")).to_have_text("Compare: pick two to four models.")
+
+
+def test_a_tenant_admin_moves_a_label_reads_a_diff_and_an_experiments_results(page, people, tenant, api_key):
+    from datetime import UTC, datetime
+
+    from routing.experiments.models import Experiment, Variant
+    from tenants.models import AuditLog
+    from usage.models import Feedback, UsageRecord
+
+    _, admin = people
+    template = PromptTemplate.objects.create(tenant=tenant, name="support")
+    services.prompt_publish(template, [{"role": "system", "content": "You help {{ customer }}."}], label="production")
+    v2 = services.prompt_publish(template, [{"role": "system", "content": "You help {{ customer }} briefly."}],
+                                 note="shorter")
+    sign_in(page, "acme-admin")
+    page.goto(f"/admin/routing/prompttemplate/{template.id}/change/")
+    page.select_option("#id_labels-0-version", str(v2.id))
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("changed successfully")
+    assert template.labels.get(name="production").version == v2
+    assert AuditLog.objects.filter(action="prompt.label", actor=admin, tenant=tenant).count() == 1
+
+    page.goto(f"/admin/routing/promptversion/{v2.id}/change/")
+    diff = page.locator("#prompt-diff")
+    expect(diff).to_contain_text("You help {{ customer }} briefly.")
+    expect(diff.locator(".diff_add, .diff_chg").first).to_be_visible()
+    shot(page, "15-prompt-version-diff")
+
+    experiment = Experiment.objects.create(tenant=tenant, name="shorter", route="gpt-test")
+    key = api_key[0]
+    for variant, latency in (("control", 120), ("short", 80)):
+        Variant.objects.create(experiment=experiment, name=variant)
+        UsageRecord.objects.bulk_create([UsageRecord(
+            request_id=f"req_{variant}_{i}", created_at=datetime.now(UTC), tenant=tenant, api_key=key,
+            endpoint="chat.completions", public_model="gpt-test", latency_ms=latency + i, ttft_ms=20 + i,
+            cost_usd=Decimal("0.0001"), prompt_tokens=30, completion_tokens=40, experiment_id=experiment.id,
+            variant=variant) for i in range(30)])
+    Feedback.objects.create(tenant=tenant, request_id="req_short_1", score=1, label="helpful")
+    page.goto(f"/admin/routing/experiment/{experiment.id}/change/")
+    results = page.locator("#experiment-results")
+    expect(results).to_contain_text("control")
+    expect(results).to_contain_text("helpful: 1")
+    expect(results.locator("tr", has_text="requests")).to_contain_text("30")
+    shot(page, "16-experiment-results")

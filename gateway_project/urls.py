@@ -10,8 +10,10 @@ from gateway_project.lib.rest import sign_in_limited
 from keys.api import KeyViewSet
 from providers.api import DeploymentViewSet, ProviderViewSet
 from routing.api import CachePolicyViewSet, RouteViewSet
+from routing.experiments.api import ExperimentViewSet
 from routing.front import playground
 from routing.guardrails.api import GuardrailPolicyViewSet
+from routing.prompts.api import PromptTemplateViewSet
 from tenants import sso
 from tenants.api import AuditLogViewSet, MemberViewSet, TenantViewSet
 from usage import api as usage_api
@@ -45,6 +47,8 @@ manage.register("routes", RouteViewSet, basename="manage-route")
 manage.register("cache-policies", CachePolicyViewSet, basename="manage-cache-policy")
 manage.register("limits", LimitViewSet, basename="manage-limit")
 manage.register("guardrails", GuardrailPolicyViewSet, basename="manage-guardrail")
+manage.register("prompts", PromptTemplateViewSet, basename="manage-prompt")
+manage.register("experiments", ExperimentViewSet, basename="manage-experiment")
 manage.register("audit", AuditLogViewSet, basename="manage-audit")
 
 # The admin index is the dashboard (gateway_project/dashboard.py); the playground is routing/front/playground.py.
@@ -68,6 +72,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/usage/records", usage_api.RecordList.as_view(), name="usage-records"),
     path("api/usage/summary", usage_api.Summary.as_view(), name="usage-summary"),
+    path("api/usage/experiments/<int:experiment_id>", usage_api.ExperimentFigures.as_view(),
+         name="usage-experiment"),
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("api/manage/", include(manage.urls)),

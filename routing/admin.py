@@ -62,4 +62,6 @@ class CachePolicyAdmin(ScopedAdminMixin, admin.ModelAdmin):
 
 
 from .batches import admin as batches_admin  # noqa: E402, F401 (registers files and batches)
+from .experiments import admin as experiments_admin  # noqa: E402, F401 (registers the experiments)
 from .guardrails import admin as guardrails_admin  # noqa: E402, F401 (registers the guardrail policies)
+from .prompts import admin as prompts_admin  # noqa: E402, F401 (registers the prompt templates)

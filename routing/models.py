@@ -174,4 +174,6 @@ class CachePolicy(models.Model):
         if self.ttl_seconds < 1:
             raise ValidationError({"ttl_seconds": "At least one second."})
 from .batches.models import Batch, BatchLine, File  # noqa: E402, F401 (models of this app: the Files and Batches APIs)
+from .experiments.models import Experiment, Variant  # noqa: E402, F401 (models of this app)
 from .guardrails.models import GuardrailCheck, GuardrailPolicy  # noqa: E402, F401 (models of this app)
+from .prompts.models import PromptLabel, PromptTemplate, PromptVersion  # noqa: E402, F401 (models of this app)

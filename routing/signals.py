@@ -7,7 +7,19 @@ from gateway_project.lib import config_cache
 from providers import health
 
 from . import breakers
-from .models import CachePolicy, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
+from .models import (
+    CachePolicy,
+    Experiment,
+    GuardrailCheck,
+    GuardrailPolicy,
+    PromptLabel,
+    PromptTemplate,
+    PromptVersion,
+    Route,
+    RouteRule,
+    RouteTarget,
+    Variant,
+)
 
 
 @receiver(health.checked)
@@ -27,3 +39,16 @@ def routes_changed(sender, **kwargs) -> None:
 @receiver([post_save, post_delete], sender=GuardrailCheck)
 def guardrails_changed(sender, **kwargs) -> None:
     config_cache.changed("guardrails")
+
+
+@receiver([post_save, post_delete], sender=PromptTemplate)
+@receiver([post_save, post_delete], sender=PromptVersion)
+@receiver([post_save, post_delete], sender=PromptLabel)
+def prompts_changed(sender, **kwargs) -> None:
+    config_cache.changed("prompts")
+
+
+@receiver([post_save, post_delete], sender=Experiment)
+@receiver([post_save, post_delete], sender=Variant)
+def experiments_changed(sender, **kwargs) -> None:
+    config_cache.changed("experiments")

@@ -1,6 +1,16 @@
 from django.urls import path
 
-from .front import chat, completions, embeddings, messages, models, moderations, responses, stored_responses
+from .front import (
+    chat,
+    completions,
+    embeddings,
+    feedback,
+    messages,
+    models,
+    moderations,
+    responses,
+    stored_responses,
+)
 
 urlpatterns = [
     path("v1/chat/completions", chat.chat_completions),
@@ -12,6 +22,7 @@ urlpatterns = [
     path("v1/embeddings", embeddings.embeddings),
     path("v1/moderations", moderations.moderations),
     path("v1/models", models.models),
+    path("v1/feedback", feedback.feedback),
     path("v1/openapi.json", models.openapi),
     path("v1/responses/<str:response_id>", stored_responses.response),
     path("v1/responses/<str:response_id>/input_items", stored_responses.input_items),

@@ -32,6 +32,8 @@ from .scoping import tenant_of
 AUDITED = [
     "tenants.Tenant", "tenants.Membership", "keys.ApiKey", "providers.Provider", "providers.Deployment",
     "routing.Route", "routing.RouteTarget", "routing.RouteRule", "usage.Limit",
+    "routing.PromptTemplate", "routing.PromptVersion", "routing.PromptLabel", "routing.Experiment",
+    "routing.Variant",
     "auth.User", "auth.Group", "tenants.SsoIdentity",
     "django_celery_beat.PeriodicTask", "django_celery_beat.IntervalSchedule",
     "django_celery_beat.CrontabSchedule",

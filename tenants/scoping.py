@@ -55,6 +55,13 @@ RULES: dict[str, AccessRule] = {
     "routing.cachepolicy": AccessRule("tenant"),
     "routing.guardrailpolicy": AccessRule("tenant"),
     "routing.guardrailcheck": AccessRule("policy__tenant"),
+    "routing.prompttemplate": AccessRule("tenant"),
+    # Published versions are immutable: added (published) and viewed, never changed.
+    "routing.promptversion": AccessRule("template__tenant", managers=frozenset({"view", "add"})),
+    "routing.promptlabel": AccessRule("template__tenant"),
+    "routing.experiment": AccessRule("tenant"),
+    "routing.variant": AccessRule("experiment__tenant"),
+    "usage.feedback": AccessRule("tenant", managers=VIEW),
     "routing.circuitevent": AccessRule("deployment__provider__tenant", managers=VIEW),
     "usage.limit": AccessRule("tenant", members=VIEW, own="api_key__created_by"),
     "usage.usagerecord": AccessRule("tenant", managers=VIEW, members=VIEW, own="api_key__created_by"),

@@ -11,6 +11,7 @@ from tenants.scoping import scope_of
 from . import anomalies, limits
 from .models import (
     AnomalyMute,
+    Feedback,
     Limit,
     PromptLog,
     ReportDelivery,
@@ -30,9 +31,18 @@ class UsageRecordAdmin(ScopedAdminMixin, ReadOnlyAdmin):
                     "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "reasoning_tokens",
                     "cost_usd", "latency_ms", "ttft_ms", "status", "streamed"]
     list_filter = ["status", "streamed", "endpoint", "tokens_estimated", "tenant"]
-    search_fields = ["request_id", "public_model", "upstream_model", "key_prefix"]
+    search_fields = ["request_id", "public_model", "upstream_model", "key_prefix", "prompt_template", "variant"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ScopedAdminMixin, ReadOnlyAdmin):
+    """What clients said of their calls (POST /v1/feedback): read-only."""
+
+    list_display = ["created_at", "request_id", "tenant", "score", "label"]
+    list_filter = ["label", "tenant"]
+    search_fields = ["request_id", "label"]
 
 
 @admin.register(PromptLog)

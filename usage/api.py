@@ -2,6 +2,7 @@
 
 GET /api/usage/records  usage records, newest first, filtered and paginated
 GET /api/usage/summary  totals, optionally grouped by model, key, provider, day or tenant
+GET /api/usage/experiments/<id>  an experiment's figures per variant, with confidence intervals
 
 Signed in with the admin session (or HTTP basic auth with the same
 credentials); scoped by tenants.scoping: staff see every tenant, owners and
@@ -22,6 +23,7 @@ from rest_framework.views import APIView
 from gateway_project.lib.rest import query_moment, query_text
 from tenants.scoping import scope_for
 
+from .experiments import experiment_figures
 from .models import UsageRecord
 from .rollups import NOT_ERRORS
 
@@ -138,3 +140,18 @@ class Summary(APIView):
             rows = records.order_by().values(field).annotate(**sums).order_by(field)
             groups = [{group_by: row.pop(field), **_exact(row)} for row in rows]
         return Response({"totals": totals, "groups": groups})
+
+
+class ExperimentFigures(APIView):
+    permission_classes = [SignedIn]
+
+    @extend_schema(tags=["usage"], parameters=FILTERS, responses=inline_serializer("ExperimentFigures", {
+        "experiment": serializers.IntegerField(),
+        "variants": serializers.DictField(child=serializers.DictField(), help_text=(
+            "By variant: requests, errors, error_rate, latency_p50_ms, latency_p95_ms, ttft_p50_ms, "
+            "prompt/completion tokens (total, mean), cost_usd, cost_per_request_usd, feedback; each "
+            "rate, mean and percentile as {value, ci95: [low, high]}"))}))
+    def get(self, request, experiment_id: int):
+        """Per-variant figures of an experiment, from the usage records you may see (docs/templates.md)."""
+        return Response({"experiment": experiment_id,
+                         "variants": experiment_figures(visible_records(request), experiment_id)})

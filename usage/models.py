@@ -75,10 +75,16 @@ class UsageRecord(models.Model):
         null=True, blank=True,
         help_text="What the guardrail checks decided: each check's action, findings by type and count, time "
                   "taken. Never the matched text.")
+    prompt_template = models.CharField(max_length=100, blank=True, help_text="The prompt template expanded, if any.")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True, help_text="Its version.")
+    experiment_id = models.PositiveIntegerField(null=True, blank=True,
+                                                help_text="The experiment (routing) the call took part in.")
+    variant = models.CharField(max_length=100, blank=True, help_text="The experiment's variant it was given.")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"])]
+        indexes = [models.Index(fields=["tenant", "created_at"]),
+                   models.Index(fields=["experiment_id", "variant"], name="usage_experiment_variant")]
 
     def __str__(self) -> str:
         return self.request_id
@@ -348,3 +354,24 @@ class AnomalyMute(models.Model):
 
     def __str__(self) -> str:
         return f"anomalies muted for key {self.api_key.prefix}"
+
+
+class Feedback(models.Model):
+    """What a client said of one of its tenant's calls (POST /v1/feedback): a score, a label, or both."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=100, help_text="The usage record's request id.")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, db_constraint=False, related_name="+",
+                                help_text="The key that sent it.")
+    score = models.FloatField(null=True, blank=True)
+    label = models.CharField(max_length=64, blank=True)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "feedback"
+        constraints = [models.UniqueConstraint(fields=["tenant", "request_id"], name="feedback_one_per_request")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.label or self.score}"

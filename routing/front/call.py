@@ -76,6 +76,16 @@ class Call:
     hit_spends_limits: bool = False
     guard: object = None  # the guardrails' state for this call (routing/guardrails/stage.py)
     guardrails: dict | None = None  # what the guardrails decided, for the usage record (no matched text)
+    # The prompt template the request names ({id, version, variables, param}: validation.take_prompt), and the
+    # version it was expanded from (routing/prompts/stage.py), for the usage record.
+    prompt: dict | None = None
+    prompt_template: str = ""
+    prompt_version: int | None = None
+    # The experiment the call took part in and the variant it was given (routing/experiments/stage.py);
+    # a variant may pin one deployment of the route.
+    experiment_id: int | None = None
+    variant: str = ""
+    pinned_deployment: int | None = None
 
     @property
     def response_id(self) -> str:
@@ -230,4 +240,8 @@ class Call:
             "cache_hit": self.cache_hit,
             "cost_saved_usd": str(self.cost_saved),
             "guardrails": self.guardrails,
+            "prompt_template": self.prompt_template,
+            "prompt_version": self.prompt_version,
+            "experiment_id": self.experiment_id,
+            "variant": self.variant,
         })

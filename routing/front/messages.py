@@ -249,7 +249,7 @@ def parse(request, counting: bool = False) -> dict:
         raise errors.bad_request("The request does not follow the Messages API: check the content blocks, "
                                  "tools and system prompt.", code="invalid_value") from None
     # What every adapter relies on holds for the translated request too.
-    return validation.chat(chat)
+    return validation.chat(chat, prompted=request.gateway_call.prompt is not None)
 
 
 def native(target, call) -> bool:

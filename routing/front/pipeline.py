@@ -13,6 +13,7 @@ upstream request and how to answer; a stage (stages.py) slots in at a point.
 """
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,11 +67,14 @@ async def run(front: Front, request, call: Call) -> HttpResponse:
     body = front.parse(request)
     call.body, call.model = body, body["model"]
     await authenticate(request, call)
-    spec = await authorize(call, front.mode)
+    spec = await authorize(call, front.mode) if call.model else None  # none yet: a prompt template's default
     if front.prepare is not None:
         spec = await front.prepare(call, spec) or spec
+    asked = call.model
     if (reply := await stages.run_request(stages.INPUT, call, front)) is not None:
         return reply.response
+    if spec is None or call.model != asked or call.pinned_deployment is not None:
+        spec = await reauthorize(call, spec, front.mode)
     spec, targets = await route(call, spec, request, front.mode)
     await admit(call, front.estimate, targets or spec.targets)
     if (reply := await stages.run_request(stages.ADMITTED, call, front)) is not None:
@@ -103,6 +107,18 @@ async def authenticate(request, call: Call) -> None:
 async def authorize(call: Call, mode: str) -> table.RouteSpec:
     """The route serving the model for this key: 404 for a name the tenant cannot see, 403 for one it may not use."""
     return await table.route_for_key(call.key, call.model, mode)
+
+
+async def reauthorize(call: Call, spec: table.RouteSpec | None, mode: str) -> table.RouteSpec:
+    """After the input stages: the route of the model a stage chose (a template's default, an experiment's
+    variant), authorized for the key like the one asked for; narrowed to the deployment a variant pins."""
+    if spec is None or call.model != spec.name:
+        spec = await authorize(call, mode)
+    if call.pinned_deployment is not None:
+        pinned = tuple(t for t in spec.targets if t.deployment_id == call.pinned_deployment)
+        if pinned:
+            spec = dataclasses.replace(spec, targets=pinned, rules=())
+    return spec
 
 
 async def route(call: Call, spec: table.RouteSpec, request, mode: str):

@@ -1,5 +1,9 @@
 """The admin's playground: chat with any model a key may use, from the browser.
 
+A conversation of several turns, a prompt template of the key's tenant with its variables, tools
+defined as JSON schema; in compare mode the page sends the same conversation to two to four models
+or routes at once (one call each, side by side as they stream).
+
 The page lists the keys the signed-in user may use (staff: all; a tenant's
 owners and admins: the tenant's; members: their own) and, for each, the models
 and routes that key may call. A call goes through the API's own view,
@@ -23,14 +27,15 @@ from gateway_project.lib import errors
 from keys.auth import info_for
 from keys.models import ApiKey
 from routing import table
+from routing.prompts.models import PromptTemplate
 from tenants.scoping import scope_for
 
-from . import chat
+from . import chat, validation
 
 # What the page shows of the usage event.
 SHOWN = ("request_id", "provider_name", "deployment_id", "upstream_model", "route", "strategy", "attempts",
          "prompt_tokens", "completion_tokens", "total_tokens", "tokens_estimated", "cost_usd", "latency_ms",
-         "ttft_ms", "status")
+         "ttft_ms", "status", "public_model", "prompt_template", "prompt_version", "variant")
 
 
 def usable_keys(user):
@@ -40,14 +45,30 @@ def usable_keys(user):
 
 def _choices(user) -> list[dict]:
     routing_table = table.load()
+    keys = list(usable_keys(user))
+    templates = _templates({key.tenant_id for key in keys})
     choices = []
-    for key in usable_keys(user):
+    for key in keys:
         info = info_for(key)
         models = [name for name, _, _ in routing_table.models_for(key.tenant_id)
                   if info.may_use(name) and _chats(routing_table, key.tenant_id, name)]
         choices.append({"id": key.id, "label": f"{key.tenant.name} / {key.name} ({key.prefix}…)", "models": models,
-                        "default_model": info.default_model})
+                        "default_model": info.default_model, "templates": templates.get(key.tenant_id, [])})
     return choices
+
+
+def _templates(tenant_ids: set[int]) -> dict[int, list[dict]]:
+    """Each tenant's templates as the page offers them: versions (newest first) with their variables, labels."""
+    found: dict[int, list[dict]] = {}
+    rows = PromptTemplate.objects.filter(tenant_id__in=tenant_ids).prefetch_related("versions", "labels__version")
+    for template in rows.order_by("name"):
+        versions = [{"number": v.number, "variables": v.variables, "model": v.model, "note": v.note}
+                    for v in sorted(template.versions.all(), key=lambda v: -v.number)]
+        if versions:
+            found.setdefault(template.tenant_id, []).append({
+                "name": template.name, "versions": versions,
+                "labels": {label.name: label.version.number for label in template.labels.all()}})
+    return found
 
 
 def _chats(routing_table, tenant_id: int, name: str) -> bool:
@@ -77,10 +98,13 @@ def _usable(user, key_id: int):
 
 
 def _chat_body(form: dict) -> dict:
+    """The chat request the form describes (checked by the API's own view, like a client's)."""
     body = {"model": form.get("model"), "messages": form.get("messages"), "stream": bool(form.get("stream"))}
-    for name in ("temperature", "max_tokens"):
-        if form.get(name) not in (None, ""):
+    for name in ("temperature", "max_tokens", "tools", "tool_choice"):
+        if form.get(name) not in (None, "", []):
             body[name] = form[name]
+    if form.get("prompt") is not None:
+        body[validation.PROMPT_FIELD] = form["prompt"]
     if body["stream"]:
         body["stream_options"] = {"include_usage": True}
     return body
@@ -92,7 +116,8 @@ def _summary(call) -> bytes:
 
 
 async def call(request) -> HttpResponse:
-    """POST {key, model, messages, temperature, max_tokens, stream}: the API's answer, then the call's usage."""
+    """POST {key, model, messages, temperature, max_tokens, tools, tool_choice, prompt, stream}: the API's answer,
+    then the call's usage."""
     user = await request.auser()
     if not (user.is_active and user.is_staff):
         return _error(403, "Sign in to the admin to use the playground.")

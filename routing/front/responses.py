@@ -31,8 +31,9 @@ from .responses_output import ChatEvents, error_event, from_chat, new_id, sse
 
 def parse(request) -> dict:
     body = validation.json_body(request)
-    request.gateway_call.front_state = read(body)
-    return body
+    state = request.gateway_call.front_state = read(body)
+    request.gateway_call.prompt = state.prompt
+    return state.body
 
 
 async def prepare(call, spec):
@@ -49,7 +50,7 @@ async def prepare(call, spec):
     try:
         body = to_chat(state, state.references)
     except NotInChatForm:
-        natives = tuple(t for t in spec.targets if t.native_responses)
+        natives = tuple(t for t in spec.targets if t.native_responses) if spec is not None else ()
         if not natives or not native(natives[0], call):
             raise
         state.native_only = True
@@ -61,9 +62,9 @@ async def prepare(call, spec):
         if state.body.get("stream"):
             body["stream"] = True
     body["model"] = call.model
-    if state.body.get("truncation") == "auto" and spec.targets and not state.native_only:
-        _truncate(body, spec.targets, call.model)
-    call.body = validation.chat(body)
+    if state.body.get("truncation") == "auto" and spec is not None and spec.targets and not state.native_only:
+        _truncate(body, spec.targets, call.model)  # a template's turns come in later, untruncated
+    call.body = validation.chat(body, prompted=state.prompt is not None)
     return spec
 
 

@@ -17,18 +17,19 @@ from django.conf import settings
 
 from gateway_project.lib import errors
 
+from .validation import take_prompt
+
 # Fields of the request, by what the gateway does with them (docs/responses.md).
 FIELDS = frozenset({
     "model", "input", "instructions", "previous_response_id", "store", "stream", "stream_options", "tools",
     "tool_choice", "parallel_tool_calls", "max_output_tokens", "max_tool_calls", "temperature", "top_p", "text",
     "reasoning", "truncation", "metadata", "include", "user", "safety_identifier", "prompt_cache_key",
-    "service_tier", "top_logprobs", "background", "prompt_cache_retention", "client_metadata",
+    "service_tier", "top_logprobs", "background", "prompt_cache_retention", "client_metadata", "prompt",
 })
 # Request fields of features the gateway does not offer: a 400 naming them, whatever the deployment.
 NOT_OFFERED = {
     "background": "background responses are not offered by this gateway; send the request without it",
     "conversation": "the Conversations API is not offered by this gateway; use previous_response_id",
-    "prompt": "stored prompts are not offered by this gateway; send the instructions and input themselves",
     "context_management": "context management is not offered by this gateway",
 }
 INCLUDABLE = frozenset({
@@ -61,6 +62,7 @@ class Request:
     history: list[dict] = field(default_factory=list)  # the stored conversation before `input`
     references: dict[str, dict] = field(default_factory=dict)  # stored items the input refers to, by id
     native_only: bool = False  # the chat form cannot carry it: only native deployments serve it
+    prompt: dict | None = None  # the prompt template it names (routing/prompts/, docs/templates.md)
 
     @property
     def items(self) -> list[dict]:
@@ -77,8 +79,10 @@ def _optional(body: dict, name: str, kinds: tuple, check=None, hint: str = "") -
 
 def read(body: dict) -> Request:
     """Check a Responses request; the 400s name the parameter at fault."""
+    body = dict(body)  # the prompt reference is the gateway's: a native deployment never gets it
+    prompt = take_prompt(body, "prompt")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not (model or prompt is not None):
         raise bad("model", "You must provide a model parameter.", "missing_required_parameter")
     for name, why in NOT_OFFERED.items():
         if body.get(name) is not None and body[name] is not False:  # 0 == False, but 0 is no boolean
@@ -127,7 +131,7 @@ def read(body: dict) -> Request:
                           "or detailed.")
     _text(body.get("text"))
     _check_tools(body)
-    return Request(body=body, input=_input(body.get("input")), include=frozenset(include),
+    return Request(body=body, input=_input(body.get("input")), include=frozenset(include), prompt=prompt,
                    summary=bool(reasoning and (reasoning.get("summary") or reasoning.get("generate_summary"))),
                    obfuscate=bool(options and options.get("include_obfuscation")),
                    store=body.get("store") is not False)
@@ -398,7 +402,7 @@ def to_chat(request: Request, references: dict[str, dict]) -> dict:
     """The gateway's chat request for a Responses request and its conversation."""
     body = request.body
     result = {"model": body["model"], "messages": messages(request, references)}
-    if not result["messages"]:
+    if not result["messages"] and request.prompt is None:
         raise bad("input", "The request has no input: send 'input', or 'previous_response_id' with it.",
                   "missing_required_parameter")
     for name in SAME:

@@ -11,6 +11,9 @@ from gateway_project.lib import errors
 from gateway_project.lib.json_depth import too_deep
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# The gateway's extension field naming a prompt template on chat completions and Anthropic messages
+# (the Responses API has its own, `prompt`): {"id", "version"?, "variables"?} (docs/templates.md).
+PROMPT_FIELD = "gateway_prompt"
 
 
 def json_body(request) -> dict:
@@ -30,11 +33,41 @@ def json_body(request) -> dict:
     return body
 
 
-def _model(body: dict) -> str:
+def _model(body: dict, prompted: bool = False) -> str:
     model = body.get("model")
+    if prompted and model == "":
+        return model  # the template's default model, found by its stage
     if not isinstance(model, str) or not model:
         raise errors.bad_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
     return model
+
+
+def take_prompt(body: dict, param: str) -> dict | None:
+    """The prompt template reference at `param`, checked and taken out of the body (it is the gateway's
+    to expand, never the upstream's); None when the request names none. A request naming one may leave
+    out its model (the template's default) and its messages (the template's)."""
+    ref = body.pop(param, None)
+    if ref is None:
+        return None
+    if not isinstance(ref, dict) or not isinstance(ref.get("id"), str) or not ref["id"]:
+        raise errors.bad_request(f"Invalid '{param}': expected {{'id': template name, 'version'?, 'variables'?}}.",
+                                 param=param, code="invalid_value")
+    unknown = sorted(set(ref) - {"id", "version", "variables"})
+    if unknown:
+        raise errors.bad_request(f"Unknown parameter: '{param}.{unknown[0]}'.", param=f"{param}.{unknown[0]}",
+                                 code="unknown_parameter")
+    version = ref.get("version")
+    if version is not None and not (isinstance(version, str) and version) and not _is_int(version):
+        raise errors.bad_request(f"Invalid '{param}.version': a version number or a label.",
+                                 param=f"{param}.version", code="invalid_value")
+    values = ref.get("variables")
+    if values is not None and (not isinstance(values, dict) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values.values())):
+        raise errors.bad_request(f"Invalid '{param}.variables': an object of strings (or numbers).",
+                                 param=f"{param}.variables", code="invalid_value")
+    body.setdefault("model", "")
+    return {"id": ref["id"], "version": None if version is None else str(version),
+            "variables": {name: str(value) for name, value in (values or {}).items()}, "param": param}
 
 
 def _optional(body: dict, name: str, kinds: tuple, check=None, hint: str = "") -> None:
@@ -149,14 +182,19 @@ def _response_format(body: dict) -> None:
 
 
 def chat_body(request) -> dict:
-    return chat(json_body(request))
+    body = json_body(request)
+    request.gateway_call.prompt = take_prompt(body, PROMPT_FIELD)
+    return chat(body, prompted=request.gateway_call.prompt is not None)
 
 
-def chat(body: dict) -> dict:
-    """Check an OpenAI chat request (the client's, or one the gateway translated)."""
-    _model(body)
+def chat(body: dict, prompted: bool = False) -> dict:
+    """Check an OpenAI chat request (the client's, or one the gateway translated); `prompted`: one naming a
+    template, which may leave the model and the messages to it."""
+    _model(body, prompted)
+    if prompted:
+        body.setdefault("messages", [])
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(messages, list) or not (messages or prompted):
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
     if len(messages) > settings.GATEWAY_MAX_MESSAGES:
@@ -200,8 +238,17 @@ def _is_token_list(value) -> bool:
     return bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
+def _no_prompt(body: dict, endpoint: str) -> None:
+    """A template names chat messages: an endpoint without them refuses it rather than pass it upstream."""
+    if body.get(PROMPT_FIELD) is not None:
+        raise errors.bad_request(f"'{PROMPT_FIELD}' is not supported on {endpoint}: prompt templates are for chat "
+                                 "completions, messages and responses.", param=PROMPT_FIELD,
+                                 code="unsupported_parameter")
+
+
 def embeddings_body(request) -> dict:
     body = json_body(request)
+    _no_prompt(body, "embeddings")
     _model(body)
     value = body.get("input")
     ok = (
@@ -237,10 +284,15 @@ def messages_body(request, counting: bool = False) -> dict:
     which takes no max_tokens). Only what the gateway itself reads is checked: an Anthropic deployment
     gets the rest as sent and answers for itself."""
     body = json_body(request)
-    _model(body)
+    prompt = take_prompt(body, PROMPT_FIELD)
+    if not counting:
+        request.gateway_call.prompt = prompt
+    _model(body, prompt is not None)
     _positive_int(body, "max_tokens", required=not counting)
+    if prompt is not None:
+        body.setdefault("messages", [])
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(messages, list) or not (messages or prompt is not None):
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
     for i, message in enumerate(messages):
@@ -261,6 +313,7 @@ def messages_body(request, counting: bool = False) -> dict:
 def completions_body(request) -> dict:
     """A legacy text completions request (POST /v1/completions)."""
     body = json_body(request)
+    _no_prompt(body, "legacy completions")
     _model(body)
     prompt = body.get("prompt")
     ok = (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (

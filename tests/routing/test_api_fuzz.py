@@ -62,7 +62,8 @@ def test_the_public_api_survives_schemathesis(transactional_db, fuzz_target, moc
 def test_the_v1_schema_is_served_and_describes_every_endpoint(gateway):
     schema = httpx.get(gateway.url + "/v1/openapi.json").json()
     assert schema["openapi"].startswith("3.")
-    assert set(schema["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+    assert set(schema["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/feedback",
+                                    "/v1/messages",
                                     "/v1/messages/count_tokens",
                                     "/v1/models", "/v1/openapi.json", "/v1/responses", "/v1/responses/input_tokens",
                                     "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",

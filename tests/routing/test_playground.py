@@ -126,3 +126,35 @@ def test_bad_calls_get_clear_errors_and_nothing_is_billed(gateway, staff, ready)
     # Refused calls are recorded as errors (nothing billed), like the API's.
     wait_until(lambda: UsageRecord.objects.count() >= before + 2)
     assert all(r.cost_usd == 0 for r in UsageRecord.objects.all()[before:])
+
+
+def test_tools_and_a_template_go_to_the_api_and_the_page_offers_the_tenants_templates(gateway, staff, ready, mock,
+                                                                                      tenant, other_tenant):
+    from routing.prompts import services
+    from routing.prompts.models import PromptTemplate
+
+    ours = PromptTemplate.objects.create(tenant=tenant, name="greet")
+    services.prompt_publish(ours, [{"role": "system", "content": "Greet {{ name }}."}], label="production")
+    theirs = PromptTemplate.objects.create(tenant=other_tenant, name="theirs")
+    services.prompt_publish(theirs, [{"role": "system", "content": "x"}])
+    client = signed_in(gateway, staff)
+    page = client.get("/admin/playground/").text
+    choices = orjson.loads(re.search(r'id="playground-choices" type="application/json">(.*?)</script>', page).group(1))
+    offered = next(c for c in choices if c["id"] == ready.id)["templates"]
+    assert offered == [{"name": "greet", "labels": {"production": 1},
+                        "versions": [{"number": 1, "variables": ["name"], "model": "", "note": ""}]}]
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    response = wait_until(lambda: (r := play(client, key=ready.id, stream=False, tools=[tool],
+                                             prompt={"id": "greet", "variables": {"name": "Ada"}})
+                                   ).status_code == 200 and r)
+    assert response, "the gateway never served the template"
+    message = response.json()["response"]["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"]["name"] == "get_weather"  # the mock calls an offered tool
+    sent = httpx.get(mock.url + "/_mock/last").json()["body"]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["messages"][0] == {"role": "system", "content": "Greet Ada."}
+    assert response.json()["gateway"]["prompt_template"] == "greet"
+    bad = play(client, key=ready.id, tools=[{"type": "function"}])
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tools[0]"

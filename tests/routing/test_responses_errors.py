@@ -19,7 +19,7 @@ def sdk(gateway, api_key, mock):
 @pytest.mark.parametrize(("extra", "param"), [
     ({"background": True}, "background"),
     ({"conversation": "conv_1"}, "conversation"),
-    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"prompt": {"id": "pmpt_1", "colour": "red"}}, "prompt.colour"),
     ({"frobnicate": 1}, "frobnicate"),
     ({"include": ["nothing.at.all"]}, "include[0]"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),

@@ -16,10 +16,23 @@ from keys import services as key_services
 from providers.models import Deployment, HealthCheck, Provider
 from routing.batches.models import Batch
 from routing.batches.models import File as BatchFile
-from routing.models import CachePolicy, CircuitEvent, GuardrailCheck, GuardrailPolicy, Route, RouteRule, RouteTarget
+from routing.models import (
+    CachePolicy,
+    CircuitEvent,
+    Experiment,
+    GuardrailCheck,
+    GuardrailPolicy,
+    PromptTemplate,
+    Route,
+    RouteRule,
+    RouteTarget,
+    Variant,
+)
+from routing.prompts import services as prompt_services
 from tenants.models import AuditLog, Membership
 from usage.models import (
     AnomalyMute,
+    Feedback,
     Limit,
     PromptLog,
     ReportDelivery,
@@ -45,7 +58,16 @@ def make_world(tenant, people: dict) -> dict:
     RouteRule.objects.create(route=route, kind="keyword", value=f"{slug}-word", deployment=deployment)
     guardrail = GuardrailPolicy.objects.create(tenant=tenant, name=f"{slug}-guardrail", api_key=key)
     GuardrailCheck.objects.create(policy=guardrail, kind="terms", terms=[f"{slug}-secret-term"])
+    template = PromptTemplate.objects.create(tenant=tenant, name=f"{slug}-template")
+    version = prompt_services.prompt_publish(template, [{"role": "system", "content": f"{slug} secret prompt"}],
+                                             label="production")
+    experiment = Experiment.objects.create(tenant=tenant, name=f"{slug}-experiment", route=f"{slug}-route")
+    Variant.objects.create(experiment=experiment, name=f"{slug}-variant", prompt_version=version)
     return {
+        "template": template,
+        "version": version,
+        "experiment": experiment,
+        "feedback": Feedback.objects.create(tenant=tenant, request_id=f"req_{slug}", label=f"{slug}-label"),
         "guardrail": guardrail,
         "tenant": tenant,
         "membership": Membership.objects.get(tenant=tenant, user=people["member"]),
@@ -129,6 +151,10 @@ ADMIN_OBJECTS = [
     ("usage/anomalymute", "mute"),
     ("routing/file", "batch_file"),
     ("routing/batch", "batch"),
+    ("routing/prompttemplate", "template"),
+    ("routing/promptversion", "version"),
+    ("routing/experiment", "experiment"),
+    ("usage/feedback", "feedback"),
 ]
 # Admin models no tenant owns: tenant users may not open them at all.
 PLATFORM_ADMIN = [("auth/user", "user")]
@@ -149,6 +175,8 @@ API_OBJECTS = [
     ("limits", "key_limit", {"requests_per_minute": 100000}),
     ("cache-policies", "cache_policy", {"mode": "off", "ttl_seconds": 5}),
     ("limits", "tenant_limit", {"budget_usd": "100000"}),
+    ("prompts", "template", {"name": "taken-over", "description": "x"}),
+    ("experiments", "experiment", {"route": "taken-over", "variants": []}),
     ("audit", "audit", {"action": "nothing"}),
 ]
 
@@ -252,6 +280,9 @@ THEIR_PARENTS = [
     ("routes", {"name": "planted", "targets": [{"deployment": "deployment"}]}),
     ("limits", {"api_key": "key", "requests_per_minute": 1}),
     ("limits", {"tenant": "tenant", "api_key": "key", "requests_per_minute": 1}),
+    ("prompts", {"tenant": "tenant", "name": "planted"}),
+    ("experiments", {"tenant": "tenant", "name": "planted", "route": "x"}),
+    ("experiments", {"name": "planted", "route": "x", "variants": [{"name": "v", "prompt_version": "version"}]}),
 ]
 
 

@@ -1,0 +1,1 @@
+"""Experiments: a route's traffic split between variants by weight, sticky per user (docs/templates.md)."""

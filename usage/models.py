@@ -75,10 +75,14 @@ class UsageRecord(models.Model):
         null=True, blank=True,
         help_text="What the guardrail checks decided: each check's action, findings by type and count, time "
                   "taken. Never the matched text.")
+    batch_id = models.CharField(
+        max_length=40, blank=True, default="",
+        help_text="A line of this batch (the Batches APIs); empty for a live call.")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"])]
+        indexes = [models.Index(fields=["tenant", "created_at"]),
+                   models.Index(fields=["batch_id"], condition=~models.Q(batch_id=""), name="usage_batch_line")]
 
     def __str__(self) -> str:
         return self.request_id

@@ -13,7 +13,7 @@ from gateway_project.lib.orm_thread import run_orm
 from routing.front.endpoint import endpoint
 from routing.front.pipeline import json_response, key_of
 
-from . import files, runner, tasks
+from . import files, notify, runner, tasks
 from .models import Batch, File
 
 WINDOWS = ("24h",)
@@ -138,6 +138,7 @@ def _create_batch(key, body: dict) -> Batch:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise errors.bad_request("Invalid 'metadata': expected an object.", param="metadata", code="invalid_value")
+    notify.check_request(key.tenant_id, metadata)
     input_id = body.get("input_file_id")
     if not isinstance(input_id, str):
         raise errors.bad_request("Missing required parameter: 'input_file_id'.", param="input_file_id",

@@ -76,6 +76,9 @@ class Call:
     hit_spends_limits: bool = False
     guard: object = None  # the guardrails' state for this call (routing/guardrails/stage.py)
     guardrails: dict | None = None  # what the guardrails decided, for the usage record (no matched text)
+    # A batch line (routing/batches/): the batch's id, in its usage record; its admission takes
+    # BATCH_LIMIT_SHARE of the rate limits.
+    batch_id: str = ""
 
     @property
     def response_id(self) -> str:
@@ -196,7 +199,7 @@ class Call:
         target = target or self.target
         cost = self.cost() if usage is None else target.usage_cost(usage)
         usage = usage or self.usage or Usage()
-        return events.clean({
+        event = events.clean({
             "request_id": self.request_id,
             "client_request_id": self.client_request_id,
             "ts": self.ts,
@@ -231,3 +234,6 @@ class Call:
             "cost_saved_usd": str(self.cost_saved),
             "guardrails": self.guardrails,
         })
+        if self.batch_id:
+            event["batch_id"] = self.batch_id
+        return event

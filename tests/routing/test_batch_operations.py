@@ -212,7 +212,7 @@ def test_a_redis_restart_mid_batch_leaves_every_line_answered_and_billed_once(ow
         own_redis.start()
         # The beat job does this every 30 s; a slot's lease is 3 s here.
         assert wait_until(lambda: broker.send_task("routing.batches.tasks.resume_batches") and not BatchLine.objects
-                          .filter(batch_id=batch.id, done=False).exists(), timeout=120, interval=4)
+                          .filter(batch_id=batch.id, done=False).exists(), timeout=120, interval=4), worker.output()[-3000:]
         done = finished(client, batch.id)
         assert done.status == "completed" and done.request_counts.completed == 300
         output = [orjson.loads(o) for o in client.files.content(done.output_file_id).content.splitlines()]

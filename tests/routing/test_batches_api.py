@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import openai
 import orjson
@@ -25,13 +27,20 @@ def chat_lines(count: int, model: str = "gpt-test", prefix: str = "req") -> list
 
 
 class Worker:
-    """`celery worker` on the batch queue, as production runs it."""
+    """`celery worker` on the batch queue, as production runs it. Its log goes to a file: a pipe
+    nobody reads would block the worker once full (a Redis outage logs a lot)."""
 
     def __init__(self, env: dict) -> None:
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="batch-worker-", suffix=".log",  # noqa: SIM115
+                                               dir=os.environ["GATEWAY_DATA_DIR"], delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "gateway_project", "worker", "--pool=solo", "-Q", "batches,celery",
              "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -241,10 +241,15 @@ def test_the_admin_lists_batches_with_counts_and_progress(transactional_db, tena
     batch = runner.create(key, row, "/v1/chat/completions", "24h", None)
     assert runner.validate(batch)
     BatchLine.objects.filter(batch=batch, number__lte=2).update(done=True, ok=True)
-    batch.completed = 2
+    BatchLine.objects.filter(batch=batch, number=3).update(done=True, ok=False, result={
+        "custom_id": "req-2", "response": {"status_code": 403, "body": {"error": {
+            "message": "This key may not use the model 'embed-test'.", "code": "model_not_allowed"}}}})
+    batch.completed, batch.failed = 2, 1
     batch.save()
     page = admin_client.get("/admin/routing/batch/").content.decode()
-    assert batch.id in page and 'value="50"' in page and "in_progress" in page
+    assert batch.id in page and 'value="75"' in page and "in_progress" in page
+    detail = admin_client.get(f"/admin/routing/batch/{batch.id}/change/").content.decode()
+    assert "req-2" in detail and "403" in detail and "may not use the model &#x27;embed-test&#x27;" in detail
 
 
 def test_anthropic_message_batches_run_on_the_same_machinery(key_client, worker, gateway, api_key):

@@ -1,5 +1,6 @@
 """Uploaded files: stored through Django's storage API, JSONL checked line by line on upload."""
 
+import logging
 import re
 
 import orjson
@@ -11,6 +12,8 @@ from django.db.models import Sum
 from gateway_project.lib import errors
 
 from .models import File
+
+log = logging.getLogger(__name__)
 
 # A JSON \u0000 escape (not an escaped backslash before "u0000"): PostgreSQL's JSON columns refuse NUL.
 NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -97,5 +100,12 @@ def content(row: File) -> bytes:
 
 
 def delete(row: File) -> None:
-    storage().delete(row.storage_name)
-    row.delete()
+    row.delete()  # the stored bytes go once it is committed (routing/signals.py)
+
+
+def forget(storage_name: str) -> None:
+    """Delete a file's stored bytes (its row is gone); a storage that fails leaves them to its own lifecycle."""
+    try:
+        storage().delete(storage_name)
+    except Exception as exc:  # OSError on the file system, botocore's errors on S3
+        log.warning("stored file %s not deleted (%s)", storage_name, exc)

@@ -58,7 +58,9 @@ class Batch(models.Model):
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, related_name="batches")
     endpoint = models.CharField(max_length=40)
     completion_window = models.CharField(max_length=8, default="24h")
-    input_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="batches")
+    # RESTRICT, not PROTECT: a file a batch was made from stays while the batch does, but a tenant's
+    # deletion takes both.
+    input_file = models.ForeignKey(File, on_delete=models.RESTRICT, related_name="batches")
     output_file = models.ForeignKey(File, on_delete=models.SET_NULL, null=True, related_name="+")
     error_file = models.ForeignKey(File, on_delete=models.SET_NULL, null=True, related_name="+")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.VALIDATING)

@@ -274,3 +274,17 @@ def test_files_and_batch_results_live_in_s3_when_configured(s3_server, gateway_e
         worker.stop()
         gateway.stop()
 
+
+
+def test_deleting_a_tenant_takes_its_batches_and_files_stored_bytes_included(transactional_db, tenant, api_key):
+    from keys.auth import info_for
+    from routing.batches import files
+    from routing.batches.models import Batch, File
+
+    key = info_for(type(api_key[0]).objects.select_related("tenant").get(pk=api_key[0].pk))
+    batch = _finished_batch(tenant, key, 3, 0)
+    names = list(File.objects.filter(tenant=tenant).values_list("storage_name", flat=True))
+    assert len(names) == 3 and all(files.storage().exists(n) for n in names)
+    tenant.delete()  # a file a batch was made from is kept with the batch, not against its tenant's deletion
+    assert not Batch.objects.filter(pk=batch.pk).exists() and not File.objects.filter(tenant_id=tenant.id).exists()
+    assert not any(files.storage().exists(n) for n in names)

@@ -3,7 +3,7 @@
 `data(user, params)` answers the dashboard's one JSON request: totals, a time
 series and breakdowns by tenant, provider and model of the usage records the
 user may see (tenants.scoping: staff all, a tenant's owners and admins the
-tenant's, members their own keys'), the health of the deployments they may see,
+tenant's, members their own keys'), the batch lines' share per tenant, the health of the deployments they may see,
 and the budgets and quotas closest to their limits. Counts and money come from
 the usage records themselves, exact (money as decimal strings); latency
 percentiles are PostgreSQL's percentile_cont (computed in Python on SQLite).
@@ -30,6 +30,7 @@ from routing import breakers
 from tenants.models import Tenant
 from tenants.scoping import scope_for
 from usage import anomalies, forecast, limits
+from usage.api import by_batch
 from usage.models import Limit, UsageRecord
 from usage.rollups import NOT_ERRORS
 
@@ -116,7 +117,7 @@ def _records(scope, params, win: Window | None):
         records = records.filter(provider_name=value)
     if value := params.get("model"):
         records = records.filter(public_model=value)
-    return records.order_by()
+    return by_batch(records, params.get("batch")).order_by()
 
 
 SUMS = {
@@ -295,7 +296,8 @@ def data(user, params) -> dict:
         "range": {"start": win.start.isoformat(), "end": win.end.isoformat(), "step": win.step},
         "totals": totals,
         "series": _series(records, win),
-        "by": {name: _breakdown(records, name) for name in BREAKDOWNS},
+        "by": {**{name: _breakdown(records, name) for name in BREAKDOWNS},
+               "batch": _breakdown(records.exclude(batch_id=""), "tenant")},  # batch lines' cost per tenant
         "filters": _filters(scope, win),
         "health": _health(scope, scope.everything),
         "budgets": _budgets(scope),

@@ -20,6 +20,8 @@ SCHEDULES: dict[str, tuple[str, int | str, dict]] = {
     "reports: monthly cost report": ("usage.tasks.send_cost_reports", "0 6 1 * *", {"period": "month"}),
     "usage: spend anomalies of the last hours": ("usage.tasks.detect_anomalies", "5,20,35,50 * * * *", {}),
     "batches: resume unfinished batches": ("routing.batches.tasks.resume_batches", 30, {}),
+    "batches: delete finished batches past their retention": ("routing.batches.tasks.cleanup_batches",
+                                                               "45 3 * * *", {}),
     "usage: delete logged prompts past their retention": ("usage.tasks.purge_prompts", 3600, {}),
 }
 

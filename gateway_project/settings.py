@@ -389,12 +389,37 @@ CELERY_TASK_ROUTES = {"routing.batches.tasks.run_batch": {"queue": BATCH_QUEUE}}
 # Uploaded and batch files go through STORAGES["default"]: the file system here unless set otherwise
 # (S3 through django-storages: docs/batches.md).
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
+# FILES_S3_BUCKET set: files go to that bucket of S3 or an S3-compatible server (MinIO, Ceph, R2, ...)
+# through django-storages; the credentials, if not given, come from boto3's own chain (an IAM role).
+FILES_S3_BUCKET = env.str("FILES_S3_BUCKET", default="")
+if FILES_S3_BUCKET:
+    STORAGES = {
+        "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+            "bucket_name": FILES_S3_BUCKET,
+            "location": env.str("FILES_S3_PREFIX", default=""),
+            "endpoint_url": env.str("FILES_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("FILES_S3_REGION", default="") or None,
+            "access_key": env.str("FILES_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("FILES_S3_SECRET_ACCESS_KEY", default="") or (
+                Path(path).read_text().strip() if (path := env.str("FILES_S3_SECRET_ACCESS_KEY_FILE", default=""))
+                else None),
+            "file_overwrite": False, "default_acl": None,
+        }},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 FILES_MAX_BYTES = env.int("FILES_MAX_BYTES", default=200 * 1024 * 1024)
 FILES_TENANT_MAX_BYTES = env.int("FILES_TENANT_MAX_BYTES", default=10 * 1024 * 1024 * 1024)
 BATCH_CHUNK_LINES = env.int("BATCH_CHUNK_LINES", default=50)
 BATCH_LINE_CONCURRENCY = env.int("BATCH_LINE_CONCURRENCY", default=8)
 BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=120)
 BATCH_SLOTS = env.int("BATCH_SLOTS", default=2)
+# The most of each rate limit (a key's and a tenant's requests and tokens per minute, concurrency) batch
+# lines may fill: the rest stays for live calls while a batch runs (1: no reserve).
+BATCH_LIMIT_SHARE = env.float("BATCH_LIMIT_SHARE", default=0.5)
+# Days a finished batch (its lines, input, output and error files) is kept after it ended; 0: for ever.
+BATCH_RETENTION_DAYS = env.int("BATCH_RETENTION_DAYS", default=30)
+if not 0 < BATCH_LIMIT_SHARE <= 1:
+    raise ValueError("BATCH_LIMIT_SHARE must be above 0 and at most 1")
 
 # --- Observability (docs/observability.md) --------------------------------------
 # GET /metrics answers a bearer METRICS_TOKEN, or any client address in METRICS_ALLOW

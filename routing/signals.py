@@ -1,5 +1,6 @@
 """Push route changes to every process's routing table; feed health check results to the breakers."""
 
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -7,6 +8,8 @@ from gateway_project.lib import config_cache
 from providers import health
 
 from . import breakers
+from .batches import files
+from .batches.models import File
 from .models import (
     CachePolicy,
     Experiment,
@@ -52,3 +55,10 @@ def prompts_changed(sender, **kwargs) -> None:
 @receiver([post_save, post_delete], sender=Variant)
 def experiments_changed(sender, **kwargs) -> None:
     config_cache.changed("experiments")
+
+
+@receiver(post_delete, sender=File)
+def file_deleted(sender, instance: File, **kwargs) -> None:
+    """A file's stored bytes go with its row, however the row went (its own delete, a batch's
+    retention, its tenant's deletion), once the deletion is committed."""
+    transaction.on_commit(lambda: files.forget(instance.storage_name))

@@ -1,8 +1,11 @@
 """The usage API (Django REST framework), for tenant admins and staff.
 
 GET /api/usage/records  usage records, newest first, filtered and paginated
-GET /api/usage/summary  totals, optionally grouped by model, key, provider, day or tenant
+GET /api/usage/summary  totals, optionally grouped by model, key, provider, day, tenant or batch
 GET /api/usage/experiments/<id>  an experiment's figures per variant, with confidence intervals
+
+`batch` filters batch lines (the Batches APIs): a batch id, `any` (every batch line) or
+`none` (live calls only).
 
 Signed in with the admin session (or HTTP basic auth with the same
 credentials); scoped by tenants.scoping: staff see every tenant, owners and
@@ -38,7 +41,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
                   "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
                   "cache_write_1h_tokens", "reasoning_tokens", "total_tokens", "tokens_estimated",
                   "cost_usd", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
-                  "cache_hit", "cost_saved_usd"]
+                  "cache_hit", "cost_saved_usd", "batch_id"]
 
 
 class NewestFirst(pagination.CursorPagination):
@@ -55,6 +58,8 @@ FILTERS = [
     OpenApiParameter("model", str, description="Public model name"),
     OpenApiParameter("provider", str, description="Provider name"),
     OpenApiParameter("tenant", str, description="Tenant slug (staff only; others see their own tenants)"),
+    OpenApiParameter("batch", str, description="Batch lines: a batch id, `any` (every batch's lines) or `none` "
+                                               "(live calls only)"),
 ]
 
 
@@ -73,7 +78,16 @@ def visible_records(request):
                          ("tenant", "tenant__slug")):
         if value := query_text(params, param):
             records = records.filter(**{field: value})
-    return records
+    return by_batch(records, query_text(params, "batch"))
+
+
+def by_batch(records, value: str | None):
+    """Records narrowed to batch lines: of one batch (its id), of any batch (`any`), or none (`none`)."""
+    if not value:
+        return records
+    if value == "any":
+        return records.exclude(batch_id="")
+    return records.filter(batch_id="" if value == "none" else value)
 
 
 class SignedIn(permissions.BasePermission):
@@ -96,7 +110,7 @@ class RecordList(generics.ListAPIView):
 
 
 GROUPS = {"model": "public_model", "key": "key_prefix", "provider": "provider_name", "tenant": "tenant__slug",
-          "day": "day"}
+          "day": "day", "batch": "batch_id"}
 
 
 def _exact(sums: dict) -> dict:

@@ -85,6 +85,16 @@ class Admission:
     # what it held (None: nothing): "" when nothing was read (no read asked, or not the Redis engine).
     read_key: str = ""
     read_value: bytes | None = None
+    # The share of each rate limit (requests and tokens per minute, concurrency) the call may fill:
+    # under 1 for batch lines (BATCH_LIMIT_SHARE), so the rest stays for live calls.
+    share: float = 1.0
+
+
+def share_of(limit: int, share: float) -> int:
+    """The part of a rate limit (0: none) a call under `share` may fill: at least 1, never more than it."""
+    if not limit or share >= 1:
+        return limit
+    return max(1, math.floor(limit * share))
 
 
 def duration(ms: float) -> str:

@@ -51,6 +51,7 @@ from .limit_rules import (  # noqa: F401
     period_usage,
     ratelimit_headers,
     refusal,
+    share_of,
     to_micros,
 )
 from .limits_local import local
@@ -82,12 +83,13 @@ async def rules_for(tenant_id: int, key_id: int, model: str) -> list[LimitRule]:
 
 def _rule_args(rule: LimitRule, now: float, admission: Admission) -> list:
     start, end = period_bounds(rule, now) if rule.metered else (0, 0)
-    return [rule.id, rule.rpm, rule.tpm, rule.concurrency, rule.token_quota, rule.budget_micros,
+    rpm, tpm, concurrency = (share_of(x, admission.share) for x in (rule.rpm, rule.tpm, rule.concurrency))
+    return [rule.id, rpm, tpm, concurrency, rule.token_quota, rule.budget_micros,
             start, end, admission.tokens, admission.micros, admission.largest_tokens, admission.largest_micros]
 
 
 async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None,
-                read: tuple[str, int] | None = None) -> Admission | None:
+                read: tuple[str, int] | None = None, share: float = 1.0) -> Admission | None:
     """Check and reserve, or raise a 429 GatewayError. None when no limit applies.
 
     `estimate()` gives (tokens, micro-dollars) to reserve; it is only called
@@ -97,7 +99,8 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     same round trip, not one more. `read`, (key, TTL to renew it at or 0), is a
     key the Redis script reads once it admits, in that round trip too: its value
     is the admission's `read_value` (and `read_key` the key; "" when the script
-    did not run, so the caller reads it itself).
+    did not run, so the caller reads it itself). `share` (under 1: a batch line) is the part of each
+    rate limit the call may fill; the counters are the same, so what it uses is gone for live calls too.
     """
     rules = await rules_for(tenant_id, key_id, model)
     if not rules:
@@ -105,7 +108,8 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     tokens, micros, *largest = estimate()
     largest_tokens, largest_micros = largest or (tokens, micros)
     admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis",
-                          largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros))
+                          largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros),
+                          share=share)
     if settings.REDIS_URL and not redis_health.down:
         try:
             return await _admit_redis(admission, inflight() if inflight else (), read)

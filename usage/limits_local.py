@@ -64,7 +64,8 @@ class LocalLimiter:
         for rule in admission.rules:
             minute = None  # tokens held in this minute
             trust = settings.LIMITS_TRUST_MAX_TOKENS and self.overruns.get(rule.id, 0) <= now
-            rpm, tpm, conc = (math.ceil(x / share) if x else 0 for x in (rule.rpm, rule.tpm, rule.concurrency))
+            rpm, tpm, conc = (limit_rules.share_of(math.ceil(x / share) if x else 0, admission.share)
+                              for x in (rule.rpm, rule.tpm, rule.concurrency))
             if conc and self.inflight.get(rule.id, 0) + 1 > conc:
                 raise limit_rules.refusal("concurrency_limit_exceeded", 1000, {})
             if rpm:

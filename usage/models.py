@@ -80,11 +80,15 @@ class UsageRecord(models.Model):
     experiment_id = models.PositiveIntegerField(null=True, blank=True,
                                                 help_text="The experiment (routing) the call took part in.")
     variant = models.CharField(max_length=100, blank=True, help_text="The experiment's variant it was given.")
+    batch_id = models.CharField(
+        max_length=40, blank=True, default="",
+        help_text="A line of this batch (the Batches APIs); empty for a live call.")
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["tenant", "created_at"]),
-                   models.Index(fields=["experiment_id", "variant"], name="usage_experiment_variant")]
+                   models.Index(fields=["experiment_id", "variant"], name="usage_experiment_variant"),
+                   models.Index(fields=["batch_id"], condition=~models.Q(batch_id=""), name="usage_batch_line")]
 
     def __str__(self) -> str:
         return self.request_id

@@ -1,5 +1,8 @@
 """Uploaded files: stored through Django's storage API, JSONL checked line by line on upload."""
 
+import logging
+import re
+
 import orjson
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -10,6 +13,10 @@ from gateway_project.lib import errors
 
 from .models import File
 
+log = logging.getLogger(__name__)
+
+# A JSON \u0000 escape (not an escaped backslash before "u0000"): PostgreSQL's JSON columns refuse NUL.
+NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses", "/v1/messages")
 
 
@@ -27,6 +34,9 @@ def check_batch_lines(data: bytes) -> list[dict]:
             line = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise errors.bad_request(f"Line {number} is not valid JSON.", param="file", code="invalid_jsonl") from None
+        if NUL.search(raw):
+            raise errors.bad_request(f"Line {number} holds a NUL character (\\u0000), which cannot be stored.",
+                                     param="file", code="invalid_jsonl")
         problem = _line_problem(line, seen)
         if problem is None and url is not None and line["url"] != url:
             problem = f"its url {line['url']!r} differs from the first line's {url!r} (one endpoint per file)"
@@ -90,5 +100,12 @@ def content(row: File) -> bytes:
 
 
 def delete(row: File) -> None:
-    storage().delete(row.storage_name)
-    row.delete()
+    row.delete()  # the stored bytes go once it is committed (routing/signals.py)
+
+
+def forget(storage_name: str) -> None:
+    """Delete a file's stored bytes (its row is gone); a storage that fails leaves them to its own lifecycle."""
+    try:
+        storage().delete(storage_name)
+    except Exception as exc:  # OSError on the file system, botocore's errors on S3
+        log.warning("stored file %s not deleted (%s)", storage_name, exc)

@@ -42,6 +42,8 @@ def as_anthropic(batch: Batch, request) -> dict:
 
 
 def _lines(body: dict) -> bytes:
+    if unknown := sorted(set(body) - {"requests"}):
+        raise errors.bad_request(f"{unknown[0]}: Extra inputs are not permitted")
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise errors.bad_request("requests: a non-empty list of {custom_id, params} is required.", param="requests")
@@ -50,13 +52,17 @@ def _lines(body: dict) -> bytes:
         if not isinstance(item, dict) or not isinstance(item.get("params"), dict):
             raise errors.bad_request(f"requests.{n}: an object with custom_id and params is required.",
                                      param=f"requests.{n}")
+        if unknown := sorted(set(item) - {"custom_id", "params"}):
+            raise errors.bad_request(f"requests.{n}.{unknown[0]}: Extra inputs are not permitted",
+                                     param=f"requests.{n}")
         lines.append(orjson.dumps({"custom_id": item.get("custom_id"), "method": "POST", "url": "/v1/messages",
                                    "body": item["params"]}))
     return b"\n".join(lines)
 
 
 def _batch_of(tenant_id: int, batch_id: str) -> Batch:
-    batch = Batch.objects.filter(tenant_id=tenant_id, pk=batch_id, endpoint="/v1/messages").first()
+    batch = Batch.objects.filter(tenant_id=tenant_id, pk=batch_id, endpoint="/v1/messages").first() \
+        if "\x00" not in batch_id else None
     if batch is None:
         raise errors.GatewayError(404, f"No message batch with id '{batch_id}'.", type="not_found_error")
     return batch

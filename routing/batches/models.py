@@ -58,7 +58,9 @@ class Batch(models.Model):
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, related_name="batches")
     endpoint = models.CharField(max_length=40)
     completion_window = models.CharField(max_length=8, default="24h")
-    input_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="batches")
+    # RESTRICT, not PROTECT: a file a batch was made from stays while the batch does, but a tenant's
+    # deletion takes both.
+    input_file = models.ForeignKey(File, on_delete=models.RESTRICT, related_name="batches")
     output_file = models.ForeignKey(File, on_delete=models.SET_NULL, null=True, related_name="+")
     error_file = models.ForeignKey(File, on_delete=models.SET_NULL, null=True, related_name="+")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.VALIDATING)
@@ -78,9 +80,15 @@ class Batch(models.Model):
     cancelling_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
     expired_at = models.DateTimeField(null=True, blank=True)
+    # When the email asked for by metadata `notify` went out (routing/batches/notify.py): at most once.
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "batches"
+
+    @property
+    def ended_at(self):
+        return self.completed_at or self.cancelled_at or self.expired_at or self.failed_at
 
     def as_openai(self) -> dict:
         def ts(value):
@@ -111,6 +119,8 @@ class BatchLine(models.Model):
     done = models.BooleanField(default=False)
     ok = models.BooleanField(default=False)
     result = models.JSONField(null=True)
+    # Its run recorded a usage event (a line refused before authorization, as a live call, records none).
+    billed = models.BooleanField(default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "number"], name="batch_line_number")]

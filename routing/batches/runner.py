@@ -12,10 +12,10 @@ run again after a worker died (its result was not yet written) makes the same
 usage event, which the ledger keeps once (unique request id). Results are
 written after every chunk; a batch resumes at its first unanswered line.
 
-Lower priority: batch tasks run on their own Celery queue (BATCH_QUEUE), a
-line at a time per slot (BATCH_LINE_CONCURRENCY), and a line waits while the
-tenant's rate limits are more than BATCH_LIMIT_SHARE used, so live traffic
-keeps the rest.
+Lower priority: batch tasks run on their own Celery queue (BATCH_QUEUE), at
+most BATCH_LINE_CONCURRENCY lines at once per slot, and a line is admitted only
+while the key's and tenant's rate limits are less than BATCH_LIMIT_SHARE used
+(`Call.batch_id` tells admission), so live traffic keeps the rest.
 """
 
 import asyncio
@@ -24,6 +24,7 @@ import logging
 from datetime import timedelta
 
 import orjson
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -40,6 +41,7 @@ from routing.front import chat, completions, embeddings, messages, responses
 from routing.front.call import Call
 from routing.front.endpoint import finish
 from routing.front.pipeline import run
+from usage import recorder
 
 from . import files
 from .models import Batch, BatchLine
@@ -91,7 +93,7 @@ async def run_line(batch: Batch, key, line: BatchLine) -> dict | None:
     front = FRONTS[batch.endpoint]
     body = dict(line.body)
     body.pop("stream", None)
-    call = Call(endpoint=front.endpoint, request_id=line_request_id(batch.id, line.custom_id))
+    call = Call(endpoint=front.endpoint, request_id=line_request_id(batch.id, line.custom_id), batch_id=batch.id)
     request = LineRequest(key, body)
     request.gateway_call = call
     try:
@@ -109,6 +111,7 @@ async def run_line(batch: Batch, key, line: BatchLine) -> dict | None:
         call.failed(error)
         response = error.response()
     await finish(call, response)
+    line.billed = call.recorded is not None
     status = response.status_code
     return {"id": f"batch_req_{hashlib.sha256(call.request_id.encode()).hexdigest()[:24]}",
             "custom_id": line.custom_id,
@@ -246,16 +249,28 @@ def advance(batch_id: str, lock_key: str | None = None, slot: int = 0, start_oth
                 finalize(batch)
             break
         paused = loop().run_until_complete(run_chunk(batch, key, lines))
-        BatchLine.objects.bulk_update([line for line in lines if line.done], ["done", "ok", "result"])
+        BatchLine.objects.bulk_update([line for line in lines if line.done], ["done", "ok", "result", "billed"])
+        if recorder.held():
+            recorder.drain_all(local_only=True)  # Redis was away: the events this worker kept, into the ledger now
         _count(batch)
-        if lock_key and settings.REDIS_URL:
-            sync_redis().expire(lock_key, settings.BATCH_LEASE_SECONDS)
+        _renew(lock_key)
         if paused != batch.paused_reason:
             batch.paused_reason = paused
             batch.save(update_fields=["paused_reason"])
         if paused:
             break  # resume_all tries again later
     return batch.status
+
+
+def _renew(lock_key: str | None) -> None:
+    """Renew the slot's lease. With Redis away the slot goes on: should its lease run out meanwhile and
+    another worker take the slot, both make the same request ids, which the ledger bills once."""
+    if not lock_key or not settings.REDIS_URL:
+        return
+    try:
+        sync_redis().expire(lock_key, settings.BATCH_LEASE_SECONDS)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("batch lease %s not renewed (%s)", lock_key, exc)
 
 
 def running_ids() -> list[str]:

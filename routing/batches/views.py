@@ -7,13 +7,14 @@ record no usage event.
 
 import orjson
 from django.http import HttpResponse
+from django.http.multipartparser import MultiPartParserError
 
 from gateway_project.lib import errors
 from gateway_project.lib.orm_thread import run_orm
 from routing.front.endpoint import endpoint
 from routing.front.pipeline import json_response, key_of
 
-from . import files, runner, tasks
+from . import files, notify, runner, tasks
 from .models import Batch, File
 
 WINDOWS = ("24h",)
@@ -32,15 +33,23 @@ def _limit(request, default: int = 20, most: int = 100) -> int:
     return int(raw)
 
 
+def _query(request, name: str) -> str:
+    """A query parameter ("" when absent); NUL, which PostgreSQL refuses in text, is a 400."""
+    value = request.GET.get(name) or ""
+    if "\x00" in value:
+        raise errors.bad_request(f"Invalid '{name}': NUL characters are not allowed.", param=name, code="invalid_value")
+    return value
+
+
 def _file_of(tenant_id: int, file_id: str) -> File:
-    row = File.objects.filter(tenant_id=tenant_id, pk=file_id).first()
+    row = File.objects.filter(tenant_id=tenant_id, pk=file_id).first() if "\x00" not in file_id else None
     if row is None:
         raise errors.GatewayError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
     return row
 
 
 def _batch_of(tenant_id: int, batch_id: str) -> Batch:
-    row = Batch.objects.filter(tenant_id=tenant_id, pk=batch_id).first()
+    row = Batch.objects.filter(tenant_id=tenant_id, pk=batch_id).first() if "\x00" not in batch_id else None
     if row is None:
         raise errors.GatewayError(404, f"No batch found with id '{batch_id}'.", param="id", code="batch_not_found")
     return row
@@ -53,8 +62,15 @@ async def file_create(request, call):
     key = await key_of(request)
     if not request.content_type.startswith("multipart/form-data"):
         raise errors.bad_request("Upload the file as multipart/form-data with 'file' and 'purpose'.", param="file")
-    purpose = request.POST.get("purpose")
-    upload = request.FILES.get("file")
+    try:
+        form, uploads = request.POST, request.FILES
+    except MultiPartParserError as exc:
+        raise errors.bad_request(f"The multipart body could not be read: {exc}", param="file") from None
+    if unknown := sorted((set(form) - {"purpose"}) | (set(uploads) - {"file"})):
+        raise errors.bad_request(f"Unrecognized request argument supplied: {unknown[0]}. Send 'file' and 'purpose'.",
+                                 param=unknown[0], code="unknown_parameter")
+    purpose = form.get("purpose")
+    upload = uploads.get("file")
     if purpose not in ("batch", "user_data"):
         raise errors.bad_request("Invalid 'purpose': this gateway takes 'batch' (or 'user_data') files.",
                                  param="purpose", code="invalid_value")
@@ -67,11 +83,13 @@ async def file_create(request, call):
 async def _file_list(request, call):
     key = await key_of(request)
     limit = _limit(request, 10000, 10000)
+    if request.GET.get("order", "desc") not in ("asc", "desc"):
+        raise errors.bad_request("Invalid 'order': expected 'asc' or 'desc'.", param="order", code="invalid_value")
     order = "created_at" if request.GET.get("order") == "asc" else "-created_at"
 
     def rows():
         qs = File.objects.filter(tenant_id=key.tenant_id).order_by(order)
-        if purpose := request.GET.get("purpose"):
+        if purpose := _query(request, "purpose"):
             qs = qs.filter(purpose=purpose)
         return [r.as_openai() for r in qs[:limit + 1]]
 
@@ -127,17 +145,34 @@ async def file_content(request, call):
 
 # --- batches --------------------------------------------------------------------
 
+FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata")
+
+
+def _metadata(metadata):
+    """OpenAI's metadata: at most 16 string values, keys of at most 64 characters, values of 512."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+            isinstance(v, str) and len(k) <= 64 and len(v) <= 512 and "\x00" not in k + v
+            for k, v in metadata.items()):
+        raise errors.bad_request("Invalid 'metadata': expected an object of at most 16 string values (keys up to 64 "
+                                 "characters, values up to 512).", param="metadata", code="invalid_value")
+    return metadata
+
+
 def _create_batch(key, body: dict) -> Batch:
+    if unknown := sorted(set(body) - set(FIELDS)):
+        raise errors.bad_request(f"Unrecognized request argument supplied: {unknown[0]}. This gateway takes "
+                                 f"{', '.join(FIELDS)}.", param=unknown[0], code="unknown_parameter")
     endpoint_ = body.get("endpoint")
-    if endpoint_ not in runner.FRONTS or endpoint_ == "/v1/messages":  # that one: /v1/messages/batches
+    if not isinstance(endpoint_, str) or endpoint_ not in runner.FRONTS or endpoint_ == "/v1/messages":  # that one: /v1/messages/batches
         raise errors.bad_request(f"Invalid 'endpoint': expected one of {', '.join(list(runner.FRONTS)[:4])}.",
                                  param="endpoint", code="invalid_value")
     if body.get("completion_window") not in WINDOWS:
         raise errors.bad_request("Invalid 'completion_window': only '24h' is supported.",
                                  param="completion_window", code="invalid_value")
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise errors.bad_request("Invalid 'metadata': expected an object.", param="metadata", code="invalid_value")
+    metadata = _metadata(body.get("metadata"))
+    notify.check_request(key.tenant_id, metadata)
     input_id = body.get("input_file_id")
     if not isinstance(input_id, str):
         raise errors.bad_request("Missing required parameter: 'input_file_id'.", param="input_file_id",
@@ -167,7 +202,7 @@ async def _batch_create(request, call):
 async def _batch_list(request, call):
     key = await key_of(request)
     limit = _limit(request)
-    after = request.GET.get("after")
+    after = _query(request, "after")
 
     def rows():
         qs = Batch.objects.filter(tenant_id=key.tenant_id).order_by("-created_at", "-id")

@@ -86,6 +86,9 @@ class Call:
     experiment_id: int | None = None
     variant: str = ""
     pinned_deployment: int | None = None
+    # A batch line (routing/batches/): the batch's id, in its usage record; its admission takes
+    # BATCH_LIMIT_SHARE of the rate limits.
+    batch_id: str = ""
 
     @property
     def response_id(self) -> str:
@@ -206,7 +209,7 @@ class Call:
         target = target or self.target
         cost = self.cost() if usage is None else target.usage_cost(usage)
         usage = usage or self.usage or Usage()
-        return events.clean({
+        event = events.clean({
             "request_id": self.request_id,
             "client_request_id": self.client_request_id,
             "ts": self.ts,
@@ -245,3 +248,6 @@ class Call:
             "experiment_id": self.experiment_id,
             "variant": self.variant,
         })
+        if self.batch_id:
+            event["batch_id"] = self.batch_id
+        return event

@@ -151,7 +151,7 @@ async def admit(call: Call, estimate, targets) -> None:
     try:
         call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
                                             lambda: estimate(call.body, targets, call.estimated_prompt()), entry,
-                                            read)
+                                            read, settings.BATCH_LIMIT_SHARE if call.batch_id else 1.0)
     except errors.GatewayError:
         call.inflight = None  # refused: no entry was written
         raise

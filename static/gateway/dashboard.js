@@ -114,7 +114,7 @@
       { label: "p95", data: s.p95_ms, borderColor: "#e65100", spanGaps: true },
     ]);
 
-    for (const name of ["tenant", "provider", "model", "route"]) {
+    for (const name of ["tenant", "provider", "model", "route", "batch"]) {
       table("by-" + name, data.by[name], (r) => [
         text("td", r.name), text("td", number(r.requests)), text("td", number(r.tokens)), text("td", money(r.cost_usd)),
         text("td", percent(r.cache_hit_rate)), text("td", money(r.cost_saved_usd)),

@@ -67,7 +67,11 @@ def test_the_v1_schema_is_served_and_describes_every_endpoint(gateway):
                                     "/v1/messages/count_tokens",
                                     "/v1/models", "/v1/openapi.json", "/v1/responses", "/v1/responses/input_tokens",
                                     "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
-                                    "/v1/responses/{response_id}/cancel"}
+                                    "/v1/responses/{response_id}/cancel", "/v1/files", "/v1/files/{file_id}",
+                                    "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}",
+                                    "/v1/batches/{batch_id}/cancel", "/v1/messages/batches",
+                                    "/v1/messages/batches/{batch_id}", "/v1/messages/batches/{batch_id}/cancel",
+                                    "/v1/messages/batches/{batch_id}/results"}
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             if path != "/v1/openapi.json":

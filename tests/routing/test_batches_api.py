@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import openai
 import orjson
 import pytest
 
+from providers.mock_upstream.server import directive
 from tests.conftest import ROOT, wait_until
 
 
@@ -25,13 +28,20 @@ def chat_lines(count: int, model: str = "gpt-test", prefix: str = "req") -> list
 
 
 class Worker:
-    """`celery worker` on the batch queue, as production runs it."""
+    """`celery worker` on the batch queue, as production runs it. Its log goes to a file: a pipe
+    nobody reads would block the worker once full (a Redis outage logs a lot)."""
 
     def __init__(self, env: dict) -> None:
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="batch-worker-", suffix=".log",  # noqa: SIM115
+                                               dir=os.environ["GATEWAY_DATA_DIR"], delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "gateway_project", "worker", "--pool=solo", "-Q", "batches,celery",
              "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -74,7 +84,10 @@ def billed(batch_id: str) -> list[str]:
 
 
 def test_a_batch_runs_to_completed_and_each_line_is_answered_and_billed_once(key_client, worker):
-    uploaded = upload(key_client, chat_lines(300))
+    lines = chat_lines(2000)
+    for n, line in enumerate(lines):  # each question gets its own answer, to match to its custom_id
+        line["body"]["messages"][0]["content"] += " " + directive(say=f"answer {n}")
+    uploaded = upload(key_client, lines)
     assert uploaded.purpose == "batch" and uploaded.bytes > 0
     assert uploaded.id in [f.id for f in key_client.files.list()]
     batch = key_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
@@ -82,13 +95,14 @@ def test_a_batch_runs_to_completed_and_each_line_is_answered_and_billed_once(key
     assert batch.status == "validating"
     done = finished(key_client, batch.id)
     assert done.status == "completed", done
-    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (300, 300, 0)
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2000, 2000, 0)
     output = [orjson.loads(line) for line in key_client.files.content(done.output_file_id).content.splitlines()]
-    assert sorted(o["custom_id"] for o in output) == sorted(f"req-{n}" for n in range(300))
-    for line in output:
+    assert sorted(o["custom_id"] for o in output) == sorted(f"req-{n}" for n in range(2000))
+    for line in output:  # each custom_id with the answer to its own question
         assert line["response"]["status_code"] == 200
-        assert line["response"]["body"]["choices"][0]["message"]["content"]
-    assert wait_until(lambda: len(billed(batch.id)) == 300, timeout=20)
+        number = line["custom_id"].removeprefix("req-")
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == f"answer {number}"
+    assert wait_until(lambda: len(billed(batch.id)) == 2000, timeout=30)
     assert key_client.batches.retrieve(batch.id).metadata == {"job": "nightly"}
     assert batch.id in [b.id for b in key_client.batches.list()]
 
@@ -232,30 +246,36 @@ def test_the_admin_lists_batches_with_counts_and_progress(transactional_db, tena
     batch = runner.create(key, row, "/v1/chat/completions", "24h", None)
     assert runner.validate(batch)
     BatchLine.objects.filter(batch=batch, number__lte=2).update(done=True, ok=True)
-    batch.completed = 2
+    BatchLine.objects.filter(batch=batch, number=3).update(done=True, ok=False, result={
+        "custom_id": "req-2", "response": {"status_code": 403, "body": {"error": {
+            "message": "This key may not use the model 'embed-test'.", "code": "model_not_allowed"}}}})
+    batch.completed, batch.failed = 2, 1
     batch.save()
     page = admin_client.get("/admin/routing/batch/").content.decode()
-    assert batch.id in page and 'value="50"' in page and "in_progress" in page
+    assert batch.id in page and 'value="75"' in page and "in_progress" in page
+    detail = admin_client.get(f"/admin/routing/batch/{batch.id}/change/").content.decode()
+    assert "req-2" in detail and "403" in detail and "may not use the model &#x27;embed-test&#x27;" in detail
 
 
 def test_anthropic_message_batches_run_on_the_same_machinery(key_client, worker, gateway, api_key):
     import anthropic
 
     client = anthropic.Anthropic(base_url=gateway.url, api_key=api_key[1], max_retries=0)
-    requests = [{"custom_id": f"m-{n}", "params": {"model": "gpt-test", "max_tokens": 50,
-                                                   "messages": [{"role": "user", "content": f"hello {n}"}]}}
-                for n in range(40)] + [{"custom_id": "bad", "params": {"model": "gpt-test",
+    requests = [{"custom_id": f"m-{n}", "params": {"model": "gpt-test", "max_tokens": 50, "messages": [
+                     {"role": "user", "content": f"hello {n} " + directive(say=f"answer {n}")}]}}
+                for n in range(2000)] + [{"custom_id": "bad", "params": {"model": "gpt-test",
                                                                       "messages": [{"role": "user", "content": "x"}]}}]
     batch = client.messages.batches.create(requests=requests)
     assert batch.processing_status == "in_progress"
     ended = wait_until(lambda: (b := client.messages.batches.retrieve(batch.id)).processing_status == "ended" and b,
                        timeout=120, interval=0.3)
-    assert (ended.request_counts.succeeded, ended.request_counts.errored) == (40, 1)
+    assert (ended.request_counts.succeeded, ended.request_counts.errored) == (2000, 1)
     results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
-    assert sorted(results) == sorted([f"m-{n}" for n in range(40)] + ["bad"])
-    assert results["m-3"].type == "succeeded" and results["m-3"].message.content[0].text
+    assert sorted(results) == sorted([f"m-{n}" for n in range(2000)] + ["bad"])
+    assert all(results[f"m-{n}"].type == "succeeded" and results[f"m-{n}"].message.content[0].text == f"answer {n}"
+               for n in range(2000))
     assert results["bad"].type == "errored"  # max_tokens is required on /v1/messages, in Anthropic's error shape
     # As on a live call, a request refused before it is authorized (a 400 at parse) records nothing.
-    assert wait_until(lambda: len(billed(batch.id)) == 40, timeout=20)
+    assert wait_until(lambda: len(billed(batch.id)) == 2000, timeout=30)
     with pytest.raises(anthropic.NotFoundError):
         client.messages.batches.retrieve("batch-nonexistent")

@@ -273,3 +273,38 @@ def test_tokens_per_minute_reserve_the_largest_answer_once_overrun(engine, tenan
     third, refused = run(scenario())
     assert third.headers["x-ratelimit-remaining-tokens"] == "0"
     assert refused.code == "tokens_per_minute_exceeded"
+
+
+def test_batch_lines_fill_only_their_share_of_a_tenants_requests_per_minute(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, requests_per_minute=10, max_concurrent=100)
+
+    async def scenario():
+        batch = [await limits.admit(tenant.id, api_key[0].id, "m", estimate(), share=0.5) for _ in range(5)]
+        with pytest.raises(GatewayError) as batch_refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(), share=0.5)
+        live = [await limits.admit(tenant.id, api_key[0].id, "m", estimate()) for _ in range(5)]
+        with pytest.raises(GatewayError) as live_refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        return batch, batch_refused.value, live, live_refused.value
+
+    batch, batch_refused, live, live_refused = run(scenario())
+    assert len(batch) == 5 and batch_refused.code == "rate_limit_exceeded"
+    assert len(live) == 5 and live_refused.code == "rate_limit_exceeded"  # the limit itself holds for both
+
+
+def test_batch_lines_fill_only_their_share_of_a_keys_tokens_per_minute(engine, tenant, api_key):
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], tokens_per_minute=100)
+
+    async def scenario():
+        batch = [await limits.admit(tenant.id, api_key[0].id, "m", estimate(20), share=0.5) for _ in range(2)]
+        with pytest.raises(GatewayError) as batch_refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(20), share=0.5)
+        live = [await limits.admit(tenant.id, api_key[0].id, "m", estimate(20)) for _ in range(3)]
+        with pytest.raises(GatewayError) as live_refused:
+            await limits.admit(tenant.id, api_key[0].id, "m", estimate(20))
+        return batch, batch_refused.value, live, live_refused.value
+
+    batch, batch_refused, live, live_refused = run(scenario())
+    assert len(batch) == 2 and batch_refused.code == "tokens_per_minute_exceeded"
+    assert len(live) == 3 and live_refused.code == "tokens_per_minute_exceeded"
+    assert limit_rules.share_of(1, 0.5) == 1 and limit_rules.share_of(0, 0.5) == 0  # no limit stays none

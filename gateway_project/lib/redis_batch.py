@@ -1,4 +1,4 @@
-"""Script calls issued in the same turn of the event loop go to Redis together.
+"""Script calls (and single commands) issued in the same turn of the event loop go to Redis together.
 
 Every admitted call runs two Lua scripts (its admission, its settlement). Under
 load, several calls reach the same step in one turn of the loop; sent one by
@@ -26,6 +26,16 @@ _pending: dict[asyncio.AbstractEventLoop, list] = {}
 
 async def run_script(script: AsyncScript, args: list) -> object:
     """`await script(args=args)`, in one round trip with the other scripts called in this turn."""
+    return await _join(script, args)
+
+
+async def run_command(*args) -> object:
+    """`await async_redis().execute_command(*args)`, in one round trip with the others of this turn
+    (a stream's in-flight checkpoint: 10,000 open streams write theirs as their chunks come)."""
+    return await _join(None, list(args))
+
+
+async def _join(script: AsyncScript | None, args: list) -> object:
     loop = asyncio.get_running_loop()
     batch = _pending.get(loop)
     if batch is None:
@@ -51,21 +61,24 @@ async def _send(batch: list) -> None:
     if len(batch) == 1:
         script, args, future = batch[0]
         try:
-            _settle(future, await script(args=args))
+            _settle(future, await (script(args=args) if script else async_redis().execute_command(*args)))
         except BaseException as exc:  # noqa: BLE001 (handed to the one caller, as its own call would)
             _settle(future, exc)
         return
     try:
         async with async_redis().pipeline(transaction=False) as pipe:
             for script, args, _ in batch:
-                pipe.evalsha(script.sha, 0, *args)
+                if script:
+                    pipe.evalsha(script.sha, 0, *args)
+                else:
+                    pipe.execute_command(*args)
             results = await pipe.execute(raise_on_error=False)
     except BaseException as exc:  # noqa: BLE001 (the connection failed: every call of the batch fails)
         for _, _, future in batch:
             _settle(future, exc)
         return
     for (script, args, future), result in zip(batch, results, strict=True):
-        if isinstance(result, redis.exceptions.NoScriptError):
+        if script and isinstance(result, redis.exceptions.NoScriptError):
             # Redis restarted or was flushed: the script's own call loads it and runs it.
             try:
                 result = await script(args=args)

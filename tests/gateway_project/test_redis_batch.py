@@ -56,3 +56,20 @@ def test_an_unreachable_redis_fails_every_call_of_the_batch(settings):
     results = run(go)
     assert len(results) == 3 and all(isinstance(r, redis.ConnectionError) for r in results), results
 
+
+
+def test_commands_of_one_turn_share_it_with_scripts():
+    key = f"gw:test:batch:{uuid.uuid4().hex}"
+
+    async def go(client):
+        add = client.register_script("return tonumber(ARGV[1]) + 1")
+        try:
+            results = await asyncio.gather(
+                *(redis_batch.run_command("HSET", key, f"r{n}", n) for n in range(5)), redis_batch.run_script(add, [1]))
+            return results, await client.hgetall(key)
+        finally:
+            await client.delete(key)
+
+    results, stored = run(go)
+    assert results == [1, 1, 1, 1, 1, 2]
+    assert stored == {f"r{n}".encode(): str(n).encode() for n in range(5)}

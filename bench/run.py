@@ -47,6 +47,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 DRF = "gateway, DRF views"
 COMPARED = "gateway, --compare checkout"
+# The gateway under each candidate ASGI server (docs/benchmarks.md, "Choosing the ASGI server"):
+# "gateway" is what `manage.py serve` runs (granian); the others serve the same application, measured
+# in the same rounds on the scenarios that decide the choice.
+CANDIDATES = {
+    "gateway under uvicorn": ["manage.py", "serve", "--server", "uvicorn", "--port", "{port}"],
+    "gateway under hypercorn": ["-m", "hypercorn", "gateway_project.asgi:application", "--bind",
+                                "127.0.0.1:{port}", "--worker-class", "uvloop", "--log-level", "warning"],
+}
+CANDIDATE_SCENARIOS = ("chat", "stream")
 
 SCENARIOS = {
     "chat": ("/v1/chat/completions", '{"model": "bench-chat", "messages": [{"role": "user", "content": "Hello there"}]}'),
@@ -116,6 +125,29 @@ AGAINST_CHAT = {"responses": "chat", "responses, stream": "stream", "messages": 
 def knows(root: Path, scenario: str) -> bool:
     """Whether another checkout's benchmark has `scenario` (one from before it was added has not)."""
     return f'"{scenario}":' in (root / "bench" / "run.py").read_text()
+
+
+def raise_open_files(wanted: int) -> None:
+    """Let this process and the servers it starts hold `wanted` sockets (root may raise the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(wanted, hard), max(wanted, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_async(coroutine):
+    """Run on uvloop when it is there (the slow streams' 10,000 clients cost the bench less CPU)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
 def free_port() -> int:
@@ -209,9 +241,12 @@ def parse_wrk(output: str) -> dict:
     return {"rps": rps, "requests": total, "p50": latency("50"), "p99": latency("99"), "errors": bad}
 
 
-def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float, pid: int) -> dict:
+def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float, pid: int,
+            behind: "Behind | None" = None) -> dict:
+    """One wrk run; with `behind`, also the CPU the run's calls cost after the answer (the usage
+    drain and PostgreSQL), taken once the drainer has written them all."""
     threads = 1 if connections == 1 else 2
-    before = cpu_seconds(pid)
+    before, behind_before = cpu_seconds(pid), behind.cpu() if behind else 0.0
     out = subprocess.run(
         [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -219,14 +254,57 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float,
     used = cpu_seconds(pid) - before
     result = parse_wrk(out)
     result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
+    if behind:
+        behind.settle()
+        result["behind_ms"] = (behind.cpu() - behind_before) * 1000 / max(result["requests"], 1)
     return result
+
+
+class Behind:
+    """What a call costs after its answer, outside the gateway process: the usage drainer's CPU
+    and that of the PostgreSQL backends of the bench database (the drainer's inserts, the
+    gateway's own queries), read from /proc (PostgreSQL on this machine)."""
+
+    def __init__(self, env: dict, drainer_pid: int) -> None:
+        import psycopg
+        import redis
+
+        self.drainer_pid = drainer_pid
+        self.database = env["DATABASE_URL"].rsplit("/", 1)[1]
+        self.pg = psycopg.connect(env["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True)
+        self.redis = redis.Redis.from_url(env["REDIS_URL"])
+        self.seen: dict[int, float] = {}  # backend pid -> its CPU when last read (a backend gone keeps it)
+
+    def cpu(self) -> float:
+        pids = [row[0] for row in self.pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.database,)).fetchall()]
+        for backend in pids:
+            try:
+                fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            self.seen[backend] = (int(fields[11]) + int(fields[12])) / TICKS
+        return cpu_seconds(self.drainer_pid) + sum(self.seen.values())
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until the drainer has written every buffered event (then one more of its rounds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.redis.xlen("gw:usage") or self.redis.xlen("gw:responses")):
+            time.sleep(0.1)
+        time.sleep(0.6)
 
 
 def median_run(runs: list[dict]) -> dict:
     """Rounds of one measurement as one: the median of their latencies, the sum of their counts."""
     middle = lambda name: sorted(run[name] for run in runs)[len(runs) // 2]  # noqa: E731
-    return {"rps": middle("rps"), "p50": middle("p50"), "p99": middle("p99"), "cpu_ms": middle("cpu_ms"),
-            "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+    merged = {"rps": middle("rps"), "p50": middle("p50"), "p99": middle("p99"), "cpu_ms": middle("cpu_ms"),
+              "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+    if all("behind_ms" in run for run in runs):
+        # The whole call: the gateway, the drain and the database in the same run, the median of the rounds.
+        merged["behind_ms"] = middle("behind_ms")
+        merged["whole_ms"] = sorted(run["cpu_ms"] + run["behind_ms"] for run in runs)[len(runs) // 2]
+    return merged
 
 
 def family(pid: int) -> list[int]:
@@ -280,16 +358,61 @@ def time_to_first_token(url: str, path: str, body: str, key: str | None, n: int)
     return percentile(samples, 50), percentile(samples, 99)
 
 
-async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: int, pid: int) -> dict:
-    """Open n streams at once, each one chunk every delay_ms; report errors and the memory they hold."""
-    import aiohttp
+class _SlowStream(asyncio.Protocol):
+    """One slow stream's client, as cheap as a client can be (10,000 of them share the bench's one
+    process with its sampler): the request written once, the answer only scanned for its status,
+    an error event and its end (`[DONE]`, then the last chunk of the chunked body)."""
 
-    body = {"model": "bench-chat", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": f"Hello [[mock chunks={chunks} chunk_delay_ms={delay_ms}]]"}]}
+    def __init__(self, request: bytes, done: asyncio.Future) -> None:
+        self.request, self.done, self.head, self.tail, self.error = request, done, b"", b"", False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if len(self.head) < 12:
+            self.head += data[:12]
+        self.error = self.error or b'"error"' in data
+        self.tail = (self.tail + data)[-64:]
+        if self.tail.endswith(b"\r\n0\r\n\r\n"):
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if self.done.done():
+            return
+        if not self.head.startswith(b"HTTP/1.1 200"):
+            self.done.set_result(f"HTTP {self.head[9:12].decode(errors='replace') or 'none'}")
+        elif self.error:
+            self.done.set_result("error event")
+        else:
+            self.done.set_result("ok" if b"data: [DONE]" in self.tail else "cut")
+
+
+async def _one_client(wrk: str, url: str, script: Path, seconds: float) -> dict:
+    """One connection's latency with wrk (another process: the bench's loop holds the streams)."""
+    process = await asyncio.create_subprocess_exec(
+        wrk, "-t", "1", "-c", "1", "-d", f"{max(1, round(seconds))}s", "--latency", "-s", str(script), url,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out, _ = await process.communicate()
+    return parse_wrk(out.decode())
+
+
+async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: int, pid: int,
+                            probe: tuple | None = None) -> dict:
+    """Open n streams at once, each one chunk every delay_ms; report errors and the memory they hold,
+    and, with `probe` (wrk, mock URL, mock script, gateway script), one client's JSON chat latency
+    to the mock and through the gateway while they are all open."""
+    body = json.dumps({"model": "bench-slow", "stream": True, "stream_options": {"include_usage": True},
+                       "messages": [{"role": "user", "content":
+                                     f"Hello [[mock chunks={chunks} chunk_delay_ms={delay_ms}]]"}]}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\nauthorization: Bearer {key}\r\n"
+               f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+    loop = asyncio.get_running_loop()
     idle = rss_bytes(pid)
     cpu_before = cpu_seconds(pid)
-    peak = idle
-    done = asyncio.Event()
+    peak, opened, done = idle, 0, asyncio.Event()
 
     async def sample():
         nonlocal peak
@@ -297,38 +420,52 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
             peak = max(peak, rss_bytes(pid))
             await asyncio.sleep(0.25)
 
-    async def one(session) -> str:
-        try:
-            async with session.post(url + "/v1/chat/completions", json=body,
-                                    headers={"authorization": f"Bearer {key}"}) as response:
-                if response.status != 200:
-                    return f"HTTP {response.status}"
-                last = b""
-                async for line in response.content:
-                    if line.startswith(b"data:"):
-                        if b'"error"' in line:
-                            return "error event"
-                        last = line.strip()
-                return "ok" if last == b"data: [DONE]" else "cut"
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return type(exc).__name__
+    async def one() -> str:
+        nonlocal opened
+        outcome = loop.create_future()
+        for attempt in range(20):  # a full accept queue refuses a connection now and then: try again
+            try:
+                await loop.create_connection(lambda: _SlowStream(request, outcome), host, int(port))
+                break
+            except OSError as exc:
+                if attempt == 19:
+                    return type(exc).__name__
+                await asyncio.sleep(0.05 * (attempt + 1))
+        opened += 1
+        return await outcome
+
+    async def probe_latency() -> dict:
+        # Once every stream is open, a third into their life: the mock alone, then through the gateway.
+        while opened < n and not done.is_set():
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(min(5.0, chunks * delay_ms / 3000))
+        wrk, mock_url, mock_script, gateway_script = probe
+        seconds = max(1.0, min(5.0, chunks * delay_ms / 6000))
+        direct = await _one_client(wrk, mock_url, mock_script, seconds)
+        through = await _one_client(wrk, url + "/v1/chat/completions", gateway_script, seconds)
+        return {"open": opened, "direct": direct, "through": through}
 
     started = time.monotonic()
     sampler = asyncio.create_task(sample())
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=chunks * delay_ms / 1000 + 60)) as session:
-        outcomes = await asyncio.gather(*(one(session) for _ in range(n)))
+    prober = asyncio.create_task(probe_latency()) if probe else None
+    outcomes = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))),
+                                      timeout=chunks * delay_ms / 1000 + 300)
+    seconds = time.monotonic() - started
+    probed = await prober if prober else None
     done.set()
     await sampler
     return {"streams": n, "ok": outcomes.count("ok"), "errors": collections.Counter(o for o in outcomes if o != "ok"),
-            "seconds": time.monotonic() - started, "idle_mib": idle / 2**20, "peak_mib": peak / 2**20,
-            "kib_per_stream": (peak - idle) / 1024 / n, "cpu_ms_per_stream": (cpu_seconds(pid) - cpu_before) * 1000 / n}
+            "seconds": seconds, "idle_mib": idle / 2**20, "peak_mib": peak / 2**20,
+            "kib_per_stream": (peak - idle) / 1024 / n, "cpu_ms_per_stream": (cpu_seconds(pid) - cpu_before) * 1000 / n,
+            "probe": probed}
 
 
 def profile(wrk: str, url: str, script: Path, pid: int, duration: float, tmp: Path) -> list[tuple[str, float, float]]:
     """Sample the gateway with py-spy under load: (function, self %, inclusive %) for the top frames."""
     out = tmp / "profile.txt"
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(duration))),
+    # --subprocesses: under granian the Python that serves is the server's worker process.
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses",
+                            "--duration", str(max(1, round(duration))),
                             "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -337,7 +474,7 @@ def profile(wrk: str, url: str, script: Path, pid: int, duration: float, tmp: Pa
     own, inclusive, total = collections.Counter(), collections.Counter(), 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if not f.startswith("process ")]
         total += int(count)
         own[frames[-1]] += int(count)
         for frame in set(frames):
@@ -350,7 +487,8 @@ def manage(env: dict, *args: str, root: Path = ROOT) -> str:
                           capture_output=True, text=True).stdout
 
 
-def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = ROOT) -> str:
+def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = ROOT,
+                     slow_mock_url: str | None = None) -> str:
     import psycopg
 
     url = env["DATABASE_URL"]
@@ -402,6 +540,10 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         " GuardrailCheck.objects.create(policy=p, order=1, kind='secrets', stage='both', action='block')\n"
         " GuardrailCheck.objects.create(policy=p, order=2, kind='terms', stage='input', action='block',"
         " terms=['falcon', 'zebra'])"))
+    if slow_mock_url:  # the slow streams' own mock (served by granian, cheap per chunk)
+        run("add_provider", "bench-slow", "--kind", "openai_compatible", "--base-url", slow_mock_url,
+            "--allow-private-network", "--model", "bench-slow=mock-gpt", "--input-price", "0.15",
+            "--output-price", "0.60")
     key = run("create_api_key", "--tenant", "bench", "--name", "bench").strip().splitlines()[-1]
     if with_limits:
         # Limits on the tenant and the key, high enough never to refuse: the
@@ -426,9 +568,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one short run of each, to prove the bench works")
     parser.add_argument("--no-limits", action="store_true",
                         help="measure without limits on the key and tenant (they are on by default)")
-    parser.add_argument("--slow-streams", type=int, default=1000,
+    parser.add_argument("--slow-streams", type=int, default=10_000,
                         help="streams held open at once in the slow-stream run (0 skips it)")
-    parser.add_argument("--slow-seconds", type=float, default=15.0, help="how long each slow stream lasts")
+    parser.add_argument("--slow-seconds", type=float, default=30.0, help="how long each slow stream lasts")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the one-connection runs, each server in turn (the median is shown)")
@@ -436,6 +578,8 @@ def main() -> None:
                         help="also measure the gateway with the /v1 endpoints as async DRF views (bench/drf_front.py)")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also measure the gateway of another checkout, and print this one's figures as ratios of it")
+    parser.add_argument("--no-candidates", action="store_true",
+                        help="measure the gateway under its own server only (not under the other candidates)")
     parser.add_argument("--scenario", action="append", dest="scenarios", metavar="NAME", choices=list(SCENARIOS),
                         help="measure only this scenario (repeat for more; all by default)")
     opts = parser.parse_args()
@@ -453,28 +597,50 @@ def main() -> None:
     mock_port, gw_port, floor_port, drf_port = free_port(), free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}/v1"
     procs = [start([sys.executable, "-m", "providers.mock_upstream", "--port", str(mock_port)], env)]
+    slow_mock_url = None
+    if opts.slow_streams:
+        # Each open stream holds a socket to the client and one upstream: room for both, in every process.
+        raise_open_files(4 * opts.slow_streams + 4096)
+        env["GATEWAY_UPSTREAM_POOL_SIZE"] = str(max(2048, opts.slow_streams + 512))
+        slow_port = free_port()
+        slow_mock_url = f"http://127.0.0.1:{slow_port}/v1"
+        procs.append(start([sys.executable, "-m", "providers.mock_upstream", "--port", str(slow_port),
+                            "--server", "granian"], env))
     try:
         wait_http(mock_url + "/models")
-        key = prepare_database(env, mock_url, not opts.no_limits)
+        if slow_mock_url:
+            wait_http(slow_mock_url + "/models")
+        key = prepare_database(env, mock_url, not opts.no_limits, slow_mock_url=slow_mock_url)
         # As in production, usage is drained by a process of its own (Celery there),
         # not by the gateway; its CPU is reported separately.
         def serve(port: int, root: Path = ROOT, environ: dict = env, **extra) -> subprocess.Popen:
             return start([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(opts.workers),
                           "--log-level", "warning"], {**environ, "USAGE_DRAIN_IN_PROCESS": "false", **extra}, root)
 
-        procs.append(serve(gw_port))
-        procs.append(start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
-                            str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                            "--log-level", "warning", "--lifespan", "off"], {**env, "UPSTREAM_URL": mock_url}))
+        gateway = serve(gw_port)
+        floor = start([sys.executable, "-m", "uvicorn", "bench.floor_app:application", "--port",
+                       str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                       "--log-level", "warning", "--lifespan", "off"], {**env, "UPSTREAM_URL": mock_url})
+        procs += [gateway, floor]
         drainer = start([sys.executable, "manage.py", "drain_usage", "--loop", "--interval", "0.5"], env)
         procs.append(drainer)
+        behind = Behind(env, drainer.pid)
         wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
         wait_http(f"http://127.0.0.1:{floor_port}/v1/models")
         targets = {
             "mock upstream, direct": (f"http://127.0.0.1:{mock_port}", procs[0].pid, None, "upstream"),
-            "bare Django relay (floor)": (f"http://127.0.0.1:{floor_port}", procs[2].pid, None, "upstream"),
-            "gateway": (f"http://127.0.0.1:{gw_port}", procs[1].pid, key, "gateway"),
+            "bare Django relay (floor)": (f"http://127.0.0.1:{floor_port}", floor.pid, None, "upstream"),
+            "gateway": (f"http://127.0.0.1:{gw_port}", gateway.pid, key, "gateway"),
         }
+        for name, args in CANDIDATES.items():
+            if opts.no_candidates or opts.scenarios and not set(opts.scenarios) & set(CANDIDATE_SCENARIOS):
+                break
+            port = free_port()
+            proc = start([sys.executable, *[a.replace("{port}", str(port)) for a in args]],
+                         {**env, "USAGE_DRAIN_IN_PROCESS": "false"})
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{port}/v1/models")
+            targets[name] = (f"http://127.0.0.1:{port}", proc.pid, key, "gateway")
         if opts.drf:
             drf = serve(drf_port, GATEWAY_API_URLCONF="bench.drf_front")
             procs.append(drf)
@@ -502,6 +668,8 @@ def main() -> None:
                 continue
             measured = []
             for target, (url, pid, auth, names) in targets.items():
+                if target in CANDIDATES and scenario not in CANDIDATE_SCENARIOS:
+                    continue
                 if scenario in GATEWAY_ONLY and names != "gateway" or (
                         scenario in NEWER and target == COMPARED and not knows(opts.compare, scenario)):
                     continue
@@ -516,8 +684,9 @@ def main() -> None:
             # machine's noise then falls on all of them alike, and each figure is the median of its rounds.
             loads, singles = collections.defaultdict(list), collections.defaultdict(list)
             for _ in range(rounds):
-                for target, url, pid, _auth, _names, _payload, script in measured:
-                    loads[target].append(run_wrk(wrk, url + path, script, opts.connections, duration, pid))
+                for target, url, pid, _auth, names, _payload, script in measured:
+                    loads[target].append(run_wrk(wrk, url + path, script, opts.connections, duration, pid,
+                                                 behind if names == "gateway" else None))
             for _ in range(rounds):
                 for target, url, pid, _auth, _names, _payload, script in measured:
                     singles[target].append(run_wrk(wrk, url + path, script, 1, duration / 2, pid))
@@ -531,6 +700,7 @@ def main() -> None:
         time.sleep(1.5)  # let the drainer finish
         drain_ms = (cpu_seconds(drainer.pid) - drain_before) * 1000 / max(gateway_requests, 1)
         print_table(rows, opts, duration)
+        print_against_floor(rows)
         if opts.drf:
             print_drf(rows)
         if opts.compare:
@@ -541,13 +711,24 @@ def main() -> None:
         gateway_url, gateway_pid = targets["gateway"][0], targets["gateway"][1]
         if opts.slow_streams:
             delay = 250
-            held = asyncio.run(hold_slow_streams(gateway_url, key, opts.slow_streams,
-                                                 max(1, round(opts.slow_seconds * 1000 / delay)), delay, gateway_pid))
+            probe = (wrk, f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+                     wrk_script(tmp, "probe-mock", SCENARIOS["chat"][1].replace("bench-chat", "mock-gpt"), None),
+                     wrk_script(tmp, "probe-gateway", SCENARIOS["chat"][1], key))
+            held = run_async(hold_slow_streams(gateway_url, key, opts.slow_streams,
+                                               max(1, round(opts.slow_seconds * 1000 / delay)), delay, gateway_pid,
+                                               probe))
             print(f"\nSlow streams: {held['streams']} at once, one chunk every {delay} ms for "
-                  f"{opts.slow_seconds:g} s: {held['ok']} completed, errors: {dict(held['errors']) or 'none'}, "
-                  f"{held['seconds']:.1f} s in all; gateway memory {held['idle_mib']:.0f} MiB idle, "
-                  f"{held['peak_mib']:.0f} MiB at peak: {held['kib_per_stream']:.0f} KiB per open stream; "
-                  f"{held['cpu_ms_per_stream']:.1f} ms CPU per stream.")
+                  f"{opts.slow_seconds:g} s, on one gateway worker: {held['ok']} completed, errors: "
+                  f"{dict(held['errors']) or 'none'}, {held['seconds']:.1f} s in all; gateway memory "
+                  f"{held['idle_mib']:.0f} MiB idle, {held['peak_mib']:.0f} MiB at peak: "
+                  f"{held['kib_per_stream']:.1f} KiB per open stream; {held['cpu_ms_per_stream']:.1f} ms CPU per stream.")
+            if probed := held["probe"]:
+                direct, through = probed["direct"], probed["through"]
+                print(f"One client's JSON chat while {probed['open']} of them were open: mock direct p50 "
+                      f"{direct['p50']:.2f} ms, p99 {direct['p99']:.2f} ms; through the gateway p50 {through['p50']:.2f} ms, "
+                      f"p99 {through['p99']:.2f} ms: added p50 {through['p50'] - direct['p50']:.2f} ms, "
+                      f"p99 {through['p99'] - direct['p99']:.2f} ms ({through['requests']} requests, "
+                      f"{through['errors']} errors).")
         if not opts.no_profile:
             path, body = SCENARIOS["chat"]
             script = wrk_script(tmp, "profile", body, key)
@@ -565,6 +746,22 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_against_floor(rows) -> None:
+    """Each gateway row's CPU per request, and its whole call's, as a share of the floor's (issue 26:
+    at most 0.7x for JSON chat and streams), with the drain's and the database's part apart."""
+    by = {(scenario, target): loaded for scenario, target, loaded, _ in rows}
+    print("\nAgainst the floor (the bare Django relay under uvicorn), same run, CPU per request under the "
+          "load above; whole call = gateway + usage drain + PostgreSQL backends:\n")
+    print("| scenario | server | CPU ms/req | CPU/floor | drain + PostgreSQL ms/req | whole call ms/req "
+          "| whole/floor |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for scenario, target, loaded, _ in rows:
+        floor = by.get((scenario, "bare Django relay (floor)"))
+        if not floor or "whole_ms" not in loaded:
+            continue
+        print(f"| {scenario} | {target} | {loaded['cpu_ms']:.3f} | {loaded['cpu_ms'] / floor['cpu_ms']:.2f} "
+              f"| {loaded['behind_ms']:.3f} | {loaded['whole_ms']:.3f} | {loaded['whole_ms'] / floor['cpu_ms']:.2f} |")
 
 
 def print_drf(rows) -> None:
@@ -621,9 +818,9 @@ def print_compare(rows, other: Path) -> None:
 def print_table(rows, opts, duration) -> None:
     print(f"\n{opts.connections} connections, {duration:g}s per run, gateway workers: {opts.workers}, "
           f"limits on key and tenant: {'no' if opts.no_limits else 'yes'}, {os.cpu_count()} CPUs\n")
-    print(f"| scenario | server | req/s @{opts.connections} | CPU ms/req | p50 ms | p99 ms | errors "
-          "| p50 ms @1 | p99 ms @1 | added p50 ms @1 | added p99 ms @1 | TTFT p50/p99 ms @1 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| scenario | server | req/s @{opts.connections} | CPU ms/req | whole call CPU ms/req | p50 ms | p99 ms "
+          "| errors | p50 ms @1 | p99 ms @1 | added p50 ms @1 | added p99 ms @1 | TTFT p50/p99 ms @1 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     direct = {scenario: single for scenario, target, _, single in rows if target.startswith("mock")}
     for scenario, target, loaded, single in rows:
         base = direct.get(scenario) or direct.get(AGAINST_CHAT.get(scenario, scenario.split(",")[0]))
@@ -633,7 +830,8 @@ def print_table(rows, opts, duration) -> None:
         ttft_text = f"{ttft[0]:.2f} / {ttft[1]:.2f}" if ttft else "-"
         if ttft and base and not target.startswith("mock"):
             ttft_text += f" (+{ttft[0] - base['ttft'][0]:.2f})"
-        print(f"| {scenario} | {target} | {loaded['rps']:.0f} | {loaded['cpu_ms']:.2f} | {loaded['p50']:.2f} "
+        whole = f"{loaded['whole_ms']:.2f}" if "whole_ms" in loaded else "-"
+        print(f"| {scenario} | {target} | {loaded['rps']:.0f} | {loaded['cpu_ms']:.2f} | {whole} | {loaded['p50']:.2f} "
               f"| {loaded['p99']:.2f} | {loaded['errors'] + single['errors']} | {single['p50']:.2f} "
               f"| {single['p99']:.2f} | {added} | {ttft_text} |")
 

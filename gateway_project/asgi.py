@@ -10,8 +10,11 @@ normal stop loses nothing.
 """
 
 import asyncio
+import ctypes
 import logging
 import os
+import signal
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -99,3 +102,24 @@ async def application(scope, receive, send) -> None:
             await django_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await Lifespan()(receive, send)
+
+
+def _die_with_parent() -> None:
+    """A worker killed with its server (SIGKILL, the OOM killer) must not go on serving alone:
+    its in-flight calls are then reaped by the other processes, as for any killed worker."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def worker_application():
+    """granian's factory (`manage.py serve`), called in each worker process: the application, behind
+    the proxy-header check when TRUSTED_PROXIES is set."""
+    _die_with_parent()
+    if not settings.TRUSTED_PROXIES:
+        return application
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: PLC0415  (only behind proxies)
+
+    # The same rule as uvicorn's own: from a listed proxy, the client is the right-most
+    # X-Forwarded-For hop that is not one of them; from anyone else the headers are ignored.
+    return ProxyHeadersMiddleware(application, trusted_hosts=settings.TRUSTED_PROXIES)

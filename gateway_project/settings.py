@@ -72,7 +72,7 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For and X-Forwarded-Proto
-# are believed. `manage.py serve` hands them to uvicorn: for a request from one of them
+# are believed. `manage.py serve` applies them (uvicorn's proxy-header rule): for a request from one of them
 # the client address is the right-most X-Forwarded-For hop that is not one of them. Empty
 # (the default): the headers are ignored, the client address is the connection's peer.
 # Throttles (failed keys, sign-ins) and the audit log count by that address.

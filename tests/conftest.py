@@ -1,4 +1,4 @@
-"""Fixtures: real servers (mock upstream, gateway under uvicorn) and per-role data.
+"""Fixtures: real servers (mock upstream, gateway under `manage.py serve`) and per-role data.
 
 Tests that talk to a gateway process use `transactional_db`, so what they
 create is committed and visible to that process.

@@ -33,7 +33,7 @@ import time
 import redis
 from django.conf import settings
 
-from gateway_project.lib import redis_health
+from gateway_project.lib import redis_batch, redis_health
 from gateway_project.lib.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,10 @@ async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
     if redis_health.down:
         return False
     try:
-        # One command, no pipeline, beside the upstream call or the relay. The worker is
-        # known to the reapers from its first beat, which runs at startup, before any request.
-        await async_redis().hset(key, request_id, event)
+        # One command, beside the upstream call or the relay, in one round trip with the other
+        # checkpoints of this turn of the loop (thousands of open streams would otherwise queue for the
+        # pool's connections). The worker is known to the reapers from its first beat, at startup.
+        await redis_batch.run_command("HSET", key, request_id, event)
     except (redis.RedisError, OSError) as exc:
         redis_health.failed(exc)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)

@@ -38,7 +38,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from gateway_project.lib import config_cache, errors, redis_health
+from gateway_project.lib import config_cache, errors, redis_batch, redis_health
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 
@@ -130,7 +130,7 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
         args += entry or ("", "", "")
         if read is not None:
             args += read
-        result = await _scripts().admit(args=args)
+        result = await redis_batch.run_script(_scripts().admit, args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:
             admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
@@ -175,7 +175,7 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
                 args += [event or "", *(inflight or ("", ""))]
             for write in writes:
                 args += write
-            result = await _scripts().settle(args=args)
+            result = await redis_batch.run_script(_scripts().settle, args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at what it reserved.
             redis_health.failed(exc)

@@ -14,6 +14,7 @@ HTTPS=true a request that came over plain HTTP is refused, not redirected
 
 import asyncio
 import uuid
+from contextlib import aclosing
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -25,6 +26,7 @@ from gateway_project.lib import errors, metrics
 from gateway_project.lib.request_ids import request_id_from
 
 from .messages import error_response as anthropic_error
+from .relay import RelayResponse
 
 
 def _count_refused(status: int) -> None:
@@ -111,7 +113,17 @@ class ApiHandler(ASGIHandler):
     async def send_response(self, response, send) -> None:
         # No browser may read an answer (which may echo a client's text) as HTML or script.
         response.headers["X-Content-Type-Options"] = "nosniff"
-        await super().send_response(response, send)
+        if not isinstance(response, RelayResponse):
+            await super().send_response(response, send)
+            return
+        # A relayed stream (no cookies, bytes only): each part in one message, as it comes.
+        headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        async with aclosing(response.parts) as parts:
+            async for part in parts:
+                if part:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def read_limited_body(self, scope, receive):
         # A file upload (/v1/files) may be as large as FILES_MAX_BYTES, with room for its form fields.

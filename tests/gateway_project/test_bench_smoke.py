@@ -11,24 +11,34 @@ def test_bench_runs_and_prints_its_table(django_db_setup):
     result = subprocess.run([sys.executable, "bench/run.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    # The main table's rows (12 cells) of chat, stream and embeddings scenarios.
+    # The main table's rows (13 cells) of chat, stream and embeddings scenarios.
     rows = [line for line in result.stdout.splitlines() if re.match(r"\| (chat|stream|embeddings)", line)
-            and len(line.strip("|").split("|")) == 12]
+            and len(line.strip("|").split("|")) == 13]
     # 10, the response cache's 5 (exact hit, miss, streamed hit, semantic hit, miss), the new-question chat
     # the miss is measured against, and the 2,000-character chat on the mock, the floor and the gateway,
-    # then on the guarded model, and the guarded stream.
-    assert len(rows) == 21, result.stdout[-3000:]
+    # then on the guarded model, and the guarded stream; and the gateway under the other candidate servers
+    # (uvicorn, hypercorn) on chat and stream.
+    assert len(rows) == 25, result.stdout[-3000:]
+    candidates = {tuple(c.strip() for c in line.strip("|").split("|")[:2]) for line in rows}
+    assert {("chat", "gateway under uvicorn"), ("stream", "gateway under hypercorn")} <= candidates
     beside = [line for line in result.stdout.splitlines() if line.startswith("| stream, guardrails |")
               and len(line.strip("|").split("|")) == 4]
     assert len(beside) == 1, result.stdout[-3000:]  # the guarded stream as a ratio of the plain one
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        rps, errors = float(cells[2]), int(cells[6])
+        rps, cpu, whole, errors = float(cells[2]), float(cells[3]), cells[4], int(cells[7])
         assert rps > 0 and errors == 0, row
+        if cells[1].startswith("gateway"):  # the whole call: the gateway's CPU and the drain's and database's
+            assert float(whole) > cpu, row
         if cells[0] == "stream":
-            assert re.match(r"[\d.]+ / [\d.]+", cells[11]), row  # time to first token measured
+            assert re.match(r"[\d.]+ / [\d.]+", cells[12]), row  # time to first token measured
     slow = re.search(r"Slow streams: (\d+) at once.*: (\d+) completed, errors: none", result.stdout)
     assert slow and slow.group(1) == slow.group(2), result.stdout[-2000:]
+    # One client's latency measured while they were all open, and the whole call beside the floor.
+    assert re.search(r"One client's JSON chat while \d+ of them were open: .* \(\d+ requests, 0 errors\)",
+                     result.stdout), result.stdout[-2000:]
+    assert re.search(r"^\| chat \| gateway \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", result.stdout,
+                     re.M), result.stdout[-3000:]
 
 
 def test_instruction_count_runs_and_counts(django_db_setup):

@@ -1,7 +1,7 @@
 """The run command's embedded mode: nothing but Python, SQLite and in-process state.
 
 A newcomer runs `python manage.py demo`; this drives the same steps: set up the
-demo data, serve with uvicorn, call the printed key with curl, stop the server
+demo data, serve (granian), call the printed key with curl, stop the server
 normally, and find every call in the usage table.
 """
 
@@ -52,8 +52,9 @@ def test_demo_in_embedded_mode_serves_the_printed_key_and_loses_no_usage(tmp_pat
         assert len(json.loads(embed.stdout)["data"][0]["embedding"]) == 1536
     finally:
         stop(server.proc)
-    # uvicorn re-raises SIGTERM after a graceful shutdown, hence -15.
-    assert server.proc.returncode in (0, -15) and "Application shutdown complete" in server.output()
+    # A graceful stop: the server exits cleanly (uvicorn re-raises SIGTERM, hence -15), and the usage
+    # below, which only the lifespan's shutdown could write, is all there.
+    assert server.proc.returncode in (0, -15), server.output()[-2000:]
 
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     rows = db.execute("SELECT endpoint, streamed, status, completion_tokens FROM usage_usagerecord").fetchall()

@@ -13,8 +13,10 @@ class Command(BaseCommand):
         parser.add_argument("--chunks", type=int)
         parser.add_argument("--chunk-delay-ms", type=int)
         parser.add_argument("--require-key", help="Answer 401 unless this key is sent (in the header each provider uses)")
+        parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                            help="granian costs less per chunk (bench/run.py's 10,000 slow streams)")
 
-    def handle(self, host, port, latency_ms, chunks, chunk_delay_ms, require_key, **options):
+    def handle(self, host, port, latency_ms, chunks, chunk_delay_ms, require_key, server, **options):
         mock_upstream.configure(require_key=require_key, latency_ms=latency_ms, chunks=chunks,
                                 chunk_delay_ms=chunk_delay_ms)
-        mock_upstream.serve(host, port)
+        mock_upstream.serve(host, port, server=server)

@@ -63,6 +63,10 @@ class Call:
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
     front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
+    front: object = None  # the pipeline.Front serving the call
+    # The form the answer comes in: "" the gateway's internal (chat) form; "anthropic" or "responses" when the
+    # call went natively (Anthropic's message and events, a Responses object and events), for output stages.
+    form: str = ""
     request_headers: object = None  # the client's headers, for stages that read them (Cache-Control)
     response_headers: dict | None = None  # headers stages add to the answer (x-gateway-cache)
     cache: object = None  # what the response cache (routing/cache/) knows of this call

@@ -45,7 +45,11 @@ class Front:
     - `estimate(body, targets, prompt)`: (tokens, micro-dollars) to reserve against the limits;
     - `prepare(call, spec)`, optional: once the key is known, finish the body (the Responses API reads
       its stored conversation here) before the input stages see it; it may narrow the route (returns
-      the spec to use, or None to keep it).
+      the spec to use, or None to keep it);
+    - `cache_body(call)`, optional, for a front with a native path: the request in the front's own form, as
+      the response cache keys it (None: not cached);
+    - `rebuild(call)`, optional, with it: the chat form made again from that request once a stage changed it
+      in place (the guardrails' redactions), so that both forms say the same.
     """
 
     endpoint: str
@@ -57,6 +61,8 @@ class Front:
     estimate: Callable
     error_shape: Callable[[errors.GatewayError], HttpResponse] | None = None
     prepare: Callable | None = None
+    cache_body: Callable | None = None
+    rebuild: Callable | None = None
 
     def streams(self, body: dict) -> bool:
         return bool(body.get("stream"))
@@ -64,7 +70,7 @@ class Front:
 
 async def run(front: Front, request, call: Call) -> HttpResponse:
     body = front.parse(request)
-    call.body, call.model = body, body["model"]
+    call.body, call.model, call.front = body, body["model"], front
     await authenticate(request, call)
     spec = await authorize(call, front.mode)
     if front.prepare is not None:

@@ -61,6 +61,8 @@ class Request:
     history: list[dict] = field(default_factory=list)  # the stored conversation before `input`
     references: dict[str, dict] = field(default_factory=dict)  # stored items the input refers to, by id
     native_only: bool = False  # the chat form cannot carry it: only native deployments serve it
+    targets: tuple = ()  # the route's deployments, whose context windows truncation "auto" fits
+    edited: bool = False  # a stage changed the items in place: a native request is made from them
 
     @property
     def items(self) -> list[dict]:

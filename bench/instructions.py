@@ -19,6 +19,7 @@ parallel, with its own database `<name>_instructions_compare` and Redis database
 checkout's counts as ratios of that one's. Redis databases: BENCH_REDIS_URL and BENCH_COMPARE_REDIS_URL
 if set, else REDIS_URL's server, databases 12 and 11 (each flushed first). A scenario whose body holds
 `{n}` (the cache-miss rows) gets the request's number there: a body of its own for every request.
+`--no-limits` leaves the key's and tenant's limits out (a call with no limit makes no admission round trip).
 `--no-valgrind` runs the same driver without valgrind and reports process CPU time per request instead
 (quick, and as noisy as any timing).
 
@@ -175,6 +176,8 @@ def main() -> None:
                         help="one of bench/run.py's scenarios (repeat for more; all by default): "
                         + "; ".join(bench.SCENARIOS if bench else ()))
     parser.add_argument("--no-valgrind", action="store_true", help="time in-process CPU instead of counting")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="no limits on the key and tenant (they are on by default, as in bench/run.py)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--valgrind", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -206,7 +209,7 @@ def main() -> None:
                    "REDIS_URL": redis_url, "GATEWAY_DATA_DIR": str(tmp / tag)}
             (tmp / tag).mkdir()
             redis.Redis.from_url(redis_url).flushdb()
-            key = bench.prepare_database(env, mock_url, True, root)
+            key = bench.prepare_database(env, mock_url, not opts.no_limits, root)
             scenarios = {s: bench.SCENARIOS[s] for s in names if not (tag == "other" and s in bench.NEWER
                                                                      and not bench.knows(root, s))}
             children[tag] = start_child(root, env, key, scenarios, opts, tmp / f"{tag}.out")

@@ -95,11 +95,11 @@ class Lookup(stages.Stage):
         return state_of(call) is not None
 
     def admission_read(self, call: Call) -> tuple[str, int] | None:
-        """The exact entry, read by the admission script when the call has limits (one round trip less)."""
+        """The exact entry, read in the admission's round trip (one round trip less)."""
         state = call.cache
         if not (state.lookup and state.policy.exact):
             return None
-        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0
+        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0, store.EXPIRIES
 
     async def on_request(self, call: Call, front) -> stages.Reply | None:
         state = call.cache
@@ -109,9 +109,8 @@ class Lookup(stages.Stage):
         renew = state.policy.ttl_seconds if state.policy.sliding else 0
         if state.policy.exact:
             started = time.perf_counter()
-            admission = call.admission
-            if admission is not None and admission.read_key == state.key:
-                raw = admission.read_value  # read in the admission's round trip
+            if call.read is not None and call.read[0] == state.key:
+                raw = call.read[1]  # read in the admission's round trip
             else:
                 raw = await store.get(state.key, renew)
             metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "exact")
@@ -207,7 +206,7 @@ async def save(call: Call, answer: dict, deferred: bool = False) -> None:
     if len(entry) > state.policy.max_answer_bytes:
         return
     if deferred and state.question is None and store.shared():
-        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl)]
+        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl, store.EXPIRIES)]
     elif not await store.put(state.key, entry, state.ttl):
         return
     metrics.inc("gateway_cache_stores_total", call.endpoint)

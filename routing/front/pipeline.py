@@ -132,7 +132,9 @@ async def admit(call: Call, estimate, targets) -> None:
     should this worker die before the call is recorded, the reaper bills its
     prompt as an interrupted call. The admission script writes it; with no limit
     to check, it is written beside the upstream call. The script also reads the key
-    an ADMITTED stage asks for (the response cache's entry), sparing it a round trip.
+    an ADMITTED stage asks for (the response cache's entry), sparing it a round trip;
+    with no limit, that read and the in-flight entry go in one round trip of their own.
+    The value read is `call.read`.
     """
     started = time.perf_counter()
     call.planned = targets[0] if targets else None
@@ -147,11 +149,16 @@ async def admit(call: Call, estimate, targets) -> None:
         raise
     finally:
         call.admit_span = (started, time.perf_counter())
+    if call.admission is not None and call.admission.read_key:
+        call.read = (call.admission.read_key, call.admission.read_value)
     if entry is None:
         return
     if call.admission is None:
         _, _, event = entry()
-        call.checkpointing = asyncio.ensure_future(relay.write_checkpoint(call, event))
+        if read is None:
+            call.checkpointing = asyncio.ensure_future(relay.write_checkpoint(call, event))
+        else:
+            call.read = (read[0], await inflight.checkpoint_and_read(call.inflight, call.request_id, event, read))
     elif call.admission.engine != "redis":
         call.inflight = None  # Redis is unreachable: the offline policy admitted it, with no entry
 

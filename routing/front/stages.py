@@ -67,9 +67,10 @@ class Stage:
         """At INPUT or ADMITTED: rewrite `call.body`, raise to refuse, or return a Reply."""
         return None
 
-    def admission_read(self, call: Call) -> tuple[str, int] | None:
-        """At ADMITTED: a Redis key (and the TTL to renew it at, or 0) that `on_request` will read, for the
-        admission script to read in its round trip (found as `call.admission.read_value`)."""
+    def admission_read(self, call: Call) -> tuple[str, int, str] | None:
+        """At ADMITTED: a Redis key that `on_request` will read, the TTL to renew it at (or 0) and a sorted set
+        to record its renewed expiry in (or ""), for the admission to read in its round trip (found as
+        `call.read`: the key and its value)."""
         return None
 
     async def on_answer(self, call: Call, answer: dict) -> dict:
@@ -122,7 +123,7 @@ def all_native(call: Call) -> bool:
     return True
 
 
-def admission_read(call: Call) -> tuple[str, int] | None:
+def admission_read(call: Call) -> tuple[str, int, str] | None:
     """The first read an ADMITTED stage that applies asks the admission to make (None: none)."""
     for stage in at(ADMITTED, call):
         if (read := stage.admission_read(call)) is not None:

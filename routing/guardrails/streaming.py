@@ -98,6 +98,27 @@ def _put(events: list[StreamEvent], slots, template: dict | None, text: str) -> 
             return
 
 
+def _emptied(chunk: dict) -> bool:
+    """Whether a chunk carries nothing but the text taken out of it (held back): it is left out, and a
+    read of such chunks alone writes nothing to the client."""
+    choices = chunk.get("choices")
+    if not choices or len(choices) != 1 or chunk.get("usage"):
+        return False
+    choice = choices[0]
+    if choice.get("finish_reason") or choice.get("index", 0) or choice.get("logprobs"):
+        return False
+    if "text" in choice:
+        return choice["text"] == ""
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and delta.get("content") == "" and len(delta) == 1
+
+
+def _prune(events: list[StreamEvent]) -> None:
+    for event in events:
+        if event.forward is None and event.chunks:
+            event.chunks[:] = [chunk for chunk in event.chunks if not _emptied(chunk)]
+
+
 def _cut(text: str, window: int) -> int:
     """Where held text may be released up to: a word boundary at least `window` characters back."""
     limit = len(text) - window
@@ -219,6 +240,7 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
                 container[key] = ""
             if out:
                 _put(events, slots, template, out)
+            _prune(events)
             yield events
     finally:
         held._decide()
@@ -260,4 +282,5 @@ async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterat
         out, pending = vault.restore(pending[:cut]), pending[cut:]
         if out:
             _put(events, slots, template, out)
+        _prune(events)
         yield events

@@ -428,3 +428,16 @@ def test_every_front_flags_on_input_and_output_and_lets_the_call_pass(tenant, cl
         assert record and record.guardrails["action"] == "flagged", front
         assert [(c["stage"], c["findings"]) for c in record.guardrails["checks"]] == [
             ("input", {"term": 1}), ("output", {"term": 1})], front
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_front_redacts_the_answer(tenant, clients, stream):
+    policy(tenant, {"kind": "pii", "stage": "output", "action": "redact"}, name="out")
+    say = directive(say=f"Reach me at {EMAIL} or 4111 1111 1111 1111, not 4111 1111 1111 1112.")
+    expected = "Reach me at [EMAIL_1] or [CARD_1], not 4111 1111 1111 1112."
+    assert wait_until(lambda: ask("chat", clients, say, False)[1] == expected, timeout=10)
+    for front in FRONTS:
+        headers, text = ask(front, clients, say, stream)
+        assert text == expected, front
+        record = usage_record(headers["x-request-id"])
+        assert record.guardrails["checks"][0]["findings"] == {"email": 1, "card": 1}, front

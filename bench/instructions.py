@@ -19,6 +19,11 @@ parallel, with its own database `<name>_instructions_compare` and Redis database
 checkout's counts as ratios of that one's. Redis databases: BENCH_REDIS_URL and BENCH_COMPARE_REDIS_URL
 if set, else REDIS_URL's server, databases 12 and 11 (each flushed first). A scenario whose body holds
 `{n}` (the cache-miss rows) gets the request's number there: a body of its own for every request.
+`--no-background` stops the gateway's clock-driven background tasks (metrics push, routing stats, in-flight
+beat, request-log flush, the cache's expiry sweep) before the first request, so that only the request path is
+counted: under valgrind on a loaded machine a request takes long enough for those tasks to add a share that
+depends on the machine's load (40% of a stream, in one run), not on the code.
+`--no-limits` leaves the key's and tenant's limits out (a call with no limit makes no admission round trip).
 `--no-valgrind` runs the same driver without valgrind and reports process CPU time per request instead
 (quick, and as noisy as any timing).
 
@@ -101,6 +106,19 @@ async def lifespan(app) -> asyncio.Event:
     return stop
 
 
+# The lifespan's loops that run by the clock, by their coroutine's name (an older checkout has fewer).
+CLOCK_DRIVEN = frozenset({"push_forever", "sync_forever", "beat_forever", "flush_forever", "drain_forever",
+                          "sweep_forever"})
+
+
+def stop_clock_driven() -> int:
+    """Cancel the background loops that run by the clock; how many there were."""
+    tasks = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__name__", "") in CLOCK_DRIVEN]
+    for task in tasks:
+        task.cancel()
+    return len(tasks)
+
+
 def control(*args: str) -> None:
     """Tell callgrind, from inside the counted process, to switch counting or dump its counts."""
     subprocess.run(["callgrind_control", *args, str(os.getpid())], check=True, capture_output=True)
@@ -112,6 +130,12 @@ async def drive(opts) -> None:
 
     app = gateway_project.asgi.application
     await lifespan(app)
+    if opts.no_background:
+        # The clock-driven tasks (metrics push, routing stats, in-flight beat, request-log flush, cache sweep)
+        # stopped: under valgrind a request takes many times its real time, so each request would count a
+        # share of them that grows with how slow the machine is, not with the request's own work.
+        await asyncio.sleep(0.5)  # the first round of each (the in-flight heartbeat's included) is done
+        stop_clock_driven()
     for name, (path, body) in json.loads(opts.scenarios).items():
         # {n} in a body: the request's number, a body of its own for every request (a cache miss).
         payloads = (body.replace("{n}", str(n)).encode() if "{n}" in body else body.encode()
@@ -151,7 +175,8 @@ def counts(out: Path, requests: int) -> dict[str, float]:
 def start_child(root: Path, env: dict, key: str, scenarios: dict, opts, out: Path) -> subprocess.Popen:
     python = os.path.realpath(sys.executable)  # valgrind must see the interpreter, not a shim that execs it
     command = [python, str(Path(__file__).resolve()), "--child", "--key", key, "--scenarios", json.dumps(scenarios),
-               "--requests", str(opts.requests), "--warm", str(opts.warm)]
+               "--requests", str(opts.requests), "--warm", str(opts.warm)] + (
+                   ["--no-background"] if opts.no_background else [])
     if not opts.no_valgrind:
         command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *command,
                    "--valgrind"]
@@ -175,6 +200,10 @@ def main() -> None:
                         help="one of bench/run.py's scenarios (repeat for more; all by default): "
                         + "; ".join(bench.SCENARIOS if bench else ()))
     parser.add_argument("--no-valgrind", action="store_true", help="time in-process CPU instead of counting")
+    parser.add_argument("--no-background", action="store_true",
+                        help="stop the gateway's clock-driven background tasks before counting (request path only)")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="no limits on the key and tenant (they are on by default, as in bench/run.py)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--valgrind", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -206,7 +235,7 @@ def main() -> None:
                    "REDIS_URL": redis_url, "GATEWAY_DATA_DIR": str(tmp / tag)}
             (tmp / tag).mkdir()
             redis.Redis.from_url(redis_url).flushdb()
-            key = bench.prepare_database(env, mock_url, True, root)
+            key = bench.prepare_database(env, mock_url, not opts.no_limits, root)
             scenarios = {s: bench.SCENARIOS[s] for s in names if not (tag == "other" and s in bench.NEWER
                                                                      and not bench.knows(root, s))}
             children[tag] = start_child(root, env, key, scenarios, opts, tmp / f"{tag}.out")

@@ -4,7 +4,7 @@ metrics) on lean handlers, everything else on Django's.
 It also speaks the ASGI lifespan protocol, which Django does not: at startup it
 starts this process's background work (draining the usage buffer, listening for
 configuration changes, pushing metrics, writing request log lines, beating and
-reaping the streams of dead workers), and at
+reaping the streams of dead workers, counting the cache entries Redis expired), and at
 shutdown it stops them and writes every usage event still buffered, so a
 normal stop loses nothing.
 """
@@ -32,6 +32,7 @@ from gateway_project.lib import (  # noqa: E402
 )
 from gateway_project.lib.orm_thread import run_orm  # noqa: E402
 from routing import stats, upstream  # noqa: E402
+from routing.cache import store as cache_store  # noqa: E402
 from routing.front import request_log, tracing  # noqa: E402
 from routing.front.handler import ApiHandler  # noqa: E402
 from usage import inflight, recorder  # noqa: E402
@@ -61,6 +62,8 @@ class Lifespan:
             self.tasks.append(asyncio.create_task(stats.sync_forever(self.stop)))
             # This process's heartbeat, and the reaper of streams whose worker died.
             self.tasks.append(asyncio.create_task(inflight.beat_forever(self.stop, recorder.held_ids)))
+            # The response cache's entries Redis expired, counted in its evictions metric.
+            self.tasks.append(asyncio.create_task(cache_store.sweep_forever(self.stop)))
         # Load the tokenizer now rather than on a first request.
         await asyncio.to_thread(tokens.encoding)
 

@@ -101,6 +101,28 @@ async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
     return True
 
 
+async def checkpoint_and_read(key: str, request_id: str, event: bytes, read: tuple[str, int, str]) -> bytes | None:
+    """Write a call's in-flight entry and read `read` (a key, the TTL to renew it at or 0, and the sorted set
+    its renewed expiry is recorded in or "") in one round trip: for a call with no limit, whose admission
+    makes none. The value read; None when absent or when Redis failed (the entry is then not written either,
+    as with `checkpoint`)."""
+    if redis_health.down:
+        return None
+    name, renew, expiries = read
+    try:
+        async with async_redis().pipeline(transaction=False) as pipe:
+            pipe.hset(key, request_id, event)
+            pipe.getex(name, ex=renew) if renew else pipe.get(name)
+            if renew and expiries:
+                pipe.zadd(expiries, {name: int((time.time() + renew) * 1000)}, xx=True)
+            value = (await pipe.execute())[1]
+    except (redis.RedisError, OSError) as exc:
+        redis_health.failed(exc)
+        log.warning("in-flight entry of %s not written (%s)", request_id, exc)
+        return None
+    return value
+
+
 def delete_later(key: str, request_id: str) -> None:
     """The call ended but its entry could not be deleted (Redis unreachable): retry from the beat."""
     _undeleted.add((key, request_id))

@@ -58,13 +58,21 @@ end
 # ARGV: reservation id, tokens, micro-dollars, and optionally the usage event,
 # appended to the usage stream in the same step (one round trip, not two), and
 # the hash and field of the stream's in-flight entry, deleted with it ("" for none);
-# then, optionally, pairs of a key and its value with a TTL in seconds to SET in the same
-# step (the response cache's entry of the answer: routing/cache/).
+# then, optionally, keys to SET in the same step, each with its value, a TTL in seconds and a sorted
+# set to record when it expires in ("" for none): the response cache's entry of the answer, and its
+# expiry for the evictions count (routing/cache/store.py).
 SETTLE = _COMMON + r"""
 local out = settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ARGV[4] and ARGV[4] ~= '' then redis.call('XADD', 'gw:usage', '*', 'e', ARGV[4]) end
 if ARGV[5] and ARGV[5] ~= '' then redis.call('HDEL', ARGV[5], ARGV[6]) end
-for w = 7, #ARGV, 3 do redis.call('SET', ARGV[w], ARGV[w + 1], 'EX', ARGV[w + 2]) end
+if #ARGV >= 7 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for w = 7, #ARGV, 4 do
+    redis.call('SET', ARGV[w], ARGV[w + 1], 'EX', ARGV[w + 2])
+    if ARGV[w + 3] ~= '' then redis.call('ZADD', ARGV[w + 3], now + tonumber(ARGV[w + 2]) * 1000, ARGV[w]) end
+  end
+end
 return out
 """
 
@@ -73,9 +81,9 @@ return out
 # period start, period end (ms, 0 = never), estimated tokens, estimated cost, the largest answer's
 # tokens and cost. A limit of 0 means "no limit". Then, optionally, the call's in-flight entry
 # (hash, request id, event; usage/inflight.py; "" for none), written only if the call is admitted,
-# and a key to read for the caller once admitted, with the TTL to renew it at (0: a plain GET):
-# the response cache's lookup, in this round trip rather than one of its own. Its value (or nil)
-# is the reply's 11th item.
+# and a key to read for the caller once admitted, with the TTL to renew it at (0: a plain GET) and a
+# sorted set to record its renewed expiry in ("" for none): the response cache's lookup, in this
+# round trip rather than one of its own. Its value (or nil) is the reply's 11th item.
 # The estimate must fit, and is what a limit reserves while it trusts max_tokens. One that does
 # not (it settled a call well over its estimate: gw:lim:L:over, or max_tokens is never trusted)
 # reserves the largest answer, or what is left of it, which leaves no room for the next call.
@@ -199,7 +207,11 @@ local e = 7 + n * 12
 if ARGV[e] and ARGV[e] ~= '' then redis.call('HSET', ARGV[e], ARGV[e + 1], ARGV[e + 2]) end
 local read = false
 if ARGV[e + 3] then
-  if tonumber(ARGV[e + 4]) > 0 then read = redis.call('GETEX', ARGV[e + 3], 'EX', ARGV[e + 4])
+  if tonumber(ARGV[e + 4]) > 0 then
+    read = redis.call('GETEX', ARGV[e + 3], 'EX', ARGV[e + 4])
+    if read and ARGV[e + 5] and ARGV[e + 5] ~= '' then
+      redis.call('ZADD', ARGV[e + 5], now + tonumber(ARGV[e + 4]) * 1000, ARGV[e + 3])
+    end
   else read = redis.call('GET', ARGV[e + 3]) end
 end
 best_req = best_req or {0, 0, 0}

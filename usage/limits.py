@@ -89,14 +89,15 @@ def _rule_args(rule: LimitRule, now: float, admission: Admission) -> list:
 
 
 async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None,
-                read: tuple[str, int] | None = None, share: float = 1.0) -> Admission | None:
+                read: tuple[str, int, str] | None = None, share: float = 1.0) -> Admission | None:
     """Check and reserve, or raise a 429 GatewayError. None when no limit applies.
 
     `estimate()` gives (tokens, micro-dollars) to reserve; it is only called
     when some limit applies, since counting tokens costs CPU. `inflight()`, if
     given, gives the call's in-flight entry (hash, request id, event;
     usage/inflight.py), which the Redis script writes when it admits: in the
-    same round trip, not one more. `read`, (key, TTL to renew it at or 0), is a
+    same round trip, not one more. `read`, (key, TTL to renew it at or 0, a sorted set to
+    record its renewed expiry in or ""), is a
     key the Redis script reads once it admits, in that round trip too: its value
     is the admission's `read_value` (and `read_key` the key; "" when the script
     did not run, so the caller reads it itself). `share` (under 1: a batch line) is the part of each
@@ -120,7 +121,7 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     return await local.admit(admission)
 
 
-async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str, int] | None = None) -> Admission:
+async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str, int, str] | None = None) -> Admission:
     for _ in range(3):
         now = time.time()
         args = [int(now * 1000), admission.reservation, limit_rules.RESERVATION_TTL_MS, len(admission.rules),
@@ -160,7 +161,8 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
 
     With Redis, `event` (a serialized usage event) is appended to the usage
     buffer in the same script, the `inflight` entry (hash, request id) of
-    its stream deleted, and `writes` ((key, value, TTL in seconds) each) set;
+    its stream deleted, and `writes` ((key, value, TTL in seconds, a sorted set to record its
+    expiry in or "") each) set;
     returns whether the event was buffered (the writes were then set too).
     """
     if admission is None or admission.settled:

@@ -54,8 +54,9 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
     """Buffer one usage event. Called once per request on the hot path.
 
     `inflight_key` names the hash holding the stream's in-flight entry (usage/inflight.py),
-    deleted in the same round trip; `writes`, (key, value, TTL in seconds) each, are set in it
-    too (the response cache's entry of the answer), and dropped when Redis is unreachable.
+    deleted in the same round trip; `writes`, (key, value, TTL in seconds, a sorted set to record
+    its expiry in or "") each, are set in it too (the response cache's entry of the answer), and
+    dropped when Redis is unreachable.
     """
     if settings.REDIS_URL and not redis_health.down:
         try:
@@ -66,8 +67,10 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
                     pipe.xadd(STREAM, {"e": orjson.dumps(event)})
                     if inflight_key is not None:
                         pipe.hdel(inflight_key, event["request_id"])
-                    for key, value, ttl in writes:
+                    for key, value, ttl, expiries in writes:
                         pipe.set(key, value, ex=ttl)
+                        if expiries:
+                            pipe.zadd(expiries, {key: int((time.time() + ttl) * 1000)})
                     await pipe.execute()
             return
         except (redis.RedisError, OSError) as exc:

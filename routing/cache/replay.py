@@ -1,9 +1,12 @@
 """A cache entry served through the caller's own front, as if an upstream had answered it.
 
 The entry holds the answer in the gateway's internal form (an OpenAI chat
-completion, a legacy text completion or an embeddings list). A hit hands the
-front an upstream attempt whose body is that answer, as an OpenAI-compatible
-server would send it: JSON, or for a streamed request a stream of chunks (with
+completion, a legacy text completion or an embeddings list), or in the form of
+the native provider that made it (native.py). A hit hands the front an upstream
+attempt whose body is that answer as such a provider would send it (Anthropic's
+message or events, a Responses object or events, from a "deployment" of that
+kind, so the front answers natively as with a live answer) or else as an
+OpenAI-compatible server would send it: JSON, or for a streamed request a stream of chunks (with
 its usage chunk, relayed when the client asked for usage). So every front shapes
 a hit as it shapes a live answer (Anthropic events on /v1/messages, the
 Responses event sequence and a stored response on /v1/responses), the output
@@ -19,6 +22,8 @@ import orjson
 
 from providers.targets import Target
 from routing import upstream
+
+from . import native
 
 ZERO = Decimal(0)
 
@@ -47,9 +52,12 @@ class Replay(upstream.Attempt):
 
 
 def target(entry: dict, mode: str) -> Target:
-    """The answering "deployment" of a hit: the provider and model that made the answer, at no cost."""
+    """The answering "deployment" of a hit: the provider and model that made the answer, at no cost, of a kind
+    that answers in the entry's form."""
+    form = entry.get("f", "")
     return Target(deployment_id=None, provider_id=None, provider_name=entry.get("p", ""), tenant_id=None,
-                  kind="openai", base_url="", api_key="", extra_headers={}, settings={}, public_model="",
+                  kind="anthropic" if form == "anthropic" else "openai", native_responses=form == "responses",
+                  base_url="", api_key="", extra_headers={}, settings={}, public_model="",
                   upstream_model=entry.get("m", ""), mode=mode, context_window=0, max_output_tokens=0,
                   input_price_per_mtok=ZERO, output_price_per_mtok=ZERO, created=0,
                   cached_input_price_per_mtok=ZERO, cache_write_price_per_mtok=ZERO,
@@ -57,8 +65,13 @@ def target(entry: dict, mode: str) -> Target:
 
 
 def attempt(entry: dict, mode: str, stream: bool) -> Replay:
-    answer = entry["a"]
-    data = _sse(answer) if stream else orjson.dumps(_renamed(answer))
+    answer, form = entry["a"], entry.get("f", "")
+    if form:
+        answer = native.renamed(answer, form)
+        events = native.message_events if form == "anthropic" else native.response_events
+        data = events(answer) if stream else orjson.dumps(answer)
+    else:
+        data = _sse(answer) if stream else orjson.dumps(_renamed(answer))
     return Replay(target(entry, mode), _Body(data), attempts=0, started=time.perf_counter())
 
 

@@ -5,9 +5,11 @@ INPUT stage (templates, guardrails on input) has passed and the limits have
 admitted the call (request rate, concurrency, and the token and budget
 reservation, which a hit settles at nothing unless its policy counts hits). A
 call no policy covers costs a lookup in the routing table's copy of the
-policies, and no Redis round trip. Answers are stored in the internal form, one
-entry for JSON and streamed requests alike, and replayed in the caller's form
-(replay.py).
+policies, and no Redis round trip. Answers are stored in the form they came in
+(the internal form; Anthropic's or the Responses API's own for a call that went
+natively), one entry for JSON and streamed requests alike, and replayed in the
+caller's form (replay.py). A front with a native path is keyed by the client's
+own request (`Front.cache_body`), so fields the chat form lacks are in the key.
 """
 
 import time
@@ -22,7 +24,7 @@ from routing import table
 
 from ..front import stages
 from ..front.call import Call
-from . import embedding, hashing, replay, semantic, store
+from . import embedding, hashing, native, replay, semantic, store
 from .policies import Policy, covering
 
 HEADER, TTL_HEADER, KEY_HEADER = "x-gateway-cache", "x-gateway-cache-ttl", "x-gateway-cache-key"
@@ -52,15 +54,13 @@ def state_of(call: Call) -> State | None:
     return None if state is _NOT_CACHED else state
 
 
-CHAT_FORM = frozenset({"chat.completions", "messages", "responses"})
-
-
 def _resolve(call: Call) -> State | None:
     if call.key is None or (routing := table.loaded()) is None or not routing.cache_policies:
         return None
-    if call.endpoint in CHAT_FORM and "messages" not in call.body:
-        # Asked before the body is in the chat form: a Responses request only a native deployment can
-        # serve (a built-in tool). Its answer could not be replayed: it is not cached, and goes native.
+    front = call.front
+    keyed = front.cache_body(call) if front is not None and front.cache_body is not None else call.body
+    if keyed is None:
+        # A Responses request only a native deployment can serve (a built-in tool): not cached.
         return None
     policy = covering(routing.cache_policies, call.key.tenant_id, call.key.id, call.model, call.endpoint)
     if policy is None:
@@ -72,7 +72,7 @@ def _resolve(call: Call) -> State | None:
     ttl = policy.ttl_seconds
     if (asked := headers.get(TTL_HEADER, "")).isdigit():
         ttl = min(ttl, int(asked))  # a client may shorten its entry's life, not extend the tenant's policy
-    key = hashing.entry_key(call.key.tenant_id, call.model, call.endpoint, call.body)
+    key = hashing.entry_key(call.key.tenant_id, call.model, call.endpoint, keyed)
     question = semantic.question(call) if policy.semantic and call.endpoint != "embeddings" else None
     return State(policy, key, "no-cache" not in control, ttl, question, result="miss" if "no-cache" not in control
                  else "bypass")
@@ -89,16 +89,17 @@ def _header(call: Call, result: str, key: str = "") -> None:
 
 class Lookup(stages.Stage):
     name = "response-cache-lookup"
+    native = True  # entries are replayed in the form they were stored in
 
     def applies(self, call: Call) -> bool:
         return state_of(call) is not None
 
     def admission_read(self, call: Call) -> tuple[str, int] | None:
-        """The exact entry, read by the admission script when the call has limits (one round trip less)."""
+        """The exact entry, read in the admission's round trip (one round trip less)."""
         state = call.cache
         if not (state.lookup and state.policy.exact):
             return None
-        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0
+        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0, store.EXPIRIES
 
     async def on_request(self, call: Call, front) -> stages.Reply | None:
         state = call.cache
@@ -108,9 +109,8 @@ class Lookup(stages.Stage):
         renew = state.policy.ttl_seconds if state.policy.sliding else 0
         if state.policy.exact:
             started = time.perf_counter()
-            admission = call.admission
-            if admission is not None and admission.read_key == state.key:
-                raw = admission.read_value  # read in the admission's round trip
+            if call.read is not None and call.read[0] == state.key:
+                raw = call.read[1]  # read in the admission's round trip
             else:
                 raw = await store.get(state.key, renew)
             metrics.observe("gateway_cache_lookup_seconds", time.perf_counter() - started, "exact")
@@ -148,8 +148,12 @@ async def _vector(call: Call, state: State):
     return state.vector
 
 
-async def hit(call: Call, front, entry: dict) -> stages.Reply:
-    """Answer `call` with `entry` through its front: a usage record at no upstream cost, the cost it saved."""
+async def hit(call: Call, front, entry: dict) -> stages.Reply | None:
+    """Answer `call` with `entry` through its front: a usage record at no upstream cost, the cost it saved.
+    None (a miss) for a Responses-form entry that this call cannot be answered natively with (another
+    stage applies to it, which reads only the chat form)."""
+    if entry.get("f") == "responses" and not stages.all_native(call):
+        return None
     call.cache_hit, call.cost_saved = True, Decimal(entry.get("s") or 0)
     call.hit_spends_limits = call.cache.policy.hits_count_against_limits
     call.response_headers[HEADER] = "hit"
@@ -160,6 +164,8 @@ async def hit(call: Call, front, entry: dict) -> stages.Reply:
 
 class Store(stages.Stage):
     name = "response-cache-store"
+    native = True
+    takes_forwarded = True  # _collected parses what it reads; the events go on as they came
 
     def applies(self, call: Call) -> bool:
         state = state_of(call)
@@ -192,12 +198,15 @@ async def save(call: Call, answer: dict, deferred: bool = False) -> None:
     if not state.policy.cache_tool_calls and _calls_tools(answer):
         return
     target = call.target
-    entry = orjson.dumps({"a": answer, "m": target.upstream_model if target else "",
-                          "p": target.provider_name if target else "", "s": str(call.cost())})
+    stored = {"a": answer, "m": target.upstream_model if target else "", "p": target.provider_name if target else "",
+              "s": str(call.cost())}
+    if call.form:
+        stored["f"] = call.form
+    entry = orjson.dumps(stored)
     if len(entry) > state.policy.max_answer_bytes:
         return
     if deferred and state.question is None and store.shared():
-        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl)]
+        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl, store.EXPIRIES)]
     elif not await store.put(state.key, entry, state.ttl):
         return
     metrics.inc("gateway_cache_stores_total", call.endpoint)
@@ -205,21 +214,46 @@ async def save(call: Call, answer: dict, deferred: bool = False) -> None:
         await semantic.add(state.question[0], state.key, vector, state.ttl)
 
 
+TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use"})
+TOOL_ITEMS = frozenset({"function_call", "custom_tool_call", "web_search_call", "file_search_call", "computer_call",
+                        "code_interpreter_call", "local_shell_call", "mcp_call", "image_generation_call"})
+
+
 def _calls_tools(answer: dict) -> bool:
+    if "content" in answer:  # Anthropic's message
+        return any(block.get("type") in TOOL_BLOCKS for block in answer["content"] or ())
+    if "output" in answer:  # a Responses object
+        return any(item.get("type") in TOOL_ITEMS for item in answer["output"] or ())
     return any((c.get("message") or {}).get("tool_calls") or c.get("finish_reason") in ("tool_calls", "function_call")
                for c in answer.get("choices") or ())
+
+
+def _chunks(event) -> list[dict]:
+    """The event's chunks (or native events), a pass-through payload parsed."""
+    if event.forward is None:
+        return event.chunks or ()
+    if event.chunks is not None:
+        return event.chunks
+    try:
+        return [orjson.loads(event.forward)] if event.forward.startswith(b"{") else ()
+    except orjson.JSONDecodeError:
+        return ()
 
 
 async def _collected(call: Call, reads):
     """The stream passed on as read; the whole answer, once its last event came, stored before that event
     leaves (a client that asks again the moment a stream ends finds it)."""
+    if call.form:
+        async for events in _collected_native(call, reads):
+            yield events
+        return
     choices: dict[int, dict] = {}
     usage, head = None, {}
     async for events in reads:
         done = False
         for event in events:
             usage = event.usage or usage
-            for chunk in event.chunks or ():
+            for chunk in _chunks(event):
                 head = head or chunk
                 for choice in chunk.get("choices") or ():
                     _add(choices.setdefault(choice.get("index", 0), {}), choice)
@@ -227,6 +261,28 @@ async def _collected(call: Call, reads):
         if done and choices:
             call.usage = usage or call.usage
             await save(call, _assembled(call, head, choices, usage))
+        yield events
+
+
+async def _collected_native(call: Call, reads):
+    """A native stream passed on as read, its answer (Anthropic's message put together from its events, the
+    Responses object its last event carries) stored before the last event leaves."""
+    message = native.Assembled() if call.form == "anthropic" else None
+    usage = None
+    async for events in reads:
+        answer = None
+        for event in events:
+            usage = event.usage or usage
+            for chunk in _chunks(event) if message is not None or event.done else ():
+                if message is not None:
+                    message.add(chunk)
+                elif chunk.get("type") == "response.completed":
+                    answer = chunk.get("response")
+            if event.done and message is not None and message.message is not None:
+                answer = message.message
+        if answer is not None:
+            call.usage = usage or call.usage
+            await save(call, answer)
         yield events
 
 

@@ -5,10 +5,20 @@ lookup a miss and a store a no-op: requests go on uncached, nothing fails. A
 sliding entry is renewed by the read itself (GETEX), so a hit costs one round
 trip either way. On a call with limits, the lookup is read by the admission
 script and a JSON answer's entry set by the settle script (usage/limit_scripts.py),
-in round trips the call makes anyway; without limits, the entry is set in the
-usage event's pipeline (usage/recorder.py).
+in round trips the call makes anyway; without limits, the lookup goes with the
+call's in-flight entry (usage/inflight.py) and the entry is set in the usage
+event's pipeline (usage/recorder.py).
+
+Redis expires entries itself, and says nothing of it to the gateway. So every
+write (and sliding renewal) of an entry also records when it expires in the
+sorted set EXPIRIES, in the same round trip, and each gateway process sweeps
+the members whose time has passed (`sweep`, every METRICS_PUSH_INTERVAL):
+ZREMRANGEBYSCORE is atomic, so each expiry is counted once, by the process that
+removed it, in gateway_cache_evictions_total{reason="expired"}. A purge takes
+its keys out of the set (they are counted as purged).
 """
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -25,6 +35,13 @@ log = logging.getLogger(__name__)
 
 # Embedded mode: key -> (expires at, monotonic; ttl to renew by or 0; value), least recently used first.
 _local: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
+# Entry key -> when it expires (unix ms): Redis's expiries, counted by `sweep`.
+EXPIRIES = "gw:cache-expiries"
+
+
+def expires_at(ttl: int) -> int:
+    """The EXPIRIES score of an entry written or renewed now for `ttl` seconds."""
+    return int((time.time() + ttl) * 1000)
 
 
 def shared() -> bool:
@@ -40,7 +57,13 @@ async def get(key: str, renew_ttl: int = 0) -> bytes | None:
         return None
     try:
         client = async_redis()
-        return await (client.getex(key, ex=renew_ttl) if renew_ttl else client.get(key))
+        if not renew_ttl:
+            return await client.get(key)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.getex(key, ex=renew_ttl)
+            pipe.zadd(EXPIRIES, {key: expires_at(renew_ttl)}, xx=True)  # XX: only an entry that was stored
+            value, _ = await pipe.execute()
+        return value
     except (redis.RedisError, OSError) as exc:
         redis_health.failed(exc)
         log.warning("response cache unreachable (%s); serving uncached", type(exc).__name__)
@@ -54,11 +77,36 @@ async def put(key: str, value: bytes, ttl: int) -> bool:
     if redis_health.down:
         return False
     try:
-        await async_redis().set(key, value, ex=ttl)
+        async with async_redis().pipeline(transaction=False) as pipe:
+            pipe.set(key, value, ex=ttl)
+            pipe.zadd(EXPIRIES, {key: expires_at(ttl)})
+            await pipe.execute()
         return True
     except (redis.RedisError, OSError) as exc:
         redis_health.failed(exc)
         return False
+
+
+async def sweep() -> int:
+    """Count the entries Redis has expired since the last sweep (any process's); how many."""
+    if not settings.REDIS_URL or redis_health.down:
+        return 0
+    gone = await async_redis().zremrangebyscore(EXPIRIES, "-inf", int(time.time() * 1000))
+    if gone:
+        metrics.inc("gateway_cache_evictions_total", "expired", by=gone)
+    return gone
+
+
+async def sweep_forever(stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.METRICS_PUSH_INTERVAL)
+        except TimeoutError:
+            pass
+        try:
+            await sweep()
+        except (redis.RedisError, OSError) as exc:
+            redis_health.failed(exc)
 
 
 def _local_get(key: str, renew_ttl: int) -> bytes | None:
@@ -68,6 +116,7 @@ def _local_get(key: str, renew_ttl: int) -> bytes | None:
     now = time.monotonic()
     if found[0] <= now:
         del _local[key]
+        metrics.inc("gateway_cache_evictions_total", "expired")
         return None
     if renew_ttl:
         _local[key] = (now + renew_ttl, renew_ttl, found[2])
@@ -98,6 +147,7 @@ def purge(tenant_id: int, model: str = "", entry: str = "") -> int:
                 if not entry or hashing.entry_id(k.decode()) == entry]
         for start in range(0, len(gone), 500):
             client.delete(*gone[start:start + 500])
+            client.zrem(EXPIRIES, *gone[start:start + 500])  # purged, not expired
     semantic.forget(prefix)
     if gone:
         metrics.shared_inc("gateway_cache_evictions_total", "purge", by=len(gone))

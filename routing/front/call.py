@@ -43,6 +43,9 @@ class Call:
     # A stream records its own event when it ends; the view must not.
     recorded_by_stream: bool = False
     admission: Admission | None = None
+    # The key an ADMITTED stage asked the admission to read (Stage.admission_read) and its value, read in the
+    # admission's round trip (the limits script's, or with no limit the in-flight entry's); None: not read.
+    read: tuple[str, bytes | None] | None = None
     route: str = ""
     strategy: str = ""
     # For metrics and traces (perf_counter times): around admission, the upstream
@@ -63,10 +66,14 @@ class Call:
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
     front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
+    front: object = None  # the pipeline.Front serving the call
+    # The form the answer comes in: "" the gateway's internal (chat) form; "anthropic" or "responses" when the
+    # call went natively (Anthropic's message and events, a Responses object and events), for output stages.
+    form: str = ""
     request_headers: object = None  # the client's headers, for stages that read them (Cache-Control)
     response_headers: dict | None = None  # headers stages add to the answer (x-gateway-cache)
     cache: object = None  # what the response cache (routing/cache/) knows of this call
-    # Redis SETs, (key, value, TTL in seconds) each, that a stage leaves to the round trip that settles the
+    # Redis SETs, (key, value, TTL in seconds, sorted set to record its expiry in or "") each, that a stage leaves to the round trip that settles the
     # call and buffers its usage event (the response cache's entry of a JSON answer), instead of one of its own.
     writes: list | None = None
     # A cache hit: answered by the gateway at no upstream cost; whether it spends of token quotas and

@@ -4,8 +4,9 @@ An Anthropic deployment gets the request as the client sent it (the model rename
 deployment's, the anthropic-beta and anthropic-version headers passed on, fields the gateway does
 not know included: Anthropic answers for itself), and its answer, JSON or named SSE events, comes
 back as Anthropic sent it, thinking and signatures included; the gateway only reads its usage.
-Every other kind, and any call a stage of the request path applies to, goes through the chat
-form: the request becomes the gateway's OpenAI-shaped chat request (messages_input.py) and the
+So it goes under the response cache and the guardrails too, which read and store Anthropic's own
+form (`call.form`); a call that another stage applies to, and every other kind, goes through the
+chat form: the request becomes the gateway's OpenAI-shaped chat request (messages_input.py) and the
 answer, or stream of chunks, Anthropic's message or events again, reasoning as thinking blocks.
 Errors use Anthropic's shape here, since the clients of this endpoint are Anthropic SDKs.
 """
@@ -211,12 +212,15 @@ class NativeEvents:
 
     def feed(self, event: StreamEvent) -> bytes:
         data = event.forward
-        if data is None:
-            return b""
-        parsed = orjson.loads(data)
+        if data is None:  # events an output stage rewrote (or held back: none)
+            return b"".join(self._event(chunk, None) for chunk in event.chunks or ())
+        return self._event(orjson.loads(data), data)
+
+    def _event(self, parsed: dict, data: bytes | None) -> bytes:
         if parsed.get("type") == "message_start" and isinstance(parsed.get("message"), dict):
             parsed["message"]["model"] = self.model
-            data = orjson.dumps(parsed)
+            data = None
+        data = data or orjson.dumps(parsed)
         return b"event: " + str(parsed.get("type", "message")).encode() + b"\ndata: " + data + b"\n\n"
 
     def error(self, error: errors.GatewayError) -> bytes:
@@ -254,8 +258,19 @@ def parse(request, counting: bool = False) -> dict:
 
 def native(target, call) -> bool:
     """Whether this call goes to `target` as the client sent it (else through the chat form)."""
-    return target.kind == "anthropic" and not (stages.at(stages.INPUT, call) or stages.at(stages.ADMITTED, call)
-                                               or stages.has_output(call))
+    return target.kind == "anthropic" and stages.all_native(call)
+
+
+def cache_body(call) -> dict:
+    """The request as the client sent it: the cache keys it so (fields the chat form lacks included)."""
+    return call.front_state.body
+
+
+def rebuild(call) -> None:
+    """The chat form again, from the client's request as a stage changed it (a redaction)."""
+    chat = validation.chat(to_openai(call.front_state.body))
+    chat["model"] = call.body["model"]
+    call.body = chat
 
 
 def build(adapter, target, body: dict, call):
@@ -279,15 +294,19 @@ async def answer(call, attempt, body: dict):
 
 
 async def _answer_native(call, attempt, state: Request):
+    call.form = "anthropic"
     if state.body.get("stream"):
         return relay.relay_stream(call, attempt, anthropic.messages_stream(attempt.target), NativeEvents(call.model))
     _, data = await read_json(call, attempt)
     call.first_token()
+    if stages.has_output(call):
+        data = await stages.run_answer(call, data)
     data["model"] = call.model
     return json_response(orjson.dumps(data))
 
 
-FRONT = Front("messages", "POST", "chat", parse, build, answer, estimates.chat, error_shape=error_response)
+FRONT = Front("messages", "POST", "chat", parse, build, answer, estimates.chat, error_shape=error_response,
+              cache_body=cache_body, rebuild=rebuild)
 messages = front_view(FRONT)
 
 

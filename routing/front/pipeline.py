@@ -46,7 +46,11 @@ class Front:
     - `estimate(body, targets, prompt)`: (tokens, micro-dollars) to reserve against the limits;
     - `prepare(call, spec)`, optional: once the key is known, finish the body (the Responses API reads
       its stored conversation here) before the input stages see it; it may narrow the route (returns
-      the spec to use, or None to keep it).
+      the spec to use, or None to keep it);
+    - `cache_body(call)`, optional, for a front with a native path: the request in the front's own form, as
+      the response cache keys it (None: not cached);
+    - `rebuild(call)`, optional, with it: the chat form made again from that request once a stage changed it
+      in place (the guardrails' redactions), so that both forms say the same.
     """
 
     endpoint: str
@@ -58,6 +62,8 @@ class Front:
     estimate: Callable
     error_shape: Callable[[errors.GatewayError], HttpResponse] | None = None
     prepare: Callable | None = None
+    cache_body: Callable | None = None
+    rebuild: Callable | None = None
 
     def streams(self, body: dict) -> bool:
         return bool(body.get("stream"))
@@ -65,7 +71,7 @@ class Front:
 
 async def run(front: Front, request, call: Call) -> HttpResponse:
     body = front.parse(request)
-    call.body, call.model = body, body["model"]
+    call.body, call.model, call.front = body, body["model"], front
     await authenticate(request, call)
     spec = await authorize(call, front.mode) if call.model else None  # none yet: a prompt template's default
     if front.prepare is not None:
@@ -142,7 +148,9 @@ async def admit(call: Call, estimate, targets) -> None:
     should this worker die before the call is recorded, the reaper bills its
     prompt as an interrupted call. The admission script writes it; with no limit
     to check, it is written beside the upstream call. The script also reads the key
-    an ADMITTED stage asks for (the response cache's entry), sparing it a round trip.
+    an ADMITTED stage asks for (the response cache's entry), sparing it a round trip;
+    with no limit, that read and the in-flight entry go in one round trip of their own.
+    The value read is `call.read`.
     """
     started = time.perf_counter()
     call.planned = targets[0] if targets else None
@@ -157,11 +165,16 @@ async def admit(call: Call, estimate, targets) -> None:
         raise
     finally:
         call.admit_span = (started, time.perf_counter())
+    if call.admission is not None and call.admission.read_key:
+        call.read = (call.admission.read_key, call.admission.read_value)
     if entry is None:
         return
     if call.admission is None:
         _, _, event = entry()
-        call.checkpointing = asyncio.ensure_future(relay.write_checkpoint(call, event))
+        if read is None:
+            call.checkpointing = asyncio.ensure_future(relay.write_checkpoint(call, event))
+        else:
+            call.read = (read[0], await inflight.checkpoint_and_read(call.inflight, call.request_id, event, read))
     elif call.admission.engine != "redis":
         call.inflight = None  # Redis is unreachable: the offline policy admitted it, with no entry
 

@@ -3,8 +3,9 @@
 A deployment that speaks the Responses API natively (OpenAI and Azure, by
 default; an OpenAI-compatible server when its deployment says so) gets the
 request as the client sent it, with the conversation the gateway stored put in
-`input`; every other deployment, and every call a stage of the request path
-applies to, is served through the gateway's chat form: the request becomes a
+`input`, under the response cache and the guardrails too (they read and store
+the Responses form: `call.form`); every other deployment, and every call that
+another stage of the request path applies to, is served through the gateway's chat form: the request becomes a
 chat request (responses_input.py) and the chat answer a response or a stream of
 Responses events (responses_output.py). Either way the gateway stores the
 response for `previous_response_id` (usage/responses_store.py), so that a
@@ -61,11 +62,37 @@ async def prepare(call, spec):
             body["max_completion_tokens"] = state.body["max_output_tokens"]
         if state.body.get("stream"):
             body["stream"] = True
-    body["model"] = call.model
-    if state.body.get("truncation") == "auto" and spec is not None and spec.targets and not state.native_only:
-        _truncate(body, spec.targets, call.model)  # a template's turns come in later, untruncated
-    call.body = validation.chat(body, prompted=state.prompt is not None)
+    state.targets = spec.targets
+    _chat_form(call, body)
     return spec
+
+
+def _chat_form(call, body: dict) -> None:
+    state: Request = call.front_state
+    body["model"] = call.model
+    if state.body.get("truncation") == "auto" and state.targets and not state.native_only:
+        _truncate(body, state.targets, call.model)  # a template's turns come in later, untruncated
+    call.body = validation.chat(body, prompted=state.prompt is not None)
+
+
+def rebuild(call) -> None:
+    """The chat form again, from the conversation as a stage changed it in place (a redaction); the native
+    request is then made from the items too."""
+    state: Request = call.front_state
+    state.edited = True
+    if not state.native_only:
+        _chat_form(call, to_chat(state, state.references))
+
+
+def cache_body(call) -> dict | None:
+    """The request as the cache keys it: the client's, with the conversation it stands for (its stored history
+    and referenced items resolved) for input. None for a request the chat form cannot carry (a built-in tool)."""
+    state: Request = call.front_state
+    if state.native_only:
+        return None
+    body = {k: v for k, v in state.body.items() if k != "previous_response_id"}
+    body["input"] = _resolved(state.items, state.references)
+    return body
 
 
 def _truncate(body: dict, targets, model: str) -> None:
@@ -83,8 +110,7 @@ def _truncate(body: dict, targets, model: str) -> None:
 
 def native(target, call) -> bool:
     """Whether this call goes to `target` as a Responses request (else through the chat form)."""
-    return target.native_responses and not (stages.at(stages.INPUT, call) or stages.at(stages.ADMITTED, call)
-                                            or stages.has_output(call))
+    return target.native_responses and stages.all_native(call)
 
 
 def build(adapter, target, body: dict, call):
@@ -99,7 +125,7 @@ def _native_body(state: Request, target) -> dict:
     body = {k: v for k, v in state.body.items() if k not in ("previous_response_id", "store", "metadata")}
     body["model"] = target.upstream_model
     body["store"] = False
-    if state.history or state.references:
+    if state.history or state.references or state.edited:
         body["input"] = [_replayed(item) for item in _resolved(state.items, state.references) if _replayable(item)]
     return body
 
@@ -157,11 +183,14 @@ def _echoed(state: Request, response: dict, model: str) -> dict:
 
 async def _answer_native(call, attempt, state: Request):
     adapter = for_kind(attempt.target.kind)
+    call.form = "responses"
     if state.body.get("stream"):
         return relay.relay_stream(call, attempt, adapter.responses_stream(attempt.target),
                                   Stored(NativeEvents(state, call.model), call))
     raw, data = await read_json(call, attempt, parse_usage=adapter.responses_usage)
     call.first_token()
+    if stages.has_output(call):
+        data = await stages.run_answer(call, data)
     response = _echoed(state, data, call.model)
     await _store(call, response)
     return json_response(orjson.dumps(response))
@@ -181,16 +210,21 @@ class NativeEvents:
 
     def feed(self, event: StreamEvent) -> bytes:
         data = event.forward
-        if data is None:
-            return b""
-        self.seq += 1
+        if data is None:  # events an output stage rewrote (or held back: none)
+            return b"".join(self._event(chunk, str(chunk.get("type", "message")).encode(), None, event.done)
+                            for chunk in event.chunks or ())
         kind = _type_of(data)
+        return self._event(event.chunks[0] if event.chunks else None, kind, data, event.done)
+
+    def _event(self, parsed: dict | None, kind: bytes, data: bytes | None, done: bool) -> bytes:
+        self.seq += 1
         if kind in self.RESPONSE_EVENTS:
-            parsed = event.chunks[0] if event.chunks else orjson.loads(data)
+            parsed = parsed if parsed is not None else orjson.loads(data)
             _echoed(self.state, parsed.get("response") or {}, self.model)
-            if event.done:
+            if done:
                 self.response = parsed.get("response")
-            data = orjson.dumps(parsed)
+            data = None
+        data = data or orjson.dumps(parsed)
         return b"event: " + kind + b"\ndata: " + data + b"\n\n"
 
     def error(self, error: errors.GatewayError) -> bytes:
@@ -220,7 +254,8 @@ class Stored:
 
 # --- the endpoints -------------------------------------------------------------------
 
-FRONT = Front("responses", "POST", "chat", parse, build, answer, estimates.chat, prepare=prepare)
+FRONT = Front("responses", "POST", "chat", parse, build, answer, estimates.chat, prepare=prepare,
+              cache_body=cache_body, rebuild=rebuild)
 responses = front_view(FRONT)
 
 

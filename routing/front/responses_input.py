@@ -63,6 +63,8 @@ class Request:
     references: dict[str, dict] = field(default_factory=dict)  # stored items the input refers to, by id
     native_only: bool = False  # the chat form cannot carry it: only native deployments serve it
     prompt: dict | None = None  # the prompt template it names (routing/prompts/, docs/templates.md)
+    targets: tuple = ()  # the route's deployments, whose context windows truncation "auto" fits
+    edited: bool = False  # a stage changed the items in place: a native request is made from them
 
     @property
     def items(self) -> list[dict]:

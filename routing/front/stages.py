@@ -13,7 +13,8 @@ costs one empty-tuple loop.
   call: the place for a step that must count against the limits (a cache
   lookup that is billed as a request).
 - OUTPUT sees the answer in the gateway's internal form (an OpenAI-shaped chat
-  completion, a legacy completion or an embeddings list) before the front
+  completion, a legacy completion or an embeddings list), or for a call that
+  went natively in the front's own form (`call.form`), before the front
   turns it into the client's shape: guardrails on the answer, cache store. It
   returns the answer, changed or not, or raises a GatewayError. For a stream it
   wraps the events as they are read (`on_stream`), so that a check may hold
@@ -54,6 +55,10 @@ class Stage:
     # Whether `on_stream` takes events as they come, pass-through payloads unparsed (it parses what it
     # needs itself); by default a stage sees every event as parsed chunks.
     takes_forwarded = False
+    # Whether the stage serves a call that goes to its deployment in the front's own form (/v1/messages to an
+    # Anthropic deployment, /v1/responses to a native one: `call.form` says which, and the answers, JSON and
+    # streamed, are in that form). A call that any other stage applies to goes through the chat form.
+    native = False
 
     def applies(self, call: Call) -> bool:
         return True
@@ -62,9 +67,10 @@ class Stage:
         """At INPUT or ADMITTED: rewrite `call.body`, raise to refuse, or return a Reply."""
         return None
 
-    def admission_read(self, call: Call) -> tuple[str, int] | None:
-        """At ADMITTED: a Redis key (and the TTL to renew it at, or 0) that `on_request` will read, for the
-        admission script to read in its round trip (found as `call.admission.read_value`)."""
+    def admission_read(self, call: Call) -> tuple[str, int, str] | None:
+        """At ADMITTED: a Redis key that `on_request` will read, the TTL to renew it at (or 0) and a sorted set
+        to record its renewed expiry in (or ""), for the admission to read in its round trip (found as
+        `call.read`: the key and its value)."""
         return None
 
     async def on_answer(self, call: Call, answer: dict) -> dict:
@@ -107,7 +113,17 @@ def at(point: str, call: Call) -> tuple[Stage, ...]:
     return tuple(s for s in stages if s.applies(call)) if stages else ()
 
 
-def admission_read(call: Call) -> tuple[str, int] | None:
+def all_native(call: Call) -> bool:
+    """Whether every stage that applies to `call` serves it in the front's own form (a native stage's
+    `applies` is not asked: it may need what the input stages have not done yet)."""
+    for point in POINTS:
+        for stage in _registered[point]:
+            if not stage.native and stage.applies(call):
+                return False
+    return True
+
+
+def admission_read(call: Call) -> tuple[str, int, str] | None:
     """The first read an ADMITTED stage that applies asks the admission to make (None: none)."""
     for stage in at(ADMITTED, call):
         if (read := stage.admission_read(call)) is not None:

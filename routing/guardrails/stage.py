@@ -11,13 +11,18 @@
   caller's format (relay.py), a redaction rewrites the held text.
 - `Restore` (OUTPUT, order 900, after everything else) puts redacted values back for the
   caller where the answer repeats their placeholders.
+
+On /v1/messages and /v1/responses the checks read the client's own request (native.py), and a
+redaction there makes the chat form again (`Front.rebuild`), so that a call to an Anthropic or a
+native Responses deployment keeps its native path, every field the chat form lacks included; its
+answer is checked in its own form (`call.form`).
 """
 
 from dataclasses import dataclass, field
 
 from routing.front import stages
 
-from . import policies
+from . import native, policies
 from .policies import Decisions, Resolved, Vault
 
 
@@ -63,21 +68,29 @@ def _answer_slots(answer: dict) -> list[tuple[object, object]]:
     return found
 
 
-async def _run(call, checks, stage: str, slots) -> None:
+def _output_slots(call, answer: dict) -> list[tuple[object, object]]:
+    return native.answer_slots(answer, call.form) if call.form else _answer_slots(answer)
+
+
+async def _run(call, checks, stage: str, slots) -> bool:
+    """Run `checks` on the texts at `slots`, rewriting those they redacted (True: one was)."""
     guard: Guard = call.guard
     texts = [container[key] for container, key in slots]
     try:
         results = await policies.run_checks(checks, stage, texts, call, guard.vault, guard.decisions)
     finally:
         call.guardrails = guard.record()
+    changed = False
     for (container, key), old, new in zip(slots, texts, results, strict=True):
         if new is not old:
-            container[key] = new
+            container[key], changed = new, True
+    return changed
 
 
 class InputGuard(stages.Stage):
     name = "guardrails-input"
     order = 10
+    native = True
 
     def applies(self, call) -> bool:
         return policies.may_apply(call.key.tenant_id)
@@ -87,22 +100,26 @@ class InputGuard(stages.Stage):
         if resolved is None:
             return None
         call.guard = Guard(resolved)
-        if resolved.input:
+        if not resolved.input:
+            return None
+        if front.rebuild is None:
             await _run(call, resolved.input, "input", _slots(call.body))
+        elif await _run(call, resolved.input, "input", native.request_slots(call)):
+            front.rebuild(call)  # the client's own request is checked; the chat form follows it
         return None
 
 
 class OutputGuard(stages.Stage):
     name = "guardrails-output"
     order = 10
-
+    native = True
     takes_forwarded = True  # held_back parses each payload itself, and relays it verbatim when it can
 
     def applies(self, call) -> bool:
         return call.guard is not None and bool(call.guard.resolved.output) and call.endpoint != "embeddings"
 
     async def on_answer(self, call, answer: dict) -> dict:
-        await _run(call, call.guard.resolved.output, "output", _answer_slots(answer))
+        await _run(call, call.guard.resolved.output, "output", _output_slots(call, answer))
         return answer
 
     def on_stream(self, call, reads):
@@ -114,6 +131,8 @@ class OutputGuard(stages.Stage):
 class Restore(stages.Stage):
     name = "guardrails-restore"
     order = 900
+    native = True
+    takes_forwarded = True  # restored parses each payload itself
 
     def applies(self, call) -> bool:
         guard = call.guard
@@ -121,7 +140,7 @@ class Restore(stages.Stage):
 
     async def on_answer(self, call, answer: dict) -> dict:
         if call.guard.vault.values:
-            for container, key in _answer_slots(answer):
+            for container, key in _output_slots(call, answer):
                 container[key] = call.guard.vault.restore(container[key])
         return answer
 

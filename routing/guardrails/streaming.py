@@ -19,7 +19,7 @@ import orjson
 
 from providers.adapters.base import StreamEvent
 
-from . import policies
+from . import native, policies
 
 _SPACE = " \n\t"
 # Held text is released in runs of at least this many characters: each release rescans what is held.
@@ -96,6 +96,27 @@ def _put(events: list[StreamEvent], slots, template: dict | None, text: str) -> 
             event.chunks.insert(0, chunk)
             event.has_content = True
             return
+
+
+def _emptied(chunk: dict) -> bool:
+    """Whether a chunk carries nothing but the text taken out of it (held back): it is left out, and a
+    read of such chunks alone writes nothing to the client."""
+    choices = chunk.get("choices")
+    if not choices or len(choices) != 1 or chunk.get("usage"):
+        return False
+    choice = choices[0]
+    if choice.get("finish_reason") or choice.get("index", 0) or choice.get("logprobs"):
+        return False
+    if "text" in choice:
+        return choice["text"] == ""
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and delta.get("content") == "" and len(delta) == 1
+
+
+def _prune(events: list[StreamEvent]) -> None:
+    for event in events:
+        if event.forward is None and event.chunks:
+            event.chunks[:] = [chunk for chunk in event.chunks if not _emptied(chunk)]
 
 
 def _cut(text: str, window: int) -> int:
@@ -191,6 +212,17 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
     held before it, nothing held after it, nothing redacted) goes on untouched: pass-through payloads
     are relayed verbatim, not parsed and serialised again."""
     held = Held(call)
+    if call.form:  # Anthropic's or the Responses API's own events
+        async def take(text: str, ended: bool) -> str:
+            held.pending += text
+            return await held.release(ended)
+
+        try:
+            async for events in native.texts(call, reads, take):
+                yield events
+        finally:
+            held._decide()
+        return
     try:
         async for events in reads:
             text, chunk_lists, filled, slots, final, template = _take(events)
@@ -208,14 +240,32 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
                 container[key] = ""
             if out:
                 _put(events, slots, template, out)
+            _prune(events)
             yield events
     finally:
         held._decide()
 
 
+def _restorable(pending: str, final: bool) -> int:
+    """How much of `pending` may be restored now: all, but a placeholder that may still be arriving."""
+    open_at = pending.rfind("[")
+    return open_at if not final and open_at >= len(pending) - 40 and "]" not in pending[open_at:] else len(pending)
+
+
 async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
     """Placeholders put back in a stream; a placeholder split across chunks is held until it is whole."""
     vault, pending = call.guard.vault, ""
+    if call.form and vault.values:
+        async def take(text: str, ended: bool) -> str:
+            nonlocal pending
+            pending += text
+            cut = _restorable(pending, ended)
+            out, pending = vault.restore(pending[:cut]), pending[cut:]
+            return out
+
+        async for events in native.texts(call, reads, take):
+            yield events
+        return
     async for events in reads:
         if not vault.values:
             yield events
@@ -228,9 +278,9 @@ async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterat
         for container, key in filled:
             container[key] = ""
         pending += text
-        open_at = pending.rfind("[")
-        cut = open_at if not final and open_at >= len(pending) - 40 and "]" not in pending[open_at:] else len(pending)
+        cut = _restorable(pending, final)
         out, pending = vault.restore(pending[:cut]), pending[cut:]
         if out:
             _put(events, slots, template, out)
+        _prune(events)
         yield events

@@ -64,7 +64,7 @@ def test_the_v1_schema_is_served_and_describes_every_endpoint(gateway):
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/feedback",
                                     "/v1/messages",
-                                    "/v1/messages/count_tokens",
+                                    "/v1/messages/count_tokens", "/v1/moderations",
                                     "/v1/models", "/v1/openapi.json", "/v1/responses", "/v1/responses/input_tokens",
                                     "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
                                     "/v1/responses/{response_id}/cancel", "/v1/files", "/v1/files/{file_id}",
@@ -76,6 +76,16 @@ def test_the_v1_schema_is_served_and_describes_every_endpoint(gateway):
         for operation in operations.values():
             if path != "/v1/openapi.json":
                 assert {"401", "405"} <= set(operation["responses"]), path
+    # Every front the response cache serves says what its headers do, asked and answered.
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"):
+        operation = schema["paths"][path]["post"]
+        asked = {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation["parameters"]}
+        assert {"CacheControl", "CacheTtl"} <= asked, path
+        answered = operation["responses"]["200"]["headers"]
+        assert {"x-gateway-cache", "x-gateway-cache-key", "x-gateway-cache-similarity"} <= set(answered), path
+    parameters = schema["components"]["parameters"]
+    assert "no-store" in parameters["CacheControl"]["description"] and parameters["CacheTtl"]["name"] == \
+        "x-gateway-cache-ttl"
 
 
 def test_the_error_shape_check_catches_what_it_must():

@@ -4,6 +4,8 @@ A hit is noticed by the client as the same answer (under a new id) with `x-gatew
 and by the provider as no call at all: the mock upstream's request counter does not move.
 """
 
+import os
+import signal
 import time
 from decimal import Decimal
 
@@ -313,6 +315,31 @@ def test_redis_gone_means_uncached_answers_and_back_means_cached(gateway_env, ow
         server.stop()
 
 
+def test_a_paused_redis_means_uncached_answers_that_never_fail(gateway_env, own_redis, mock, tenant, api_key):
+    """Redis hanging (SIGSTOP): the first call waits out one socket timeout, then every call, JSON or
+    streamed, is answered uncached; once Redis answers again, the entries it kept are served again."""
+    policy(tenant)
+    make_provider("openai", mock.url)
+    server = start_gateway({**gateway_env, "REDIS_URL": own_redis.url, "REDIS_PROBE_INTERVAL": "0.2"})
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=api_key[1], max_retries=0, timeout=30)
+        assert chat(client)[0]["x-gateway-cache"] == "miss"
+        assert chat(client)[0]["x-gateway-cache"] == "hit"
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                headers, answer = chat(client)
+                assert headers["x-gateway-cache"] == "miss" and answer.choices[0].message.content
+                headers, chunks = streamed_chat(client)
+                assert headers["x-gateway-cache"] == "miss" and "".join(
+                    c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        assert wait_until(lambda: chat(client)[0]["x-gateway-cache"] == "hit", timeout=10)
+    finally:
+        server.stop()
+
+
 def test_embedded_mode_caches_in_process(gateway_env, mock, tenant, api_key):
     policy(tenant)
     make_provider("openai", mock.url)
@@ -450,3 +477,36 @@ def test_a_request_only_a_native_deployment_can_serve_still_goes_native_under_a_
     assert "x-gateway-cache" not in searched.headers  # not cached: its answer could not be replayed
     plain = client.responses.with_raw_response.create(model="chat-native", input="Hello there")
     assert plain.headers["x-gateway-cache"] == "miss"
+
+
+def evictions(gateway, reason: str) -> float:
+    """The fleet's gateway_cache_evictions_total{reason} (pushed by every process each METRICS_PUSH_INTERVAL)."""
+    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+        if line.startswith("gateway_cache_evictions_total{") and f'reason="{reason}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_entries_redis_expires_are_counted_as_evictions(gateway, mock, tenant, api_key):
+    """Entries stored by each path (a JSON answer in the usage event's round trip, a stream by its own SET,
+    a JSON answer of a call with limits in the settle script) are counted once Redis has expired them."""
+    from usage.models import Limit
+
+    policy(tenant, ttl_seconds=1)
+    make_provider("openai", mock.url)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=20)
+    assert wait_until(lambda: "chat-openai" in {m.id for m in client.models.list()})
+    before = evictions(gateway, "expired")
+    assert chat(client, [{"role": "user", "content": "First question"}])[0]["x-gateway-cache"] == "miss"
+    assert evictions(gateway, "expired") == before  # not expired yet
+    with client.chat.completions.with_streaming_response.create(
+            model="chat-openai", stream=True, messages=[{"role": "user", "content": "Second question"}]) as raw:
+        assert raw.headers["x-gateway-cache"] == "miss" and list(raw.parse())
+    Limit.objects.create(tenant=tenant, requests_per_minute=1000)
+    unstored = {"cache-control": "no-store"}
+    assert wait_until(lambda: "x-ratelimit-limit-requests" in chat(client, extra_headers=unstored)[0])
+    assert chat(client, [{"role": "user", "content": "Third question"}])[0]["x-gateway-cache"] == "miss"
+    assert wait_until(lambda: evictions(gateway, "expired") - before >= 3, timeout=10)
+    time.sleep(2.5)  # two sweeps more: each expiry is counted once
+    assert evictions(gateway, "expired") - before == 3
+    assert chat(client, [{"role": "user", "content": "First question"}])[0]["x-gateway-cache"] == "miss"

@@ -332,3 +332,112 @@ def test_a_cached_answer_is_restored_with_each_callers_own_values_never_anothers
     streamed = client.chat.completions.create(model="chat-openai", stream=True,
                                               messages=[{"role": "user", "content": f"Mail {second} {say}"}])
     assert streamed_text(streamed) == f"Done: I wrote to {second}."
+
+
+# --- every front, JSON and streamed --------------------------------------------------------
+
+FRONTS = ["chat", "legacy", "responses", "messages", "messages, translated"]
+
+
+def ask(front: str, clients, text: str, stream: bool, pieces: list | None = None) -> tuple[dict, str]:
+    """(response headers, answer text) of one call on `front`, JSON or streamed, by the real SDKs; a stream's
+    text pieces are also put in `pieces` as they arrive."""
+    client, claude = clients
+    pieces = [] if pieces is None else pieces
+    if front == "chat":
+        kwargs = {"model": "chat-openai", "messages": [{"role": "user", "content": text}]}
+        if stream:
+            with client.chat.completions.with_streaming_response.create(stream=True, **kwargs) as raw:
+                pieces.extend(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+                return raw.headers, "".join(pieces)
+        raw = client.chat.completions.with_raw_response.create(**kwargs)
+        return raw.headers, raw.parse().choices[0].message.content
+    if front == "legacy":
+        kwargs = {"model": "chat-openai", "prompt": text}
+        if stream:
+            with client.completions.with_streaming_response.create(stream=True, **kwargs) as raw:
+                pieces.extend(c.choices[0].text for c in raw.parse() if c.choices)
+                return raw.headers, "".join(pieces)
+        raw = client.completions.with_raw_response.create(**kwargs)
+        return raw.headers, raw.parse().choices[0].text
+    if front == "responses":
+        if stream:
+            with client.responses.with_streaming_response.create(model="chat-openai", input=text, stream=True) as raw:
+                pieces.extend(e.delta for e in raw.parse() if e.type == "response.output_text.delta")
+                return raw.headers, "".join(pieces)
+        raw = client.responses.with_raw_response.create(model="chat-openai", input=text)
+        return raw.headers, raw.parse().output_text
+    model = "chat-anthropic" if front == "messages" else "chat-openai"  # native, or through the chat form
+    kwargs = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}]}
+    if stream:
+        with claude.messages.with_streaming_response.create(stream=True, **kwargs) as raw:
+            pieces.extend(e.delta.text for e in raw.parse()
+                          if e.type == "content_block_delta" and e.delta.type == "text_delta")
+            return raw.headers, "".join(pieces)
+    raw = claude.messages.with_raw_response.create(**kwargs)
+    return raw.headers, "".join(b.text for b in raw.parse().content if b.type == "text")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_front_redacts_the_prompt_and_restores_the_answer(tenant, clients, mock, stream):
+    client, _ = clients
+    policy(tenant, {"kind": "pii", "stage": "input", "action": "redact"}, name="mask", restore=True)
+    prompt = f"Mail {EMAIL} please " + directive(say="Done: I wrote to [EMAIL_1].")
+    assert wait_until(lambda: ask("chat", clients, prompt, False) and "[EMAIL_1]" in httpx.get(
+        mock.url + "/_mock/last").text, timeout=10)
+    for front in FRONTS:
+        headers, text = ask(front, clients, prompt, stream)
+        seen = httpx.get(mock.url + "/_mock/last").text
+        assert EMAIL not in seen and "[EMAIL_1]" in seen, front
+        assert text == f"Done: I wrote to {EMAIL}.", front
+        record = usage_record(headers["x-request-id"])
+        assert record.guardrails["action"] == "redacted" and EMAIL not in json.dumps(record.guardrails), front
+    client.embeddings.create(model="embed-openai", input=[prompt])
+    seen = httpx.get(mock.url + "/_mock/last").text
+    assert EMAIL not in seen and "[EMAIL_1]" in seen
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_front_blocks_an_answer_and_a_stream_ends_before_the_finding(tenant, clients, stream):
+    policy(tenant, {"kind": "secrets", "stage": "output", "action": "block"}, name="nokeys")
+    say = directive(say="Here is the token you asked for: ghp_abcdefghijklmnopqrstuvwxyz0123456789 enjoy")
+    refused(lambda: ask("chat", clients, say, False))
+    for front in FRONTS:
+        received = []
+        with pytest.raises((openai.APIError, anthropic.APIStatusError)) as blocked:
+            ask(front, clients, say, stream, received)
+        assert "nokeys/secrets#1" in str(blocked.value), front
+        assert "ghp_" not in "".join(received), front
+        if not stream:
+            assert blocked.value.status_code == 400, front
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_front_flags_on_input_and_output_and_lets_the_call_pass(tenant, clients, stream):
+    policy(tenant, {"kind": "terms", "stage": "both", "action": "flag", "terms": ["Project Falcon"]}, name="watch")
+    prompt = "Tell me about project falcon " + directive(say="Project Falcon is secret.")
+
+    def flagged(front):
+        headers, text = ask(front, clients, prompt, stream)
+        assert text == "Project Falcon is secret.", front
+        record = usage_record(headers["x-request-id"])
+        return record.guardrails and record
+    assert wait_until(lambda: flagged("chat"), timeout=10)
+    for front in FRONTS:
+        record = flagged(front)
+        assert record and record.guardrails["action"] == "flagged", front
+        assert [(c["stage"], c["findings"]) for c in record.guardrails["checks"]] == [
+            ("input", {"term": 1}), ("output", {"term": 1})], front
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_front_redacts_the_answer(tenant, clients, stream):
+    policy(tenant, {"kind": "pii", "stage": "output", "action": "redact"}, name="out")
+    say = directive(say=f"Reach me at {EMAIL} or 4111 1111 1111 1111, not 4111 1111 1111 1112.")
+    expected = "Reach me at [EMAIL_1] or [CARD_1], not 4111 1111 1111 1112."
+    assert wait_until(lambda: ask("chat", clients, say, False)[1] == expected, timeout=10)
+    for front in FRONTS:
+        headers, text = ask(front, clients, say, stream)
+        assert text == expected, front
+        record = usage_record(headers["x-request-id"])
+        assert record.guardrails["checks"][0]["findings"] == {"email": 1, "card": 1}, front

@@ -5,7 +5,9 @@ A call to a name with a running experiment of its tenant is given a variant: by 
 experiment and the caller's sticky value (the request's `user`, or a header), so a caller keeps its
 variant; with no such value, at random. The variant's model, deployment, template version and
 parameters are applied to the call, the usage record names the experiment and the variant, and the
-answer says them in `x-gateway-experiment` and `x-gateway-variant`.
+answer says them in `x-gateway-experiment` and `x-gateway-variant`. On /v1/messages and /v1/responses the
+variant's parameters go into the client's own request (routing/prompts/native.py), so that a call to an
+Anthropic or a native Responses deployment keeps its native path.
 """
 
 import bisect
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from gateway_project.lib import config_cache
 from routing.front import stages
+from routing.prompts import native
 
 from .models import Experiment
 
@@ -97,24 +100,33 @@ def _sticky(call, running: Running) -> str | None:
     return user if isinstance(user, str) and user else None
 
 
-def apply(call, running: Running, arm: Arm) -> None:
+def apply(call, running: Running, arm: Arm, front=None) -> None:
     call.experiment_id, call.variant = running.id, arm.name
     headers = call.response_headers = call.response_headers or {}
     headers[EXPERIMENT_HEADER], headers[VARIANT_HEADER] = running.name, arm.name
+    form = native.form_of(call, front)
     if arm.model:
         call.model = call.body["model"] = arm.model
+        if form:
+            call.front_state.body["model"] = arm.model
     if arm.deployment_id is not None:
         call.pinned_deployment = arm.deployment_id
     if arm.prompt is not None:
         asked = call.prompt or {}
         call.prompt = {"id": arm.prompt[0], "version": str(arm.prompt[1]), "variables": asked.get("variables", {}),
                        "param": asked.get("param", "gateway_prompt")}
-    call.body.update(arm.parameters)
+    if not form:
+        call.body.update(arm.parameters)
+    elif arm.parameters:
+        native.parameters(call, form, arm.parameters, override=True)
+        if call.prompt is None:  # else the template stage makes the chat form once it expanded
+            front.rebuild(call)
 
 
 class Assign(stages.Stage):
     name = "experiments"
     order = 1
+    native = True  # the variant is applied to the client's own request on /v1/messages and /v1/responses
 
     def applies(self, call) -> bool:
         return may_apply(call)
@@ -124,7 +136,7 @@ class Assign(stages.Stage):
         now = call.ts
         running = next((r for r in runs if r.live(now)), None)
         if running is not None:
-            apply(call, running, running.assign(_sticky(call, running)))
+            apply(call, running, running.assign(_sticky(call, running)), front)
         return None
 
 

@@ -88,6 +88,9 @@ class Call:
     prompt: dict | None = None
     prompt_template: str = ""
     prompt_version: int | None = None
+    # Parameters a template or a variant set that the front's own form has no field for (routing/prompts/native.py):
+    # a call with any goes through the chat form, and the front's `rebuild` puts them in it.
+    chat_only: dict = field(default_factory=dict)
     # The experiment the call took part in and the variant it was given (routing/experiments/stage.py);
     # a variant may pin one deployment of the route.
     experiment_id: int | None = None

@@ -267,10 +267,11 @@ def cache_body(call) -> dict:
 
 
 def rebuild(call) -> None:
-    """The chat form again, from the client's request as a stage changed it (a redaction)."""
-    chat = validation.chat(to_openai(call.front_state.body))
+    """The chat form again, from the client's request as a stage changed it (a redaction, a template's
+    messages), with the parameters only the chat form carries (`call.chat_only`)."""
+    chat = {**to_openai(call.front_state.body), **call.chat_only}
     chat["model"] = call.body["model"]
-    call.body = chat
+    call.body = validation.chat(chat)
 
 
 def build(adapter, target, body: dict, call):

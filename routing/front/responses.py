@@ -62,7 +62,7 @@ async def prepare(call, spec):
             body["max_completion_tokens"] = state.body["max_output_tokens"]
         if state.body.get("stream"):
             body["stream"] = True
-    state.targets = spec.targets
+    state.targets = spec.targets if spec is not None else ()  # none yet: a template names the model
     _chat_form(call, body)
     return spec
 
@@ -70,6 +70,7 @@ async def prepare(call, spec):
 def _chat_form(call, body: dict) -> None:
     state: Request = call.front_state
     body["model"] = call.model
+    body.update(call.chat_only)  # a template's or a variant's parameters the Responses form has no field for
     if state.body.get("truncation") == "auto" and state.targets and not state.native_only:
         _truncate(body, state.targets, call.model)  # a template's turns come in later, untruncated
     call.body = validation.chat(body, prompted=state.prompt is not None)

@@ -115,7 +115,10 @@ def at(point: str, call: Call) -> tuple[Stage, ...]:
 
 def all_native(call: Call) -> bool:
     """Whether every stage that applies to `call` serves it in the front's own form (a native stage's
-    `applies` is not asked: it may need what the input stages have not done yet)."""
+    `applies` is not asked: it may need what the input stages have not done yet). A template's or a variant's
+    parameter that only the chat form carries (`call.chat_only`) sends it through the chat form."""
+    if call.chat_only:
+        return False
     for point in POINTS:
         for stage in _registered[point]:
             if not stage.native and stage.applies(call):

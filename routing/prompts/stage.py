@@ -5,12 +5,16 @@ A call naming a template (`prompt` on the Responses API, `gateway_prompt` on cha
 Anthropic messages: routing/front/validation.py `take_prompt`) gets the version's messages, filled
 with its variables, before its own, and the version's parameters where the request set none; a
 request without a model takes the version's. Missing or unknown variables are a 400 naming them.
+
+On /v1/messages and /v1/responses the expansion is written into the client's own request (native.py) and
+the chat form made again from it, so that a call to an Anthropic or a native Responses deployment keeps its
+native path, every field the chat form lacks included.
 """
 
 from gateway_project.lib import errors
 from routing.front import stages, validation
 
-from . import engine, lookup
+from . import engine, lookup, native
 
 LIMIT_NAMES = ("max_tokens", "max_completion_tokens")
 
@@ -39,9 +43,21 @@ def expand(body: dict, version: lookup.Version, values: dict[str, str]) -> None:
             body[name] = value
 
 
+def expand_native(call, form: str, version: lookup.Version, values: dict[str, str]) -> None:
+    native.messages(call, form, native.render(version, values))
+    native.parameters(call, form, version.parameters, override=False)
+    state = call.front_state
+    if call.chat_only and getattr(state, "native_only", False):
+        raise errors.bad_request(f"The prompt template '{version.template}' version {version.number} sets "
+                                 f"{', '.join(sorted(call.chat_only))}, which the Responses API has no field for, "
+                                 "and the request needs a native deployment (a built-in tool).",
+                                 param=f"{call.prompt['param']}.id", code="unsupported_parameter")
+
+
 class Expand(stages.Stage):
     name = "prompt-templates"
     order = 5
+    native = True  # expanded into the client's own request on /v1/messages and /v1/responses
 
     def applies(self, call) -> bool:
         return call.prompt is not None
@@ -50,7 +66,11 @@ class Expand(stages.Stage):
         ref = call.prompt
         version = await lookup.version_for(call.key.tenant_id, ref)
         values = checked_values(version, ref["variables"], ref["param"])
-        expand(call.body, version, values)
+        form = native.form_of(call, front)
+        if form:
+            expand_native(call, form, version, values)
+        else:
+            expand(call.body, version, values)
         if not call.model:
             if not version.model:
                 raise errors.bad_request(f"You must provide a model parameter: the prompt template '{version.template}'"
@@ -59,7 +79,11 @@ class Expand(stages.Stage):
             call.model = call.body["model"] = version.model
         call.prompt_template, call.prompt_version = version.template, version.number
         call.prompt_counted = None
-        call.body = validation.chat(call.body)
+        if form:
+            call.front_state.body["model"] = call.body["model"] = call.model
+            front.rebuild(call)
+        else:
+            call.body = validation.chat(call.body)
         return None
 
 

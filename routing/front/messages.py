@@ -314,10 +314,12 @@ messages = front_view(FRONT)
 @endpoint("messages.count_tokens", "POST", error_response)
 async def count_tokens(request, call) -> HttpResponse:
     """POST /v1/messages/count_tokens: Anthropic's own count on an Anthropic deployment, the gateway's
-    estimate (header x-gateway-token-count: estimate) on any other; nothing billed either way."""
+    estimate (header x-gateway-token-count: estimate) on any other; nothing billed either way. A named
+    template (`gateway_prompt`) is expanded first, into the request Anthropic counts."""
     body = parse(request, counting=True)
     call.body, call.model = body, body["model"]
     await authenticate(request, call)
+    await stages.expand_template(call, FRONT)  # the template's messages are counted, as they would be sent
     spec = await authorize(call, "chat")
     targets = [t for t in spec.targets if t.kind == "anthropic"]
     if targets:

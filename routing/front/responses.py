@@ -263,12 +263,15 @@ responses = front_view(FRONT)
 @endpoint("responses.input_tokens", "POST")
 async def input_tokens(request, call) -> HttpResponse:
     """POST /v1/responses/input_tokens: the input tokens of a request, as the gateway counts them (no upstream
-    call, nothing billed)."""
+    call, nothing billed); a named template (`prompt`) expanded first."""
     body = parse(request)
     call.body, call.model = body, body["model"]
     await authenticate(request, call)
-    spec = await authorize(call, "chat")
+    spec = await authorize(call, "chat") if call.model else None  # none yet: the template names it
     await prepare(call, spec)
+    await stages.expand_template(call, FRONT)
+    if spec is None:
+        await authorize(call, "chat")
     counted = call.estimated_prompt()
     call.key = None  # counting is free: no usage record (the request log still has the call)
     return json_response(orjson.dumps({"object": "response.input_tokens", "input_tokens": counted}))

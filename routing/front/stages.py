@@ -113,6 +113,17 @@ def at(point: str, call: Call) -> tuple[Stage, ...]:
     return tuple(s for s in stages if s.applies(call)) if stages else ()
 
 
+def named(point: str, name: str) -> Stage | None:
+    """The stage registered at `point` under `name` (a counting endpoint runs the template stage alone)."""
+    return next((s for s in _registered[point] if s.name == name), None)
+
+
+async def expand_template(call: Call, front) -> None:
+    """Only the template stage, for an endpoint that counts a request's tokens and calls no model."""
+    if call.prompt is not None and (stage := named(INPUT, "prompt-templates")) is not None:
+        await stage.on_request(call, front)
+
+
 def all_native(call: Call) -> bool:
     """Whether every stage that applies to `call` serves it in the front's own form (a native stage's
     `applies` is not asked: it may need what the input stages have not done yet). A template's or a variant's

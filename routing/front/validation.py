@@ -284,9 +284,7 @@ def messages_body(request, counting: bool = False) -> dict:
     which takes no max_tokens). Only what the gateway itself reads is checked: an Anthropic deployment
     gets the rest as sent and answers for itself."""
     body = json_body(request)
-    prompt = take_prompt(body, PROMPT_FIELD)
-    if not counting:
-        request.gateway_call.prompt = prompt
+    prompt = request.gateway_call.prompt = take_prompt(body, PROMPT_FIELD)
     _model(body, prompt is not None)
     _positive_int(body, "max_tokens", required=not counting)
     if prompt is not None:

@@ -29,7 +29,9 @@ NATIVE = {
 
 def form_of(call, front) -> str:
     """The front whose own request the stages write into ("messages", "responses"), or "" (the chat form only)."""
-    return call.endpoint if front is not None and front.rebuild is not None and call.endpoint in NATIVE else ""
+    if front is None or front.rebuild is None or front.endpoint not in NATIVE:
+        return ""
+    return front.endpoint
 
 
 def _value(name: str, value, current):

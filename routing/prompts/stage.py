@@ -17,6 +17,7 @@ from routing.front import stages, validation
 from . import engine, lookup, native
 
 LIMIT_NAMES = ("max_tokens", "max_completion_tokens")
+COUNTING = ("messages.count_tokens", "responses.input_tokens")
 
 
 def checked_values(version: lookup.Version, values: dict[str, str], param: str) -> dict[str, str]:
@@ -45,7 +46,8 @@ def expand(body: dict, version: lookup.Version, values: dict[str, str]) -> None:
 
 def expand_native(call, form: str, version: lookup.Version, values: dict[str, str]) -> None:
     native.messages(call, form, native.render(version, values))
-    native.parameters(call, form, version.parameters, override=False)
+    if call.endpoint not in COUNTING:  # a count takes the prompt only (Anthropic's refuses sampling fields)
+        native.parameters(call, form, version.parameters, override=False)
     state = call.front_state
     if call.chat_only and getattr(state, "native_only", False):
         raise errors.bad_request(f"The prompt template '{version.template}' version {version.number} sets "

@@ -9,6 +9,7 @@ sent, as the mock upstream's last request shows. The usage record names the temp
 """
 
 import anthropic
+import httpx
 import pytest
 
 from routing.experiments.models import Experiment, Variant
@@ -145,3 +146,42 @@ def test_an_experiments_variant_applies_to_the_native_request(sdks, experiment, 
     body = assert_anthropic_fields_reached(mock)
     assert body["top_p"] == 0.96 and body["system"] == "You help Ada."
     assert usage_record(headers["x-request-id"]).prompt_template == "support"
+
+
+# --- counting ---------------------------------------------------------------------------------
+
+
+def test_count_tokens_and_input_tokens_expand_the_template(sdks, template, mock, gateway, api_key):  # noqa: F811
+    client, claude = sdks
+    question = [{"role": "user", "content": "Where is my order?"}]
+
+    def count(**extra):
+        raw = claude.messages.with_raw_response.count_tokens(model="chat-anthropic", messages=question, **extra)
+        return raw.headers, raw.parse().input_tokens
+
+    assert served(lambda: count(extra_body={"gateway_prompt": PROMPT}))
+    headers, plain = count()
+    headers, expanded = count(extra_body={"gateway_prompt": PROMPT})
+    assert headers["x-gateway-token-count"] == "provider" and expanded > plain
+    last = sent(mock)
+    assert last["path"].endswith("/v1/messages/count_tokens")
+    assert last["body"]["system"] == "You help Ada." and last["body"]["messages"][0]["content"] == "Hello Ada!"
+    assert "gateway_prompt" not in last["body"] and "top_p" not in last["body"]  # the prompt only is counted
+    # Unknown variables are the same 400 as on /v1/messages, in Anthropic's shape.
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        count(extra_body={"gateway_prompt": {"id": "support", "variables": {"who": "x"}}})
+    assert "customer" in caught.value.body["error"]["message"]
+
+    def input_tokens(**extra) -> int:
+        answer = httpx.post(gateway.url + "/v1/responses/input_tokens", headers={"authorization": f"Bearer {api_key[1]}"},
+                            json={"model": "chat-openai", "input": "Where is my order?", **extra}, timeout=20)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["input_tokens"]
+
+    alone = input_tokens()
+    with_template = input_tokens(prompt=PROMPT)
+    assert with_template > alone
+    # The template names no model here, so a prompt without one is a 400; with the model it is counted.
+    missing = httpx.post(gateway.url + "/v1/responses/input_tokens", headers={"authorization": f"Bearer {api_key[1]}"},
+                         json={"model": "", "prompt": PROMPT}, timeout=20)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"

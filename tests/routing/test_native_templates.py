@@ -17,11 +17,13 @@ from routing.prompts import services
 from routing.prompts.models import PromptTemplate
 from tests.conftest import usage_record, wait_until
 from tests.routing.test_native_policies import (
+    EMAIL,
     NEXT_YEAR,
     ask_claude,
     ask_responses,
     assert_anthropic_fields_reached,
     assert_responses_fields_reached,
+    guard,
     sdks,  # noqa: F401 (a fixture)
     sent,
 )
@@ -117,6 +119,20 @@ def test_a_parameter_with_no_native_field_sends_the_call_through_the_chat_form(s
     last = sent(mock)
     assert last["path"].endswith("/chat/completions") and last["body"]["seed"] == 7
     assert last["body"]["messages"][0] == {"role": "system", "content": "You help Ada."}
+
+
+def test_guardrails_check_the_expanded_template_and_the_call_stays_native(sdks, tenant, template, mock):  # noqa: F811
+    _, claude = sdks
+    guard(tenant, {"kind": "pii", "stage": "input", "action": "redact"}, name="mask")
+    prompt = {"id": "support", "variables": {"customer": EMAIL}}
+    assert wait_until(lambda: served(lambda: claude_with(claude, False, "hi", prompt))
+                      and "[EMAIL_1]" in str(sent(mock)["body"]), timeout=10)
+    for stream in (False, True):
+        claude_with(claude, stream, "hi", prompt)
+        body = assert_anthropic_fields_reached(mock)
+        # The redaction made the chat form again from the native request: the template's text is in it, masked.
+        assert EMAIL not in str(body) and body["system"] == "You help [EMAIL_1]."
+        assert body["messages"][0] == {"role": "assistant", "content": "Hello [EMAIL_1]!"}
 
 
 @pytest.fixture()

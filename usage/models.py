@@ -24,22 +24,29 @@ class UsageRecord(models.Model):
         HEDGE_CANCELLED = "hedge_cancelled", "Hedged call cancelled (the other answered first)"
         INTERRUPTED = "interrupted", "Interrupted (the gateway worker died mid-call)"
 
-    request_id = models.CharField(max_length=100, unique=True, help_text="The gateway's own id for the call.")
+    # Unique with created_at (the call's own start time, carried in its event), not alone: on
+    # PostgreSQL the table is partitioned by created_at (usage.partitions), and a partitioned
+    # table's unique constraints must hold its partition key. A call's events all carry the
+    # same start time, so writing one twice still leaves one row.
+    request_id = models.CharField(max_length=100, help_text="The gateway's own id for the call.")
     client_request_id = models.CharField(
         max_length=100, blank=True, db_index=True, help_text="The x-request-id the client sent, if any."
     )
     created_at = models.DateTimeField(db_index=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    # Indexed as (tenant, created_at) and (api_key): every index is written by every insert of the
+    # drain, so the links nothing filters the ledger on alone carry none.
+    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+                               related_name="+")
     api_key = models.ForeignKey(
         ApiKey, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     key_prefix = models.CharField(max_length=32, blank=True)
     provider = models.ForeignKey(
-        Provider, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Provider, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     provider_name = models.CharField(max_length=100, blank=True)
     deployment = models.ForeignKey(
-        Deployment, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Deployment, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     endpoint = models.CharField(max_length=32)
     route = models.CharField(max_length=200, blank=True)
@@ -78,6 +85,7 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_record_once")]
         indexes = [models.Index(fields=["tenant", "created_at"])]
 
     def __str__(self) -> str:

@@ -26,11 +26,11 @@ def partition(apps, schema_editor) -> None:
         run(f"ALTER TABLE usage_usagerecord RENAME TO {OLD}")
         run(f"CREATE TABLE usage_usagerecord (LIKE {OLD} INCLUDING DEFAULTS INCLUDING IDENTITY "
             "INCLUDING CONSTRAINTS) PARTITION BY RANGE (created_at)")
-        cursor.execute(f"SELECT min(created_at), max(created_at), max(id) FROM {OLD}")  # noqa: S608 (a constant)
+        cursor.execute(f"SELECT min(created_at), max(created_at), max(id) FROM {OLD}")  # noqa: S608  # nosec B608: a constant
         first, last, top = cursor.fetchone()
         partitions.create_default()
         partitions.ensure(first=first, last=last)
-        run(f"INSERT INTO usage_usagerecord SELECT * FROM {OLD}")  # noqa: S608 (a constant)
+        run(f"INSERT INTO usage_usagerecord SELECT * FROM {OLD}")  # noqa: S608  # nosec B608: a constant
         if top:
             cursor.execute("SELECT setval(pg_get_serial_sequence('usage_usagerecord', 'id'), %s)", [top])
         run(f"DROP TABLE {OLD}")

@@ -28,7 +28,7 @@ import orjson
 import psycopg
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
@@ -122,9 +122,7 @@ def _copy_records(events: list[dict]) -> None:
         with transaction.atomic(), connection.cursor() as cursor, cursor.copy(_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
-    except IntegrityError as exc:
-        if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-            raise
+    except psycopg.errors.UniqueViolation:  # COPY runs on psycopg's own cursor: its errors come unwrapped
         with connection.cursor() as cursor:
             columns = ", ".join(name for name, _ in _COLUMNS)
             cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging AS "  # noqa: S608  # nosec B608

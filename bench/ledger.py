@@ -9,6 +9,8 @@ migrates it (the ledger partitioned by month), adds tenants with keys and owners
 and COPYs `--records` usage records spread evenly over the last `--days` days.
 It then measures, with the data warm, over `--samples` calls each:
 
+- the same reads before the rollups exist (`--raw-samples` calls: records only),
+  then the time to compute the hourly and daily rollups of the whole span;
 - the admin dashboard's data (gateway_project.dashboard.data) for 30 days, as
   staff over every tenant, filtered to one tenant, and as one tenant's owner;
 - the usage API (GET /api/usage/summary and /api/usage/records through DRF)
@@ -131,14 +133,14 @@ def timed(call, samples: int) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, round(len(times) * 0.95) - 1)]
 
 
-def reads(tenants: list[dict], samples: int) -> list[tuple[str, float, float]]:
+def reads(tenants: list[dict], samples: int, staff_name: str) -> list[tuple[str, float, float]]:
     from django.contrib.auth import get_user_model
     from django.http import QueryDict
     from rest_framework.test import APIClient
 
     from gateway_project import dashboard
 
-    staff = get_user_model().objects.create_user("bench-staff", is_staff=True, is_superuser=True)
+    staff = get_user_model().objects.create_user(staff_name, is_staff=True, is_superuser=True)
     one = tenants[0]
     month = {"range": "30d"}
     end = datetime.now(UTC)
@@ -233,6 +235,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120, help="the records span the last N days")
     parser.add_argument("--tenants", type=int, default=40)
     parser.add_argument("--samples", type=int, default=20, help="calls per read measured")
+    parser.add_argument("--raw-samples", type=int, default=3,
+                        help="calls per read measured before the rollups exist (records only); 0 skips")
     parser.add_argument("--drain-events", type=int, default=50_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     opts = parser.parse_args()
@@ -255,13 +259,24 @@ def main() -> None:
         tenants = setup_tenants(opts.tenants)
         print(f"generating {opts.records:,} records…", file=sys.stderr, flush=True)
         load = generate(url, tenants, opts.records, opts.days)
-        measured = reads(tenants, opts.samples)
+        raw = reads(tenants, opts.raw_samples, "bench-staff-raw") if opts.raw_samples else []
+        rolled = time.perf_counter()
+        from usage import rollups
+
+        since = datetime.now(UTC) - timedelta(days=opts.days + 1)
+        rollups.rollup_since(since, "hour")
+        rollups.rollup_since(since, "day")
+        rolled = time.perf_counter() - rolled
+        measured = reads(tenants, opts.samples, "bench-staff")
         name, rows, seconds = drop_month()
         rate, cpu = drain(tenants, opts.drain_events)
         print(f"\n{opts.records:,} usage records over {opts.days} days, {opts.tenants} tenants, "
               f"{len(partitions.existing())} monthly partitions left, {os.cpu_count()} CPUs\n")
         print("| measure | p50 | p95 |\n| --- | ---: | ---: |")
         print(f"| generate with COPY | {opts.records / load:,.0f} records/s | {load:.0f} s in all |")
+        print(f"| compute the hourly and daily rollups of {opts.days} days | {rolled:.0f} s in all | - |")
+        for what, p50, p95 in raw:
+            print(f"| {what}, before any rollup (records only) | {p50:.0f} ms | {p95:.0f} ms |")
         for what, p50, p95 in measured:
             print(f"| {what} | {p50:.0f} ms | {p95:.0f} ms |")
         print(f"| drop the oldest month ({name}, {rows:,} records) | {seconds * 1000:.0f} ms | - |")

@@ -86,7 +86,10 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_record_once")]
-        indexes = [models.Index(fields=["tenant", "created_at"])]
+        indexes = [models.Index(fields=["tenant", "created_at"]),
+                   # The dashboard's guardrail panel: the few records with decisions, newest first.
+                   models.Index(fields=["created_at"], condition=models.Q(guardrails__isnull=False),
+                                name="usage_record_guarded")]
 
     def __str__(self) -> str:
         return self.request_id
@@ -184,8 +187,11 @@ class UsageRollup(models.Model):
     key_prefix = models.CharField(max_length=32, blank=True)
     public_model = models.CharField(max_length=200)
     provider_name = models.CharField(max_length=100, blank=True)
+    route = models.CharField(max_length=200, blank=True)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    cost_saved_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
@@ -202,7 +208,7 @@ class UsageRollup(models.Model):
         # One row per bucket and group; the key is coalesced (no key: 0) so that
         # rows without one are unique too, on SQLite as on PostgreSQL.
         constraints = [models.UniqueConstraint(
-            "granularity", "bucket", "tenant", Coalesce("api_key", 0), "public_model", "provider_name",
+            "granularity", "bucket", "tenant", Coalesce("api_key", 0), "public_model", "provider_name", "route",
             name="usage_rollup_once")]
         indexes = [models.Index(fields=["tenant", "granularity", "bucket"])]
 

@@ -259,7 +259,8 @@ def _filters(scope, params, win: Window) -> dict:
 def _forecast(scope, params, win: Window, now: datetime) -> dict:
     """The month's end at the current rate (usage.forecast, UTC like the charts), and the rate per
     chart step, for the cost chart's forecast line (continued to the month's end on a daily chart)."""
-    seen = forecast.month_forecast(_records(scope, params, None), now, UTC)
+    seen = forecast.month_forecast(_records(scope, params, None), now, UTC,
+                                   _filtered(UsageRollup.objects.all(), scope, params))
     per_step = seen.rate.mean * Decimal(STEPS[win.step].total_seconds()) / Decimal(86400)
     future = []
     if win.step == "day" and now - win.end < STEPS["day"]:  # a chart that ends now goes on to the month's end

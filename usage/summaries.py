@@ -65,6 +65,7 @@ class Split:
 
     rollups: Q
     records: Q
+    ranges: list[tuple[datetime, datetime]]  # what `records` reads
 
 
 def _covered(granularity: str, start: datetime, end: datetime) -> list[datetime]:
@@ -108,7 +109,7 @@ def split(start: datetime, end: datetime, coarsest: str | None = "day") -> Split
     for low, high in rest:
         records |= Q(created_at__gte=low, created_at__lt=high)
     return Split(rollups=rollups if days or hours else Q(pk__in=[]),
-                 records=records if rest else Q(pk__in=[]))
+                 records=records if rest else Q(pk__in=[]), ranges=rest)
 
 
 def _record_groups(records, field: str | None, percentiles: bool) -> list[dict]:

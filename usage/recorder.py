@@ -28,7 +28,7 @@ import orjson
 import psycopg
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
@@ -97,11 +97,15 @@ def _to_row(event: dict) -> UsageRecord:
 _COLUMNS = [(f.attname, f.get_default()) for f in UsageRecord._meta.concrete_fields if f.attname != "id"]
 _COPY = f"COPY {UsageRecord._meta.db_table} ({', '.join(name for name, _ in _COLUMNS)}) FROM STDIN"
 _MISSING = object()
+# What an event may hold besides its columns: its start time and a logged prompt (usage.prompts).
+_KNOWN = {name for name, _ in _COLUMNS} | {"ts", "prompt", "prompt_expires_at"}
 
 
 def _copy_row(event: dict) -> tuple:
     """The event as one row of COPY's text format: the server parses each column, so text is
     as good as any type, and building it costs no model instance."""
+    if unknown := event.keys() - _KNOWN:  # refused, never dropped: it becomes a dead letter
+        raise TypeError(f"a usage event has no field {', '.join(sorted(map(repr, unknown)))}")
     event = usage_events.clean(event)
     row = []
     for name, default in _COLUMNS:
@@ -119,11 +123,15 @@ def _copy_records(events: list[dict]) -> None:
     died before acknowledging it), the batch goes again through a staging table, skipping those."""
     rows = [_copy_row(dict(e)) for e in events]
     try:
-        with transaction.atomic(), connection.cursor() as cursor, cursor.copy(_COPY) as copy:
+        # COPY is psycopg's own cursor method: its errors are made Django's here, as for any query.
+        with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors, \
+                cursor.copy(_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
-    except psycopg.errors.UniqueViolation:  # COPY runs on psycopg's own cursor: its errors come unwrapped
-        with connection.cursor() as cursor:
+    except IntegrityError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise
+        with connection.cursor() as cursor, connection.wrap_database_errors:
             columns = ", ".join(name for name, _ in _COLUMNS)
             cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging AS "  # noqa: S608  # nosec B608
                            f"SELECT {columns} FROM {UsageRecord._meta.db_table} WITH NO DATA")

@@ -336,6 +336,8 @@ USAGE_DEAD_LETTER_RETENTION_DAYS = env.int("USAGE_DEAD_LETTER_RETENTION_DAYS", d
 # events, hours no job rolled up); older ones: `manage.py rollup_usage --since`.
 ROLLUP_LOOKBACK_HOURS = env.int("ROLLUP_LOOKBACK_HOURS", default=48)
 RETENTION_BATCH = env.int("RETENTION_BATCH", default=5000)
+# PostgreSQL: the usage ledger's monthly partitions created ahead of need (usage.partitions).
+USAGE_PARTITIONS_AHEAD = env.int("USAGE_PARTITIONS_AHEAD", default=3)
 # Stored Responses API answers (previous_response_id, GET /v1/responses/{id}) of tenants without
 # a retention_days of their own: 30 days, as OpenAI keeps them.
 RESPONSES_RETENTION_DAYS = env.int("RESPONSES_RETENTION_DAYS", default=30)

@@ -25,9 +25,10 @@ from decimal import Decimal
 from functools import partial
 
 import orjson
+import psycopg
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
@@ -94,6 +95,57 @@ def _to_row(event: dict) -> UsageRecord:
     return UsageRecord(**fields)
 
 
+# The ledger's columns as COPY writes them, each with the value an event that lacks it stands for
+# (an event buffered by an older release).
+_COLUMNS = [(f.attname, f.get_default()) for f in UsageRecord._meta.concrete_fields if f.attname != "id"]
+_COPY = f"COPY {UsageRecord._meta.db_table} ({', '.join(name for name, _ in _COLUMNS)}) FROM STDIN"
+_MISSING = object()
+# What an event may hold besides its columns: its start time and a logged prompt (usage.prompts).
+_KNOWN = {name for name, _ in _COLUMNS} | {"ts", "prompt", "prompt_expires_at"}
+
+
+def _copy_row(event: dict) -> tuple:
+    """The event as one row of COPY's text format: the server parses each column, so text is
+    as good as any type, and building it costs no model instance."""
+    if unknown := event.keys() - _KNOWN:  # refused, never dropped: it becomes a dead letter
+        raise TypeError(f"a usage event has no field {', '.join(sorted(map(repr, unknown)))}")
+    event = usage_events.clean(event)
+    row = []
+    for name, default in _COLUMNS:
+        value = event.get(name, _MISSING)
+        if value is _MISSING:
+            value = datetime.fromtimestamp(event["ts"], tz=UTC) if name == "created_at" else default
+        elif name == "guardrails" and value is not None:
+            value = orjson.dumps(value).decode()
+        row.append(value)
+    return tuple(row)
+
+
+def _copy_records(events: list[dict]) -> None:
+    """Insert with one COPY; should a row be there already (an event written twice: its drainer
+    died before acknowledging it), the batch goes again through a staging table, skipping those."""
+    rows = [_copy_row(dict(e)) for e in events]
+    try:
+        # COPY is psycopg's own cursor method: its errors are made Django's here, as for any query.
+        with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors, \
+                cursor.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except IntegrityError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            columns = ", ".join(name for name, _ in _COLUMNS)
+            cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging AS "  # noqa: S608  # nosec B608
+                           f"SELECT {columns} FROM {UsageRecord._meta.db_table} WITH NO DATA")
+            cursor.execute("TRUNCATE usage_staging")
+            with cursor.copy(_COPY.replace(UsageRecord._meta.db_table, "usage_staging", 1)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(f"INSERT INTO {UsageRecord._meta.db_table} ({columns}) "  # noqa: S608  # nosec B608
+                           f"SELECT {columns} FROM usage_staging ON CONFLICT DO NOTHING")
+
+
 def _prompt_row(event: dict) -> PromptLog:
     event = usage_events.clean(dict(event))
     return PromptLog(request_id=event["request_id"], tenant_id=event["tenant_id"],
@@ -109,7 +161,10 @@ def write(events: list[dict]) -> None:
     # One transaction (a savepoint inside another): a refused batch leaves nothing
     # half written, and the connection usable for the next try.
     with transaction.atomic():
-        UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
+        if connection.vendor == "postgresql":
+            _copy_records(events)
+        else:
+            UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
         if prompts := [_prompt_row(e) for e in events if "prompt" in e]:
             PromptLog.objects.bulk_create(prompts, ignore_conflicts=True)
     metrics.shared_inc("gateway_usage_events_written_total", by=len(events))

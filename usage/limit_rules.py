@@ -86,6 +86,11 @@ class Admission:
     read_key: str = ""
     read_value: bytes | None = None
 
+    @property
+    def tenant_id(self) -> int:
+        """The tenant whose limits these are (rules_for gives one tenant's only)."""
+        return self.rules[0].tenant_id
+
 
 def duration(ms: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""

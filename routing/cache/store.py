@@ -29,20 +29,20 @@ _local: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
 
 def shared() -> bool:
     """Whether entries go to Redis (configured and not marked down), where the usage round trip can write them."""
-    return bool(settings.REDIS_URL) and not redis_health.down
+    return bool(settings.REDIS_URL) and not redis_health.unreachable()
 
 
 async def get(key: str, renew_ttl: int = 0) -> bytes | None:
     """The entry under `key`, its lifetime restarted at `renew_ttl` seconds when given (sliding)."""
     if not settings.REDIS_URL:
         return _local_get(key, renew_ttl)
-    if redis_health.down:
+    if redis_health.down_for(key):
         return None
     try:
         client = async_redis()
         return await (client.getex(key, ex=renew_ttl) if renew_ttl else client.get(key))
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         log.warning("response cache unreachable (%s); serving uncached", type(exc).__name__)
         return None
 
@@ -51,13 +51,13 @@ async def put(key: str, value: bytes, ttl: int) -> bool:
     if not settings.REDIS_URL:
         _local_put(key, value, ttl)
         return True
-    if redis_health.down:
+    if redis_health.down_for(key):
         return False
     try:
         await async_redis().set(key, value, ex=ttl)
         return True
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         return False
 
 

@@ -64,7 +64,7 @@ def test_a_hanging_redis_costs_one_timeout_then_is_skipped_until_it_answers_agai
         assert wait_until(lambda: not probing())
         record_each([event("memo-4")])
         assert recorder.held_ids() == {"memo-1", "memo-2", "memo-3"}  # to be written straight to the database
-        stream = redis.Redis.from_url(own_redis.url).xrange(recorder.STREAM)
+        stream = redis.Redis.from_url(own_redis.url).xrange(recorder.stream_of(event("memo-4")))
         assert [orjson.loads(fields[b"e"])["request_id"] for _, fields in stream] == ["memo-4"]  # Redis again
     finally:
         recorder._local.clear()  # not real events: no drain in this process may try to write them

@@ -8,6 +8,7 @@ import redis as redis_sync
 from django.conf import settings as django_settings
 from django.core import mail
 
+from gateway_project.lib import redis_keys
 from gateway_project.lib.errors import GatewayError
 from tenants.models import AuditLog, Membership
 from usage import limit_rules, limits
@@ -117,10 +118,10 @@ def test_two_hundred_concurrent_requests_never_overspend_a_budget_for_fifty(engi
     rule = limits._load_rules()[tenant.id][0]
     start, _ = limits.period_bounds(rule, __import__("time").time())
     if engine == "redis":
-        counters = redis_sync.Redis.from_url(django_settings.REDIS_URL).hgetall(f"gw:lim:{rule.id}:p:{start}")
+        counters = redis_sync.Redis.from_url(django_settings.REDIS_URL).hgetall(redis_keys.limit_key(rule.tenant_id, rule.id, f"p:{start}"))
         assert {k.decode(): int(v) for k, v in counters.items()} == {"tok": 500, "tokres": 0, "cost": 5000,
                                                                       "costres": 0}
-        assert redis_sync.Redis.from_url(django_settings.REDIS_URL).zcard("gw:resv:exp") == 0
+        assert redis_sync.Redis.from_url(django_settings.REDIS_URL).zcard(redis_keys.reservations(rule.tenant_id)) == 0
     else:
         assert local.periods[(rule.id, start)] == [500, 0, 5000, 0]
         assert local.reservations == {}

@@ -12,6 +12,7 @@ import pytest
 import redis
 from django.db.models import Sum
 
+from gateway_project.lib import redis_keys
 from tests.conftest import start_gateway, wait_until
 from usage import recorder
 from usage.models import UsageDeadLetter, UsageRecord
@@ -230,7 +231,7 @@ def test_tokens_per_minute_stop_trusting_max_tokens_once_overrun(overrun_model, 
     assert first.count(200) <= 10 and first_tokens <= 500 + 10 * 480
     # The minute moves on (its buckets expire): the limit now reserves each call's largest
     # answer or what is left of the minute, so one call at a time gets through.
-    redis.Redis.from_url(settings.REDIS_URL).delete(f"gw:lim:{limit.id}:tpm")
+    redis.Redis.from_url(settings.REDIS_URL).delete(redis_keys.limit_key(limit.tenant_id, limit.id, "tpm"))
     second = asyncio.run(_burst(overrun_model.url, secret, calls=50, concurrency=10))
     total_tokens, _ = _billed(key, first.count(200) + second.count(200))
     second_tokens = total_tokens - first_tokens

@@ -362,3 +362,13 @@ def own_redis(tmp_path):
     server = OwnRedis(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def own_cluster(tmp_path_factory):
+    """A three-master Redis Cluster of the session's own (tests/redis_servers.py)."""
+    from tests.redis_servers import OwnCluster
+
+    cluster = OwnCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()

@@ -37,6 +37,7 @@ import weakref
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gateway_project.lib import config_cache, errors, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
@@ -126,7 +127,7 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
         args += entry or ("", "", "")
         if read is not None:
             args += read
-        result = await _scripts().admit(keys=[redis_keys.reservations(admission.tenant_id)], args=args)
+        result = await (await _loaded_scripts()).admit(keys=[redis_keys.reservations(admission.tenant_id)], args=args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:
             admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
@@ -173,7 +174,7 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
             for write in writes:
                 args += write
             stream = redis_keys.usage_stream(redis_keys.shard_of(admission.tenant_id))
-            result = await _scripts().settle(keys=[where, stream], args=args)
+            result = await (await _loaded_scripts()).settle(keys=[where, stream], args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at what it reserved.
             redis_health.failed(exc, where)
@@ -209,9 +210,24 @@ class _Scripts:
         self.admit = client.register_script(limit_scripts.ADMIT)
         self.settle = client.register_script(limit_scripts.SETTLE)
         self.rebuild = client.register_script(limit_scripts.REBUILD)
+        self.loaded = not isinstance(client, AsyncRedisCluster)
+
+    async def load(self, client) -> None:
+        # On a cluster, loaded on every master before the first call: redis-py's cluster client
+        # recovers badly from many calls meeting NOSCRIPT at once (it drops connections in use).
+        for script in (self.admit, self.settle, self.rebuild):
+            await client.script_load(script.script)
+        self.loaded = True
 
 
 _scripts_by_client: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def _loaded_scripts() -> _Scripts:
+    scripts = _scripts()
+    if not scripts.loaded:
+        await scripts.load(async_redis())
+    return scripts
 
 
 def _scripts() -> _Scripts:

@@ -111,8 +111,8 @@ def failed(exc: BaseException, key: str | bytes | None = None) -> None:
     global down, down_shards, _since, _probing
     if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return
-    if str(exc) == "No connection available.":  # redis.asyncio.BlockingConnectionPool's words
-        return
+    if str(exc) == "No connection available." or isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return  # redis.asyncio.BlockingConnectionPool's words, and a cluster node's full pool
     tag = _shard_tag(key)
     with _lock:
         if (tag in down_shards) if tag is not None else down:

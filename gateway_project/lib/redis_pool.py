@@ -29,9 +29,13 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 # Keyed weakly by event loop: a client must not outlive, or cross, its loop.
@@ -109,11 +113,17 @@ def _new_async(top: Topology):
     if top.kind == CLUSTER:
         # One retry: after a failover the first command meets the old master, and the retry finds the
         # new one; more would make each call to a hanging node wait out several timeouts.
-        return AsyncRedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in top.nodes],
-            max_connections=settings.REDIS_POOL_SIZE, require_full_coverage=False,
-            cluster_error_retry_attempts=1, connection_class=packed_by_hiredis(aioredis.Connection),
+        # redis-py's cluster pool cannot wait for a free connection (it raises MaxConnectionsError): it
+        # may open ten times REDIS_POOL_SIZE per node, opened only as calls in flight need them.
+        packed = packed_by_hiredis(aioredis.Connection)
+        client = AsyncRedisCluster(
+            startup_nodes=[ClusterNode(host, port, connection_class=packed) for host, port in top.nodes],
+            max_connections=10 * settings.REDIS_POOL_SIZE, require_full_coverage=False,
+            retry=AsyncRetry(NoBackoff(), 1), maint_notifications_config=MaintNotificationsConfig(enabled=False),
             **timeouts, **top.connection_kwargs())
+        # The nodes found from the startup ones are made with these (redis-py takes no connection class).
+        client.nodes_manager.connection_kwargs["connection_class"] = packed
+        return client
     if top.kind == SENTINEL:
         sentinel = AsyncSentinel(top.nodes, sentinel_kwargs={**timeouts, "password": top.password}, **timeouts,
                                  **top.connection_kwargs())
@@ -146,9 +156,13 @@ def packed_by_hiredis(connection_class: type) -> type:
     return Packed
 
 
-@cache
 def sync_redis() -> redis.Redis | RedisCluster:
-    return new_sync(topology(), timeout=5)
+    return _sync_for(settings.REDIS_URL)
+
+
+@cache
+def _sync_for(url: str) -> redis.Redis | RedisCluster:
+    return new_sync(_parsed(url), timeout=5)
 
 
 def new_sync(top: Topology, timeout: float, connect_timeout: float | None = None) -> redis.Redis | RedisCluster:
@@ -156,7 +170,7 @@ def new_sync(top: Topology, timeout: float, connect_timeout: float | None = None
     timeouts = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout or min(timeout, 2)}
     if top.kind == CLUSTER:
         return RedisCluster(startup_nodes=[SyncClusterNode(h, p) for h, p in top.nodes],
-                            require_full_coverage=False, cluster_error_retry_attempts=1,
+                            require_full_coverage=False, retry=Retry(NoBackoff(), 1),
                             **timeouts, **top.connection_kwargs())
     if top.kind == SENTINEL:
         sentinel = Sentinel(top.nodes, sentinel_kwargs={**timeouts, "password": top.password}, **timeouts,

@@ -155,6 +155,14 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # Shards of tenants: each has its hash tag (one cluster slot) and its usage and stored-response
 # streams (gateway_project/lib/redis_keys.py). Change it only with the buffers drained.
 REDIS_SHARDS = env.int("REDIS_SHARDS", default=16)
+# Replicas that must have a usage event before it counts as buffered (WAIT, in the round trip that
+# buffers it); one not confirmed within REDIS_WAIT_MS is also kept and written by the process, so a
+# failover cannot lose it. 0: Redis's asynchronous replication alone (docs/scaling.md).
+REDIS_WAIT_REPLICAS = env.int("REDIS_WAIT_REPLICAS", default=0)
+REDIS_WAIT_MS = env.int("REDIS_WAIT_MS", default=50)
+if REDIS_WAIT_REPLICAS and REDIS_URL.split("://", 1)[0].lower().endswith("+cluster"):
+    # WAIT must follow the write on the same node: a cluster pipeline sends a keyless command anywhere.
+    raise ImproperlyConfigured("REDIS_WAIT_REPLICAS is for one Redis or a Sentinel master, not a cluster")
 # Redis connections each gateway process may open for the hot path.
 REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=50)
 # Seconds between PINGs of a Redis this process found unreachable (each waits at most as long);

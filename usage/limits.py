@@ -34,6 +34,7 @@ import time
 import uuid
 import weakref
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -43,7 +44,7 @@ from gateway_project.lib import config_cache, errors, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 
-from . import alerts, limit_rules, limit_scripts
+from . import alerts, limit_rules, limit_scripts, recorder
 from .limit_rules import (  # noqa: F401
     REFUSALS,
     Admission,
@@ -174,7 +175,11 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
             for write in writes:
                 args += write
             stream = redis_keys.usage_stream(redis_keys.shard_of(admission.tenant_id))
-            result = await (await _loaded_scripts()).settle(keys=[where, stream], args=args)
+            scripts = await _loaded_scripts()
+            if event is not None and settings.REDIS_WAIT_REPLICAS:
+                result = await _settle_replicated(scripts, [where, stream], args, event)
+            else:
+                result = await scripts.settle(keys=[where, stream], args=args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at what it reserved.
             redis_health.failed(exc, where)
@@ -184,6 +189,17 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
         return event is not None
     _alert_crossings(admission, local.settle(admission, tokens, micros))
     return False
+
+
+async def _settle_replicated(scripts: "_Scripts", keys: list, args: list, event: bytes) -> list:
+    """SETTLE and WAIT in one round trip; an event fewer replicas than asked confirmed is also kept
+    by this process (usage.recorder.keep_unless_replicated)."""
+    async with async_redis().pipeline(transaction=False) as pipe:
+        await scripts.settle(keys=keys, args=args, client=pipe)
+        pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
+        result, replicas = await pipe.execute()
+    recorder.keep_unless_replicated(orjson.loads(event), replicas)
+    return result
 
 
 def _alert_crossings(admission: Admission, crossings: list) -> None:

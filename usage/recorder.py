@@ -51,6 +51,14 @@ def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def keep_unless_replicated(event: dict, replicas: int) -> None:
+    """A buffered event that fewer than REDIS_WAIT_REPLICAS replicas confirmed could vanish in a
+    failover: this process keeps it too and writes it itself (the request id makes it one row)."""
+    if replicas < settings.REDIS_WAIT_REPLICAS:
+        metrics.inc("gateway_usage_unreplicated_total")
+        _local.append(event)
+
+
 def stream_of(event: dict) -> str:
     """The usage stream of the event's tenant's shard."""
     return redis_keys.usage_stream(redis_keys.shard_of(event.get("tenant_id") or 0))
@@ -66,7 +74,7 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
     stream = stream_of(event)
     if settings.REDIS_URL and not redis_health.down_for(stream):
         try:
-            if inflight_key is None and not writes:
+            if inflight_key is None and not writes and not settings.REDIS_WAIT_REPLICAS:
                 await async_redis().xadd(stream, {"e": orjson.dumps(event)})
             else:
                 async with async_redis().pipeline(transaction=False) as pipe:
@@ -75,7 +83,11 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
                         pipe.hdel(inflight_key, event["request_id"])
                     for key, value, ttl in writes:
                         pipe.set(key, value, ex=ttl)
-                    await pipe.execute()
+                    if settings.REDIS_WAIT_REPLICAS:
+                        pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
+                    replies = await pipe.execute()
+                if settings.REDIS_WAIT_REPLICAS:
+                    keep_unless_replicated(event, replies[-1])
             return
         except (redis.RedisError, OSError) as exc:
             redis_health.failed(exc, stream)

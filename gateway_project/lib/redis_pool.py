@@ -184,7 +184,7 @@ def pubsub_client() -> aioredis.Redis:
     every node, so a subscriber needs only one node: any one, a different one after each loss."""
     top = topology()
     if top.kind == CLUSTER:
-        host, port = random.choice(top.nodes)
+        host, port = random.choice(top.nodes)  # noqa: S311  # nosec B311: spreading subscribers, not security
         return aioredis.Redis(host=host, port=port, **top.connection_kwargs())
     if top.kind == SENTINEL:
         sentinel = AsyncSentinel(top.nodes, sentinel_kwargs={"socket_timeout": 5, "password": top.password},

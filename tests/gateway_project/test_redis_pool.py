@@ -57,3 +57,42 @@ def test_what_redis_refuses_is_refused_as_before(django_db_setup, bad):
 
     with pytest.raises(redis.DataError, match="Invalid input of type"):
         run(calls)
+
+
+@pytest.mark.parametrize("url, kind, nodes, master, db", [
+    ("redis://127.0.0.1:6379/4", "single", (), "", 4),
+    ("redis+cluster://10.0.0.1:7000,10.0.0.2:7001", "cluster", (("10.0.0.1", 7000), ("10.0.0.2", 7001)), "", 0),
+    ("redis+sentinel://:pw@s1:26379,s2/gw/3", "sentinel", (("s1", 26379), ("s2", 26379)), "gw", 3),
+])
+def test_redis_url_names_one_redis_a_cluster_or_a_sentinel_master(url, kind, nodes, master, db):
+    from gateway_project.lib.redis_pool import parse
+
+    top = parse(url)
+    assert (top.kind, top.nodes, top.master, top.db) == (kind, nodes, master, db)
+    assert parse("redis+sentinel://:pw@s1:26379/gw").password == "pw"
+
+
+@pytest.mark.parametrize("url", ["redis+sentinel://s1:26379", "redis+cluster://h:1/2", "redis+cluster://",
+                                 "redis+cluster://h:port"])
+def test_a_redis_url_that_cannot_be_read_says_which_form_it_needs(url):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from gateway_project.lib.redis_pool import parse
+
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
+        parse(url)
+
+
+def test_shard_tags_spread_evenly_over_the_slots(settings):
+    from redis.crc import key_slot
+
+    from gateway_project.lib import redis_keys
+
+    settings.REDIS_SHARDS = 16
+    slots = [key_slot(redis_keys.usage_stream(n).encode()) for n in redis_keys.shards()]
+    assert [slot * 16 // 16384 for slot in slots] == list(range(16))  # shard N in the Nth sixteenth
+    # Every key of a tenant's admission is in its shard's slot.
+    tenant = 37
+    keys = [redis_keys.reservations(tenant), redis_keys.limit_key(tenant, 5, "req"),
+            redis_keys.usage_stream(redis_keys.shard_of(tenant))]
+    assert len({key_slot(k.encode()) for k in keys}) == 1

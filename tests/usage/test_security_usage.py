@@ -53,7 +53,8 @@ def test_a_nul_model_name_neither_jams_the_usage_ledger_nor_readiness(gateway_en
         time.sleep(4)
         ready = httpx.get(server.url + "/readyz")
         assert ready.status_code == 200, ready.text
-        assert redis.Redis.from_url(own_redis.url).xlen(recorder.STREAM) == 0
+        own = redis.Redis.from_url(own_redis.url)
+        assert sum(own.xlen(stream) for stream in redis_keys.usage_streams()) == 0
         assert "Traceback" not in server.output()
     finally:
         server.stop()
@@ -74,7 +75,8 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(recorder.STREAM)
+    stream = recorder.stream_of({"tenant_id": tenant.id})
+    client.delete(stream)
     metric = orjson.dumps(("gateway_usage_dead_letters_total",))
     before = float(client.hget("gw:metrics:c", metric) or 0)
     # Straight into the buffer, as an older gateway (or anything else) might have put them:
@@ -84,7 +86,7 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
                _event("no-tenant-c", None), _event("good-d", tenant.id),
                _event("unknown-field-e", tenant.id, colour="red"), b"\x00not json{", _event("good-f", tenant.id)]
     for raw in entries:
-        client.xadd(recorder.STREAM, {"e": raw})
+        client.xadd(stream, {"e": raw})
 
     assert recorder.drain_all() == len(entries)
 
@@ -98,8 +100,8 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
     assert letters[""].event == "\\u0000not json{" and "not a usage event" in letters[""].reason
     assert float(client.hget("gw:metrics:c", metric)) - before == 3
     # Acknowledged and gone: nothing is retried for ever.
-    assert client.xlen(recorder.STREAM) == 0
-    assert client.xpending(recorder.STREAM, recorder.GROUP)["pending"] == 0
+    assert client.xlen(stream) == 0
+    assert client.xpending(stream, recorder.GROUP)["pending"] == 0
     # One line each, no traceback.
     refused = [r for r in caplog.records if "dead letter" in r.getMessage()]
     assert len(refused) == 3 and not any(r.exc_info for r in caplog.records)
@@ -130,8 +132,9 @@ def test_a_database_that_does_not_answer_keeps_events_buffered(transactional_db,
     from django.db import OperationalError
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(recorder.STREAM)
-    client.xadd(recorder.STREAM, {"e": _event("waits", tenant.id)})
+    stream = recorder.stream_of({"tenant_id": tenant.id})
+    client.delete(stream)
+    client.xadd(stream, {"e": _event("waits", tenant.id)})
 
     def away(events):
         raise OperationalError("connection refused")
@@ -148,7 +151,7 @@ def test_a_database_that_does_not_answer_keeps_events_buffered(transactional_db,
     assert not UsageDeadLetter.objects.exists()  # an outage is nobody's bad event
     monkeypatch.undo()
     assert wait_until(lambda: recorder.drain() or UsageRecord.objects.filter(request_id="waits").exists())
-    assert client.xlen(recorder.STREAM) == 0
+    assert client.xlen(stream) == 0
 
 
 # --- finding 13: budgets and token limits when an upstream ignores max_tokens ---------

@@ -96,3 +96,25 @@ def test_shard_tags_spread_evenly_over_the_slots(settings):
     keys = [redis_keys.reservations(tenant), redis_keys.limit_key(tenant, 5, "req"),
             redis_keys.usage_stream(redis_keys.shard_of(tenant))]
     assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+def test_djangos_cache_works_on_a_cluster(own_cluster, settings):
+    """Django's cache (django-ratelimit's counters, sessions' cache if any) on the gateway's cluster
+    client: keys of many slots in one get_many, set_many and delete_many, and clear() drops the
+    cache's keys only, not the gateway's."""
+    from gateway_project.lib.redis_cache import RedisCache
+    from gateway_project.lib.redis_pool import sync_redis
+
+    settings.REDIS_URL = own_cluster.url
+    cache = RedisCache(own_cluster.url, {})
+    names = [f"k{n}" for n in range(20)]  # over all three masters
+    cache.set_many({name: {"n": n} for n, name in enumerate(names)}, 60)
+    assert cache.get_many(names) == {name: {"n": n} for n, name in enumerate(names)}
+    cache.set("count", 1)
+    assert cache.incr("count", 2) == 3
+    sync_redis().set("gw:{g0.43}:kept", 1)
+    cache.delete_many(names[:10])
+    assert sorted(cache.get_many(names)) == sorted(names[10:])
+    cache.clear()
+    assert cache.get_many(names) == {} and cache.get("count") is None
+    assert sync_redis().get("gw:{g0.43}:kept") == b"1"

@@ -118,3 +118,21 @@ def test_djangos_cache_works_on_a_cluster(own_cluster, settings):
     cache.clear()
     assert cache.get_many(names) == {} and cache.get("count") is None
     assert sync_redis().get("gw:{g0.43}:kept") == b"1"
+
+
+def test_breakers_are_shared_through_a_cluster(own_cluster, settings, mock_provider):
+    """Open breakers live under one hash tag: one MGET reads the fleet's view of many on a cluster."""
+    import time
+
+    from providers.models import Deployment
+    from routing import breakers
+
+    settings.REDIS_URL = own_cluster.url
+    ids = list(Deployment.objects.values_list("id", flat=True))
+    breakers.force(ids[0], time.time() + 60, breakers.State.OPEN, "test")
+    try:
+        assert breakers.shared(ids[0])[0] is breakers.State.OPEN
+        assert asyncio.run(breakers.fleet_states(ids)) == {ids[0]: 1, **{d: 0 for d in ids[1:]}}
+    finally:
+        breakers.force(ids[0], 0.0, breakers.State.CLOSED, "test")
+    assert breakers.shared(ids[0])[0] is breakers.State.CLOSED

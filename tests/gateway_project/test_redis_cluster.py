@@ -1,6 +1,6 @@
 """Four gateway workers on a three-master Redis Cluster of the test's own (tests/redis_servers.py):
 limits hold as on one Redis, usage events spread over the masters, and a master killed mid-run
-loses no usage. The longer runs (a 600-per-minute limit over whole minutes) are bench/redis.py's."""
+loses no usage. The longer runs (a 600-per-minute limit over whole minutes) are bench/redis_load.py's."""
 
 import asyncio
 import threading

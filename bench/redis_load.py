@@ -8,7 +8,7 @@ used_cpu_user deltas, summed over the masters), with the background work of the 
 one Redis core carries. With --long, also the 600-per-minute tenant limit over whole minute windows
 on four workers of the cluster (docs/scaling.md).
 
-Run it alone: `flock /tmp/bench.lock python3 bench/redis.py [--requests 3000] [--long]`.
+Run it alone: `flock /tmp/bench.lock python3 bench/redis_load.py [--requests 3000] [--long]`.
 """
 
 import argparse

@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--long", type=int, default=0, metavar="MINUTES", help="also the minute-window run")
+    parser.add_argument("--long-only", action="store_true", help="only the minute-window run")
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     env = {**os.environ, "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gw_bench_redis")}
@@ -169,6 +170,9 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
         key = prepare_database({**env, "REDIS_URL": ""}, f"http://127.0.0.1:{mock_port}/v1", with_limits=True)
+        if opts.long_only:
+            minute_windows(cluster.url, env, opts.long or 2)
+            return
         rows = {}
         for name, url in (("one Redis", f"redis://127.0.0.1:{single.port}/0"), ("3-master cluster", cluster.url)):
             rows[name] = measure(url, env, key, opts.requests, opts.connections)

@@ -14,7 +14,7 @@ Run it alone: `flock /tmp/bench.lock python3 bench/redis_load.py [--requests 300
 import argparse
 import asyncio
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -197,7 +197,7 @@ def main() -> None:
         mock.terminate()
         single.stop()
         cluster.stop()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

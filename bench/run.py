@@ -301,7 +301,8 @@ class Behind:
     def settle(self, timeout: float = 30) -> None:
         """Wait until the drainer has written every buffered event (then one more of its rounds)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (self.redis.xlen("gw:usage") or self.redis.xlen("gw:responses")):
+        streams = [k for pattern in ("gw:*:usage", "gw:*:responses") for k in self.redis.scan_iter(match=pattern)]
+        while time.monotonic() < deadline and any(self.redis.xlen(stream) for stream in streams):
             time.sleep(0.1)
         time.sleep(0.6)
 

@@ -184,7 +184,7 @@ def _inflight_entry(call: Call, target):
     `target`'s prices), for the admission script to write."""
 
     def entry() -> tuple[str, str, bytes]:
-        call.inflight = inflight.entries_key()
+        call.inflight = inflight.entries_key(call.key.tenant_id)
         return call.inflight, call.request_id, orjson.dumps(call.interrupted_event(target))
 
     return entry

@@ -205,11 +205,12 @@ def drain(tenants: list[dict], events: int) -> tuple[float, float]:
     from usage import recorder
 
     client = sync_redis()
-    client.delete(recorder.STREAM)
     tenant_id, (key_id, prefix) = tenants[0]["tenant"].id, tenants[0]["keys"][0]
+    stream = recorder.stream_of({"tenant_id": tenant_id})
+    client.delete(stream)
     pipe = client.pipeline(transaction=False)
     for i in range(events):
-        pipe.xadd(recorder.STREAM, {"e": orjson.dumps({
+        pipe.xadd(stream, {"e": orjson.dumps({
             "request_id": f"req_{uuid.uuid4().hex}", "client_request_id": "", "ts": time.time(),
             "tenant_id": tenant_id, "api_key_id": key_id, "key_prefix": prefix, "provider_id": None,
             "provider_name": "openai", "deployment_id": None, "endpoint": "chat.completions", "route": "gpt-4o",

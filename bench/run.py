@@ -181,6 +181,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def settle(pid: int, timeout: float = 60) -> None:
+    """Wait until a process has started up: it spends next to no CPU for half a second."""
+    deadline, used = time.monotonic() + timeout, cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - used < 0.02:
+            return
+        used = now
+
+
 def ensure_wrk() -> str:
     wrk = shutil.which("wrk")
     if wrk:
@@ -290,7 +301,8 @@ class Behind:
     def settle(self, timeout: float = 30) -> None:
         """Wait until the drainer has written every buffered event (then one more of its rounds)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (self.redis.xlen("gw:usage") or self.redis.xlen("gw:responses")):
+        streams = [k for pattern in ("gw:*:usage", "gw:*:responses") for k in self.redis.scan_iter(match=pattern)]
+        while time.monotonic() < deadline and any(self.redis.xlen(stream) for stream in streams):
             time.sleep(0.1)
         time.sleep(0.6)
 
@@ -661,6 +673,7 @@ def main() -> None:
                                other_env, other))
             wait_http(f"http://127.0.0.1:{compared_port}/v1/models")
             targets[COMPARED] = (f"http://127.0.0.1:{compared_port}", compared.pid, other_key, "gateway")
+        settle(drainer.pid)  # its start-up (Django's setup) is not the drain's cost
         rows, drain_before, gateway_requests = [], cpu_seconds(drainer.pid), 0
         rounds = 1 if opts.smoke else opts.rounds
         for scenario, (path, body) in SCENARIOS.items():
@@ -677,8 +690,9 @@ def main() -> None:
                     "bench-embed", "mock-embed").replace("bench-route", "mock-gpt")
                 script = wrk_script(tmp, f"{scenario.replace(' ', '_').replace(',', '')}-{names}-{len(measured)}",
                                     payload, auth)
-                # Warm up pools, caches and the routing table.
-                run_wrk(wrk, url + path, script, 4, 1, pid)
+                # Warm up pools, caches and the routing table (the drainer writes those calls too).
+                warm = run_wrk(wrk, url + path, script, 4, 1, pid)
+                gateway_requests += warm["requests"] if names == "gateway" else 0
                 measured.append((target, url, pid, auth, names, payload, script))
             # Under load and then one client at a time, in rounds that take each server in turn: the
             # machine's noise then falls on all of them alike, and each figure is the median of its rounds.

@@ -4,9 +4,12 @@
 series and breakdowns by tenant, provider and model of the usage records the
 user may see (tenants.scoping: staff all, a tenant's owners and admins the
 tenant's, members their own keys'), the batch lines' share per tenant, the health of the deployments they may see,
-and the budgets and quotas closest to their limits. Counts and money come from
-the usage records themselves, exact (money as decimal strings); latency
-percentiles are PostgreSQL's percentile_cont (computed in Python on SQLite).
+and the budgets and quotas closest to their limits. Usage is read from the
+hourly and daily rollups where they cover the range and from the records for
+the rest (usage.summaries), so a 30-day chart costs about what a 30-row one
+does however large the ledger; counts and money are exact either way (money as
+decimal strings); latency percentiles are PostgreSQL's percentile_cont over
+records (computed in Python on SQLite), request-weighted over rollups.
 """
 
 from collections import defaultdict
@@ -15,27 +18,26 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
-from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, Q, Sum
+from django.db.models import Q
 from django.db.models.functions import Trunc
 from django.http import HttpResponse
 from rest_framework.exceptions import ValidationError
 
 from gateway_project.lib import errors
-from gateway_project.lib.percentiles import percentile
 from gateway_project.lib.rest import query_moment
 from providers import health
 from providers.models import Deployment
 from routing import breakers
 from tenants.models import Tenant
 from tenants.scoping import scope_for
-from usage import anomalies, forecast, limits
+from usage import anomalies, forecast, limits, summaries
 from usage.api import by_batch
-from usage.models import Limit, UsageRecord
-from usage.rollups import NOT_ERRORS
+from usage.models import Limit, UsageRecord, UsageRollup
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+# The coarsest rollups a chart of each step may read (a minute chart reads records only).
+COARSEST = {"minute": None, "hour": "hour", "day": "day"}
 BREAKDOWNS = {"tenant": "tenant__name", "provider": "provider_name", "model": "public_model", "route": "route"}
 # Budgets and quotas shown: the fullest first, those at least this used.
 BUDGET_SHOWN_FROM = 0.5
@@ -46,15 +48,6 @@ MAX_GROUPS = 20
 
 class BadRange(ValueError):
     pass
-
-
-class PercentileCont(Aggregate):
-    function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression, fraction: float, **extra):
-        super().__init__(expression, fraction=float(fraction), **extra)
 
 
 @dataclass(frozen=True)
@@ -106,32 +99,45 @@ def window(params, now: datetime | None = None) -> Window:
     return Window(start, end, step)
 
 
+def _filtered(rows, scope, params):
+    """Usage records or rollups (the same fields) the user may see, filtered as asked."""
+    rows = rows.filter(scope.key_filter())
+    if value := params.get("tenant"):
+        rows = rows.filter(tenant_id=int(value) if value.isdigit() else -1)
+    if value := params.get("provider"):
+        rows = rows.filter(provider_name=value)
+    if value := params.get("model"):
+        rows = rows.filter(public_model=value)
+    return rows.order_by()
+
+
 def _records(scope, params, win: Window | None):
     """The records the user may see, filtered as asked; within the window unless None."""
-    records = UsageRecord.objects.filter(scope.key_filter())
+    records = UsageRecord.objects.all()
     if win is not None:
         records = records.filter(created_at__gte=win.start, created_at__lt=win.end)
-    if value := params.get("tenant"):
-        records = records.filter(tenant_id=int(value) if value.isdigit() else -1)
-    if value := params.get("provider"):
-        records = records.filter(provider_name=value)
-    if value := params.get("model"):
-        records = records.filter(public_model=value)
-    return by_batch(records, params.get("batch")).order_by()
+    return by_batch(_filtered(records, scope, params), params.get("batch"))
 
 
-SUMS = {
-    "requests": Count("id"),
-    "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
-    "prompt_tokens": Sum("prompt_tokens"),
-    "completion_tokens": Sum("completion_tokens"),
-    "cached_tokens": Sum("cached_tokens"),
-    "cache_write_tokens": Sum("cache_write_tokens"),
-    "reasoning_tokens": Sum("reasoning_tokens"),
-    "cost_usd": Sum("cost_usd"),
-    "cache_hits": Count("id", filter=Q(cache_hit=True)),
-    "cost_saved_usd": Sum("cost_saved_usd"),
-}
+@dataclass(frozen=True)
+class Usage:
+    """The window's usage: the records and the rollups that together hold it (usage.summaries)."""
+
+    records: object
+    rollups: object
+
+    def grouped(self, field: str | None, rollup_field: str | None = None) -> list[dict]:
+        return summaries.grouped(self.records, self.rollups, field, rollup_field)
+
+
+def _usage(scope, params, win: Window, *, filtered: bool = True) -> Usage:
+    if filtered and params.get("batch"):  # rollups do not keep the batch: its lines are read from the records
+        return Usage(_records(scope, params, win), None)
+    split = summaries.split(win.start, win.end, COARSEST[win.step])
+    records, rollups = UsageRecord.objects.filter(split.records), UsageRollup.objects.filter(split.rollups)
+    if filtered:
+        return Usage(_filtered(records, scope, params), _filtered(rollups, scope, params))
+    return Usage(records.filter(scope.key_filter()).order_by(), rollups.filter(scope.key_filter()).order_by())
 
 
 def _row(values: dict) -> dict:
@@ -156,26 +162,10 @@ def _row(values: dict) -> dict:
     }
 
 
-def _grouped(records, field: str | None) -> list[dict]:
-    """SUMS and latency p50/p95 per value of `field` (one group of everything when None)."""
-    rows = records.values(field) if field else records
-    if connection.vendor == "postgresql":
-        aggregates = {**SUMS, "p50": PercentileCont("latency_ms", 0.5), "p95": PercentileCont("latency_ms", 0.95)}
-        return [dict(r) for r in rows.annotate(**aggregates)] if field else [records.aggregate(**aggregates)]
-    result = [dict(r) for r in rows.annotate(**SUMS)] if field else [records.aggregate(**SUMS)]
-    latencies: dict = defaultdict(list)
-    for value, latency in records.values_list(field or "id", "latency_ms"):
-        latencies[value if field else None].append(latency)
-    for row in result:
-        values = latencies.get(row[field] if field else None)
-        row["p50"] = percentile(values, 0.5) if values else None
-        row["p95"] = percentile(values, 0.95) if values else None
-    return result
-
-
-def _series(records, win: Window) -> dict:
-    by_bucket = {row["bucket"]: row for row in _grouped(records.annotate(bucket=Trunc("created_at", win.step,
-                                                                                       tzinfo=UTC)), "bucket")}
+def _series(usage: Usage, win: Window) -> dict:
+    sliced = Usage(usage.records.annotate(slot=Trunc("created_at", win.step, tzinfo=UTC)),
+                   usage.rollups.annotate(slot=Trunc("bucket", win.step, tzinfo=UTC)) if usage.rollups is not None else None)
+    by_bucket = {row["slot"]: row for row in sliced.grouped("slot")}
     series = defaultdict(list)
     for bucket in win.buckets():
         row = _row(by_bucket.get(bucket, {}))
@@ -185,9 +175,9 @@ def _series(records, win: Window) -> dict:
     return dict(series)
 
 
-def _breakdown(records, name: str) -> list[dict]:
+def _breakdown(usage: Usage, name: str) -> list[dict]:
     field = BREAKDOWNS[name]
-    rows = [{"name": row[field] or "—", **_row(row)} for row in _grouped(records, field)]
+    rows = [{"name": row[field] or "—", **_row(row)} for row in usage.grouped(field)]
     rows.sort(key=lambda r: (-Decimal(r["cost_usd"]), -r["requests"], r["name"]))
     return rows[:MAX_GROUPS]
 
@@ -259,20 +249,22 @@ def _budgets(scope) -> list[dict]:
     return out[:MAX_BUDGETS]
 
 
-def _filters(scope, win: Window) -> dict:
+def _filters(scope, params, win: Window) -> dict:
     tenants = scope.visible(Tenant.objects.all()) if not scope.everything else Tenant.objects.all()
-    seen = UsageRecord.objects.filter(scope.key_filter(), created_at__gte=win.start, created_at__lt=win.end)
+    seen = _usage(scope, params, win, filtered=False)
     return {
         "tenants": [{"id": t.id, "name": t.name} for t in tenants.order_by("name")[:500]],
-        "providers": sorted(p for p in seen.order_by().values_list("provider_name", flat=True).distinct()[:500] if p),
-        "models": sorted(seen.order_by().values_list("public_model", flat=True).distinct()[:500]),
+        "providers": summaries.distinct(seen.records, seen.rollups, "provider_name"),
+        "models": summaries.distinct(seen.records, seen.rollups, "public_model"),
     }
 
 
 def _forecast(scope, params, win: Window, now: datetime) -> dict:
     """The month's end at the current rate (usage.forecast, UTC like the charts), and the rate per
     chart step, for the cost chart's forecast line (continued to the month's end on a daily chart)."""
-    seen = forecast.month_forecast(_records(scope, params, None), now, UTC)
+    seen = forecast.month_forecast(_records(scope, params, None), now, UTC,
+                                   _filtered(UsageRollup.objects.none() if params.get("batch") else
+                                             UsageRollup.objects.all(), scope, params))
     per_step = seen.rate.mean * Decimal(STEPS[win.step].total_seconds()) / Decimal(86400)
     future = []
     if win.step == "day" and now - win.end < STEPS["day"]:  # a chart that ends now goes on to the month's end
@@ -290,20 +282,20 @@ def _forecast(scope, params, win: Window, now: datetime) -> dict:
 def data(user, params) -> dict:
     scope = scope_for(user)
     win = window(params)
-    records = _records(scope, params, win)
-    totals = _row(_grouped(records, None)[0])
+    usage = _usage(scope, params, win)
     return {
         "range": {"start": win.start.isoformat(), "end": win.end.isoformat(), "step": win.step},
-        "totals": totals,
-        "series": _series(records, win),
-        "by": {**{name: _breakdown(records, name) for name in BREAKDOWNS},
-               "batch": _breakdown(records.exclude(batch_id=""), "tenant")},  # batch lines' cost per tenant
-        "filters": _filters(scope, win),
+        "totals": _row(usage.grouped(None)[0]),
+        "series": _series(usage, win),
+        "by": {**{name: _breakdown(usage, name) for name in BREAKDOWNS},
+               # batch lines' cost per tenant, from the records (rollups do not keep the batch)
+               "batch": _breakdown(Usage(_records(scope, params, win).exclude(batch_id=""), None), "tenant")},
+        "filters": _filters(scope, params, win),
         "health": _health(scope, scope.everything),
         "budgets": _budgets(scope),
         "forecast": _forecast(scope, params, win, datetime.now(UTC)),
         "anomalies": anomalies.open_for(scope),
-        "guardrails": _guardrails(records),
+        "guardrails": _guardrails(_records(scope, params, win)),
     }
 
 

@@ -14,6 +14,7 @@ SCHEDULES: dict[str, tuple[str, int | str, dict]] = {
     "usage: drain buffered usage events": ("usage.tasks.drain_usage", 5, {}),
     "providers: health checks": ("providers.tasks.check_health", 60, {}),
     "usage: hourly and daily rollups": ("usage.tasks.rollup_usage", 300, {}),
+    "usage: create the ledger's partitions ahead": ("usage.tasks.create_usage_partitions", "10 * * * *", {}),
     "retention: delete expired records": ("usage.tasks.cleanup_retention", "30 3 * * *", {}),
     "reports: daily cost report": ("usage.tasks.send_cost_reports", "0 6 * * *", {"period": "day"}),
     "reports: weekly cost report": ("usage.tasks.send_cost_reports", "0 6 * * 1", {"period": "week"}),

@@ -6,6 +6,7 @@ values: DATABASE_URL, REDIS_URL, SECRET_KEY and friends. README.md lists them al
 """
 
 import ipaddress
+import os
 import secrets
 import sys
 from decimal import Decimal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import environ
 from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -148,14 +150,30 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Empty REDIS_URL means embedded mode: in-process cache, counters and usage buffer.
+# Empty REDIS_URL means embedded mode: in-process cache, counters and usage buffer. It may name one
+# Redis, a cluster (redis+cluster://h:p,h:p) or a master behind Sentinel (redis+sentinel://h:p,h:p/NAME[/DB]).
 REDIS_URL = env.str("REDIS_URL", default="")
+# Shards of tenants: each has its hash tag (one cluster slot) and its usage and stored-response
+# streams (gateway_project/lib/redis_keys.py). Change it only with the buffers drained.
+REDIS_SHARDS = env.int("REDIS_SHARDS", default=16)
+# Replicas that must have a usage event before it counts as buffered (WAIT, in the round trip that
+# buffers it); one not confirmed within REDIS_WAIT_MS is also kept and written by the process, so a
+# failover cannot lose it. 0: Redis's asynchronous replication alone (docs/scaling.md).
+REDIS_WAIT_REPLICAS = env.int("REDIS_WAIT_REPLICAS", default=0)
+REDIS_WAIT_MS = env.int("REDIS_WAIT_MS", default=50)
+if REDIS_WAIT_REPLICAS and REDIS_URL.split("://", 1)[0].lower().endswith("+cluster"):
+    # WAIT must follow the write on the same node: a cluster pipeline sends a keyless command anywhere.
+    raise ImproperlyConfigured("REDIS_WAIT_REPLICAS is for one Redis or a Sentinel master, not a cluster")
 # Redis connections each gateway process may open for the hot path.
 REDIS_POOL_SIZE = env.int("REDIS_POOL_SIZE", default=50)
 # Seconds between PINGs of a Redis this process found unreachable (each waits at most as long);
 # until one answers, the hot path skips Redis (gateway_project/lib/redis_health.py).
 REDIS_PROBE_INTERVAL = env.float("REDIS_PROBE_INTERVAL", default=0.5)
-if REDIS_URL:
+_REDIS_KIND = REDIS_URL.split("://", 1)[0].lower() if REDIS_URL else ""
+if _REDIS_KIND.endswith(("+cluster", "+sentinel")):
+    # Django's own backend knows one server only: this one uses the gateway's clients.
+    CACHES = {"default": {"BACKEND": "gateway_project.lib.redis_cache.RedisCache", "LOCATION": REDIS_URL}}
+elif REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -336,6 +354,8 @@ USAGE_DEAD_LETTER_RETENTION_DAYS = env.int("USAGE_DEAD_LETTER_RETENTION_DAYS", d
 # events, hours no job rolled up); older ones: `manage.py rollup_usage --since`.
 ROLLUP_LOOKBACK_HOURS = env.int("ROLLUP_LOOKBACK_HOURS", default=48)
 RETENTION_BATCH = env.int("RETENTION_BATCH", default=5000)
+# PostgreSQL: the usage ledger's monthly partitions created ahead of need (usage.partitions).
+USAGE_PARTITIONS_AHEAD = env.int("USAGE_PARTITIONS_AHEAD", default=3)
 # Stored Responses API answers (previous_response_id, GET /v1/responses/{id}) of tenants without
 # a retention_days of their own: 30 days, as OpenAI keeps them.
 RESPONSES_RETENTION_DAYS = env.int("RESPONSES_RETENTION_DAYS", default=30)
@@ -373,7 +393,29 @@ ANOMALY_MIN_CALLS = env.int("ANOMALY_MIN_CALLS", default=10)
 ANOMALY_LOOKBACK_HOURS = env.int("ANOMALY_LOOKBACK_HOURS", default=3)
 
 # --- Celery -------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+def _celery_broker(url: str) -> str:
+    """Celery's broker by default: REDIS_URL, in kombu's spelling for Sentinel. kombu has no Redis
+    Cluster transport: with a cluster, CELERY_BROKER_URL must name a broker of its own."""
+    if not url:
+        return "memory://"
+    if _REDIS_KIND.endswith("+cluster"):
+        if "CELERY_BROKER_URL" not in os.environ:
+            raise ImproperlyConfigured("REDIS_URL names a cluster: set CELERY_BROKER_URL (one Redis, a Sentinel "
+                                       "master or another broker kombu supports)")
+        return ""
+    if _REDIS_KIND.endswith("+sentinel"):
+        scheme, rest = url.split("://", 1)
+        hosts, _, path = rest.partition("/")
+        auth, _, hosts = hosts.rpartition("@")
+        auth = f"{auth}@" if auth else ""
+        db = path.split("/")[1] if path.count("/") else "0"
+        return ";".join(f"sentinel://{auth}{host}/{db}" for host in hosts.split(","))
+    return url
+
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or _celery_broker(REDIS_URL)
+if _REDIS_KIND.endswith("+sentinel") and "CELERY_BROKER_URL" not in os.environ:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": REDIS_URL.split("://", 1)[1].split("/")[1]}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Beat writes each task's "last run" after every task it sends (Celery's default

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 CHANNEL = channel("breaker")
 
 
+def _key(deployment_id: int) -> str:
+    # One hash tag for every breaker: one MGET reads them all, on a cluster too.
+    return f"gw:{{cb}}:{deployment_id}"
+
+
 @dataclass(slots=True)
 class Breaker:
     open_until: float = 0.0  # epoch seconds; 0 = closed
@@ -144,9 +149,9 @@ def _change(deployment_id: int, open_until: float, new_state: State, reason: str
         try:
             client = sync_redis()
             if open_until:
-                client.set(f"gw:cb:{deployment_id}", open_until, exat=int(open_until) + 3600)
+                client.set(_key(deployment_id), open_until, exat=int(open_until) + 3600)
             else:
-                client.delete(f"gw:cb:{deployment_id}")
+                client.delete(_key(deployment_id))
             client.publish(CHANNEL, f"{deployment_id}:{open_until}")
         except (redis.RedisError, OSError) as exc:
             redis_health.failed(exc)
@@ -176,7 +181,7 @@ def shared(deployment_id: int) -> tuple[State, float]:
         b = _breakers.get(deployment_id)
         until = b.open_until if b is not None else 0.0
     else:
-        value = sync_redis().get(f"gw:cb:{deployment_id}")
+        value = sync_redis().get(_key(deployment_id))
         until = float(value) if value else 0.0
     return _state_at(until, time.time()), until
 
@@ -207,7 +212,7 @@ async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
     """Each deployment's breaker as the fleet sees it, for /metrics: 0 closed, 1 open, 2 half-open."""
     if not settings.REDIS_URL or not deployment_ids:
         return {d: CODES[state(d)] for d in deployment_ids}
-    values = await async_redis().mget([f"gw:cb:{d}" for d in deployment_ids])
+    values = await async_redis().mget([_key(d) for d in deployment_ids])
     now = time.time()
     return {d: CODES[_state_at(float(v) if v else 0.0, now)] for d, v in zip(deployment_ids, values, strict=True)}
 
@@ -215,7 +220,7 @@ async def fleet_states(deployment_ids: list[int]) -> dict[int, int]:
 def load_shared() -> None:
     """Read every open breaker from Redis (at startup and after reconnecting)."""
     client = sync_redis()
-    for key in client.scan_iter("gw:cb:*"):
+    for key in client.scan_iter("gw:{cb}:*"):
         value = client.get(key)
         if value:
             apply(int(key.decode().split(":")[2]), float(value))

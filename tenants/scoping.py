@@ -133,6 +133,8 @@ class Scope:
         """Rows tied to a key: whole tenants the user administers, own keys elsewhere."""
         if self.everything:
             return Q()
+        if not self.member_of:  # no join to the keys when the user only administers (usage at scale)
+            return Q(**{f"{tenant_field}_id__in": self.managed})
         return Q(**{f"{tenant_field}_id__in": self.managed}) | Q(
             **{f"{tenant_field}_id__in": self.member_of, f"{key_field}__created_by_id": self.user_id})
 

@@ -78,13 +78,21 @@ def _flush_after_the_gateway_has_written(django_db_setup):
     from django.db.utils import OperationalError
     from django.test import TransactionTestCase
 
+    from gateway_project.lib import redis_keys
+
     client = redis.Redis.from_url(settings.REDIS_URL) if settings.REDIS_URL else None
+    streams = redis_keys.usage_streams() + redis_keys.responses_streams()
     teardown = TransactionTestCase._fixture_teardown
+
+    def buffered() -> int:
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        return sum(pipe.execute())
 
     def settled_teardown(self):
         deadline = time.monotonic() + 2
-        while client is not None and time.monotonic() < deadline and (
-                client.xlen("gw:usage") or client.xlen("gw:responses")):
+        while client is not None and time.monotonic() < deadline and buffered():
             time.sleep(0.02)
         for attempt in range(5):
             try:
@@ -354,3 +362,13 @@ def own_redis(tmp_path):
     server = OwnRedis(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def own_cluster(tmp_path_factory):
+    """A three-master Redis Cluster of the session's own (tests/redis_servers.py)."""
+    from tests.redis_servers import OwnCluster
+
+    cluster = OwnCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()

@@ -12,9 +12,10 @@ credentials); scoped by tenants.scoping: staff see every tenant, owners and
 admins their tenant, members their own keys' usage.
 """
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.conf import settings
 from django.db.models.functions import TruncDay
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -26,9 +27,9 @@ from rest_framework.views import APIView
 from gateway_project.lib.rest import query_moment, query_text
 from tenants.scoping import scope_for
 
+from . import summaries
 from .experiments import experiment_figures
-from .models import UsageRecord
-from .rollups import NOT_ERRORS
+from .models import UsageRecord, UsageRollup
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
@@ -66,18 +67,23 @@ FILTERS = [
 MOMENT = "Expected an ISO 8601 date or time, such as 2026-11-01 or 2026-11-01T12:00Z."
 
 
+def _filtered(rows, request):
+    """Usage records or rollups (the same fields) the user may see, filtered as asked."""
+    rows = rows.filter(scope_for(request.user).key_filter())
+    for param, field in (("key", "key_prefix"), ("model", "public_model"), ("provider", "provider_name"),
+                         ("tenant", "tenant__slug")):
+        if value := query_text(request.query_params, param):
+            rows = rows.filter(**{field: value})
+    return rows
+
+
 def visible_records(request):
-    scope = scope_for(request.user)
-    records = UsageRecord.objects.select_related("tenant").filter(scope.key_filter())
+    records = _filtered(UsageRecord.objects.select_related("tenant"), request)
     params = request.query_params
     if start := query_moment(params, "start", MOMENT, dates=True):
         records = records.filter(created_at__gte=start)
     if end := query_moment(params, "end", MOMENT, dates=True):
         records = records.filter(created_at__lt=end)
-    for param, field in (("key", "key_prefix"), ("model", "public_model"), ("provider", "provider_name"),
-                         ("tenant", "tenant__slug")):
-        if value := query_text(params, param):
-            records = records.filter(**{field: value})
     return by_batch(records, query_text(params, "batch"))
 
 
@@ -88,6 +94,25 @@ def by_batch(records, value: str | None):
     if value == "any":
         return records.exclude(batch_id="")
     return records.filter(batch_id="" if value == "none" else value)
+
+
+def visible_usage(request) -> tuple:
+    """(records, rollups) that together hold the usage asked for (usage.summaries): rollups where
+    they cover the range, records for the rest."""
+    params = request.query_params
+    end = query_moment(params, "end", MOMENT, dates=True) or datetime.now(UTC)
+    start = query_moment(params, "start", MOMENT, dates=True) or summaries.first_use(
+        _filtered(UsageRecord.objects.all(), request), _filtered(UsageRollup.objects.all(), request))
+    if start is None or end <= start:
+        return UsageRecord.objects.none(), UsageRollup.objects.none()
+    if (batch := query_text(params, "batch")) or params.get("group_by") == "batch":
+        # Rollups do not keep the batch: batch lines are few enough to be read from the records.
+        records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+        return by_batch(_filtered(records, request), batch).order_by(), None
+    # Daily rollups are UTC days: with another zone, days are summed from hours.
+    split = summaries.split(start, end, "day" if settings.TIME_ZONE == "UTC" else "hour")
+    return (_filtered(UsageRecord.objects.filter(split.records), request).order_by(),
+            _filtered(UsageRollup.objects.filter(split.rollups), request).order_by())
 
 
 class SignedIn(permissions.BasePermission):
@@ -113,9 +138,13 @@ GROUPS = {"model": "public_model", "key": "key_prefix", "provider": "provider_na
           "day": "day", "batch": "batch_id"}
 
 
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+          "reasoning_tokens", "cost_usd")
+
+
 def _exact(sums: dict) -> dict:
     """Counts as numbers, money as a decimal string (JSON numbers would round it)."""
-    result = {name: value or 0 for name, value in sums.items()}
+    result = {name: sums.get(name) or 0 for name in SUMMED}
     result["cost_usd"] = str(sums.get("cost_usd") or Decimal(0))
     return result
 
@@ -138,20 +167,19 @@ class Summary(APIView):
     )
     def get(self, request):
         """Totals of the usage you may see, and the same per group."""
-        records = visible_records(request)
-        sums = {"requests": Count("id"), "errors": Count("id", filter=~Q(status__in=NOT_ERRORS)),
-                "prompt_tokens": Sum("prompt_tokens"), "completion_tokens": Sum("completion_tokens"),
-                "cached_tokens": Sum("cached_tokens"), "cache_write_tokens": Sum("cache_write_tokens"),
-                "reasoning_tokens": Sum("reasoning_tokens"), "cost_usd": Sum("cost_usd")}
-        totals = _exact(records.aggregate(**sums))
+        group_by = request.query_params.get("group_by")
+        if group_by and group_by not in GROUPS:
+            raise ValidationError({"group_by": f"Expected one of {', '.join(GROUPS)}."})
+        records, rollups = visible_usage(request)
+        totals = _exact(summaries.grouped(records, rollups, percentiles=False)[0])
         groups = []
-        if group_by := request.query_params.get("group_by"):
-            if group_by not in GROUPS:
-                raise ValidationError({"group_by": f"Expected one of {', '.join(GROUPS)}."})
+        if group_by:
             field = GROUPS[group_by]
             if field == "day":
                 records = records.annotate(day=TruncDay("created_at"))
-            rows = records.order_by().values(field).annotate(**sums).order_by(field)
+                rollups = rollups.annotate(day=TruncDay("bucket")) if rollups is not None else None
+            rows = sorted(summaries.grouped(records, rollups, field, percentiles=False),
+                          key=lambda row: (row[field] is None, row[field]))
             groups = [{group_by: row.pop(field), **_exact(row)} for row in rows]
         return Response({"totals": totals, "groups": groups})
 

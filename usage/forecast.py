@@ -9,6 +9,11 @@ the quietest, or the busiest, of the last week"). A budget runs out where the
 spend so far plus the rate times the days from now reaches it; only within its
 period (a total budget: within BUDGET_HORIZON_DAYS). Plain arithmetic on the
 records, so the figures can be checked by hand, and money stays Decimal.
+
+Given `rollups` too (the same filters on usage.UsageRollup), sums are read
+from the rollups where they cover and from the records for the rest
+(usage.summaries): the dashboard's forecast then costs the same on a ledger of
+any size.
 """
 
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from django.db.models.functions import Trunc
 
 from gateway_project.lib.periods import calendar_bounds
 
+from . import summaries
 from .models import Limit, UsageRecord
 
 DAY = timedelta(days=1)
@@ -70,39 +76,60 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tz)
 
 
-def daily_costs(records, first: date, last: date, tz: ZoneInfo) -> list[Decimal]:
+def _split(records, rollups, start: datetime, end: datetime, tz: ZoneInfo) -> tuple:
+    """(records, rollups) holding [start, end): the records alone without rollups."""
+    if rollups is None:
+        return records.filter(created_at__gte=start, created_at__lt=end), None
+    split = summaries.split(start, end, "day" if str(tz) == "UTC" else "hour")
+    return records.filter(split.records), rollups.filter(split.rollups)
+
+
+def daily_costs(records, first: date, last: date, tz: ZoneInfo, rollups=None) -> list[Decimal]:
     """The spend of each day from `first` to `last` (both included), in zone `tz`."""
-    rows = (records.filter(created_at__gte=_midnight(first, tz), created_at__lt=_midnight(last + DAY, tz))
-            .order_by().annotate(day=Trunc("created_at", "day", tzinfo=tz)).values("day")
-            .annotate(cost=Sum("cost_usd")).values_list("day", "cost"))
-    by_day = {moment.astimezone(tz).date(): cost for moment, cost in rows}
+    records, rollups = _split(records, rollups, _midnight(first, tz), _midnight(last + DAY, tz), tz)
+    rows = list(records.order_by().annotate(day=Trunc("created_at", "day", tzinfo=tz)).values("day")
+                .annotate(cost=Sum("cost_usd")).values_list("day", "cost"))
+    if rollups is not None:
+        rows += list(rollups.order_by().annotate(day=Trunc("bucket", "day", tzinfo=tz)).values("day")
+                     .annotate(cost=Sum("cost_usd")).values_list("day", "cost"))
+    by_day: dict[date, Decimal] = {}
+    for moment, cost in rows:
+        day = moment.astimezone(tz).date()
+        by_day[day] = by_day.get(day, Decimal(0)) + (cost or Decimal(0))
     return [_money(by_day.get(first + timedelta(days=i))) for i in range((last - first).days + 1)]
 
 
-def current_rate(records, moment: datetime, tz: ZoneInfo) -> Rate:
+def current_rate(records, moment: datetime, tz: ZoneInfo, rollups=None) -> Rate:
     """Mean, least and most daily spend over the whole days before `moment`'s day."""
     today = moment.astimezone(tz).date()
     first = today - timedelta(days=settings.FORECAST_RATE_DAYS)
     started = records.filter(created_at__gte=_midnight(first, tz)).aggregate(m=Min("created_at"))["m"]
+    if rollups is not None:
+        rolled = rollups.filter(bucket__gte=_midnight(first, tz)).aggregate(m=Min("bucket"))["m"]
+        started = min((m for m in (started, rolled) if m is not None), default=None)
     if started is None or started >= _midnight(today, tz):
         return Rate(Decimal(0), Decimal(0), Decimal(0), 0)
     first = max(first, started.astimezone(tz).date())
-    costs = daily_costs(records, first, today - DAY, tz)
+    costs = daily_costs(records, first, today - DAY, tz, rollups)
     return Rate(sum(costs) / len(costs), min(costs), max(costs), len(costs))
 
 
-def _spent(records, since: datetime | None, moment: datetime) -> Decimal:
-    records = records.filter(created_at__lt=moment)
-    if since is not None:
-        records = records.filter(created_at__gte=since)
-    return _money(records.aggregate(s=Sum("cost_usd"))["s"])
+def _spent(records, since: datetime | None, moment: datetime, rollups=None, tz: ZoneInfo = UTC) -> Decimal:
+    if since is None or rollups is None:
+        records = records.filter(created_at__lt=moment)
+        if since is not None:
+            records = records.filter(created_at__gte=since)
+        return _money(records.aggregate(s=Sum("cost_usd"))["s"])
+    records, rollups = _split(records, rollups, since, moment, tz)
+    return _money((records.aggregate(s=Sum("cost_usd"))["s"] or Decimal(0))
+                  + (rollups.aggregate(s=Sum("cost_usd"))["s"] or Decimal(0)))
 
 
-def month_forecast(records, moment: datetime, tz: ZoneInfo) -> Forecast:
-    """The spend of `records` at the end of `moment`'s calendar month (zone `tz`)."""
+def month_forecast(records, moment: datetime, tz: ZoneInfo, rollups=None) -> Forecast:
+    """The spend of `records` (and `rollups`) at the end of `moment`'s calendar month (zone `tz`)."""
     start_ms, end_ms = calendar_bounds("month", str(tz), moment.timestamp())
     start, end = datetime.fromtimestamp(start_ms / 1000, UTC), datetime.fromtimestamp(end_ms / 1000, UTC)
-    spent, rate = _spent(records, start, moment), current_rate(records, moment, tz)
+    spent, rate = _spent(records, start, moment, rollups, tz), current_rate(records, moment, tz, rollups)
     days_left = Decimal((end - moment).total_seconds()) / Decimal(86400)
     return Forecast(spent=spent, rate=rate, days_left=days_left.quantize(Decimal("0.0001")),
                     last_day=(end - DAY).astimezone(tz).date(), estimate=_money(spent + rate.mean * days_left),

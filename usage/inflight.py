@@ -4,18 +4,20 @@ A call's usage event is normally buffered when the call ends, and a worker
 that dies (SIGKILL, out of memory, a crashed host) never gets there. So, when
 a call is admitted, the worker writes the event as it would stand if the call
 stopped there (status "interrupted", the prompt's tokens at the prices of the
-deployment about to be called) into its own hash in Redis,
-`gw:inflight:<worker>`: inside the admission script when a limit applies (no
+deployment about to be called) into its own hash in Redis, one per shard of
+tenants, `gw:T:inflight:<worker>` (T the tenant's hash tag,
+gateway_project/lib/redis_keys.py): inside the admission script when a limit applies (no
 added round trip), else with one HSET beside the upstream call. Once a
 stream's first chunk has gone out, the entry is rewritten with the completion
 tokens relayed so far, then at most every USAGE_INFLIGHT_CHECKPOINT seconds
 while chunks flow. The call's real event deletes the entry in the round trip
 that buffers it (the settle script, or a pipeline).
 
-Every gateway process beats (`gw:workers`: worker -> last beat, by Redis's
-clock) several times per USAGE_INFLIGHT_LEASE, and reaps: the entries of a
-worker whose last beat is older than the lease are moved into the usage stream
-by one Lua script, so exactly once; the drain then writes them like any event
+Every gateway process beats (`gw:T:workers` of every shard: worker -> last
+beat, by the clock of the Redis serving that shard) several times per
+USAGE_INFLIGHT_LEASE, and reaps shard by shard: the entries of a worker whose
+last beat in that shard is older than the lease are moved into the shard's
+usage stream by one Lua script, so exactly once; the drain then writes them like any event
 (and, the request id being unique, an event written twice is one row).
 
 A process reaps only after its own beats have gone through promptly for a
@@ -33,13 +35,20 @@ import time
 import redis
 from django.conf import settings
 
-from gateway_project.lib import redis_batch, redis_health
+from gateway_project.lib import redis_batch, redis_health, redis_keys
 from gateway_project.lib.redis_pool import async_redis
 
 log = logging.getLogger(__name__)
 
-WORKERS = "gw:workers"
-PREFIX = "gw:inflight:"
+
+
+def workers_key(shard: int) -> str:
+    return f"gw:{redis_keys.tag(shard)}:workers"
+
+
+def prefix(shard: int) -> str:
+    return f"gw:{redis_keys.tag(shard)}:inflight:"
+
 
 _BEAT = r"""
 local t = redis.call('TIME')
@@ -48,7 +57,7 @@ return 1
 """
 
 # Move the entries of every worker silent for longer than the lease (ARGV[1],
-# ms) into the usage stream; forget the worker. Returns how many were moved.
+# ms) into the usage stream (KEYS[3]); forget the worker. Returns how many were moved.
 _REAP = r"""
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -58,7 +67,7 @@ for i = 1, #workers, 2 do
   if now - tonumber(workers[i + 1]) > tonumber(ARGV[1]) then
     local entries = KEYS[2] .. workers[i]
     for _, event in ipairs(redis.call('HVALS', entries)) do
-      redis.call('XADD', 'gw:usage', '*', 'e', event)
+      redis.call('XADD', KEYS[3], '*', 'e', event)
       moved = moved + 1
     end
     redis.call('DEL', entries)
@@ -81,13 +90,14 @@ def worker_id() -> str:
     return _worker[1]
 
 
-def entries_key() -> str:
-    return PREFIX + worker_id()
+def entries_key(tenant_id: int) -> str:
+    """The hash of this worker's calls in flight for the tenant's shard."""
+    return prefix(redis_keys.shard_of(tenant_id)) + worker_id()
 
 
 async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
     """Write (or rewrite) a call's in-flight entry into `key` (this worker's hash); whether it was."""
-    if redis_health.down:
+    if redis_health.down_for(key):
         return False
     try:
         # One command, beside the upstream call or the relay, in one round trip with the other
@@ -95,7 +105,7 @@ async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
         # pool's connections). The worker is known to the reapers from its first beat, at startup.
         await redis_batch.run_command("HSET", key, request_id, event)
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return False
     return True
@@ -106,7 +116,7 @@ async def checkpoint_and_read(key: str, request_id: str, event: bytes, read: tup
     its renewed expiry is recorded in or "") in one round trip: for a call with no limit, whose admission
     makes none. The value read; None when absent or when Redis failed (the entry is then not written either,
     as with `checkpoint`)."""
-    if redis_health.down:
+    if redis_health.down_for(key):
         return None
     name, renew, expiries = read
     try:
@@ -117,7 +127,7 @@ async def checkpoint_and_read(key: str, request_id: str, event: bytes, read: tup
                 pipe.zadd(expiries, {name: int((time.time() + renew) * 1000)}, xx=True)
             value = (await pipe.execute())[1]
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return None
     return value
@@ -155,7 +165,7 @@ class Beat:
         lease = settings.USAGE_INFLIGHT_LEASE
         started = time.monotonic()
         try:
-            await self.beat(keys=[WORKERS], args=[worker_id()])
+            await self._each_shard(self.beat, lambda shard: ([workers_key(shard)], [worker_id()]))
         except (redis.RedisError, OSError):
             self.healthy_since = None
             raise
@@ -168,10 +178,18 @@ class Beat:
         await _delete_undeleted(held)
         if now - self.healthy_since < lease:
             return 0
-        moved = int(await self.reap(keys=[WORKERS, PREFIX], args=[int(lease * 1000)]))
+        moved = sum(int(n) for n in await self._each_shard(self.reap, lambda shard: (
+            [workers_key(shard), prefix(shard), redis_keys.usage_stream(shard)], [int(lease * 1000)])))
         if moved:
             log.warning("reaped %d calls of gateway workers that died mid-call", moved)
         return moved
+
+
+    @staticmethod
+    async def _each_shard(script, keys_and_args) -> list:
+        """Run `script` once per shard, all at once (each on the node serving that shard)."""
+        calls = [script(keys=keys, args=args) for keys, args in map(keys_and_args, redis_keys.shards())]
+        return await asyncio.gather(*calls)
 
 
 async def beat_forever(stop: asyncio.Event, held) -> None:

@@ -96,6 +96,11 @@ def share_of(limit: int, share: float) -> int:
         return limit
     return max(1, math.floor(limit * share))
 
+    @property
+    def tenant_id(self) -> int:
+        """The tenant whose limits these are (rules_for gives one tenant's only)."""
+        return self.rules[0].tenant_id
+
 
 def duration(ms: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""

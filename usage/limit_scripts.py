@@ -7,39 +7,43 @@ replaces a reservation with the real usage, once: the reservation is deleted
 as it is settled, so a second settle finds nothing. Reservations whose process
 died are settled at what they reserved by the next ADMIT after they expire.
 
-Keys, per limit id L:
-  gw:lim:L:req        sorted set, one member per admitted request (sliding minute)
-  gw:lim:L:tpm        hash second -> tokens (sliding minute, one-second buckets)
-  gw:lim:L:conc       requests in flight
-  gw:lim:L:p:START    hash tok, tokres, cost, costres for the period starting at START
-  gw:lim:L:over       set (for LIMITS_OVERRUN_MEMORY) once a call used well over the estimate the
+Keys, per limit id L, all under the tenant's hash tag T (gateway_project/lib/redis_keys.py),
+so that a script touches one hash slot; KEYS[1] is gw:T:resv:exp, and the script builds the
+others from its prefix gw:T:
+  gw:T:lim:L:req      sorted set, one member (the reservation id) per admitted request (sliding minute)
+  gw:T:lim:L:tpm      hash second -> tokens (sliding minute, one-second buckets)
+  gw:T:lim:L:conc     requests in flight
+  gw:T:lim:L:p:START  hash tok, tokres, cost, costres for the period starting at START
+  gw:T:lim:L:over     set (for LIMITS_OVERRUN_MEMORY) once a call used well over the estimate the
                       limit trusted: its calls then reserve their largest answer
-  gw:resv:ID          a reservation (JSON); gw:resv:exp orders them by expiry
+  gw:T:resv:ID        a reservation (JSON); gw:T:resv:exp orders the shard's by expiry
+The in-flight hash, the cache key and the usage stream (SETTLE's KEYS[2]) carry the same tag.
 Money is in integer micro-dollars.
 """
 
 _COMMON = r"""
+local P = string.sub(KEYS[1], 1, -9)  -- 'gw:T:' of 'gw:T:resv:exp'
 -- Settle a reservation at the real usage; with actual_tok nil (its process died), at what it reserved.
 local function settle(resv, actual_tok, actual_cost)
-  local data = redis.call('GET', 'gw:resv:' .. resv)
-  redis.call('ZREM', 'gw:resv:exp', resv)
+  local data = redis.call('GET', P .. 'resv:' .. resv)
+  redis.call('ZREM', KEYS[1], resv)
   if not data then return {} end
-  redis.call('DEL', 'gw:resv:' .. resv)
+  redis.call('DEL', P .. 'resv:' .. resv)
   local out = {}
   for _, e in ipairs(cjson.decode(data)) do
     if e.conc then
-      local left = redis.call('DECR', 'gw:lim:' .. e.id .. ':conc')
-      if left < 0 then redis.call('SET', 'gw:lim:' .. e.id .. ':conc', 0) end
+      local left = redis.call('DECR', P .. 'lim:' .. e.id .. ':conc')
+      if left < 0 then redis.call('SET', P .. 'lim:' .. e.id .. ':conc', 0) end
     end
     if e.tpm then
       local held = e.ttok or e.tok
       local used = actual_tok or held
-      local tk = 'gw:lim:' .. e.id .. ':tpm'
+      local tk = P .. 'lim:' .. e.id .. ':tpm'
       if used ~= held and redis.call('HEXISTS', tk, e.sec) == 1 then redis.call('HINCRBY', tk, e.sec, used - held) end
     end
     -- Well over the estimate it trusted: the upstream ignores max_tokens; reserve the largest answer from now on.
     if e.mem and actual_tok and actual_tok > e.est + math.max(64, math.floor(e.est / 4)) then
-      redis.call('SET', 'gw:lim:' .. e.id .. ':over', 1, 'PX', e.mem)
+      redis.call('SET', P .. 'lim:' .. e.id .. ':over', 1, 'PX', e.mem)
     end
     if e.ph then
       local before = redis.call('HMGET', e.ph, 'tok', 'cost')
@@ -55,15 +59,15 @@ local function settle(resv, actual_tok, actual_cost)
 end
 """
 
-# ARGV: reservation id, tokens, micro-dollars, and optionally the usage event,
-# appended to the usage stream in the same step (one round trip, not two), and
+# KEYS: the shard's reservation set and usage stream. ARGV: reservation id, tokens, micro-dollars,
+# and optionally the usage event, appended to that stream in the same step (one round trip, not two), and
 # the hash and field of the stream's in-flight entry, deleted with it ("" for none);
 # then, optionally, keys to SET in the same step, each with its value, a TTL in seconds and a sorted
 # set to record when it expires in ("" for none): the response cache's entry of the answer, and its
 # expiry for the evictions count (routing/cache/store.py).
 SETTLE = _COMMON + r"""
 local out = settle(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
-if ARGV[4] and ARGV[4] ~= '' then redis.call('XADD', 'gw:usage', '*', 'e', ARGV[4]) end
+if ARGV[4] and ARGV[4] ~= '' then redis.call('XADD', KEYS[2], '*', 'e', ARGV[4]) end
 if ARGV[5] and ARGV[5] ~= '' then redis.call('HDEL', ARGV[5], ARGV[6]) end
 if #ARGV >= 7 then
   local t = redis.call('TIME')
@@ -76,8 +80,8 @@ end
 return out
 """
 
-# ARGV: now_ms, reservation id, ttl_ms, rule count, overrun memory (ms), whether max_tokens is
-# trusted at all (1/0), then 12 values per rule: id, rpm, tpm, concurrency, token quota, budget,
+# KEYS: the shard's reservation set. ARGV: now_ms, reservation id, ttl_ms, rule count, overrun
+# memory (ms), whether max_tokens is trusted at all (1/0), then 12 values per rule: id, rpm, tpm, concurrency, token quota, budget,
 # period start, period end (ms, 0 = never), estimated tokens, estimated cost, the largest answer's
 # tokens and cost. A limit of 0 means "no limit". Then, optionally, the call's in-flight entry
 # (hash, request id, event; usage/inflight.py; "" for none), written only if the call is admitted,
@@ -85,7 +89,7 @@ return out
 # sorted set to record its renewed expiry in ("" for none): the response cache's lookup, in this
 # round trip rather than one of its own. Its value (or nil) is the reply's 11th item.
 # The estimate must fit, and is what a limit reserves while it trusts max_tokens. One that does
-# not (it settled a call well over its estimate: gw:lim:L:over, or max_tokens is never trusted)
+# not (it settled a call well over its estimate: gw:T:lim:L:over, or max_tokens is never trusted)
 # reserves the largest answer, or what is left of it, which leaves no room for the next call.
 ADMIT = _COMMON + r"""
 local now = tonumber(ARGV[1])
@@ -96,7 +100,7 @@ local memory = tonumber(ARGV[5])
 local trust_all = ARGV[6] == '1'
 local sec = math.floor(now / 1000)
 
-for _, old in ipairs(redis.call('ZRANGEBYSCORE', 'gw:resv:exp', '-inf', now, 'LIMIT', 0, 50)) do
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 50)) do
   settle(old, nil, nil)
 end
 
@@ -110,7 +114,7 @@ for r = 0, n - 1 do
                 cost = tonumber(ARGV[b + 9]), big_tok = tonumber(ARGV[b + 10]),
                 big_cost = tonumber(ARGV[b + 11])}
   rule.ttok, rule.ptok, rule.pcost = rule.tok, rule.tok, rule.cost
-  local base = 'gw:lim:' .. rule.id
+  local base = P .. 'lim:' .. rule.id
   rule.trust = trust_all and redis.call('EXISTS', base .. ':over') == 0
   if rule.conc > 0 then
     local inflight = tonumber(redis.call('GET', base .. ':conc') or '0')
@@ -173,11 +177,10 @@ end
 
 local entries = {}
 for _, rule in ipairs(rules) do
-  local base = 'gw:lim:' .. rule.id
+  local base = P .. 'lim:' .. rule.id
   local e = {id = rule.id, tok = rule.ptok, cost = rule.pcost}
   if rule.rpm > 0 then
-    local seq = redis.call('INCR', 'gw:lim:seq')
-    redis.call('ZADD', base .. ':req', now, seq)
+    redis.call('ZADD', base .. ':req', now, resv)
     redis.call('PEXPIRE', base .. ':req', 61000)
   end
   if rule.tpm > 0 then
@@ -200,8 +203,8 @@ for _, rule in ipairs(rules) do
   table.insert(entries, e)
 end
 if #entries > 0 then
-  redis.call('SET', 'gw:resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
-  redis.call('ZADD', 'gw:resv:exp', now + ttl, resv)
+  redis.call('SET', P .. 'resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
+  redis.call('ZADD', KEYS[1], now + ttl, resv)
 end
 local e = 7 + n * 12
 if ARGV[e] and ARGV[e] ~= '' then redis.call('HSET', ARGV[e], ARGV[e + 1], ARGV[e + 2]) end

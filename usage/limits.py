@@ -34,15 +34,17 @@ import time
 import uuid
 import weakref
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from gateway_project.lib import config_cache, errors, redis_batch, redis_health
+from gateway_project.lib import config_cache, errors, redis_batch, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 
-from . import alerts, limit_rules, limit_scripts
+from . import alerts, limit_rules, limit_scripts, recorder
 from .limit_rules import (  # noqa: F401
     REFUSALS,
     Admission,
@@ -111,11 +113,11 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis",
                           largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros),
                           share=share)
-    if settings.REDIS_URL and not redis_health.down:
+    if settings.REDIS_URL and not redis_health.down_for(where := redis_keys.reservations(tenant_id)):
         try:
             return await _admit_redis(admission, inflight() if inflight else (), read)
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, where)
             log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)
     admission.engine = "local"
     return await local.admit(admission)
@@ -131,7 +133,8 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
         args += entry or ("", "", "")
         if read is not None:
             args += read
-        result = await redis_batch.run_script(_scripts().admit, args)
+        result = await redis_batch.run_script((await _loaded_scripts()).admit,
+                                              [redis_keys.reservations(admission.tenant_id)], args)
         status, code, retry = int(result[0]), result[1].decode(), float(result[2])
         if status == 1:
             admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
@@ -150,7 +153,7 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
 async def _rebuild(rule: LimitRule, now: float) -> None:
     start, end = period_bounds(rule, now)
     tokens, micros = await run_orm(period_usage, rule, start, end)
-    key = f"gw:lim:{rule.id}:p:{start}"
+    key = redis_keys.limit_key(rule.tenant_id, rule.id, f"p:{start}")
     await _scripts().rebuild(keys=[key], args=[tokens, micros, end + 86_400_000 if end else 0])
     log.info("limits: rebuilt %s from the database (%d tokens, %d micro-USD)", key, tokens, micros)
 
@@ -169,7 +172,8 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
         return False
     admission.settled = True
     if admission.engine == "redis":
-        if redis_health.down:
+        where = redis_keys.reservations(admission.tenant_id)
+        if redis_health.down_for(where):
             return False  # the reservation expires and is settled at what it reserved
         try:
             args = [admission.reservation, tokens, micros]
@@ -177,16 +181,32 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
                 args += [event or "", *(inflight or ("", ""))]
             for write in writes:
                 args += write
-            result = await redis_batch.run_script(_scripts().settle, args)
+            stream = redis_keys.usage_stream(redis_keys.shard_of(admission.tenant_id))
+            scripts = await _loaded_scripts()
+            if event is not None and settings.REDIS_WAIT_REPLICAS:
+                result = await _settle_replicated(scripts, [where, stream], args, event)
+            else:
+                result = await redis_batch.run_script(scripts.settle, [where, stream], args)
         except (redis.RedisError, OSError) as exc:
             # The reservation expires and is settled at what it reserved.
-            redis_health.failed(exc)
+            redis_health.failed(exc, where)
             log.warning("limits: could not settle %s (%s); it will settle at what it reserved", admission.reservation, exc)
             return False
         _alert_crossings(admission, [tuple(int(x) for x in row) for row in result])
         return event is not None
     _alert_crossings(admission, local.settle(admission, tokens, micros))
     return False
+
+
+async def _settle_replicated(scripts: "_Scripts", keys: list, args: list, event: bytes) -> list:
+    """SETTLE and WAIT in one round trip; an event fewer replicas than asked confirmed is also kept
+    by this process (usage.recorder.keep_unless_replicated)."""
+    async with async_redis().pipeline(transaction=False) as pipe:
+        await scripts.settle(keys=keys, args=args, client=pipe)
+        pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
+        result, replicas = await pipe.execute()
+    recorder.keep_unless_replicated(orjson.loads(event), replicas)
+    return result
 
 
 def _alert_crossings(admission: Admission, crossings: list) -> None:
@@ -213,9 +233,24 @@ class _Scripts:
         self.admit = client.register_script(limit_scripts.ADMIT)
         self.settle = client.register_script(limit_scripts.SETTLE)
         self.rebuild = client.register_script(limit_scripts.REBUILD)
+        self.loaded = not isinstance(client, AsyncRedisCluster)
+
+    async def load(self, client) -> None:
+        # On a cluster, loaded on every master before the first call: redis-py's cluster client
+        # recovers badly from many calls meeting NOSCRIPT at once (it drops connections in use).
+        for script in (self.admit, self.settle, self.rebuild):
+            await client.script_load(script.script)
+        self.loaded = True
 
 
 _scripts_by_client: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def _loaded_scripts() -> _Scripts:
+    scripts = _scripts()
+    if not scripts.loaded:
+        await scripts.load(async_redis())
+    return scripts
 
 
 def _scripts() -> _Scripts:
@@ -255,13 +290,17 @@ def current_uses(limits: list[Limit]) -> dict[int, dict[str, int]]:
 
 
 def _current_use_redis(rule: LimitRule, now: float, start: int) -> dict[str, int]:
-    client, base = sync_redis(), f"gw:lim:{rule.id}"
-    buckets = client.hgetall(f"{base}:tpm")
-    period = {k.decode(): int(v) for k, v in client.hgetall(f"{base}:p:{start}").items()}
+    client = sync_redis()
+
+    def key(suffix: str) -> str:
+        return redis_keys.limit_key(rule.tenant_id, rule.id, suffix)
+
+    buckets = client.hgetall(key("tpm"))
+    period = {k.decode(): int(v) for k, v in client.hgetall(key(f"p:{start}")).items()}
     return {
-        "requests_last_minute": client.zcount(f"{base}:req", now * 1000 - 60_000, "+inf"),
+        "requests_last_minute": client.zcount(key("req"), now * 1000 - 60_000, "+inf"),
         "tokens_last_minute": sum(int(v) for k, v in buckets.items() if int(k) > int(now) - 60),
-        "in_flight": int(client.get(f"{base}:conc") or 0),
+        "in_flight": int(client.get(key("conc")) or 0),
         "period_tokens": period.get("tok", 0) + period.get("tokres", 0),
         "period_micros": period.get("cost", 0) + period.get("costres", 0),
     }

@@ -24,22 +24,29 @@ class UsageRecord(models.Model):
         HEDGE_CANCELLED = "hedge_cancelled", "Hedged call cancelled (the other answered first)"
         INTERRUPTED = "interrupted", "Interrupted (the gateway worker died mid-call)"
 
-    request_id = models.CharField(max_length=100, unique=True, help_text="The gateway's own id for the call.")
+    # Unique with created_at (the call's own start time, carried in its event), not alone: on
+    # PostgreSQL the table is partitioned by created_at (usage.partitions), and a partitioned
+    # table's unique constraints must hold its partition key. A call's events all carry the
+    # same start time, so writing one twice still leaves one row.
+    request_id = models.CharField(max_length=100, help_text="The gateway's own id for the call.")
     client_request_id = models.CharField(
         max_length=100, blank=True, db_index=True, help_text="The x-request-id the client sent, if any."
     )
     created_at = models.DateTimeField(db_index=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    # Indexed as (tenant, created_at) and (api_key): every index is written by every insert of the
+    # drain, so the links nothing filters the ledger on alone carry none.
+    tenant = models.ForeignKey(Tenant, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+                               related_name="+")
     api_key = models.ForeignKey(
         ApiKey, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     key_prefix = models.CharField(max_length=32, blank=True)
     provider = models.ForeignKey(
-        Provider, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Provider, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     provider_name = models.CharField(max_length=100, blank=True)
     deployment = models.ForeignKey(
-        Deployment, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Deployment, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     endpoint = models.CharField(max_length=32)
     route = models.CharField(max_length=200, blank=True)
@@ -86,9 +93,13 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_record_once")]
         indexes = [models.Index(fields=["tenant", "created_at"]),
                    models.Index(fields=["experiment_id", "variant"], name="usage_experiment_variant"),
-                   models.Index(fields=["batch_id"], condition=~models.Q(batch_id=""), name="usage_batch_line")]
+                   models.Index(fields=["batch_id"], condition=~models.Q(batch_id=""), name="usage_batch_line"),
+                   # The dashboard's guardrail panel: the few records with decisions, newest first.
+                   models.Index(fields=["created_at"], condition=models.Q(guardrails__isnull=False),
+                                name="usage_record_guarded")]
 
     def __str__(self) -> str:
         return self.request_id
@@ -186,8 +197,11 @@ class UsageRollup(models.Model):
     key_prefix = models.CharField(max_length=32, blank=True)
     public_model = models.CharField(max_length=200)
     provider_name = models.CharField(max_length=100, blank=True)
+    route = models.CharField(max_length=200, blank=True)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    cost_saved_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
@@ -204,7 +218,7 @@ class UsageRollup(models.Model):
         # One row per bucket and group; the key is coalesced (no key: 0) so that
         # rows without one are unique too, on SQLite as on PostgreSQL.
         constraints = [models.UniqueConstraint(
-            "granularity", "bucket", "tenant", Coalesce("api_key", 0), "public_model", "provider_name",
+            "granularity", "bucket", "tenant", Coalesce("api_key", 0), "public_model", "provider_name", "route",
             name="usage_rollup_once")]
         indexes = [models.Index(fields=["tenant", "granularity", "bucket"])]
 

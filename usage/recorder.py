@@ -1,7 +1,9 @@
 """Usage events: appended on the hot path, written to the database in bulk.
 
-With Redis the buffer is a stream (XADD per request, one round trip); drainers
-read it through a consumer group, so several processes and Celery workers can
+With Redis the buffer is a stream per shard of tenants (`gw:T:usage`,
+gateway_project/lib/redis_keys.py: on a cluster no one node takes every
+event; XADD per request, one round trip, usually inside the settle script);
+drainers read every stream that holds entries through a consumer group, so several processes and Celery workers can
 drain at once, and entries a dead drainer had claimed are reclaimed after
 CLAIM_IDLE_MS. Rows are inserted with the request id unique, so writing an
 event twice leaves one row. In embedded mode the buffer is a deque in this
@@ -25,11 +27,12 @@ from decimal import Decimal
 from functools import partial
 
 import orjson
+import psycopg
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
-from gateway_project.lib import metrics, redis_health
+from gateway_project.lib import metrics, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 from keys.auth import touch_last_used
@@ -40,7 +43,6 @@ from .models import PromptLog, UsageDeadLetter, UsageRecord
 
 log = logging.getLogger(__name__)
 
-STREAM = "gw:usage"
 GROUP = "drain"
 
 _local: deque[dict] = deque()
@@ -48,6 +50,19 @@ _local: deque[dict] = deque()
 
 def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def keep_unless_replicated(event: dict, replicas: int) -> None:
+    """A buffered event that fewer than REDIS_WAIT_REPLICAS replicas confirmed could vanish in a
+    failover: this process keeps it too and writes it itself (the request id makes it one row)."""
+    if replicas < settings.REDIS_WAIT_REPLICAS:
+        metrics.inc("gateway_usage_unreplicated_total")
+        _local.append(event)
+
+
+def stream_of(event: dict) -> str:
+    """The usage stream of the event's tenant's shard."""
+    return redis_keys.usage_stream(redis_keys.shard_of(event.get("tenant_id") or 0))
 
 
 async def record(event: dict, inflight_key: str | None = None, writes: tuple = ()) -> None:
@@ -58,23 +73,28 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
     its expiry in or "") each, are set in it too (the response cache's entry of the answer), and
     dropped when Redis is unreachable.
     """
-    if settings.REDIS_URL and not redis_health.down:
+    stream = stream_of(event)
+    if settings.REDIS_URL and not redis_health.down_for(stream):
         try:
-            if inflight_key is None and not writes:
-                await async_redis().xadd(STREAM, {"e": orjson.dumps(event)})
+            if inflight_key is None and not writes and not settings.REDIS_WAIT_REPLICAS:
+                await async_redis().xadd(stream, {"e": orjson.dumps(event)})
             else:
                 async with async_redis().pipeline(transaction=False) as pipe:
-                    pipe.xadd(STREAM, {"e": orjson.dumps(event)})
+                    pipe.xadd(stream, {"e": orjson.dumps(event)})
                     if inflight_key is not None:
                         pipe.hdel(inflight_key, event["request_id"])
                     for key, value, ttl, expiries in writes:
                         pipe.set(key, value, ex=ttl)
                         if expiries:
                             pipe.zadd(expiries, {key: int((time.time() + ttl) * 1000)})
-                    await pipe.execute()
+                    if settings.REDIS_WAIT_REPLICAS:
+                        pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
+                    replies = await pipe.execute()
+                if settings.REDIS_WAIT_REPLICAS:
+                    keep_unless_replicated(event, replies[-1])
             return
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, stream)
             log.warning("usage buffer unreachable; holding event %s in process", event["request_id"])
     if inflight_key is not None:
         inflight.delete_later(inflight_key, event["request_id"])
@@ -94,6 +114,57 @@ def _to_row(event: dict) -> UsageRecord:
     return UsageRecord(**fields)
 
 
+# The ledger's columns as COPY writes them, each with the value an event that lacks it stands for
+# (an event buffered by an older release).
+_COLUMNS = [(f.attname, f.get_default()) for f in UsageRecord._meta.concrete_fields if f.attname != "id"]
+_COPY = f"COPY {UsageRecord._meta.db_table} ({', '.join(name for name, _ in _COLUMNS)}) FROM STDIN"
+_MISSING = object()
+# What an event may hold besides its columns: its start time and a logged prompt (usage.prompts).
+_KNOWN = {name for name, _ in _COLUMNS} | {"ts", "prompt", "prompt_expires_at"}
+
+
+def _copy_row(event: dict) -> tuple:
+    """The event as one row of COPY's text format: the server parses each column, so text is
+    as good as any type, and building it costs no model instance."""
+    if unknown := event.keys() - _KNOWN:  # refused, never dropped: it becomes a dead letter
+        raise TypeError(f"a usage event has no field {', '.join(sorted(map(repr, unknown)))}")
+    event = usage_events.clean(event)
+    row = []
+    for name, default in _COLUMNS:
+        value = event.get(name, _MISSING)
+        if value is _MISSING:
+            value = datetime.fromtimestamp(event["ts"], tz=UTC) if name == "created_at" else default
+        elif name == "guardrails" and value is not None:
+            value = orjson.dumps(value).decode()
+        row.append(value)
+    return tuple(row)
+
+
+def _copy_records(events: list[dict]) -> None:
+    """Insert with one COPY; should a row be there already (an event written twice: its drainer
+    died before acknowledging it), the batch goes again through a staging table, skipping those."""
+    rows = [_copy_row(dict(e)) for e in events]
+    try:
+        # COPY is psycopg's own cursor method: its errors are made Django's here, as for any query.
+        with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors, \
+                cursor.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except IntegrityError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            columns = ", ".join(name for name, _ in _COLUMNS)
+            cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging AS "  # noqa: S608  # nosec B608
+                           f"SELECT {columns} FROM {UsageRecord._meta.db_table} WITH NO DATA")
+            cursor.execute("TRUNCATE usage_staging")
+            with cursor.copy(_COPY.replace(UsageRecord._meta.db_table, "usage_staging", 1)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(f"INSERT INTO {UsageRecord._meta.db_table} ({columns}) "  # noqa: S608  # nosec B608
+                           f"SELECT {columns} FROM usage_staging ON CONFLICT DO NOTHING")
+
+
 def _prompt_row(event: dict) -> PromptLog:
     event = usage_events.clean(dict(event))
     return PromptLog(request_id=event["request_id"], tenant_id=event["tenant_id"],
@@ -109,7 +180,10 @@ def write(events: list[dict]) -> None:
     # One transaction (a savepoint inside another): a refused batch leaves nothing
     # half written, and the connection usable for the next try.
     with transaction.atomic():
-        UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
+        if connection.vendor == "postgresql":
+            _copy_records(events)
+        else:
+            UsageRecord.objects.bulk_create([_to_row(e) for e in events], ignore_conflicts=True)
         if prompts := [_prompt_row(e) for e in events if "prompt" in e]:
             PromptLog.objects.bulk_create(prompts, ignore_conflicts=True)
     metrics.shared_inc("gateway_usage_events_written_total", by=len(events))
@@ -177,9 +251,9 @@ def write_or_dead_letter(items: list[tuple[bytes, dict | None]]) -> None:
     _dead_letter(refused)
 
 
-def _ensure_group(client: redis.Redis) -> None:
+def _ensure_group(client: redis.Redis, stream: str) -> None:
     try:
-        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -202,41 +276,54 @@ def drain(limit: int | None = None, *, local_only: bool = False) -> int:
 
     With `local_only`, or while this process finds Redis down (redis_health),
     only the events this process held itself: those then land at once, not
-    after a Redis command's timeout.
+    after a Redis command's timeout. Each stream that holds entries is drained
+    in turn, up to `limit` events in all.
     """
     limit = limit or settings.USAGE_FLUSH_BATCH
-    if _local or not settings.REDIS_URL or local_only or redis_health.down:
+    if _local or not settings.REDIS_URL or local_only or redis_health.unreachable():
         return _drain_local(limit)
     client = sync_redis()
-    _ensure_group(client)
+    done = 0
+    for stream in redis_health.holding_entries(client, redis_keys.usage_streams()):
+        if done >= limit:
+            break
+        try:
+            done += _drain_stream(client, stream, limit - done)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            redis_health.failed(exc, stream)  # the other shards' streams drain on
+    return done
+
+
+def _drain_stream(client: redis.Redis, stream: str, limit: int) -> int:
+    _ensure_group(client, stream)
     consumer = _consumer()
     # This drainer's own entries whose write failed (the database was away), retried
     # at once rather than after USAGE_CLAIM_IDLE_MS; a batch that keeps failing is
     # logged and does not hold up the rest.
     retried = 0
-    if own := [entry for _, entries in client.xreadgroup(GROUP, consumer, {STREAM: "0"}, count=limit) or ()
+    if own := [entry for _, entries in client.xreadgroup(GROUP, consumer, {stream: "0"}, count=limit) or ()
                for entry in entries]:
         try:
-            retried = _write_and_ack(client, own)
+            retried = _write_and_ack(client, stream, own)
         except Exception as exc:
             log.warning("usage drain: %d events failed again (%s); they wait for the claim", len(own), exc)
     # Entries claimed by a drainer that died before acknowledging them.
-    _, entries, _ = client.xautoclaim(STREAM, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0", count=limit)
+    _, entries, _ = client.xautoclaim(stream, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0", count=limit)
     if len(entries) < limit:
-        fresh = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=limit - len(entries))
+        fresh = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=limit - len(entries))
         for _, stream_entries in fresh or ():
             entries.extend(stream_entries)
-    return retried + _write_and_ack(client, entries)
+    return retried + _write_and_ack(client, stream, entries)
 
 
-def _write_and_ack(client: redis.Redis, entries: list) -> int:
+def _write_and_ack(client: redis.Redis, stream: str, entries: list) -> int:
     if not entries:
         return 0
     # Entries deleted under a dead drainer come back with no fields: just ack them.
     write_or_dead_letter([(fields.get(b"e", b""), _parsed(fields.get(b"e"))) for _, fields in entries if fields])
     ids = [entry_id for entry_id, _ in entries]
-    client.xack(STREAM, GROUP, *ids)
-    client.xdel(STREAM, *ids)
+    client.xack(stream, GROUP, *ids)
+    client.xdel(stream, *ids)
     return len(entries)
 
 
@@ -271,12 +358,16 @@ async def buffer_state() -> tuple[int, float]:
     """(events waiting in the buffer, seconds the oldest has waited), for /metrics and /readyz."""
     if not settings.REDIS_URL:
         return len(_local), time.time() - _local[0]["ts"] if _local else 0.0
+    streams = redis_keys.usage_streams()
     async with async_redis().pipeline(transaction=False) as pipe:
-        pipe.xlen(STREAM)
-        pipe.xrange(STREAM, count=1)
-        length, oldest = await pipe.execute()
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        replies = await pipe.execute()
+    length = sum(replies[0::2])
     # A stream entry's id starts with the milliseconds it was added at.
-    lag = time.time() - int(oldest[0][0].split(b"-")[0]) / 1000 if oldest else 0.0
+    oldest = min((int(first[0][0].split(b"-")[0]) for first in replies[1::2] if first), default=None)
+    lag = time.time() - oldest / 1000 if oldest is not None else 0.0
     return length, max(0.0, lag)
 
 
@@ -284,7 +375,10 @@ def pending() -> int:
     """Events buffered and not yet written."""
     if not settings.REDIS_URL:
         return len(_local)
-    return sync_redis().xlen(STREAM)
+    pipe = sync_redis().pipeline(transaction=False)
+    for stream in redis_keys.usage_streams():
+        pipe.xlen(stream)
+    return sum(pipe.execute())
 
 
 async def drain_forever(stop: asyncio.Event, *, local_only: bool = False) -> None:

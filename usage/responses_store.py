@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 
-from gateway_project.lib import errors, redis_health
+from gateway_project.lib import errors, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 from keys.auth import KeyInfo
@@ -48,7 +48,6 @@ from .models import StoredResponse
 
 log = logging.getLogger(__name__)
 
-STREAM = "gw:responses"
 GROUP = "drain"
 # The Redis copy outlives any drain delay; after it expires, reads go to the database.
 REDIS_TTL = 86_400
@@ -64,17 +63,18 @@ _pending: deque[dict] = deque()
 _tombstones: dict[tuple[int, str], float] = {}
 
 
+# A tenant's records, their items and tombstones and its shard's stream share the shard's hash tag:
+# one hash slot, so each pipeline below goes to one node of a cluster (gateway_project/lib/redis_keys.py).
 def _record_key(tenant_id: int, response_id: str) -> str:
-    # The tenant in braces: one hash slot per tenant on a Redis cluster.
-    return f"gw:resp:{{{tenant_id}}}:{response_id}"
+    return f"gw:{redis_keys.tenant_tag(tenant_id)}:resp:{tenant_id}:{response_id}"
 
 
 def _tombstone_key(tenant_id: int, response_id: str) -> str:
-    return f"gw:resp-del:{{{tenant_id}}}:{response_id}"
+    return f"gw:{redis_keys.tenant_tag(tenant_id)}:resp-del:{tenant_id}:{response_id}"
 
 
 def _item_key(tenant_id: int, item_id: str) -> str:
-    return f"gw:resp-item:{{{tenant_id}}}:{item_id}"
+    return f"gw:{redis_keys.tenant_tag(tenant_id)}:resp-item:{tenant_id}:{item_id}"
 
 
 def _as_listed(items: list[dict]) -> list[dict]:
@@ -96,8 +96,8 @@ def _as_listed(items: list[dict]) -> list[dict]:
     return out
 
 
-def _use_redis() -> bool:
-    return bool(settings.REDIS_URL) and not redis_health.down
+def _use_redis(tenant_id: int) -> bool:
+    return bool(settings.REDIS_URL) and not redis_health.down_for(_record_key(tenant_id, ""))
 
 
 async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_id: str | None) -> None:
@@ -115,18 +115,18 @@ async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_i
         "response": response, "input_items": _as_listed(input_items),
     }
     raw = orjson.dumps(record)
-    if _use_redis():
+    if _use_redis(key.tenant_id):
         ttl = min(REDIS_TTL, int(record["expires_at"] - now))
         try:
             async with async_redis().pipeline(transaction=False) as pipe:
                 pipe.set(_record_key(key.tenant_id, record["id"]), raw, ex=ttl)
                 for item_id in _item_ids(record):
                     pipe.set(_item_key(key.tenant_id, item_id), record["id"], ex=ttl)
-                pipe.xadd(STREAM, {"r": raw})
+                pipe.xadd(redis_keys.responses_stream(redis_keys.shard_of(key.tenant_id)), {"r": raw})
                 await pipe.execute()
             return
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, _record_key(key.tenant_id, record["id"]))
             log.warning("stored responses: Redis unreachable; holding %s in process", record["id"])
     record = orjson.loads(raw)  # a copy: the caller's objects may change after this
     _records[(key.tenant_id, record["id"])] = record
@@ -178,7 +178,7 @@ async def _buffered(key: KeyInfo, response_id: str) -> tuple[bool, dict | None]:
         return True, None
     if local in _records:
         return True, _records[local]
-    if _use_redis():
+    if _use_redis(key.tenant_id):
         try:
             async with async_redis().pipeline(transaction=False) as pipe:
                 pipe.get(_record_key(key.tenant_id, response_id))
@@ -187,7 +187,7 @@ async def _buffered(key: KeyInfo, response_id: str) -> tuple[bool, dict | None]:
             if deleted or raw is not None:
                 return True, None if deleted else orjson.loads(raw)
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, _record_key(key.tenant_id, response_id))
     return False, None
 
 
@@ -269,14 +269,14 @@ async def find_items(key: KeyInfo, item_ids: list[str]) -> dict[str, dict]:
             _pick(_visible(key, record), wanted, found)
     wanted -= found.keys()
     response_ids: set[str] = set()
-    if wanted and _use_redis():
+    if wanted and _use_redis(key.tenant_id):
         try:
             ids = sorted(wanted)
             for response_id in await async_redis().mget([_item_key(key.tenant_id, i) for i in ids]):
                 if response_id is not None:
                     response_ids.add(response_id.decode())
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, _record_key(key.tenant_id, ""))
     for response_id in response_ids:
         _pick(await load(key, response_id), wanted, found)
     wanted -= found.keys()
@@ -322,7 +322,7 @@ async def delete(key: KeyInfo, response_id: str) -> bool:
                 pipe.delete(_record_key(*where))
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            redis_health.failed(exc)
+            redis_health.failed(exc, _record_key(*where))
             raise errors.GatewayError(503, "The gateway cannot reach Redis to delete this response; try again.",
                                       type="server_error", code="store_unavailable") from exc
     await run_orm(_delete_rows, [where])
@@ -396,7 +396,7 @@ def write(records: list[dict]) -> None:
                 log.warning("stored response %s refused by the database, not stored: %s", record["id"], exc)
     where = [(r["tenant_id"], r["id"]) for r in records]
     deleted = [w for w in where if w in _tombstones]
-    if settings.REDIS_URL and not redis_health.down:
+    if settings.REDIS_URL and not redis_health.unreachable():
         pipe = sync_redis().pipeline(transaction=False)
         for w in where:
             pipe.exists(_tombstone_key(*w))
@@ -431,29 +431,36 @@ def drain(limit: int | None = None, *, local_only: bool = False) -> int:
     """Write up to `limit` buffered records to the database; return how many (as usage.recorder.drain)."""
     limit = limit or settings.USAGE_FLUSH_BATCH
     _forget_old_tombstones()
-    if _pending or not settings.REDIS_URL or local_only or redis_health.down:
+    if _pending or not settings.REDIS_URL or local_only or redis_health.unreachable():
         return _drain_local(limit)
-    client = sync_redis()
+    client, done = sync_redis(), 0
+    for stream in redis_health.holding_entries(client, redis_keys.responses_streams()):
+        if done < limit:
+            done += _drain_stream(client, stream, limit - done)
+    return done
+
+
+def _drain_stream(client, stream: str, limit: int) -> int:
     try:
-        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     # This drainer's own unacknowledged entries first (a failed write), then a dead drainer's, then new ones.
-    entries = [e for _, es in client.xreadgroup(GROUP, consumer, {STREAM: "0"}, count=limit) or () for e in es]
+    entries = [e for _, es in client.xreadgroup(GROUP, consumer, {stream: "0"}, count=limit) or () for e in es]
     if len(entries) < limit:
-        entries += client.xautoclaim(STREAM, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0",
+        entries += client.xautoclaim(stream, GROUP, consumer, settings.USAGE_CLAIM_IDLE_MS, "0-0",
                                      count=limit - len(entries))[1]
     if len(entries) < limit:
-        entries += [e for _, es in client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=limit - len(entries))
+        entries += [e for _, es in client.xreadgroup(GROUP, consumer, {stream: ">"}, count=limit - len(entries))
                     or () for e in es]
     if not entries:
         return 0
     write([orjson.loads(fields[b"r"]) for _, fields in entries if fields and b"r" in fields])
     ids = [entry_id for entry_id, _ in entries]
-    client.xack(STREAM, GROUP, *ids)
-    client.xdel(STREAM, *ids)
+    client.xack(stream, GROUP, *ids)
+    client.xdel(stream, *ids)
     return len(entries)
 
 

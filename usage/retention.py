@@ -1,6 +1,11 @@
 """Retention: usage records, health results, audit entries, rollups, usage dead letters and
 stored responses older than their retention are deleted in bounded batches (no long lock, no huge
-transaction), per tenant where the tenant sets its own retention."""
+transaction), per tenant where the tenant sets its own retention.
+
+On PostgreSQL the usage ledger is partitioned by month (usage.partitions): a
+month past every tenant's retention is dropped whole first, and only the rows
+a shorter retention of some tenant ends inside a month still kept go in batches.
+"""
 
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +15,7 @@ from django.db.models import Q
 from providers.models import HealthCheck
 from tenants.models import AuditLog, Tenant
 
+from . import partitions
 from .models import StoredResponse, UsageDeadLetter, UsageRecord, UsageRollup
 
 
@@ -34,10 +40,18 @@ def _by_tenant(model, field: str, default_days: int, now: datetime, batch: int) 
     return deleted + _delete_in_batches(others, batch)
 
 
+def drop_expired_partitions(now: datetime) -> list[str]:
+    """The ledger's months that no tenant's retention still reaches, dropped whole."""
+    longest = max([settings.USAGE_RETENTION_DAYS, *Tenant.objects.exclude(retention_days=None)
+                   .values_list("retention_days", flat=True)])
+    return partitions.drop_before(now - timedelta(days=longest))
+
+
 def cleanup(now: datetime | None = None) -> dict[str, int]:
     now = now or datetime.now(UTC)
     batch = settings.RETENTION_BATCH
     return {
+        "usage partitions": len(drop_expired_partitions(now)),
         "usage records": _by_tenant(UsageRecord, "created_at", settings.USAGE_RETENTION_DAYS, now, batch),
         "audit entries": _by_tenant(AuditLog, "created_at", settings.AUDIT_RETENTION_DAYS, now, batch),
         "health checks": _delete_in_batches(HealthCheck.objects.filter(

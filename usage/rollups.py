@@ -41,10 +41,11 @@ SELECT tenant_id, api_key_id, max(key_prefix), public_model, provider_name, coun
        sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_usd),
        sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(reasoning_tokens),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms),
+       route, count(*) FILTER (WHERE cache_hit), sum(cost_saved_usd)
 FROM usage_usagerecord
 WHERE created_at >= %s AND created_at < %s
-GROUP BY tenant_id, api_key_id, public_model, provider_name
+GROUP BY tenant_id, api_key_id, public_model, provider_name, route
 """
 
 
@@ -61,17 +62,18 @@ def _groups(start: datetime, end: datetime) -> list[tuple]:
     groups: dict[tuple, list] = {}
     fields = ("tenant_id", "api_key_id", "key_prefix", "public_model", "provider_name", "status", "prompt_tokens",
               "completion_tokens", "cached_tokens", "cost_usd", "cache_write_tokens", "cache_write_1h_tokens",
-              "reasoning_tokens", "latency_ms")
+              "reasoning_tokens", "latency_ms", "route", "cache_hit", "cost_saved_usd")
     for row in UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end).values_list(*fields):
-        groups.setdefault((row[0], row[1], row[3], row[4]), []).append(row)
+        groups.setdefault((row[0], row[1], row[3], row[4], row[14]), []).append(row)
     result = []
-    for (tenant, key, model, provider), rows in groups.items():
+    for (tenant, key, model, provider, route), rows in groups.items():
         latencies = [r[13] for r in rows]
         result.append((tenant, key, max(r[2] for r in rows), model, provider, len(rows),
                        sum(r[5] not in NOT_ERRORS for r in rows), sum(r[6] for r in rows), sum(r[7] for r in rows),
                        sum(r[8] for r in rows), sum((r[9] for r in rows), Decimal(0)),
                        *(sum(r[i] for r in rows) for i in (10, 11, 12)),
-                       percentile(latencies, 0.5), percentile(latencies, 0.95)))
+                       percentile(latencies, 0.5), percentile(latencies, 0.95),
+                       route, sum(r[15] for r in rows), sum((r[16] for r in rows), Decimal(0))))
     return result
 
 
@@ -85,7 +87,8 @@ def rollup(granularity: str, bucket: datetime) -> int:
                             errors=g[6], prompt_tokens=g[7] or 0, completion_tokens=g[8] or 0,
                             cached_tokens=g[9] or 0, cost_usd=g[10] or 0, cache_write_tokens=g[11] or 0,
                             cache_write_1h_tokens=g[12] or 0, reasoning_tokens=g[13] or 0,
-                            latency_p50_ms=round(g[14] or 0), latency_p95_ms=round(g[15] or 0))
+                            latency_p50_ms=round(g[14] or 0), latency_p95_ms=round(g[15] or 0),
+                            route=g[16] or "", cache_hits=g[17] or 0, cost_saved_usd=g[18] or 0)
                 for g in _groups(bucket, bucket + STEP[granularity])]
         existing = UsageRollup.objects.filter(granularity=granularity, bucket=bucket)
         counted = existing.aggregate(n=Sum("requests"))["n"] or 0

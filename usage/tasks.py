@@ -6,7 +6,7 @@ from celery import shared_task
 
 from gateway_project.lib.joblock import single_run
 
-from . import anomalies, prompts, recorder, reports, retention, rollups
+from . import anomalies, partitions, prompts, recorder, reports, retention, rollups
 
 
 @shared_task(ignore_result=True)
@@ -20,6 +20,13 @@ def rollup_usage() -> int:
     """Recompute the current and previous hour and day of usage rollups."""
     with single_run("rollup_usage") as mine:
         return rollups.rollup_recent() if mine else 0
+
+
+@shared_task
+def create_usage_partitions() -> int:
+    """Create the usage ledger's partitions for this month and the next USAGE_PARTITIONS_AHEAD."""
+    with single_run("create_usage_partitions") as mine:
+        return len(partitions.ensure_ahead()) if mine else 0
 
 
 @shared_task

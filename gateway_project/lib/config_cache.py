@@ -15,15 +15,13 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import channel
+from gateway_project.lib.redis_pool import channel, pubsub_client, sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +56,11 @@ def bump(name: str) -> None:
     _generations[name] += 1
 
 
-@cache
-def _publisher() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
 def _announce(name: str) -> None:
     bump(name)
     if settings.REDIS_URL:
         try:
-            _publisher().publish(CHANNEL, name)
+            sync_redis().publish(CHANNEL, name)
         except redis.RedisError:
             # Other processes fall back to their cache expiry.
             log.warning("could not announce a %s change through Redis", name)
@@ -119,9 +112,10 @@ def changed(name: str) -> None:
 
 
 async def listen(stop: asyncio.Event) -> None:
-    """Apply changes announced by other processes until stop is set."""
+    """Apply changes announced by other processes until stop is set (on a cluster, from any one
+    node: every node hears every PUBLISH; after a loss, from another)."""
     while not stop.is_set():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        client = pubsub_client()
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(CHANNEL, *_subscriptions)

@@ -88,6 +88,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_spend_anomalies_total": (
         "counter", "Spend anomalies found (usage.anomalies), by what rose first: spend or requests.", ("metric",), ()),
     "gateway_job_runs_total": ("counter", "Celery job runs, by task and outcome.", ("task", "outcome"), ()),
+    "gateway_usage_unreplicated_total": (
+        "counter", "Usage events no replica confirmed in REDIS_WAIT_MS, kept and written by their process too.",
+        (), ()),
     "gateway_redis_unreachable_total": (
         "counter", "Times a gateway process found Redis unreachable and served without it until a PING answered.",
         (), ()),

@@ -11,7 +11,8 @@ client's latency is unchanged.
 
 Each caller gets its own script's result or error (a script's error fails that
 call only; a connection error fails the whole batch, as it would have failed
-each call).
+each call). On a Redis Cluster each call goes on its own: the client routes it
+to the node of its keys' slot.
 """
 
 import asyncio
@@ -19,23 +20,28 @@ import asyncio
 import redis
 from redis.commands.core import AsyncScript
 
+from . import redis_pool
 from .redis_pool import async_redis
 
 _pending: dict[asyncio.AbstractEventLoop, list] = {}
 
 
-async def run_script(script: AsyncScript, args: list) -> object:
-    """`await script(args=args)`, in one round trip with the other scripts called in this turn."""
-    return await _join(script, args)
+async def run_script(script: AsyncScript, keys: list, args: list) -> object:
+    """`await script(keys=keys, args=args)`, in one round trip with the other scripts called in this turn."""
+    if redis_pool.topology().kind == redis_pool.CLUSTER:
+        return await script(keys=keys, args=args)
+    return await _join(script, (keys, args))
 
 
 async def run_command(*args) -> object:
     """`await async_redis().execute_command(*args)`, in one round trip with the others of this turn
     (a stream's in-flight checkpoint: 10,000 open streams write theirs as their chunks come)."""
+    if redis_pool.topology().kind == redis_pool.CLUSTER:
+        return await async_redis().execute_command(*args)
     return await _join(None, list(args))
 
 
-async def _join(script: AsyncScript | None, args: list) -> object:
+async def _join(script: AsyncScript | None, args) -> object:
     loop = asyncio.get_running_loop()
     batch = _pending.get(loop)
     if batch is None:
@@ -61,7 +67,8 @@ async def _send(batch: list) -> None:
     if len(batch) == 1:
         script, args, future = batch[0]
         try:
-            _settle(future, await (script(args=args) if script else async_redis().execute_command(*args)))
+            _settle(future, await (script(keys=args[0], args=args[1]) if script
+                                   else async_redis().execute_command(*args)))
         except BaseException as exc:  # noqa: BLE001 (handed to the one caller, as its own call would)
             _settle(future, exc)
         return
@@ -69,7 +76,8 @@ async def _send(batch: list) -> None:
         async with async_redis().pipeline(transaction=False) as pipe:
             for script, args, _ in batch:
                 if script:
-                    pipe.evalsha(script.sha, 0, *args)
+                    keys, values = args
+                    pipe.evalsha(script.sha, len(keys), *keys, *values)
                 else:
                     pipe.execute_command(*args)
             results = await pipe.execute(raise_on_error=False)
@@ -81,7 +89,7 @@ async def _send(batch: list) -> None:
         if script and isinstance(result, redis.exceptions.NoScriptError):
             # Redis restarted or was flushed: the script's own call loads it and runs it.
             try:
-                result = await script(args=args)
+                result = await script(keys=args[0], args=args[1])
             except BaseException as exc:  # noqa: BLE001
                 result = exc
         _settle(future, result)

@@ -5,11 +5,12 @@ import hashlib
 
 import orjson
 
+from gateway_project.lib import redis_keys
+
 # Request fields that change nothing in the answer; everything else (temperature, seed, tools,
 # response format, max tokens...) is part of the key.
 IGNORED = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "safety_identifier",
                      "prompt_cache_key", "service_tier", "background"})
-PREFIX = "gw:cache:"
 
 
 def model_tag(model: str) -> str:
@@ -18,15 +19,17 @@ def model_tag(model: str) -> str:
 
 
 def tenant_prefix(tenant_id: int) -> str:
-    return f"{PREFIX}{tenant_id}:"
+    """gw:T:cache:<tenant>:, T the tenant's hash tag: the admission script reads an entry, and the
+    settle script writes one, in the slot of the tenant's other keys (gateway_project/lib/redis_keys.py)."""
+    return f"gw:{redis_keys.tenant_tag(tenant_id)}:cache:{tenant_id}:"
 
 
 def model_prefix(tenant_id: int, model: str) -> str:
-    return f"{PREFIX}{tenant_id}:{model_tag(model)}:"
+    return f"{tenant_prefix(tenant_id)}{model_tag(model)}:"
 
 
 def entry_key(tenant_id: int, model: str, endpoint: str, body: dict) -> str:
-    """gw:cache:<tenant>:<model tag>:<digest of endpoint and normalised body>."""
+    """gw:T:cache:<tenant>:<model tag>:<digest of endpoint and normalised body>."""
     kept = {name: value for name, value in body.items() if name not in IGNORED}
     digest = hashlib.blake2b(endpoint.encode() + b"\0" + orjson.dumps(kept, option=orjson.OPT_SORT_KEYS),
                              digest_size=16).hexdigest()

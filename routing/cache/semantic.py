@@ -90,7 +90,7 @@ async def add(scope: str, key: str, vector: np.ndarray, ttl: int) -> None:
     if not settings.REDIS_URL:
         _append(_indexes.setdefault(scope, Scoped()), [item])
         return
-    if redis_health.down:
+    if redis_health.down_for(scope):
         return
     try:
         async with async_redis().pipeline(transaction=False) as pipe:
@@ -99,13 +99,13 @@ async def add(scope: str, key: str, vector: np.ndarray, ttl: int) -> None:
             pipe.expire(scope, ttl)
             await pipe.execute()
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, scope)
 
 
 async def _sync(scope: str, scoped: Scoped) -> bool:
     """Read what other processes (and this one) added since the last read: one round trip. A large
     catch-up (a process that starts with a full list) is indexed in a thread, off the event loop."""
-    if redis_health.down or scoped.loading:
+    if redis_health.down_for(scope) or scoped.loading:
         return False
     start = scoped.synced
     try:
@@ -120,7 +120,7 @@ async def _sync(scope: str, scoped: Scoped) -> bool:
             scoped.index, scoped.keys, scoped.synced = None, [], 0
             items = await async_redis().lrange(scope, 0, -1)
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, scope)
         return False
     if len(items) < LOAD_IN_THREAD:
         _append(scoped, items)

@@ -99,7 +99,7 @@ class Lookup(stages.Stage):
         state = call.cache
         if not (state.lookup and state.policy.exact):
             return None
-        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0, store.EXPIRIES
+        return state.key, state.policy.ttl_seconds if state.policy.sliding else 0, store.expiries_of(state.key)
 
     async def on_request(self, call: Call, front) -> stages.Reply | None:
         state = call.cache
@@ -206,7 +206,7 @@ async def save(call: Call, answer: dict, deferred: bool = False) -> None:
     if len(entry) > state.policy.max_answer_bytes:
         return
     if deferred and state.question is None and store.shared():
-        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl, store.EXPIRIES)]
+        call.writes = [*(call.writes or ()), (state.key, entry, state.ttl, store.expiries_of(state.key))]
     elif not await store.put(state.key, entry, state.ttl):
         return
     metrics.inc("gateway_cache_stores_total", call.endpoint)

@@ -11,7 +11,7 @@ event's pipeline (usage/recorder.py).
 
 Redis expires entries itself, and says nothing of it to the gateway. So every
 write (and sliding renewal) of an entry also records when it expires in the
-sorted set EXPIRIES, in the same round trip, and each gateway process sweeps
+sorted set of its shard (`expiries_of`), in the same round trip, and each gateway process sweeps
 the members whose time has passed (`sweep`, every METRICS_PUSH_INTERVAL):
 ZREMRANGEBYSCORE is atomic, so each expiry is counted once, by the process that
 removed it, in gateway_cache_evictions_total{reason="expired"}. A purge takes
@@ -26,7 +26,7 @@ from collections import OrderedDict
 import redis
 from django.conf import settings
 
-from gateway_project.lib import metrics, redis_health
+from gateway_project.lib import metrics, redis_health, redis_keys
 from gateway_project.lib.redis_pool import async_redis, sync_redis
 
 from . import hashing, semantic
@@ -35,25 +35,33 @@ log = logging.getLogger(__name__)
 
 # Embedded mode: key -> (expires at, monotonic; ttl to renew by or 0; value), least recently used first.
 _local: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
-# Entry key -> when it expires (unix ms): Redis's expiries, counted by `sweep`.
-EXPIRIES = "gw:cache-expiries"
+
+
+def expiries_of(key: str) -> str:
+    """The sorted set of entry key -> when it expires (unix ms) for `key`'s shard, counted by `sweep`:
+    under the key's own hash tag, so the settle script that writes an entry writes its expiry too."""
+    return key.split(":cache:", 1)[0] + ":cache-expiries"
+
+
+def _all_expiries() -> list[str]:
+    return [f"gw:{redis_keys.tag(shard)}:cache-expiries" for shard in redis_keys.shards()]
 
 
 def expires_at(ttl: int) -> int:
-    """The EXPIRIES score of an entry written or renewed now for `ttl` seconds."""
+    """The expiries' score of an entry written or renewed now for `ttl` seconds."""
     return int((time.time() + ttl) * 1000)
 
 
 def shared() -> bool:
     """Whether entries go to Redis (configured and not marked down), where the usage round trip can write them."""
-    return bool(settings.REDIS_URL) and not redis_health.down
+    return bool(settings.REDIS_URL) and not redis_health.unreachable()
 
 
 async def get(key: str, renew_ttl: int = 0) -> bytes | None:
     """The entry under `key`, its lifetime restarted at `renew_ttl` seconds when given (sliding)."""
     if not settings.REDIS_URL:
         return _local_get(key, renew_ttl)
-    if redis_health.down:
+    if redis_health.down_for(key):
         return None
     try:
         client = async_redis()
@@ -61,11 +69,11 @@ async def get(key: str, renew_ttl: int = 0) -> bytes | None:
             return await client.get(key)
         async with client.pipeline(transaction=False) as pipe:
             pipe.getex(key, ex=renew_ttl)
-            pipe.zadd(EXPIRIES, {key: expires_at(renew_ttl)}, xx=True)  # XX: only an entry that was stored
+            pipe.zadd(expiries_of(key), {key: expires_at(renew_ttl)}, xx=True)  # XX: only an entry that was stored
             value, _ = await pipe.execute()
         return value
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         log.warning("response cache unreachable (%s); serving uncached", type(exc).__name__)
         return None
 
@@ -74,16 +82,16 @@ async def put(key: str, value: bytes, ttl: int) -> bool:
     if not settings.REDIS_URL:
         _local_put(key, value, ttl)
         return True
-    if redis_health.down:
+    if redis_health.down_for(key):
         return False
     try:
         async with async_redis().pipeline(transaction=False) as pipe:
             pipe.set(key, value, ex=ttl)
-            pipe.zadd(EXPIRIES, {key: expires_at(ttl)})
+            pipe.zadd(expiries_of(key), {key: expires_at(ttl)})
             await pipe.execute()
         return True
     except (redis.RedisError, OSError) as exc:
-        redis_health.failed(exc)
+        redis_health.failed(exc, key)
         return False
 
 
@@ -91,7 +99,11 @@ async def sweep() -> int:
     """Count the entries Redis has expired since the last sweep (any process's); how many."""
     if not settings.REDIS_URL or redis_health.down:
         return 0
-    gone = await async_redis().zremrangebyscore(EXPIRIES, "-inf", int(time.time() * 1000))
+    now = int(time.time() * 1000)
+    async with async_redis().pipeline(transaction=False) as pipe:
+        for expiries in _all_expiries():
+            pipe.zremrangebyscore(expiries, "-inf", now)
+        gone = sum(await pipe.execute())
     if gone:
         metrics.inc("gateway_cache_evictions_total", "expired", by=gone)
     return gone
@@ -147,7 +159,7 @@ def purge(tenant_id: int, model: str = "", entry: str = "") -> int:
                 if not entry or hashing.entry_id(k.decode()) == entry]
         for start in range(0, len(gone), 500):
             client.delete(*gone[start:start + 500])
-            client.zrem(EXPIRIES, *gone[start:start + 500])  # purged, not expired
+            client.zrem(expiries_of(prefix), *gone[start:start + 500])  # purged, not expired
     semantic.forget(prefix)
     if gone:
         metrics.shared_inc("gateway_cache_evictions_total", "purge", by=len(gone))

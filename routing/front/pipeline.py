@@ -106,6 +106,9 @@ async def key_of(request):
 
 async def authenticate(request, call: Call) -> None:
     call.key = await key_of(request)
+    if (ttl := request.headers.get("x-gateway-cache-ttl")) is not None and not ttl.isdigit():
+        raise errors.GatewayError(400, "x-gateway-cache-ttl must be a whole number of seconds.",
+                                  code="invalid_cache_ttl")
     if call.model == "default" and call.key.default_model:
         call.model = call.key.default_model  # the key's default route, else its tenant's
 
@@ -184,7 +187,7 @@ def _inflight_entry(call: Call, target):
     `target`'s prices), for the admission script to write."""
 
     def entry() -> tuple[str, str, bytes]:
-        call.inflight = inflight.entries_key()
+        call.inflight = inflight.entries_key(call.key.tenant_id)
         return call.inflight, call.request_id, orjson.dumps(call.interrupted_event(target))
 
     return entry

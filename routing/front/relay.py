@@ -63,7 +63,7 @@ def _checkpoint(call: Call) -> None:
     """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
     after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
     if call.inflight is None:
-        call.inflight = inflight.entries_key() if settings.REDIS_URL else ""
+        call.inflight = inflight.entries_key(call.key.tenant_id) if settings.REDIS_URL else ""
     if not call.inflight:
         call.checkpoint_due = math.inf
         return

@@ -62,7 +62,7 @@ async def prepare(call, spec):
             body["max_completion_tokens"] = state.body["max_output_tokens"]
         if state.body.get("stream"):
             body["stream"] = True
-    state.targets = spec.targets if spec is not None else ()  # none yet: a template names the model
+    state.targets = spec.targets if spec is not None else ()  # None: a template names the model, later
     _chat_form(call, body)
     return spec
 

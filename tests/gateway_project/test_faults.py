@@ -28,6 +28,7 @@ import pytest
 import redis
 from django.db.models import Count, Sum
 
+from gateway_project.lib import redis_keys
 from tests.conftest import ROOT, Server, free_port, start_gateway, wait_until
 from usage.models import UsageRecord
 
@@ -162,8 +163,8 @@ def test_streams_of_a_killed_worker_are_billed_as_far_as_they_went(gateway_env, 
         assert interrupted.count() == len(cut) and lost_records.count() == len(lost)
         assert records(tenant=tenant).count() == 2 + len(cut) + len(kept) + len(lost) + 1
         client = redis.Redis.from_url(own_redis.url)
-        assert [k for k in client.scan_iter("gw:inflight:*") if client.hlen(k)] == []
-        assert client.hlen("gw:workers") == 1  # the survivor; the dead worker is forgotten
+        assert [k for k in client.scan_iter("gw:*:inflight:*") if client.hlen(k)] == []
+        assert {client.hlen(k) for k in client.scan_iter("gw:*:workers")} == {1}  # the survivor; the dead one forgotten
         # The shared mock still answers the lost calls into the void: let it finish before the next test counts.
         time.sleep(max(0.0, pondering_until - time.monotonic()))
     finally:
@@ -298,7 +299,7 @@ def test_a_provider_failing_then_hanging_is_served_by_the_fallback_and_every_cal
                                            for c in calls).items(), key=str))
             assert sums["cost"] == exact_cost(sums["p"], sums["c"], input_price, output_price)
         client = redis.Redis.from_url(own_redis.url)
-        assert [k for k in client.scan_iter("gw:inflight:*") if client.hlen(k)] == []
+        assert [k for k in client.scan_iter("gw:*:inflight:*") if client.hlen(k)] == []
         print(f"\nprovider fault {FAULT_SECONDS:g}s failing + {FAULT_SECONDS:g}s hanging: {len(calls)} calls, "
               f"{len(faulty)} during the fault, all 200 from the fallback; {len(tried_primary)} tried the primary "
               f"first; hanging phase latency median {statistics.median(hanging) * 1000:.0f} ms, "
@@ -503,7 +504,7 @@ def test_postgresql_stopped_and_started_keeps_serving_from_the_caches_and_loses_
         cold_answer = httpx.post(server.url + "/v1/chat/completions", json=chat_body("never seen"),
                                  headers={"authorization": f"Bearer {cold}"}, timeout=30)
         ready = httpx.get(server.url + "/readyz", timeout=10).json()
-        buffered = redis.Redis.from_url(own_redis.url).xlen("gw:usage")
+        buffered = sum(redis.Redis.from_url(own_redis.url).xlen(s) for s in redis_keys.usage_streams())
         time.sleep(2)
         own_postgres.start()
         restarted_at = time.monotonic()

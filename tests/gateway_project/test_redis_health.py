@@ -64,7 +64,7 @@ def test_a_hanging_redis_costs_one_timeout_then_is_skipped_until_it_answers_agai
         assert wait_until(lambda: not probing())
         record_each([event("memo-4")])
         assert recorder.held_ids() == {"memo-1", "memo-2", "memo-3"}  # to be written straight to the database
-        stream = redis.Redis.from_url(own_redis.url).xrange(recorder.STREAM)
+        stream = redis.Redis.from_url(own_redis.url).xrange(recorder.stream_of(event("memo-4")))
         assert [orjson.loads(fields[b"e"])["request_id"] for _, fields in stream] == ["memo-4"]  # Redis again
     finally:
         recorder._local.clear()  # not real events: no drain in this process may try to write them
@@ -76,3 +76,20 @@ def test_an_error_reply_or_a_full_pool_does_not_mark_redis_down():
     redis_health.failed(redis.ResponseError("ERR Error running script"))
     redis_health.failed(redis.ConnectionError("No connection available."))
     assert not redis_health.down and not probing()
+
+
+def test_on_a_cluster_a_failure_marks_only_the_shard_it_met(own_cluster, settings):
+    """The memo per node: a failure on a tenant's key marks that tenant's shard, not the others nor
+    the shared keys, and the probe clears it once the node serving the shard answers."""
+    from gateway_project.lib import redis_health, redis_keys
+
+    settings.REDIS_URL = own_cluster.url
+    first = own_cluster.node_of(redis_keys.usage_stream(0))
+    elsewhere = next(n for n in redis_keys.shards()
+                     if own_cluster.node_of(redis_keys.usage_stream(n)).port != first.port)
+    redis_health.failed(redis.ConnectionError("refused"), redis_keys.usage_stream(0))
+    assert redis_health.down_for(redis_keys.reservations(0))  # tenant 0's shard: the same node
+    assert not redis_health.down_for(redis_keys.usage_stream(elsewhere)) and not redis_health.down
+    assert not redis_health.unreachable()
+    assert wait_until(lambda: not redis_health.down_shards, timeout=5)  # the node answers: used again
+    assert wait_until(lambda: not probing())

@@ -192,6 +192,19 @@ def test_cache_control_and_the_ttl_header(cached, mock):
     assert chat(client, short)[0]["x-gateway-cache"] == "miss"
 
 
+def test_a_ttl_header_that_is_not_whole_seconds_is_a_400_in_each_callers_shape(cached, gateway, api_key, mock):
+    calls = upstream_calls(mock)
+    for bad in ("", "ten", "-5", "1.5"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(cached, extra_headers={"x-gateway-cache-ttl": bad})
+        assert refused.value.code == "invalid_cache_ttl"
+    answer = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": api_key[1], "x-gateway-cache-ttl": "x"},
+                        json={"model": "chat-openai", "max_tokens": 5, "messages": HI}, timeout=20)
+    assert answer.status_code == 400
+    assert answer.json()["type"] == "error" and "x-gateway-cache-ttl" in answer.json()["error"]["message"]
+    assert upstream_calls(mock) == calls  # refused before any upstream call
+
+
 @pytest.mark.parametrize("expiry", ["sliding", "absolute"])
 def test_sliding_expiry_is_renewed_by_a_hit_and_absolute_is_not(gateway, mock, tenant, api_key, expiry):
     policy(tenant, ttl_seconds=2, expiry=expiry)

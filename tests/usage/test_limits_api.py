@@ -8,6 +8,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from gateway_project.lib import redis_keys
 from tests.conftest import Server, wait_until
 from usage.models import Limit, UsageRecord
 
@@ -57,7 +58,7 @@ def test_two_hundred_concurrent_requests_spend_a_budget_for_fifty_exactly(key_cl
         return rows.count() == 50 and sum(r.cost_usd for r in rows)
     assert wait_until(spent) == Decimal("0.000491")  # 49 x 10 + 1: never above 500
     keys = redis_sync.Redis.from_url(__import__("os").environ["REDIS_URL"])
-    assert keys.zcard("gw:resv:exp") == 0  # every reservation released
+    assert keys.zcard(redis_keys.reservations(tenant.id)) == 0  # every reservation released
 
 
 def test_responses_carry_openai_rate_limit_headers_and_refusals_say_which_limit(key_client, gateway, tenant,
@@ -98,7 +99,7 @@ def test_stream_running_past_its_reservation_is_settled_at_its_real_cost(low_est
         lines = [line for line in response.iter_lines() if line.startswith("data: {")]
     usage = __import__("json").loads(lines[-1][6:])["usage"]
     assert usage["completion_tokens"] == 20  # four times the 5 tokens reserved
-    counters = redis_sync.Redis.from_url(__import__("os").environ["REDIS_URL"]).hgetall(f"gw:lim:{limit.id}:p:0")
+    counters = redis_sync.Redis.from_url(__import__("os").environ["REDIS_URL"]).hgetall(redis_keys.limit_key(limit.tenant_id, limit.id, "p:0"))
     counters = {k.decode(): int(v) for k, v in counters.items()}
     warmup_tokens = wait_until(lambda: UsageRecord.objects.filter(tenant=tenant, public_model=metered,
                                                                   completion_tokens=1).first())

@@ -8,19 +8,26 @@ import redis as redis_sync
 from django.conf import settings as django_settings
 from django.core import mail
 
+from gateway_project.lib import redis_keys
 from gateway_project.lib.errors import GatewayError
+from gateway_project.lib.redis_pool import sync_redis
 from tenants.models import AuditLog, Membership
 from usage import limit_rules, limits
 from usage.limits_local import local
 from usage.models import BudgetAlert, Limit
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "cluster", "local"])
 def engine(request, settings, transactional_db):
-    """Run the test once against Redis and once in-process (embedded mode)."""
+    """Run the test against one Redis, against a three-master cluster (the same exactness: each
+    script touches one slot) and in-process (embedded mode)."""
     redis_sync.Redis.from_url(django_settings.REDIS_URL).flushdb()
     if request.param == "local":
         settings.REDIS_URL = ""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("own_cluster")
+        cluster.client().flushdb(target_nodes=redis_sync.RedisCluster.PRIMARIES)
+        settings.REDIS_URL = cluster.url
     local.reset()
     yield request.param
     local.reset()
@@ -116,11 +123,12 @@ def test_two_hundred_concurrent_requests_never_overspend_a_budget_for_fifty(engi
     assert set(outcomes) == {"ok", "budget_exceeded"}
     rule = limits._load_rules()[tenant.id][0]
     start, _ = limits.period_bounds(rule, __import__("time").time())
-    if engine == "redis":
-        counters = redis_sync.Redis.from_url(django_settings.REDIS_URL).hgetall(f"gw:lim:{rule.id}:p:{start}")
+    if engine != "local":
+        client = sync_redis()  # one Redis, or the cluster
+        counters = client.hgetall(redis_keys.limit_key(rule.tenant_id, rule.id, f"p:{start}"))
         assert {k.decode(): int(v) for k, v in counters.items()} == {"tok": 500, "tokres": 0, "cost": 5000,
                                                                       "costres": 0}
-        assert redis_sync.Redis.from_url(django_settings.REDIS_URL).zcard("gw:resv:exp") == 0
+        assert client.zcard(redis_keys.reservations(rule.tenant_id)) == 0
     else:
         assert local.periods[(rule.id, start)] == [500, 0, 5000, 0]
         assert local.reservations == {}

@@ -12,6 +12,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from gateway_project.lib import redis_keys
 from gateway_project.lib.errors import GatewayError
 from keys import services as key_services
 from keys.auth import info_for
@@ -30,9 +31,9 @@ def _empty_store():
         responses_store._tombstones.clear()
         if django_settings.REDIS_URL:
             client = redis.Redis.from_url(django_settings.REDIS_URL)
-            for key in client.scan_iter("gw:resp*", count=1000):
+            for key in client.scan_iter("gw:*:resp*", count=1000):
                 client.delete(key)
-            client.delete(responses_store.STREAM)
+            client.delete(*redis_keys.responses_streams())
 
     empty()
     yield

@@ -17,7 +17,7 @@ from tests.usage.test_jobs import record
 from usage import retention
 from usage.models import UsageDeadLetter, UsageRecord, UsageRollup
 
-NOTHING = {"usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0, "usage dead letters": 0,
+NOTHING = {"usage partitions": 0, "usage records": 0, "audit entries": 0, "health checks": 0, "rollups": 0, "usage dead letters": 0,
            "stored responses": 0}
 
 
@@ -51,7 +51,9 @@ def test_each_kind_goes_after_its_own_or_its_tenants_retention(transactional_db,
         letter = UsageDeadLetter.objects.create(request_id=f"req-{days}", reason="refused", event="{}")
         UsageDeadLetter.objects.filter(pk=letter.pk).update(created_at=now - timedelta(days=days))
 
-    assert retention.cleanup() == {"usage records": (4 + 5 + 1) + (5 + 1) + 1, "audit entries": 2 + 1 + 1,
+    # The months before this one have no partition here (the default partition holds their rows),
+    # so every row goes in batches, counted.
+    assert retention.cleanup() == {"usage partitions": 0, "usage records": (4 + 5 + 1) + (5 + 1) + 1, "audit entries": 2 + 1 + 1,
                                    "health checks": 1, "rollups": 1, "usage dead letters": 1,
                                    "stored responses": 0}
     assert UsageDeadLetter.objects.get().request_id == "req-29"

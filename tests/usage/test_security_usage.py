@@ -12,6 +12,7 @@ import pytest
 import redis
 from django.db.models import Sum
 
+from gateway_project.lib import redis_keys
 from tests.conftest import start_gateway, wait_until
 from usage import recorder
 from usage.models import UsageDeadLetter, UsageRecord
@@ -52,7 +53,8 @@ def test_a_nul_model_name_neither_jams_the_usage_ledger_nor_readiness(gateway_en
         time.sleep(4)
         ready = httpx.get(server.url + "/readyz")
         assert ready.status_code == 200, ready.text
-        assert redis.Redis.from_url(own_redis.url).xlen(recorder.STREAM) == 0
+        own = redis.Redis.from_url(own_redis.url)
+        assert sum(own.xlen(stream) for stream in redis_keys.usage_streams()) == 0
         assert "Traceback" not in server.output()
     finally:
         server.stop()
@@ -73,7 +75,8 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(recorder.STREAM)
+    stream = recorder.stream_of({"tenant_id": tenant.id})
+    client.delete(stream)
     metric = orjson.dumps(("gateway_usage_dead_letters_total",))
     before = float(client.hget("gw:metrics:c", metric) or 0)
     # Straight into the buffer, as an older gateway (or anything else) might have put them:
@@ -83,7 +86,7 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
                _event("no-tenant-c", None), _event("good-d", tenant.id),
                _event("unknown-field-e", tenant.id, colour="red"), b"\x00not json{", _event("good-f", tenant.id)]
     for raw in entries:
-        client.xadd(recorder.STREAM, {"e": raw})
+        client.xadd(stream, {"e": raw})
 
     assert recorder.drain_all() == len(entries)
 
@@ -97,8 +100,8 @@ def test_events_the_database_refuses_become_dead_letters_and_the_stream_drains(t
     assert letters[""].event == "\\u0000not json{" and "not a usage event" in letters[""].reason
     assert float(client.hget("gw:metrics:c", metric)) - before == 3
     # Acknowledged and gone: nothing is retried for ever.
-    assert client.xlen(recorder.STREAM) == 0
-    assert client.xpending(recorder.STREAM, recorder.GROUP)["pending"] == 0
+    assert client.xlen(stream) == 0
+    assert client.xpending(stream, recorder.GROUP)["pending"] == 0
     # One line each, no traceback.
     refused = [r for r in caplog.records if "dead letter" in r.getMessage()]
     assert len(refused) == 3 and not any(r.exc_info for r in caplog.records)
@@ -129,8 +132,9 @@ def test_a_database_that_does_not_answer_keeps_events_buffered(transactional_db,
     from django.db import OperationalError
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(recorder.STREAM)
-    client.xadd(recorder.STREAM, {"e": _event("waits", tenant.id)})
+    stream = recorder.stream_of({"tenant_id": tenant.id})
+    client.delete(stream)
+    client.xadd(stream, {"e": _event("waits", tenant.id)})
 
     def away(events):
         raise OperationalError("connection refused")
@@ -147,7 +151,7 @@ def test_a_database_that_does_not_answer_keeps_events_buffered(transactional_db,
     assert not UsageDeadLetter.objects.exists()  # an outage is nobody's bad event
     monkeypatch.undo()
     assert wait_until(lambda: recorder.drain() or UsageRecord.objects.filter(request_id="waits").exists())
-    assert client.xlen(recorder.STREAM) == 0
+    assert client.xlen(stream) == 0
 
 
 # --- finding 13: budgets and token limits when an upstream ignores max_tokens ---------
@@ -230,7 +234,7 @@ def test_tokens_per_minute_stop_trusting_max_tokens_once_overrun(overrun_model, 
     assert first.count(200) <= 10 and first_tokens <= 500 + 10 * 480
     # The minute moves on (its buckets expire): the limit now reserves each call's largest
     # answer or what is left of the minute, so one call at a time gets through.
-    redis.Redis.from_url(settings.REDIS_URL).delete(f"gw:lim:{limit.id}:tpm")
+    redis.Redis.from_url(settings.REDIS_URL).delete(redis_keys.limit_key(limit.tenant_id, limit.id, "tpm"))
     second = asyncio.run(_burst(overrun_model.url, secret, calls=50, concurrency=10))
     total_tokens, _ = _billed(key, first.count(200) + second.count(200))
     second_tokens = total_tokens - first_tokens

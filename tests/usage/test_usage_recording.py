@@ -93,7 +93,7 @@ def test_client_hanging_up_before_a_json_answer_is_billed_its_prompt_and_leaves_
     assert record.provider_name == "mock" and record.upstream_model == "mock-gpt"
     # No in-flight entry is left behind for the reaper to bill a second time.
     client = redis.Redis.from_url(settings.REDIS_URL)
-    assert wait_until(lambda: not any(client.hlen(k) for k in client.scan_iter("gw:inflight:*")))
+    assert wait_until(lambda: not any(client.hlen(k) for k in client.scan_iter("gw:*:inflight:*")))
 
 
 def test_drain_is_idempotent_per_request_id(transactional_db, tenant, api_key):

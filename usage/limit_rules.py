@@ -89,6 +89,11 @@ class Admission:
     # under 1 for batch lines (BATCH_LIMIT_SHARE), so the rest stays for live calls.
     share: float = 1.0
 
+    @property
+    def tenant_id(self) -> int:
+        """The tenant whose limits these are (rules_for gives one tenant's only)."""
+        return self.rules[0].tenant_id
+
 
 def share_of(limit: int, share: float) -> int:
     """The part of a rate limit (0: none) a call under `share` may fill: at least 1, never more than it."""

@@ -61,7 +61,10 @@ def test_a_sentinel_failover_loses_no_usage_and_overspends_no_budget(sentinel, g
     budgeted = key_services.issue(tenant, "budgeted")[1]
     free = key_services.issue(other_tenant, "free")[1]
     server = start_gateway({**gateway_env, "REDIS_URL": sentinel.url, "CELERY_BROKER_URL": settings.REDIS_URL,
-                            "GATEWAY_PROCESSES": "2", "REDIS_PROBE_INTERVAL": "0.2"}, workers=2)
+                            "GATEWAY_PROCESSES": "2", "REDIS_PROBE_INTERVAL": "0.2",
+                            # What makes a failover lose no usage event (docs/scaling.md): with the default 0,
+                            # a killed master can take its last acknowledged event with it.
+                            "REDIS_WAIT_REPLICAS": "1"}, workers=2)
     try:
         spend = chat("metered", "go [[mock chunks=10]]", max_tokens=10)  # reserves, and costs, 10 micro-USD
         assert wait_until(lambda: httpx.post(server.url + "/v1/chat/completions", json=chat("gpt-test"), timeout=30,
@@ -94,7 +97,8 @@ def test_a_sentinel_failover_loses_no_usage_and_overspends_no_budget(sentinel, g
         def recorded():
             return (UsageRecord.objects.filter(tenant=tenant).count() == len(budget_calls)
                     and UsageRecord.objects.filter(tenant=other_tenant).count() == len(free_calls) + 1)
-        assert wait_until(recorded, timeout=30), (UsageRecord.objects.filter(tenant=tenant).count(), len(budget_calls))
+        assert wait_until(recorded, timeout=30), (UsageRecord.objects.filter(tenant=tenant).count(), len(budget_calls),
+                                              UsageRecord.objects.filter(tenant=other_tenant).count(), len(free_calls) + 1)
         spent = sum(r.cost_usd for r in UsageRecord.objects.filter(tenant=tenant, status="ok"))
         assert spent <= Decimal("0.000800")  # not one call over the budget across the failover
         print(f"\nSentinel failover: master {old_master} killed, replica promoted after {promoted_after:.1f} s; "

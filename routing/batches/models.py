@@ -121,6 +121,9 @@ class BatchLine(models.Model):
     result = models.JSONField(null=True)
     # Its run recorded a usage event (a line refused before authorization, as a live call, records none).
     billed = models.BooleanField(default=False)
+    # When the line's first attempt began (unix time). Every attempt's usage event carries it as the call's
+    # start, so the ledger's (request id, start) key keeps a line re-run after a dead worker billed once.
+    started_at = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "number"], name="batch_line_number")]

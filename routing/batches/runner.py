@@ -21,6 +21,7 @@ while the key's and tenant's rate limits are less than BATCH_LIMIT_SHARE used
 import asyncio
 import hashlib
 import logging
+import time
 from datetime import timedelta
 
 import orjson
@@ -93,7 +94,8 @@ async def run_line(batch: Batch, key, line: BatchLine) -> dict | None:
     front = FRONTS[batch.endpoint]
     body = dict(line.body)
     body.pop("stream", None)
-    call = Call(endpoint=front.endpoint, request_id=line_request_id(batch.id, line.custom_id), batch_id=batch.id)
+    call = Call(endpoint=front.endpoint, request_id=line_request_id(batch.id, line.custom_id), batch_id=batch.id,
+                ts=line.started_at or time.time())
     request = LineRequest(key, body)
     request.gateway_call = call
     try:
@@ -225,6 +227,16 @@ def _slot_lines(batch: Batch, slot: int):
             .annotate(slot=Mod((F("number") - 1) / chunk, slots)).filter(slot=slot).order_by("number"))
 
 
+def _mark_started(lines: list[BatchLine]) -> None:
+    """Give the lines never tried before their start time, once: a retry keeps the first (see BatchLine)."""
+    fresh = [line for line in lines if line.started_at is None]
+    if fresh:
+        now = time.time()
+        BatchLine.objects.filter(pk__in=[line.pk for line in fresh], started_at__isnull=True).update(started_at=now)
+        for line in fresh:
+            line.started_at = now
+
+
 def advance(batch_id: str, lock_key: str | None = None, slot: int = 0, start_others=None) -> str:
     """Run the slot's lines of the batch from its first unanswered one to the end (or a pause, a
     cancel); the last slot to finish writes the files. Returns the batch's status."""
@@ -244,6 +256,7 @@ def advance(batch_id: str, lock_key: str | None = None, slot: int = 0, start_oth
             finalize(batch, "expired")
             break
         lines = list(_slot_lines(batch, slot)[:settings.BATCH_CHUNK_LINES])
+        _mark_started(lines)
         if not lines:
             if not BatchLine.objects.filter(batch=batch, done=False).exists():
                 finalize(batch)

@@ -228,7 +228,8 @@ def _slot_lines(batch: Batch, slot: int):
 
 
 def _mark_started(lines: list[BatchLine]) -> None:
-    """Give the lines never tried before their start time, once: a retry keeps the first (see BatchLine)."""
+    """Give the lines not yet tried their start time: a retry after a dead worker keeps it (see BatchLine);
+    a line refused without being billed (a pause) has it cleared again, in `advance`."""
     fresh = [line for line in lines if line.started_at is None]
     if fresh:
         now = time.time()
@@ -263,6 +264,9 @@ def advance(batch_id: str, lock_key: str | None = None, slot: int = 0, start_oth
             break
         paused = loop().run_until_complete(run_chunk(batch, key, lines))
         BatchLine.objects.bulk_update([line for line in lines if line.done], ["done", "ok", "result", "billed"])
+        if waiting := [line.pk for line in lines if not line.done and not line.billed]:
+            # Refused before any upstream call (a pause): nothing billed, so the next attempt is a new start.
+            BatchLine.objects.filter(pk__in=waiting).update(started_at=None)
         if recorder.held():
             recorder.drain_all(local_only=True)  # Redis was away: the events this worker kept, into the ledger now
         _count(batch)

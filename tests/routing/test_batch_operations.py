@@ -200,7 +200,7 @@ def test_a_redis_restart_mid_batch_leaves_every_line_answered_and_billed_once(ow
     env = {**gateway_env, "REDIS_URL": own_redis.url, "BATCH_CHUNK_LINES": "20", "BATCH_LEASE_SECONDS": "3"}
     gateway = start_gateway(env)
     worker = Worker(env)
-    broker = Celery(broker=own_redis.url)
+    broker = Celery(broker=own_redis.url, set_as_current=False)  # later tests keep the suite's app
     try:
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key[1], max_retries=3, timeout=20)
         assert wait_until(lambda: any(m.id == "gpt-test" for m in client.models.list()), timeout=20)

@@ -111,7 +111,8 @@ def generate(url: str, tenants: list[dict], records: int, days: int) -> float:
                        "cost_usd": f"0.{(prompt * 15 + completion * 60):012d}", "latency_ms": 200 + i % 1800,
                        "ttft_ms": "\\N", "status": status, "http_status": 200 if status == "ok" else 502,
                        "error_type": "", "streamed": "t" if i % 3 else "f", "cache_hit": "f",
-                       "cost_saved_usd": "0", "guardrails": "\\N"}
+                       "cost_saved_usd": "0", "guardrails": "\\N", "prompt_template": "", "prompt_version": "\\N",
+                       "experiment_id": "\\N", "variant": "", "batch_id": ""}
                 lines.append("\t".join(str(row[c]) for c in columns))
             with conn.cursor() as cursor, cursor.copy(sql) as copy:
                 copy.write("\n".join(lines) + "\n")

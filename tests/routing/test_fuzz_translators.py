@@ -88,7 +88,7 @@ def refused_cleanly(error: GatewayError) -> None:
 @FUZZ
 @given(body=chat_bodies)
 def test_any_chat_request_is_translated_or_refused_with_a_400(kind, body):
-    request = SimpleNamespace(body=orjson.dumps(body))
+    request = SimpleNamespace(body=orjson.dumps(body), gateway_call=SimpleNamespace(prompt=None))
     try:
         checked = validation.chat_body(request)
         built = ADAPTERS[kind].chat_request(target(kind), checked, "req_fuzz")
@@ -210,7 +210,7 @@ anthropic_bodies = st.fixed_dictionaries(
 def test_any_messages_api_request_is_translated_or_refused_with_a_400(kind, body):
     from routing.front import messages as anthropic_front
 
-    request = SimpleNamespace(body=orjson.dumps(body))
+    request = SimpleNamespace(body=orjson.dumps(body), gateway_call=SimpleNamespace(prompt=None))
     try:
         checked = validation.messages_body(request)
         try:

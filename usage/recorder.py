@@ -337,9 +337,9 @@ def _parsed(raw: bytes | None) -> dict | None:
 def drain_all(*, local_only: bool = False) -> int:
     """Write every buffered usage event, and every buffered stored response (usage.responses_store);
     return how many usage events."""
-    total = 0
-    while count := drain(local_only=local_only):
-        total += count
+    # Unless local_only, wait for the events another drainer is writing (redis_health.drain_settled).
+    total = redis_health.drain_settled(partial(drain, local_only=local_only), redis_keys.usage_streams(),
+                                       settle=0 if local_only else 3.0)
     responses_store.drain_all(local_only=local_only)
     return total
 

@@ -32,6 +32,7 @@ import socket
 import time
 from collections import deque
 from datetime import UTC, datetime
+from functools import partial
 
 import orjson
 import redis
@@ -465,7 +466,7 @@ def _drain_stream(client, stream: str, limit: int) -> int:
 
 
 def drain_all(*, local_only: bool = False) -> int:
-    total = 0
-    while count := drain(local_only=local_only):
-        total += count
-    return total
+    """Write every buffered record; unless `local_only`, wait for those another drainer is writing
+    (redis_health.drain_settled)."""
+    return redis_health.drain_settled(partial(drain, local_only=local_only), redis_keys.responses_streams(),
+                                      settle=0 if local_only else 3.0)

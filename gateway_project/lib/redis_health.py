@@ -92,6 +92,23 @@ def holding_entries(client, streams: list[str]) -> list[str]:
             if not isinstance(length, Exception) and length]
 
 
+def drain_settled(drain, streams: list[str], settle: float = 3.0) -> int:
+    """Run `drain()` until it finds nothing, then, while `streams` still hold entries another
+    drainer has read and not yet written (a gateway's in-process drainer, a Celery worker), wait
+    for that write, up to `settle` seconds, draining again meanwhile (a dead drainer's entries are
+    claimed once idle). So "drain everything" means everything is in the database when it
+    returns, whoever wrote it. Returns what this process wrote."""
+    total, deadline = 0, time.monotonic() + settle
+    while True:
+        while count := drain():
+            total += count
+        if not settings.REDIS_URL or unreachable() or time.monotonic() >= deadline:
+            return total
+        if not holding_entries(redis_pool.sync_redis(), streams):
+            return total
+        time.sleep(0.02)
+
+
 def _length(client, stream: str) -> int | Exception:
     try:
         return client.xlen(stream)

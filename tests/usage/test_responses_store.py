@@ -3,9 +3,11 @@ database in bulk, tenant-scoped, deletable before and after the drain, and gone 
 
 import asyncio
 import secrets
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 import redis
 from django.conf import settings as django_settings
@@ -219,6 +221,35 @@ def test_a_record_holds_no_header_or_key(transactional_db, tenant):
     raw = str(stored.response) + str(stored.input_items)
     assert secret not in raw and key.prefix not in raw
     assert stored.response == answer
+
+
+def test_draining_everything_waits_for_what_another_drainer_is_writing(transactional_db, tenant):
+    """Another process (a gateway's own drainer, a Celery worker) may have read a record from the
+    buffer and not written it yet: "drain everything" returns once it is in the database."""
+    key = key_info(tenant)
+    answer = save(key, response(), [user_says("Hi")])
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    (stream,) = [s for s in redis_keys.responses_streams() if client.xlen(s)]
+    try:
+        client.xgroup_create(stream, responses_store.GROUP, id="0", mkstream=True)
+    except redis.ResponseError:
+        pass
+    [(_, entries)] = client.xreadgroup(responses_store.GROUP, "another-drainer", {stream: ">"})
+
+    def the_other_drainer_writes_late():
+        time.sleep(0.6)
+        responses_store.write([orjson.loads(fields[b"r"]) for _, fields in entries])
+        client.xack(stream, responses_store.GROUP, *[i for i, _ in entries])
+        client.xdel(stream, *[i for i, _ in entries])
+
+    other = threading.Thread(target=the_other_drainer_writes_late)
+    other.start()
+    started = time.monotonic()
+    recorder.drain_all()
+    waited = time.monotonic() - started
+    other.join()
+    assert StoredResponse.objects.filter(response_id=answer["id"]).exists()
+    assert 0.5 < waited < 3
 
 
 def test_a_tenant_admin_sees_only_their_tenants_stored_responses(transactional_db, tenant, other_tenant, client):

@@ -148,6 +148,25 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Embedded mode writes from the admin and the usage drain at once: wait for
     # the lock instead of failing, and let readers run beside the writer.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+# A PostgreSQL streaming replica of DATABASE_URL for the heavy reads that may be a moment old: the
+# dashboard, the usage API, the cost reports (gateway_project/lib/db_replica.py, docs/scaling.md).
+# Empty: everything reads the primary. A replica that fails a read leaves it to the primary, and
+# one that does not answer is tried again after DATABASE_REPLICA_RETRY_SECONDS.
+DATABASE_REPLICA_URL = env.str("DATABASE_REPLICA_URL", default="")
+DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", default=10.0)
+if DATABASE_REPLICA_URL:
+    if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        raise ImproperlyConfigured("DATABASE_REPLICA_URL needs DATABASE_URL to name the PostgreSQL it replicates")
+    DATABASES["replica"] = env.db_url_config(DATABASE_REPLICA_URL)
+    DATABASES["replica"].setdefault("CONN_MAX_AGE", DATABASES["default"]["CONN_MAX_AGE"])
+    # A kept connection is checked before a request reuses it, so a restarted replica costs no fallback;
+    # one that does not connect within DATABASE_REPLICA_CONNECT_TIMEOUT seconds is given up on.
+    DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["replica"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_REPLICA_CONNECT_TIMEOUT", default=2))
+    # Under the test runner the alias reads the test database: a read-only server cannot make one.
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["gateway_project.lib.db_replica.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Empty REDIS_URL means embedded mode: in-process cache, counters and usage buffer. It may name one

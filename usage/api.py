@@ -9,9 +9,12 @@ GET /api/usage/experiments/<id>  an experiment's figures per variant, with confi
 
 Signed in with the admin session (or HTTP basic auth with the same
 credentials); scoped by tenants.scoping: staff see every tenant, owners and
-admins their tenant, members their own keys' usage.
+admins their tenant, members their own keys' usage. Each view reads from the
+database replica when there is one (`on_replica`), after working out the user
+and their scope on the primary.
 """
 
+import functools
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,8 +27,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway_project.lib import db_replica
 from gateway_project.lib.rest import query_moment, query_text
-from tenants.scoping import scope_for
+from tenants.scoping import scope_of
 
 from . import summaries
 from .experiments import experiment_figures
@@ -69,7 +73,7 @@ MOMENT = "Expected an ISO 8601 date or time, such as 2026-11-01 or 2026-11-01T12
 
 def _filtered(rows, request):
     """Usage records or rollups (the same fields) the user may see, filtered as asked."""
-    rows = rows.filter(scope_for(request.user).key_filter())
+    rows = rows.filter(scope_of(request).key_filter())
     for param, field in (("key", "key_prefix"), ("model", "public_model"), ("provider", "provider_name"),
                          ("tenant", "tenant__slug")):
         if value := query_text(request.query_params, param):
@@ -115,6 +119,19 @@ def visible_usage(request) -> tuple:
             _filtered(UsageRollup.objects.filter(split.rollups), request).order_by())
 
 
+def on_replica(method):
+    """A view's handler whose reads go to the replica (gateway_project.lib.db_replica): the usage it
+    reports may be a moment old. The user (DRF authenticated them already) and their scope come
+    from the primary, so a membership revoked a moment ago narrows the answer at once."""
+
+    @functools.wraps(method)
+    def handler(view, request, *args, **kwargs):
+        scope_of(request)
+        return db_replica.read(method, view, request, *args, **kwargs)
+
+    return handler
+
+
 class SignedIn(permissions.BasePermission):
     """Any active user: what they see is narrowed by their scope, down to nothing."""
 
@@ -132,6 +149,10 @@ class RecordList(generics.ListAPIView):
 
     def get_queryset(self):
         return visible_records(self.request)
+
+    @on_replica
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
 
 GROUPS = {"model": "public_model", "key": "key_prefix", "provider": "provider_name", "tenant": "tenant__slug",
@@ -165,6 +186,7 @@ class Summary(APIView):
             "groups": serializers.ListField(child=serializers.DictField()),
         }),
     )
+    @on_replica
     def get(self, request):
         """Totals of the usage you may see, and the same per group."""
         group_by = request.query_params.get("group_by")
@@ -193,6 +215,7 @@ class ExperimentFigures(APIView):
             "By variant: requests, errors, error_rate, latency_p50_ms, latency_p95_ms, ttft_p50_ms, "
             "prompt/completion tokens (total, mean), cost_usd, cost_per_request_usd, feedback; each "
             "rate, mean and percentile as {value, ci95: [low, high]}"))}))
+    @on_replica
     def get(self, request, experiment_id: int):
         """Per-variant figures of an experiment, from the usage records you may see (docs/templates.md)."""
         return Response({"experiment": experiment_id,

@@ -9,7 +9,9 @@ day (usage.forecast), and what changed most (usage.changes); HTML and plain
 text, the charts as PNG images inside the HTML's multipart/related part (shown
 by content id, `cid:`, in every mail client), the rows as a CSV attachment.
 A delivery is claimed (a unique row) before it is sent, so a report goes out once however many times, or on however many workers, the job
-runs; a failed send gives the claim back for the next run.
+runs; a failed send gives the claim back for the next run. The figures are read from the
+database replica when there is one (gateway_project.lib.db_replica): a closed period's
+usage does not change while the replica catches up; the claim is written to the primary.
 """
 
 import csv
@@ -29,6 +31,7 @@ from django.db.models import Count, Q, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from gateway_project.lib import db_replica
 from tenants.models import Tenant
 
 from . import changes, charts, forecast
@@ -270,7 +273,7 @@ def message(report: Report, recipients: list[str]) -> EmailMultiAlternatives:
 def _deliver(period: str, tenant: Tenant | None, recipients: list[str], today: date | None) -> bool:
     if not recipients:
         return False
-    report = build(period, tenant, today)
+    report = db_replica.read(build, period, tenant, today)
     try:
         with transaction.atomic():
             delivery = ReportDelivery.objects.create(tenant=tenant, period=period, period_start=report.start,

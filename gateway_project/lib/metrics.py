@@ -94,6 +94,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "gateway_redis_unreachable_total": (
         "counter", "Times a gateway process found Redis unreachable and served without it until a PING answered.",
         (), ()),
+    "gateway_db_replica_fallbacks_total": (
+        "counter", "Reads meant for the database replica that the primary served, by reason (unreachable: the "
+                   "replica did not answer; failed: it answered but failed the query).", ("reason",), ()),
     "gateway_cache_lookups_total": (
         "counter", "Response cache lookups, by endpoint, kind (exact, semantic) and result (hit, miss, bypass).",
         ("endpoint", "kind", "result"), ()),

@@ -1,0 +1,128 @@
+"""Reads that may go to a PostgreSQL streaming replica (DATABASE_REPLICA_URL), and nothing else.
+
+A read goes to the replica only when its call site asks: `read(fn, *args)` runs `fn` with the
+ORM's reads routed to the `replica` alias (ReplicaRouter below); everything else, everywhere,
+reads and writes the primary. The call sites are the heavy reporting reads whose answer may be a
+few seconds old: the admin dashboard's data (gateway_project.dashboard), the usage API's
+records, summaries and experiment figures (usage.api) and the emailed cost reports
+(usage.reports). A router that sent every read to the replica was the alternative; it was not
+taken because a replica lags the primary, and much of the gateway reads what it has just
+written: a key issued and used at once, a tenant created and then listed by the management API,
+the rollup job reading the records it sums (a rollup made from a lagging copy would be marked
+complete while missing records), the report job's delivery claim. Those stay on the primary by
+default, and so do migrations (allow_migrate), sign-in, sessions and the user's tenant scope: a
+call site works out who the user is and what they may see before it calls `read`, so a
+membership revoked a moment ago counts at once.
+
+What it keeps: no read fails because of the replica. A read that meets a replica error
+(refused, timed out, closed, a query cancelled by a recovery conflict) runs again on the
+primary, so the caller gets the primary's answer instead of a 500; each read served so is
+counted in `gateway_db_replica_fallbacks_total`. When the replica itself does not answer, the
+process logs it once and reads from the primary for DATABASE_REPLICA_RETRY_SECONDS before trying
+the replica again; the first read that the replica serves again logs that it is back. An error
+that the primary gives too is the caller's, as it would be without a replica.
+
+Without DATABASE_REPLICA_URL there is no `replica` alias and `read(fn)` is `fn()`.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, connections
+
+from gateway_project.lib import metrics
+
+log = logging.getLogger(__name__)
+
+REPLICA = "replica"
+T = TypeVar("T")
+
+_on_replica: ContextVar[bool] = ContextVar("reads_on_replica", default=False)
+_lock = threading.Lock()
+_down = False  # the replica did not answer, and has not served a read since
+_retry_at = 0.0  # time.monotonic() before which reads skip the replica
+
+
+def configured() -> bool:
+    return REPLICA in settings.DATABASES
+
+
+def read(fn: Callable[..., T], *args, **kwargs) -> T:
+    """fn(*args, **kwargs) with its reads on the replica, or on the primary if the replica fails them."""
+    if not configured() or _on_replica.get():
+        return fn(*args, **kwargs)
+    if time.monotonic() < _retry_at:
+        metrics.shared_inc("gateway_db_replica_fallbacks_total", "unreachable")
+        return fn(*args, **kwargs)
+    token = _on_replica.set(True)
+    try:
+        result = fn(*args, **kwargs)
+    except (OperationalError, InterfaceError) as exc:
+        reason = "failed" if _answers() else "unreachable"
+        if reason == "unreachable":
+            _went_down(exc)
+        metrics.shared_inc("gateway_db_replica_fallbacks_total", reason)
+    else:
+        if _down:
+            _came_back()
+        return result
+    finally:
+        _on_replica.reset(token)
+    return fn(*args, **kwargs)
+
+
+def _answers() -> bool:
+    """Whether the replica answers a new connection now (the old one may be what broke)."""
+    connection = connections[REPLICA]
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        return False
+
+
+def _went_down(exc: Exception) -> None:
+    global _down, _retry_at
+    with _lock:
+        _retry_at = time.monotonic() + settings.DATABASE_REPLICA_RETRY_SECONDS
+        first = not _down
+        _down = True
+    if first:
+        log.warning("database replica unreachable, reading from the primary (trying again every %ss): %s",
+                    settings.DATABASE_REPLICA_RETRY_SECONDS, str(exc).strip().splitlines()[0] if str(exc) else exc)
+
+
+def _came_back() -> None:
+    global _down
+    with _lock:
+        first, _down = _down, False
+    if first:
+        log.warning("database replica reachable again: reports read from it")
+
+
+class ReplicaRouter:
+    """Reads inside `read()` go to the replica; every other read, every write and every migration
+    to the primary. Rows read from either may be related: they are the same database."""
+
+    def db_for_read(self, model, **hints) -> str | None:
+        return REPLICA if _on_replica.get() else DEFAULT_DB_ALIAS
+
+    def db_for_write(self, model, **hints) -> str:
+        # Explicit: Django would otherwise save a row where it was read from, the read-only replica.
+        return DEFAULT_DB_ALIAS
+
+    def allow_relation(self, obj1, obj2, **hints) -> bool | None:
+        return True if {obj1._state.db, obj2._state.db} <= {DEFAULT_DB_ALIAS, REPLICA} else None
+
+    def allow_migrate(self, db, app_label, model_name=None, **hints) -> bool | None:
+        return False if db == REPLICA else None

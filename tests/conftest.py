@@ -149,7 +149,7 @@ def mock(mock_upstream):
     return mock_upstream
 
 
-def _database_url(settings_dict: dict) -> str:
+def database_url(settings_dict: dict) -> str:
     if settings_dict["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{settings_dict['NAME']}"
     host = settings_dict.get("HOST") or "127.0.0.1"
@@ -164,7 +164,7 @@ def gateway_env(django_db_setup, django_db_blocker):
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     # No proxy is trusted (the default), whatever the developer's environment says.
-    return {"DATABASE_URL": _database_url(settings.DATABASES["default"]), "TRUSTED_PROXIES": ""}
+    return {"DATABASE_URL": database_url(settings.DATABASES["default"]), "TRUSTED_PROXIES": ""}
 
 
 @pytest.fixture(scope="session")

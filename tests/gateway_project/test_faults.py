@@ -12,16 +12,13 @@ provider fails and then hangs; `FAULT_SECONDS=60` runs the full minute of each.
 
 import collections
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,7 +26,8 @@ import redis
 from django.db.models import Count, Sum
 
 from gateway_project.lib import redis_keys
-from tests.conftest import ROOT, Server, free_port, start_gateway, wait_until
+from tests.conftest import ROOT, Server, start_gateway, wait_until
+from tests.pg_servers import OwnPostgres
 from usage.models import UsageRecord
 
 FAULT_SECONDS = float(os.environ.get("FAULT_SECONDS", "8"))
@@ -415,51 +413,6 @@ def test_redis_paused_and_resumed_keeps_the_documented_limits_behaviour_and_lose
 
 
 # --- PostgreSQL stopped and started ----------------------------------------------------------------
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster of this test's own (initdb in a temporary directory), to stop and start
-    without disturbing anyone. The gateway's schema is migrated into its database `gw`."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="gw-faults-pg-"))
-        self.port = free_port()
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}/gw"
-        # PostgreSQL refuses to run as root: the cluster belongs to the postgres user when we are root.
-        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_owner:
-            shutil.chown(self.directory, "postgres")
-        subprocess.run([*self.as_owner, PG_BIN / "initdb", "-D", self.directory / "data", "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-        self.start()
-        subprocess.run([PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "gw"],
-                       check=True)
-
-    def pg_ctl(self, *args: str) -> None:
-        subprocess.run([*self.as_owner, PG_BIN / "pg_ctl", "-D", self.directory / "data", "-w", *args],
-                       check=True, capture_output=True)
-
-    def start(self) -> None:
-        self.pg_ctl("-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "-l", str(self.directory / "log"), "start")
-
-    def stop(self) -> None:
-        self.pg_ctl("-m", "fast", "stop")  # every connection is dropped, new ones are refused
-
-    def query(self, sql: str) -> tuple:
-        import psycopg
-
-        with psycopg.connect(self.url) as connection:
-            return connection.execute(sql).fetchone()
-
-    def remove(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def manage(env: dict, *args: str) -> str:

@@ -1,0 +1,163 @@
+"""The database replica (DATABASE_REPLICA_URL, gateway_project/lib/db_replica.py), on a real
+PostgreSQL primary and streaming replica of the tests' own (tests/pg_servers.py), behind a
+gateway process with a Redis of its own.
+
+The replica's replay is paused to make it lag on purpose: what the dashboard, the usage API and
+the cost report then show is the replica's, while keys, writes and the management API's
+read-after-write stay on the primary. A stopped replica leaves those reads to the primary.
+"""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, OwnRedis, database_url, start_gateway, wait_until
+from tests.pg_servers import OwnPostgres
+
+# The schema loaded into the primary is the suite's test database's: it exists for tests that ask for one.
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "replica-boss-pass-1"
+RECORDS = "SELECT count(*) FROM usage_usagerecord"
+
+
+class Site:
+    """A gateway on a primary and its replica, signed in as a superuser (the API with basic auth,
+    the admin with a session)."""
+
+    def __init__(self, primary: OwnPostgres, replica: OwnPostgres, env: dict, gateway) -> None:
+        self.primary, self.replica, self.env, self.gateway = primary, replica, env, gateway
+        self.api = httpx.Client(base_url=gateway.url, auth=("boss", PASSWORD), timeout=30)
+        self.admin = httpx.Client(base_url=gateway.url, timeout=30)
+        self.admin.get("/admin/login/")
+        signed_in = self.admin.post("/admin/login/?next=/admin/", data={
+            "username": "boss", "password": PASSWORD, "next": "/admin/",
+            "csrfmiddlewaretoken": self.admin.cookies["csrftoken"]})
+        assert signed_in.status_code == 302, signed_in.text
+
+    def made(self, path: str, body: dict) -> dict:
+        created = self.api.post(f"/api/manage/{path}/", json=body)
+        assert created.status_code == 201, created.text
+        return created.json()
+
+    def call(self, key: str) -> int:
+        return httpx.post(self.gateway.url + "/v1/chat/completions", timeout=30, headers={
+            "Authorization": f"Bearer {key}"}, json={"model": "gpt-test", "messages": [
+                {"role": "user", "content": "Hi"}]}).status_code
+
+    def summary(self) -> int:
+        response = self.api.get("/api/usage/summary")
+        assert response.status_code == 200, response.text
+        return response.json()["totals"]["requests"]
+
+    def dashboard(self) -> int:
+        response = self.admin.get("/admin/dashboard/data")
+        assert response.status_code == 200, response.text
+        return response.json()["totals"]["requests"]
+
+    def reported(self) -> str:
+        """The staff's daily cost report of today, as `manage.py send_cost_reports` emails it."""
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        self.primary.query("DELETE FROM usage_reportdelivery RETURNING 1")
+        sent = subprocess.run([sys.executable, "manage.py", "send_cost_reports", "--period", "day", "--date",
+                               tomorrow], cwd=ROOT, env={**self.env, "EMAIL_URL": "consolemail://"},
+                              capture_output=True, text=True, timeout=120, check=True)
+        return next(line for line in sent.stdout.splitlines() if line.startswith("Requests: "))
+
+
+def _superuser(primary: OwnPostgres) -> None:
+    from django.contrib.auth.hashers import make_password
+
+    primary.query("INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff, "
+                  "is_active, date_joined) VALUES (%s, true, 'boss', '', '', 'boss@example.com', true, true, now()) "
+                  "RETURNING id", make_password(PASSWORD))
+
+
+@pytest.fixture(scope="module")
+def site(django_db_setup, mock_upstream, tmp_path_factory):
+    """The schema, a superuser, then (through the management API) a tenant, a provider on the mock
+    and a key; the gateway reads its reports from the replica."""
+    from django.conf import settings
+
+    primary = OwnPostgres()
+    replica = OwnPostgres(primary=primary)
+    redis_server = OwnRedis(tmp_path_factory.mktemp("replica-redis"))
+    gateway = None
+    try:
+        primary.load(database_url(settings.DATABASES["default"]))
+        _superuser(primary)
+        env = {"DATABASE_URL": primary.url, "DATABASE_REPLICA_URL": replica.url, "DATABASE_REPLICA_RETRY_SECONDS": "1",
+               "REDIS_URL": redis_server.url, "TRUSTED_PROXIES": ""}
+        gateway = start_gateway(env)
+        site = Site(primary, replica, {**os.environ, **env}, gateway)
+        site.tenant = site.made("tenants", {"name": "Acme", "slug": "acme"})["id"]
+        provider = site.made("providers", {"name": "mock", "kind": "openai_compatible", "api_key": "sk-mock-1234",
+                                           "base_url": mock_upstream.url + "/v1", "allow_private_network": True})
+        site.made("deployments", {"provider": provider["id"], "public_model": "gpt-test", "upstream_model": "mock-gpt",
+                                  "input_price_per_mtok": "0.15", "output_price_per_mtok": "0.60"})
+        site.key = site.made("keys", {"name": "first", "tenant": site.tenant})["secret"]
+        models = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {site.key}"}, timeout=10)
+        assert wait_until(lambda: "gpt-test" in str(models.get("/v1/models").json()))
+        yield site
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        redis_server.stop()
+        replica.remove()
+        primary.remove()
+
+
+def test_reports_read_the_replica_while_writes_and_keys_use_the_primary(site):
+    assert site.call(site.key) == 200
+    assert wait_until(lambda: site.primary.query(RECORDS)[0] == 1, timeout=10)
+    site.replica.wait_replayed(site.primary)
+    assert site.summary() == site.dashboard() == 1
+
+    site.replica.pause_replay()
+    try:
+        # A key issued now is on the primary alone, and works at once: key lookups read the primary.
+        issued = site.made("keys", {"name": "second", "tenant": site.tenant})
+        assert site.api.get(f"/api/manage/keys/{issued['id']}/").status_code == 200
+        assert site.replica.query("SELECT count(*) FROM keys_apikey")[0] == 1
+        assert site.call(issued["secret"]) == 200
+        assert wait_until(lambda: site.primary.query(RECORDS)[0] == 2, timeout=10)
+        assert site.replica.query(RECORDS)[0] == 1
+        # The reports are the replica's: a moment behind.
+        assert site.summary() == 1
+        assert site.dashboard() == 1
+        assert len(site.api.get("/api/usage/records").json()["results"]) == 1
+        assert site.reported().startswith("Requests: 1 ")
+    finally:
+        site.replica.resume_replay()
+    site.replica.wait_replayed(site.primary)
+    assert site.summary() == site.dashboard() == 2
+
+
+def test_a_stopped_replica_leaves_the_reports_to_the_primary(site):
+    (recorded,) = site.primary.query(RECORDS)
+    site.replica.stop()
+    try:
+        assert site.dashboard() == recorded
+        assert site.summary() == recorded
+        assert site.dashboard() == recorded
+        assert site.reported().startswith(f"Requests: {recorded} ")
+        metrics = httpx.get(site.gateway.url + "/metrics", timeout=10).text
+        fallbacks = [line for line in metrics.splitlines()
+                     if line.startswith('gateway_db_replica_fallbacks_total{reason="unreachable"}')]
+        assert fallbacks and float(fallbacks[0].split()[-1]) >= 3
+        assert site.gateway.output().count("database replica unreachable") == 1
+    finally:
+        site.replica.start()
+    # Back, it serves the reports again once the retry delay has passed.
+    site.replica.pause_replay()
+    try:
+        assert site.call(site.key) == 200
+        assert wait_until(lambda: site.primary.query(RECORDS)[0] == recorded + 1, timeout=10)
+        assert wait_until(lambda: site.summary() == recorded, timeout=5)
+        assert "database replica reachable again" in site.gateway.output()
+    finally:
+        site.replica.resume_replay()

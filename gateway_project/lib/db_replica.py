@@ -63,7 +63,7 @@ def read(fn: Callable[..., T], *args, **kwargs) -> T:
     try:
         result = fn(*args, **kwargs)
     except (OperationalError, InterfaceError) as exc:
-        reason = "failed" if _answers() else "unreachable"
+        reason = _why_failed()
         if reason == "unreachable":
             _went_down(exc)
         metrics.shared_inc("gateway_db_replica_fallbacks_total", reason)
@@ -76,9 +76,16 @@ def read(fn: Callable[..., T], *args, **kwargs) -> T:
     return fn(*args, **kwargs)
 
 
-def _answers() -> bool:
-    """Whether the replica answers a new connection now (the old one may be what broke)."""
+def _why_failed() -> str:
+    """Why the replica failed a read: "unreachable" if it does not answer a connection now, else "failed"."""
     connection = connections[REPLICA]
+    if connection.connection is None:
+        return "unreachable"  # it could not connect at all: no second wait of the connect timeout
+    return "failed" if _answers(connection) else "unreachable"
+
+
+def _answers(connection) -> bool:
+    """Whether the replica answers a new connection (the old one may be what broke)."""
     try:
         connection.close()
     except DatabaseError:

@@ -2,6 +2,7 @@ from decimal import Decimal
 
 from django.contrib import admin
 
+from gateway_project.lib import db_replica
 from gateway_project.lib.readonly_admin import ReadOnlyAdmin
 from keys.admin import ApiKeyAdmin
 from tenants.admin import TenantAdmin
@@ -34,6 +35,21 @@ class UsageRecordAdmin(ScopedAdminMixin, ReadOnlyAdmin):
     search_fields = ["request_id", "public_model", "upstream_model", "key_prefix", "prompt_template", "variant"]
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
+
+    def changelist_view(self, request, extra_context=None):
+        """The ledger's list, its counts and its date drill-down, read from the database replica if there
+        is one (gateway_project.lib.db_replica). The user's scope and permissions come from the primary,
+        worked out first; the page is rendered inside, where its rows are read."""
+        if request.method != "GET":
+            return super().changelist_view(request, extra_context)
+        scope_of(request)
+        request.user.get_all_permissions()  # cached on the user for the checks inside
+        return db_replica.read(_rendered, super().changelist_view, request, extra_context)
+
+
+def _rendered(view, *args):
+    response = view(*args)
+    return response.render() if hasattr(response, "render") else response
 
 
 @admin.register(Feedback)

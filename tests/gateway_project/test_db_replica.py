@@ -8,6 +8,7 @@ read-after-write stay on the primary. A stopped replica leaves those reads to th
 """
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,8 @@ def test_reports_read_the_replica_while_writes_and_keys_use_the_primary(site):
         assert site.summary() == 1
         assert site.dashboard() == 1
         assert len(site.api.get("/api/usage/records").json()["results"]) == 1
+        ledger = site.admin.get("/admin/usage/usagerecord/")
+        assert ledger.status_code == 200 and re.search(r"\b1 usage record\b", ledger.text), ledger.text[-3000:]
         assert site.reported().startswith("Requests: 1 ")
     finally:
         site.replica.resume_replay()
@@ -144,6 +147,7 @@ def test_a_stopped_replica_leaves_the_reports_to_the_primary(site):
         assert site.dashboard() == recorded
         assert site.summary() == recorded
         assert site.dashboard() == recorded
+        assert f"{recorded} usage records" in site.admin.get("/admin/usage/usagerecord/").text
         assert site.reported().startswith(f"Requests: {recorded} ")
         metrics = httpx.get(site.gateway.url + "/metrics", timeout=10).text
         fallbacks = [line for line in metrics.splitlines()

@@ -153,7 +153,7 @@ local function recount(w, c)
   for _, lo in ipairs({'rlo', 'rlom', 'tlo'}) do
     if c[lo] then table.insert(set, lo); table.insert(set, c[lo]) else table.insert(gone, lo) end
   end
-  redis.call('HDEL', w, unpack(gone))
+  if #gone > 0 then redis.call('HDEL', w, unpack(gone)) end
   redis.call('HSET', w, unpack(set))
 end
 

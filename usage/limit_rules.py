@@ -88,6 +88,8 @@ class Admission:
     # The share of each rate limit (requests and tokens per minute, concurrency) the call may fill:
     # under 1 for batch lines (BATCH_LIMIT_SHARE), so the rest stays for live calls.
     share: float = 1.0
+    # The reservation as the Redis admission script holds it (usage/limit_scripts.py): given back to settle.
+    held: bytes = b""
 
     @property
     def tenant_id(self) -> int:

@@ -10,13 +10,20 @@ died are settled at what they reserved by the next ADMIT after they expire.
 Keys, per limit id L, all under the tenant's hash tag T (gateway_project/lib/redis_keys.py),
 so that a script touches one hash slot; KEYS[1] is gw:T:resv:exp, and the script builds the
 others from its prefix gw:T:
-  gw:T:lim:L:req      sorted set, one member (the reservation id) per admitted request (sliding minute)
-  gw:T:lim:L:tpm      hash second -> tokens (sliding minute, one-second buckets)
+  gw:T:lim:L:win      hash, the minute windows in one-second buckets: per second S, 'rS' requests
+                      admitted in it and 'mS' the last one's time, 'tS' tokens held in it; running
+                      totals and the oldest second counted (see ADMIT). A second's requests count
+                      until its last one is 60 s old, so every 60-second window holds at most the
+                      limit (docs/limits.md); a second's tokens count for 60 seconds.
   gw:T:lim:L:conc     requests in flight
   gw:T:lim:L:p:START  hash tok, tokres, cost, costres for the period starting at START
-  gw:T:lim:L:over     set (for LIMITS_OVERRUN_MEMORY) once a call used well over the estimate the
-                      limit trusted: its calls then reserve their largest answer
-  gw:T:resv:ID        a reservation (JSON); gw:T:resv:exp orders the shard's by expiry
+  gw:T:lim:over       hash, limit id -> until when (ms) it reserves the largest answer: set for
+                      LIMITS_OVERRUN_MEMORY once a call used well over the estimate it trusted
+  gw:T:resv:exp       sorted set of the shard's reservations by expiry, each member the reservation
+                      (its id, then its entries as JSON): ADMIT returns it, SETTLE is given it back
+The scripts read each key once and write it once (HMGET, then one HSET of every changed field):
+a call's Redis work is the number of commands more than what each does, so a window is a hash
+with running totals rather than a sorted set of every request of the minute.
 The in-flight hash, the cache key and the usage stream (SETTLE's KEYS[2]) carry the same tag.
 Money is in integer micro-dollars.
 """
@@ -24,11 +31,15 @@ Money is in integer micro-dollars.
 _COMMON = r"""
 local P = string.sub(KEYS[1], 1, -9)  -- 'gw:T:' of 'gw:T:resv:exp'
 -- Settle a reservation at the real usage; with actual_tok nil (its process died), at what it reserved.
+-- A reservation is the member of gw:T:resv:exp that holds it (its id, then its entries as JSON),
+-- scored by when it expires: removing it is what settles it once.
 local function settle(resv, actual_tok, actual_cost)
-  local data = redis.call('GET', P .. 'resv:' .. resv)
-  redis.call('ZREM', KEYS[1], resv)
+  if redis.call('ZREM', KEYS[1], resv) == 0 then return {} end
+  local at = string.find(resv, '[', 1, true)
+  local data
+  if at then data = string.sub(resv, at)
+  else data = redis.call('GETDEL', P .. 'resv:' .. resv) end  -- held by the previous release (gw:T:resv:ID)
   if not data then return {} end
-  redis.call('DEL', P .. 'resv:' .. resv)
   local out = {}
   for _, e in ipairs(cjson.decode(data)) do
     if e.conc then
@@ -38,28 +49,35 @@ local function settle(resv, actual_tok, actual_cost)
     if e.tpm then
       local held = e.ttok or e.tok
       local used = actual_tok or held
-      local tk = P .. 'lim:' .. e.id .. ':tpm'
-      if used ~= held and redis.call('HEXISTS', tk, e.sec) == 1 then redis.call('HINCRBY', tk, e.sec, used - held) end
+      if used ~= held then
+        -- The second's bucket and the window's total, if that second is still in the window.
+        local w = P .. 'lim:' .. e.id .. ':win'
+        local v = redis.call('HMGET', w, 't' .. e.sec, 't')
+        if v[1] then redis.call('HSET', w, 't' .. e.sec, v[1] + used - held, 't', (tonumber(v[2]) or 0) + used - held) end
+      end
     end
     -- Well over the estimate it trusted: the upstream ignores max_tokens; reserve the largest answer from now on.
     if e.mem and actual_tok and actual_tok > e.est + math.max(64, math.floor(e.est / 4)) then
-      redis.call('SET', P .. 'lim:' .. e.id .. ':over', 1, 'PX', e.mem)
+      local t = redis.call('TIME')
+      redis.call('HSET', P .. 'lim:over', e.id, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + e.mem)
     end
     if e.ph then
-      local before = redis.call('HMGET', e.ph, 'tok', 'cost')
-      -- 0 - x, not -x: Lua renders -0 as "-0", which Redis refuses as an integer.
-      redis.call('HINCRBY', e.ph, 'tokres', 0 - e.tok)
-      redis.call('HINCRBY', e.ph, 'costres', 0 - e.cost)
-      local tok = redis.call('HINCRBY', e.ph, 'tok', actual_tok or e.tok)
-      local cost = redis.call('HINCRBY', e.ph, 'cost', actual_cost or e.cost)
-      table.insert(out, {e.id, tonumber(before[1]) or 0, tok, tonumber(before[2]) or 0, cost})
+      local v = redis.call('HMGET', e.ph, 'tok', 'tokres', 'cost', 'costres')
+      -- A period hash gone (expired, or Redis lost it) is rebuilt from the database by the next admission.
+      if v[1] then
+        local tok = tonumber(v[1]) + (actual_tok or e.tok)
+        local cost = tonumber(v[3]) + (actual_cost or e.cost)
+        redis.call('HSET', e.ph, 'tok', tok, 'tokres', tonumber(v[2]) - e.tok, 'cost', cost,
+                   'costres', tonumber(v[4]) - e.cost)
+        table.insert(out, {e.id, tonumber(v[1]), tok, tonumber(v[3]), cost})
+      end
     end
   end
   return out
 end
 """
 
-# KEYS: the shard's reservation set and usage stream. ARGV: reservation id, tokens, micro-dollars,
+# KEYS: the shard's reservation set and usage stream. ARGV: the reservation (ADMIT's 12th reply), tokens, micro-dollars,
 # and optionally the usage event, appended to that stream in the same step (one round trip, not two), and
 # the hash and field of the stream's in-flight entry, deleted with it ("" for none);
 # then, optionally, keys to SET in the same step, each with its value, a TTL in seconds and a sorted
@@ -87,9 +105,10 @@ return out
 # (hash, request id, event; usage/inflight.py; "" for none), written only if the call is admitted,
 # and a key to read for the caller once admitted, with the TTL to renew it at (0: a plain GET) and a
 # sorted set to record its renewed expiry in ("" for none): the response cache's lookup, in this
-# round trip rather than one of its own. Its value (or nil) is the reply's 11th item.
+# round trip rather than one of its own. Its value (or nil) is the reply's 11th item; the 12th is the
+# reservation ("" for none), the member of gw:T:resv:exp that SETTLE is given.
 # The estimate must fit, and is what a limit reserves while it trusts max_tokens. One that does
-# not (it settled a call well over its estimate: gw:T:lim:L:over, or max_tokens is never trusted)
+# not (it settled a call well over its estimate: gw:T:lim:over, or max_tokens is never trusted)
 # reserves the largest answer, or what is left of it, which leaves no room for the next call.
 ADMIT = _COMMON + r"""
 local now = tonumber(ARGV[1])
@@ -100,11 +119,49 @@ local memory = tonumber(ARGV[5])
 local trust_all = ARGV[6] == '1'
 local sec = math.floor(now / 1000)
 
+-- A limit's minute windows, one hash (gw:T:lim:L:win). Per second S: 'rS' requests admitted in it and
+-- 'mS' the last one's time (ms), 'tS' tokens held in it; 'r' and 't' the totals counted, 'rlo' the
+-- oldest second counted for requests and 'rlom' its last request's time, 'tlo' the same for tokens.
+-- At time now (in second sec) the requests of seconds sec - 59 .. sec count, and those of second
+-- sec - 60 while its last one is under 60 s old: so every 60-second window holds at most the limit.
+-- Tokens of seconds sec - 59 .. sec count. When the oldest second leaves (about once a second),
+-- the totals are counted afresh and the seconds gone deleted.
+local function recount(w, c)
+  local all, f = redis.call('HGETALL', w), {}
+  for j = 1, #all, 2 do f[all[j]] = all[j + 1] end
+  c.r, c.t, c.rlo, c.rlom, c.tlo = 0, 0, nil, nil, nil
+  local gone = {}
+  for name, value in pairs(f) do
+    local k, s = string.sub(name, 1, 1), tonumber(string.sub(name, 2))
+    if s and k == 'r' then
+      local last = tonumber(f['m' .. s]) or s * 1000 + 999
+      if s <= sec - 61 or (s == sec - 60 and last <= now - 60000) then
+        table.insert(gone, name); table.insert(gone, 'm' .. s)
+      else
+        c.r = c.r + tonumber(value)
+        if not c.rlo or s < c.rlo then c.rlo, c.rlom = s, last end
+      end
+    elseif s and k == 't' then
+      if s <= sec - 60 then table.insert(gone, name)
+      else
+        c.t = c.t + tonumber(value)
+        if not c.tlo or s < c.tlo then c.tlo = s end
+      end
+    end
+  end
+  local set = {'r', c.r, 't', c.t}
+  for _, lo in ipairs({'rlo', 'rlom', 'tlo'}) do
+    if c[lo] then table.insert(set, lo); table.insert(set, c[lo]) else table.insert(gone, lo) end
+  end
+  if #gone > 0 then redis.call('HDEL', w, unpack(gone)) end
+  redis.call('HSET', w, unpack(set))
+end
+
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 50)) do
   settle(old, nil, nil)
 end
 
-local rules = {}
+local rules, wary = {}, {}
 local best_req, best_tok = nil, nil
 for r = 0, n - 1 do
   local b = 7 + r * 12
@@ -114,97 +171,122 @@ for r = 0, n - 1 do
                 cost = tonumber(ARGV[b + 9]), big_tok = tonumber(ARGV[b + 10]),
                 big_cost = tonumber(ARGV[b + 11])}
   rule.ttok, rule.ptok, rule.pcost = rule.tok, rule.tok, rule.cost
+  rule.trust = trust_all
+  if trust_all and (rule.tpm > 0 or rule.quota > 0 or rule.budget > 0) then table.insert(wary, rule.id) end
+  table.insert(rules, rule)
+end
+-- The limits that settled an overrun in the last LIMITS_OVERRUN_MEMORY (gw:T:lim:over, limit id ->
+-- until when, ms) no longer trust max_tokens: one read for all of the call's limits.
+if #wary > 0 then
+  local untrusted, gone = {}, {}
+  for i, until_ms in ipairs(redis.call('HMGET', P .. 'lim:over', unpack(wary))) do
+    if until_ms then
+      if tonumber(until_ms) > now then untrusted[wary[i]] = true else table.insert(gone, wary[i]) end
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', P .. 'lim:over', unpack(gone)) end
+  for _, rule in ipairs(rules) do
+    if untrusted[rule.id] then rule.trust = false end
+  end
+end
+
+for _, rule in ipairs(rules) do
   local base = P .. 'lim:' .. rule.id
-  rule.trust = trust_all and redis.call('EXISTS', base .. ':over') == 0
   if rule.conc > 0 then
     local inflight = tonumber(redis.call('GET', base .. ':conc') or '0')
     if inflight + 1 > rule.conc then return {0, 'concurrency_limit_exceeded', 1000, rule.id} end
   end
-  if rule.rpm > 0 then
-    local rk = base .. ':req'
-    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - 60000)
-    local used = redis.call('ZCARD', rk)
-    if used + 1 > rule.rpm then
-      local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
-      return {0, 'rate_limit_exceeded', tonumber(oldest[2]) + 60000 - now, rule.id}
+  if rule.rpm > 0 or rule.tpm > 0 then
+    rule.w = base .. ':win'
+    local v = redis.call('HMGET', rule.w, 'r', 'rlo', 'rlom', 't', 'tlo', 'r' .. sec, 'm' .. sec, 't' .. sec)
+    local c = {r = tonumber(v[1]) or 0, rlo = tonumber(v[2]), rlom = tonumber(v[3]), t = tonumber(v[4]) or 0,
+               tlo = tonumber(v[5]), rs = tonumber(v[6]) or 0, ms = tonumber(v[7]) or 0, ts = tonumber(v[8]) or 0}
+    c.new = (rule.rpm > 0 and not v[6]) or (rule.tpm > 0 and not v[8])
+    if (c.rlo and (c.rlo <= sec - 61 or (c.rlo == sec - 60 and (c.rlom or 0) <= now - 60000)))
+        or (c.tlo and c.tlo <= sec - 60) then
+      recount(rule.w, c)
     end
-    local reset = 0
-    if used > 0 then reset = tonumber(redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]) + 60000 - now end
-    if not best_req or rule.rpm - used - 1 < best_req[2] then best_req = {rule.rpm, rule.rpm - used - 1, reset} end
-  end
-  if rule.tpm > 0 then
-    local tk = base .. ':tpm'
-    local used, oldest = 0, nil
-    local buckets = redis.call('HGETALL', tk)
-    for j = 1, #buckets, 2 do
-      local s = tonumber(buckets[j])
-      if s <= sec - 60 then
-        redis.call('HDEL', tk, buckets[j])
-      else
-        used = used + tonumber(buckets[j + 1])
-        if not oldest or s < oldest then oldest = s end
+    rule.c = c
+    if rule.rpm > 0 then
+      -- Room comes back when the oldest second's last request is 60 s old.
+      local reset = 0
+      if c.r > 0 then reset = (c.rlom or now) + 60000 - now end
+      if c.r + 1 > rule.rpm then return {0, 'rate_limit_exceeded', reset, rule.id} end
+      if not best_req or rule.rpm - c.r - 1 < best_req[2] then best_req = {rule.rpm, rule.rpm - c.r - 1, reset} end
+    end
+    if rule.tpm > 0 then
+      local reset = 0
+      if c.tlo then reset = (c.tlo + 60) * 1000 - now end
+      if c.t + rule.tok > rule.tpm then return {0, 'tokens_per_minute_exceeded', math.max(reset, 1000), rule.id} end
+      if not rule.trust then rule.ttok = math.max(rule.tok, math.min(rule.big_tok, rule.tpm - c.t)) end
+      if not best_tok or rule.tpm - c.t - rule.ttok < best_tok[2] then
+        best_tok = {rule.tpm, rule.tpm - c.t - rule.ttok, reset}
       end
-    end
-    local reset = 0
-    if oldest then reset = (oldest + 60) * 1000 - now end
-    if used + rule.tok > rule.tpm then return {0, 'tokens_per_minute_exceeded', math.max(reset, 1000), rule.id} end
-    if not rule.trust then rule.ttok = math.max(rule.tok, math.min(rule.big_tok, rule.tpm - used)) end
-    if not best_tok or rule.tpm - used - rule.ttok < best_tok[2] then
-      best_tok = {rule.tpm, rule.tpm - used - rule.ttok, reset}
     end
   end
   if rule.quota > 0 or rule.budget > 0 then
     rule.ph = base .. ':p:' .. rule.pstart
     local v = redis.call('HMGET', rule.ph, 'tok', 'tokres', 'cost', 'costres')
     if not v[1] then return {2, 'rebuild', 0, rule.id} end
+    rule.pv = {tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])}
     local retry = 0
     if rule.pexp > 0 then retry = rule.pexp - now end
-    if rule.quota > 0 and tonumber(v[1]) + tonumber(v[2]) + rule.tok > rule.quota then
+    if rule.quota > 0 and rule.pv[1] + rule.pv[2] + rule.tok > rule.quota then
       return {0, 'quota_exceeded', retry, rule.id}
     end
-    if rule.budget > 0 and tonumber(v[3]) + tonumber(v[4]) + rule.cost > rule.budget then
+    if rule.budget > 0 and rule.pv[3] + rule.pv[4] + rule.cost > rule.budget then
       return {0, 'budget_exceeded', retry, rule.id}
     end
     if rule.quota > 0 and not rule.trust then
-      rule.ptok = math.max(rule.tok, math.min(rule.big_tok, rule.quota - tonumber(v[1]) - tonumber(v[2])))
+      rule.ptok = math.max(rule.tok, math.min(rule.big_tok, rule.quota - rule.pv[1] - rule.pv[2]))
     end
     if rule.budget > 0 and not rule.trust then
-      rule.pcost = math.max(rule.cost, math.min(rule.big_cost, rule.budget - tonumber(v[3]) - tonumber(v[4])))
+      rule.pcost = math.max(rule.cost, math.min(rule.big_cost, rule.budget - rule.pv[3] - rule.pv[4]))
     end
   end
-  table.insert(rules, rule)
 end
 
 local entries = {}
 for _, rule in ipairs(rules) do
   local base = P .. 'lim:' .. rule.id
   local e = {id = rule.id, tok = rule.ptok, cost = rule.pcost}
-  if rule.rpm > 0 then
-    redis.call('ZADD', base .. ':req', now, resv)
-    redis.call('PEXPIRE', base .. ':req', 61000)
-  end
-  if rule.tpm > 0 then
-    redis.call('HINCRBY', base .. ':tpm', sec, rule.ttok)
-    redis.call('PEXPIRE', base .. ':tpm', 61000)
-    e.tpm, e.sec, e.ttok = true, tostring(sec), rule.ttok
+  if rule.w then
+    local c, f = rule.c, {}
+    if rule.rpm > 0 then
+      local last = math.max(c.ms, now)
+      f = {'r', c.r + 1, 'r' .. sec, c.rs + 1, 'm' .. sec, last}
+      if not c.rlo or sec <= c.rlo then
+        table.insert(f, 'rlo'); table.insert(f, sec); table.insert(f, 'rlom'); table.insert(f, last)
+      end
+    end
+    if rule.tpm > 0 then
+      table.insert(f, 't'); table.insert(f, c.t + rule.ttok)
+      table.insert(f, 't' .. sec); table.insert(f, c.ts + rule.ttok)
+      if not c.tlo or sec < c.tlo then table.insert(f, 'tlo'); table.insert(f, sec) end
+      e.tpm, e.sec, e.ttok = true, tostring(sec), rule.ttok
+    end
+    redis.call('HSET', rule.w, unpack(f))
+    -- Set once per second: the key outlives its newest second by the 61 the window holds it.
+    if c.new then redis.call('PEXPIRE', rule.w, 62000) end
   end
   if rule.conc > 0 then
     redis.call('INCR', base .. ':conc')
     redis.call('PEXPIRE', base .. ':conc', ttl * 2)
     e.conc = true
   end
-  if rule.trust and memory > 0 then e.mem, e.est = memory, rule.tok end
+  -- Only a limit on tokens or money minds an overrun (it then reserves the largest answer).
+  if rule.trust and memory > 0 and (rule.tpm > 0 or rule.ph) then e.mem, e.est = memory, rule.tok end
   if rule.ph then
-    redis.call('HINCRBY', rule.ph, 'tokres', rule.ptok)
-    redis.call('HINCRBY', rule.ph, 'costres', rule.pcost)
-    if rule.pexp > 0 then redis.call('PEXPIREAT', rule.ph, rule.pexp + 86400000) end
+    -- Its expiry was set when the period's counters were seeded (REBUILD).
+    redis.call('HSET', rule.ph, 'tokres', rule.pv[2] + rule.ptok, 'costres', rule.pv[4] + rule.pcost)
     e.ph = rule.ph
   end
   table.insert(entries, e)
 end
+local held = ''
 if #entries > 0 then
-  redis.call('SET', P .. 'resv:' .. resv, cjson.encode(entries), 'PX', ttl * 2)
-  redis.call('ZADD', KEYS[1], now + ttl, resv)
+  held = resv .. cjson.encode(entries)
+  redis.call('ZADD', KEYS[1], now + ttl, held)
 end
 local e = 7 + n * 12
 if ARGV[e] and ARGV[e] ~= '' then redis.call('HSET', ARGV[e], ARGV[e + 1], ARGV[e + 2]) end
@@ -219,7 +301,7 @@ if ARGV[e + 3] then
 end
 best_req = best_req or {0, 0, 0}
 best_tok = best_tok or {0, 0, 0}
-return {1, 'ok', 0, '', best_req[1], best_req[2], best_req[3], best_tok[1], best_tok[2], best_tok[3], read}
+return {1, 'ok', 0, '', best_req[1], best_req[2], best_req[3], best_tok[1], best_tok[2], best_tok[3], read, held}
 """
 
 # Seed a period's counters from the database (only if still missing).

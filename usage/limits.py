@@ -140,7 +140,8 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
             admission.headers = ratelimit_headers(tuple(int(x) for x in result[4:7]),
                                                    tuple(int(x) for x in result[7:10]))
             if read is not None:
-                admission.read_key, admission.read_value = read[0], result[10] if len(result) > 10 else None
+                admission.read_key, admission.read_value = read[0], result[10]
+            admission.held = result[11]
             return admission
         if status == 0:
             raise refusal(code, retry, {})
@@ -176,7 +177,7 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
         if redis_health.down_for(where):
             return False  # the reservation expires and is settled at what it reserved
         try:
-            args = [admission.reservation, tokens, micros]
+            args = [admission.held, tokens, micros]
             if event is not None or writes:
                 args += [event or "", *(inflight or ("", ""))]
             for write in writes:
@@ -295,11 +296,14 @@ def _current_use_redis(rule: LimitRule, now: float, start: int) -> dict[str, int
     def key(suffix: str) -> str:
         return redis_keys.limit_key(rule.tenant_id, rule.id, suffix)
 
-    buckets = client.hgetall(key("tpm"))
+    window = {k.decode(): int(v) for k, v in client.hgetall(key("win")).items()}
     period = {k.decode(): int(v) for k, v in client.hgetall(key(f"p:{start}")).items()}
+    seconds = {kind: {int(k[1:]): v for k, v in window.items() if k[0] == kind and k[1:].isdigit()} for kind in "rmt"}
     return {
-        "requests_last_minute": client.zcount(key("req"), now * 1000 - 60_000, "+inf"),
-        "tokens_last_minute": sum(int(v) for k, v in buckets.items() if int(k) > int(now) - 60),
+        # As the admission script counts them (usage/limit_scripts.py): a second's requests until its
+        # last one is 60 s old, a second's tokens for 60 seconds.
+        "requests_last_minute": sum(n for s, n in seconds["r"].items() if seconds["m"].get(s, 0) > now * 1000 - 60_000),
+        "tokens_last_minute": sum(n for s, n in seconds["t"].items() if s > int(now) - 60),
         "in_flight": int(client.get(key("conc")) or 0),
         "period_tokens": period.get("tok", 0) + period.get("tokres", 0),
         "period_micros": period.get("cost", 0) + period.get("costres", 0),

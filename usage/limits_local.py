@@ -7,7 +7,6 @@ atomic just as the script is in Redis.
 
 import math
 import time
-from collections import deque
 
 from django.conf import settings
 
@@ -27,7 +26,9 @@ def _fail_closed() -> errors.GatewayError:
 
 class LocalLimiter:
     def __init__(self) -> None:
-        self.requests: dict[int, deque[float]] = {}
+        # rule id -> second -> [requests admitted in it, the last one's time in ms] (as the Lua script)
+        self.requests: dict[int, dict[int, list]] = {}
+        # rule id -> second -> tokens held in it
         self.tokens: dict[int, dict[int, int]] = {}
         self.inflight: dict[int, int] = {}
         # (rule id, period start) -> [tokens, reserved tokens, micros, reserved micros]
@@ -69,14 +70,16 @@ class LocalLimiter:
             if conc and self.inflight.get(rule.id, 0) + 1 > conc:
                 raise limit_rules.refusal("concurrency_limit_exceeded", 1000, {})
             if rpm:
-                window = self.requests.setdefault(rule.id, deque())
-                while window and window[0] <= now_ms - 60_000:
-                    window.popleft()
-                reset = window[0] + 60_000 - now_ms if window else 0
-                if len(window) + 1 > rpm:
+                seconds = self.requests.setdefault(rule.id, {})
+                for s in [s for s, (_, last) in seconds.items() if s <= sec - 61 or last <= now_ms - 60_000]:
+                    del seconds[s]
+                used = sum(count for count, _ in seconds.values())
+                # Room comes back when the oldest second's last request is 60 s old.
+                reset = seconds[min(seconds)][1] + 60_000 - now_ms if seconds else 0
+                if used + 1 > rpm:
                     raise limit_rules.refusal("rate_limit_exceeded", reset, {})
-                if best_req is None or rpm - len(window) - 1 < best_req[1]:
-                    best_req = (rpm, rpm - len(window) - 1, reset)
+                if best_req is None or rpm - used - 1 < best_req[1]:
+                    best_req = (rpm, rpm - used - 1, reset)
             if tpm:
                 buckets = self.tokens.setdefault(rule.id, {})
                 for s in [s for s in buckets if s <= sec - 60]:
@@ -124,7 +127,8 @@ class LocalLimiter:
         if trust:
             entry["est"] = admission.tokens  # an overrun of it is remembered
         if rpm:
-            self.requests[rule.id].append(now_ms)
+            second = self.requests[rule.id].setdefault(sec, [0, 0])
+            second[0], second[1] = second[0] + 1, max(second[1], now_ms)
         if minute is not None:
             self.tokens[rule.id][sec] = self.tokens[rule.id].get(sec, 0) + minute
             entry.update(sec=sec, ttok=minute)
@@ -167,7 +171,8 @@ class LocalLimiter:
     def current_use(self, rule: LimitRule, now: float, start: int) -> dict[str, int]:
         tok, tokres, cost, costres = self.periods.get((rule.id, start), [0, 0, 0, 0])
         return {
-            "requests_last_minute": sum(1 for t in self.requests.get(rule.id, ()) if t > now * 1000 - 60_000),
+            "requests_last_minute": sum(n for s, (n, last) in self.requests.get(rule.id, {}).items()
+                                        if s > int(now) - 61 and last > now * 1000 - 60_000),
             "tokens_last_minute": sum(v for s, v in self.tokens.get(rule.id, {}).items() if s > int(now) - 60),
             "in_flight": self.inflight.get(rule.id, 0),
             "period_tokens": tok + tokres,

@@ -1,6 +1,8 @@
 """Admission and settlement, on both engines: the Redis Lua scripts and the in-process one."""
 
 import asyncio
+import random
+import types
 from decimal import Decimal
 
 import pytest
@@ -12,7 +14,7 @@ from gateway_project.lib import redis_keys
 from gateway_project.lib.errors import GatewayError
 from gateway_project.lib.redis_pool import sync_redis
 from tenants.models import AuditLog, Membership
-from usage import limit_rules, limits
+from usage import limit_rules, limits, limits_local
 from usage.limits_local import local
 from usage.models import BudgetAlert, Limit
 
@@ -316,3 +318,62 @@ def test_batch_lines_fill_only_their_share_of_a_keys_tokens_per_minute(engine, t
     assert len(batch) == 2 and batch_refused.code == "tokens_per_minute_exceeded"
     assert len(live) == 3 and live_refused.code == "tokens_per_minute_exceeded"
     assert limit_rules.share_of(1, 0.5) == 1 and limit_rules.share_of(0, 0.5) == 0  # no limit stays none
+
+
+@pytest.fixture()
+def clock(monkeypatch):
+    """The limits' clock (usage.limits and the in-process engine), moved by the test: [now]."""
+    now = [1_800_000_000.0]
+    fake = types.SimpleNamespace(time=lambda: now[0])
+    monkeypatch.setattr(limits, "time", fake)
+    monkeypatch.setattr(limits_local, "time", fake)
+    return now
+
+
+def test_requests_per_minute_hold_across_a_second_boundary(engine, tenant, api_key, clock):
+    # 60 calls late in one second; 60 s later, a bucket of whole seconds alone would admit again while
+    # those calls are 59.5 s old, and the 60 s window around them would hold 120.
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], requests_per_minute=60)
+    start = clock[0]
+
+    async def at(offset):
+        clock[0] = start + offset
+        try:
+            return await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+        except GatewayError as refused:
+            return refused
+
+    async def scenario():
+        first = [await at(0.9) for _ in range(60)]
+        return first, await at(60.4), await at(60.95)
+
+    first, early, later = run(scenario())
+    assert all(a.headers for a in first)
+    assert early.code == "rate_limit_exceeded" and early.headers["retry-after"] == "1"  # room at 60.9
+    assert later.headers["x-ratelimit-remaining-requests"] == "59"
+
+
+def test_requests_per_minute_hold_in_every_window_and_admit_nearly_all_of_it(engine, tenant, api_key, clock):
+    # Callers asking four times a 60-a-minute limit for five minutes (the test's clock); the same
+    # limit counts tokens too (never reached), in the same window hash.
+    Limit.objects.create(tenant=tenant, api_key=api_key[0], requests_per_minute=60, tokens_per_minute=10**6)
+    start, admitted, refusals = clock[0], [], set()
+
+    async def scenario():
+        rng = random.Random(24)
+        while clock[0] < start + 300:
+            try:
+                admission = await limits.admit(tenant.id, api_key[0].id, "m", estimate())
+            except GatewayError as refused:
+                refusals.add((refused.code, 1 <= int(refused.headers["retry-after"]) <= 60))
+            else:
+                admitted.append(clock[0])
+                await limits.settle(admission, 10, 100)
+            clock[0] += rng.expovariate(4.0)
+
+    run(scenario())
+    windows = [sum(1 for t in admitted if s <= t < s + 60) for s in (start + i * 0.1 for i in range(2400))]
+    assert max(windows) == 60  # never more than the limit in any 60-second window
+    minutes = [sum(1 for t in admitted if start + 60 * m <= t < start + 60 * (m + 1)) for m in range(5)]
+    assert min(minutes) >= 57, minutes  # at least 95% of the allowance in every whole minute
+    assert refusals == {("rate_limit_exceeded", True)}

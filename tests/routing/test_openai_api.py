@@ -154,7 +154,7 @@ def test_openai_stream_relayed_verbatim_writes_what_the_event_by_event_relay_wri
 
     async def relayed(verbatim: bool):
         attempt = SimpleNamespace(target=target, first_chunk=reads[0],
-                                  response=SimpleNamespace(content=SimpleNamespace(iter_any=lambda: _aiter(reads[1:]))))
+                                  response=SimpleNamespace(content=_Content(reads[1:])))
         call, translate = Call("chat.completions"), adapter.chat_stream(target, {}, want_usage)
         parts = (relay._verbatim(call, attempt, translate, adapter.verbatim_read) if verbatim
                  else relay._translated(call, attempt, translate, relay.OpenAIStream()))
@@ -179,7 +179,7 @@ def test_openai_stream_relayed_verbatim_never_passes_an_upstream_error_event_thr
     reads = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
              b'data: {"error":{"message":"bad key sk-upstream-secret"}}\n\n']
     attempt = SimpleNamespace(target=target, first_chunk=reads[0],
-                              response=SimpleNamespace(content=SimpleNamespace(iter_any=lambda: _aiter(reads[1:]))))
+                              response=SimpleNamespace(content=_Content(reads[1:])))
     relayed = []
 
     async def read():
@@ -192,9 +192,18 @@ def test_openai_stream_relayed_verbatim_never_passes_an_upstream_error_event_thr
     assert relayed == [reads[0]]
 
 
-async def _aiter(items):
-    for item in items:
-        yield item
+class _Content:
+    """An aiohttp response body that brings `reads` one network read at a time."""
+
+    def __init__(self, reads):
+        self.reads = list(reads)
+
+    async def readany(self):
+        return self.reads.pop(0) if self.reads else b""
+
+    async def iter_any(self):
+        while read := await self.readany():
+            yield read
 
 
 def test_embeddings_float_and_base64(key_client):

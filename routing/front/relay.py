@@ -122,7 +122,8 @@ async def _translated(call: Call, attempt: upstream.Attempt, translate, writer):
 async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_read):
     sse, writer, finished = upstream.SSEBuffer(), OpenAIStream(), False
     # readany() itself, not iter_any() or upstream.reads(): two async iterators fewer per chunk.
-    content, read = attempt.response.content, attempt.first_chunk
+    content = attempt.response.content
+    read = attempt.first_chunk or await content.readany()  # none read yet: a cache hit's replay
     while read:
         if not sse.pending and (count := verbatim_read(read)) is not None:
             if count:

@@ -478,7 +478,7 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
     _, late = await asyncio.wait(streams, timeout=ramp + chunks * delay_ms / 1000 + 300)
     for stream in late:
         stream.cancel()
-    outcomes = await asyncio.gather(*streams)
+    outcomes = [o if isinstance(o, str) else "unfinished" for o in await asyncio.gather(*streams, return_exceptions=True)]
     seconds = time.monotonic() - started
     probed = await prober if prober else None
     done.set()

@@ -411,10 +411,11 @@ async def _one_client(wrk: str, url: str, script: Path, seconds: float) -> dict:
 
 
 async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: int, pid: int,
-                            probe: tuple | None = None) -> dict:
-    """Open n streams at once, each one chunk every delay_ms; report errors and the memory they hold,
-    and, with `probe` (wrk, mock URL, mock script, gateway script), one client's JSON chat latency
-    to the mock and through the gateway while they are all open."""
+                            probe: tuple | None = None, ramp: float = 0.0) -> dict:
+    """Open n streams, each one chunk every delay_ms, the openings spread evenly over `ramp` seconds
+    (0: all in one burst); report errors, how many were open at once at most and the memory they
+    hold, and, with `probe` (wrk, mock URL, mock script, gateway script), one client's JSON chat
+    latency to the mock and through the gateway while they are all open."""
     body = json.dumps({"model": "bench-slow", "stream": True, "stream_options": {"include_usage": True},
                        "messages": [{"role": "user", "content":
                                      f"Hello [[mock chunks={chunks} chunk_delay_ms={delay_ms}]]"}]}).encode()
@@ -425,6 +426,7 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
     idle = rss_bytes(pid)
     cpu_before = cpu_seconds(pid)
     peak, opened, done = idle, 0, asyncio.Event()
+    open_now, open_most = 0, 0
 
     async def sample():
         nonlocal peak
@@ -432,19 +434,29 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
             peak = max(peak, rss_bytes(pid))
             await asyncio.sleep(0.25)
 
-    async def one() -> str:
-        nonlocal opened
+    async def one(i: int) -> str:
+        nonlocal opened, open_now, open_most
+        if ramp:
+            await asyncio.sleep(ramp * i / n)
         outcome = loop.create_future()
         for attempt in range(20):  # a full accept queue refuses a connection now and then: try again
             try:
-                await loop.create_connection(lambda: _SlowStream(request, outcome), host, int(port))
+                transport, _ = await loop.create_connection(lambda: _SlowStream(request, outcome), host, int(port))
                 break
             except OSError as exc:
                 if attempt == 19:
                     return type(exc).__name__
                 await asyncio.sleep(0.05 * (attempt + 1))
         opened += 1
-        return await outcome
+        open_now += 1
+        open_most = max(open_most, open_now)
+        try:
+            return await outcome
+        except asyncio.CancelledError:
+            transport.close()  # still open when the run's time was up
+            return "unfinished"
+        finally:
+            open_now -= 1
 
     async def probe_latency() -> dict:
         # Once every stream is open, a third into their life: the mock alone, then through the gateway.
@@ -460,16 +472,32 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
     started = time.monotonic()
     sampler = asyncio.create_task(sample())
     prober = asyncio.create_task(probe_latency()) if probe else None
-    outcomes = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))),
-                                      timeout=chunks * delay_ms / 1000 + 300)
+    # Streams still open 300 s after the last should have ended count as "unfinished": the machine could
+    # not relay them in time, which the run then reports rather than dying with it.
+    streams = [asyncio.ensure_future(one(i)) for i in range(n)]
+    _, late = await asyncio.wait(streams, timeout=ramp + chunks * delay_ms / 1000 + 300)
+    for stream in late:
+        stream.cancel()
+    outcomes = [o if isinstance(o, str) else "unfinished" for o in await asyncio.gather(*streams, return_exceptions=True)]
     seconds = time.monotonic() - started
     probed = await prober if prober else None
     done.set()
     await sampler
     return {"streams": n, "ok": outcomes.count("ok"), "errors": collections.Counter(o for o in outcomes if o != "ok"),
+            "open_most": open_most, "ramp": ramp,
             "seconds": seconds, "idle_mib": idle / 2**20, "peak_mib": peak / 2**20,
             "kib_per_stream": (peak - idle) / 1024 / n, "cpu_ms_per_stream": (cpu_seconds(pid) - cpu_before) * 1000 / n,
             "probe": probed}
+
+
+def slow_failures(env: dict) -> str:
+    """What the gateway recorded of the slow streams that did not end well (status and error type)."""
+    time.sleep(2)  # the drainer's last batch
+    out = manage(env, "shell", "-c", (
+        "from django.db.models import Count; from usage.models import UsageRecord; "
+        "print(list(UsageRecord.objects.filter(public_model='bench-slow').exclude(status='ok')"
+        ".values_list('status', 'http_status', 'error_type').annotate(n=Count('id')).order_by('-n')))")).strip()
+    return "" if out in ("", "[]") else f" (recorded by the gateway: {out})"
 
 
 def profile(wrk: str, url: str, script: Path, pid: int, duration: float, tmp: Path) -> list[tuple[str, float, float]]:
@@ -583,6 +611,9 @@ def main() -> None:
     parser.add_argument("--slow-streams", type=int, default=10_000,
                         help="streams held open at once in the slow-stream run (0 skips it)")
     parser.add_argument("--slow-seconds", type=float, default=30.0, help="how long each slow stream lasts")
+    parser.add_argument("--slow-ramp", type=float, default=5.0,
+                        help="seconds over which the slow streams are opened (0: in one burst); all must still "
+                             "be open at once, which the run reports")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the one-connection runs, each server in turn (the median is shown)")
@@ -730,10 +761,11 @@ def main() -> None:
                      wrk_script(tmp, "probe-gateway", SCENARIOS["chat"][1], key))
             held = run_async(hold_slow_streams(gateway_url, key, opts.slow_streams,
                                                max(1, round(opts.slow_seconds * 1000 / delay)), delay, gateway_pid,
-                                               probe))
-            print(f"\nSlow streams: {held['streams']} at once, one chunk every {delay} ms for "
+                                               probe, 0.0 if opts.smoke else opts.slow_ramp))
+            print(f"\nSlow streams: {held['streams']} at once (opened over {held['ramp']:g} s, {held['open_most']} "
+                  f"open together at most), one chunk every {delay} ms for "
                   f"{opts.slow_seconds:g} s, on one gateway worker: {held['ok']} completed, errors: "
-                  f"{dict(held['errors']) or 'none'}, {held['seconds']:.1f} s in all; gateway memory "
+                  f"{dict(held['errors']) or 'none'}{slow_failures(env)}, {held['seconds']:.1f} s in all; gateway memory "
                   f"{held['idle_mib']:.0f} MiB idle, {held['peak_mib']:.0f} MiB at peak: "
                   f"{held['kib_per_stream']:.1f} KiB per open stream; {held['cpu_ms_per_stream']:.1f} ms CPU per stream.")
             if probed := held["probe"]:

@@ -339,29 +339,40 @@ async def stream_events(attempt: Attempt, translate: Callable[[bytes], StreamEve
     framing = adapters.for_kind(attempt.target.kind).STREAM_FRAMING
     batches = _ndjson_lines(attempt) if framing == "ndjson" else _sse_data(attempt)
     async for payloads in batches:
-        events, failure = [], None
-        for data in payloads:
-            try:
-                events.append(translate(data))
-            except MALFORMED as exc:
-                failure = UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream "
-                                             "event.", retryable=False, code="upstream_error")
-                failure.__cause__ = exc
-                break
-            except UpstreamError as exc:  # the upstream's own error event
-                failure = exc
-                break
+        events, failure = translated(attempt, translate, payloads)
         if events:
             yield events  # what came before a malformed or error event is relayed first
         if failure is not None:
             raise failure
 
 
-async def _sse_data(attempt: Attempt) -> AsyncIterator[list[bytes]]:
-    """The data of each complete SSE event, a list per network read (empty reads skipped)."""
-    buffer = b""
-    async for chunk in _chunks(attempt):
-        buffer += chunk
+def translated(attempt: Attempt, translate: Callable[[bytes], StreamEvent],
+               payloads: list[bytes]) -> tuple[list[StreamEvent], UpstreamError | None]:
+    """The events of one read's payloads, up to the first malformed or error event (then its error)."""
+    events = []
+    for data in payloads:
+        try:
+            events.append(translate(data))
+        except MALFORMED as exc:
+            failure = UpstreamError(502, f"Provider '{attempt.target.provider_name}' sent a malformed stream "
+                                         "event.", retryable=False, code="upstream_error")
+            failure.__cause__ = exc
+            return events, failure
+        except UpstreamError as exc:  # the upstream's own error event
+            return events, exc
+    return events, None
+
+
+class SSEBuffer:
+    """The data of each complete SSE event, as network reads bring them in."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""  # the start of an event the next read ends
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self.pending + chunk
         if b"\r\n" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         payloads = []
@@ -370,14 +381,22 @@ async def _sse_data(attempt: Attempt) -> AsyncIterator[list[bytes]]:
             data = _data_of(block)
             if data is not None:
                 payloads.append(data)
-        if payloads:
+        self.pending = buffer
+        return payloads
+
+
+async def _sse_data(attempt: Attempt) -> AsyncIterator[list[bytes]]:
+    """The data of each complete SSE event, a list per network read (empty reads skipped)."""
+    sse = SSEBuffer()
+    async for chunk in reads(attempt):
+        if payloads := sse.feed(chunk):
             yield payloads
 
 
 async def _ndjson_lines(attempt: Attempt) -> AsyncIterator[list[bytes]]:
     """Each non-blank line, a list per network read (and the unterminated last line at the end)."""
     buffer = b""
-    async for chunk in _chunks(attempt):
+    async for chunk in reads(attempt):
         buffer += chunk
         lines = []
         while (end := buffer.find(b"\n")) != -1:
@@ -390,7 +409,9 @@ async def _ndjson_lines(attempt: Attempt) -> AsyncIterator[list[bytes]]:
         yield [buffer.strip()]
 
 
-async def _chunks(attempt: Attempt):
+async def reads(attempt: Attempt) -> AsyncIterator[bytes]:
+    """The stream's bytes as each network read brought them, the first read (made before the answer
+    was chosen) first."""
     if attempt.first_chunk:
         yield attempt.first_chunk
     async for chunk in attempt.response.content.iter_any():

@@ -55,6 +55,7 @@ def models_request(target) -> UpstreamRequest:
 chat_response = openai.chat_response
 embeddings_response = openai.embeddings_response
 chat_stream = openai.chat_stream
+verbatim_read = openai.verbatim_read
 parse_usage = openai.parse_usage
 responses_usage = openai.responses_usage
 responses_stream = openai.responses_stream

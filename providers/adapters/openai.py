@@ -132,16 +132,39 @@ def stream_event(data: bytes, want_usage: bool, target) -> StreamEvent:
         # Azure opens with a chunk of prompt filter results and no choices; OpenAI
         # clients expect every chunk but the usage one to carry a choice.
         return StreamEvent(forward=None)
-    # Chat chunks carry "content", legacy completion chunks "text"; reasoning servers send
-    # "reasoning_content" (DeepSeek, vLLM) or "reasoning" before the answer.
-    return StreamEvent(forward=data, has_content=(b'"content":"' in data and b'"content":""' not in data)
-                       or b'"tool_calls":[' in data or (b'"text":"' in data and b'"text":""' not in data)
-                       or (b'"reasoning_content":"' in data and b'"reasoning_content":""' not in data)
-                       or (b'"reasoning":"' in data and b'"reasoning":""' not in data))
+    return StreamEvent(forward=data, has_content=_has_content(data))
 
 
 def chat_stream(target, body: dict, want_usage: bool):
     return functools.partial(stream_event, want_usage=want_usage, target=target)
+
+
+def _has_content(data: bytes) -> bool:
+    # Chat chunks carry "content", legacy completion chunks "text"; reasoning servers send
+    # "reasoning_content" (DeepSeek, vLLM) or "reasoning" before the answer.
+    return ((b'"content":"' in data and b'"content":""' not in data) or b'"tool_calls":[' in data
+            or (b'"text":"' in data and b'"text":""' not in data)
+            or (b'"reasoning_content":"' in data and b'"reasoning_content":""' not in data)
+            or (b'"reasoning":"' in data and b'"reasoning":""' not in data))
+
+
+def verbatim_read(read: bytes) -> int | None:
+    """For one network read of an OpenAI stream, whether it can go to an OpenAI client byte for byte,
+    as `stream_event` would have written it event by event: the number of its events with content,
+    or None when it must go event by event (an event cut across reads, other SSE fields, an error,
+    usage, a chunk with no choice, `[DONE]`). Only a read's bytes are searched, none parsed: JSON
+    holds no raw newline, so its newlines are the events' ends."""
+    if not (read.startswith(b"data: {") and read.endswith(b"\n\n")) or b'"error"' in read \
+            or b'"choices":[]' in read:
+        return None
+    events = read.count(b"\n\n")
+    if read.count(b"\n") != 2 * events or (events > 1 and read.count(b"\n\ndata: {") != events - 1):
+        return None
+    if b'"usage"' in read and read.count(b'"usage"') != read.count(b'"usage":null'):
+        return None
+    if events == 1:
+        return 1 if _has_content(read) else 0
+    return sum(1 for data in read.split(b"\n\n", events - 1) if _has_content(data))
 
 
 def _raise_stream_error(target, data: bytes) -> None:

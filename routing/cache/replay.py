@@ -38,6 +38,11 @@ class _Body:
     async def read(self) -> bytes:
         return self.data
 
+    async def readany(self) -> bytes:
+        """The stream in one read, then its end (b"")."""
+        data, self.data = self.data, b""
+        return data
+
     async def iter_any(self):
         yield self.data
 

@@ -4,7 +4,7 @@ import orjson
 
 from providers.adapters import for_kind
 
-from . import estimates, relay, validation
+from . import estimates, relay, stages, validation
 from .endpoint import front_view
 from .pipeline import Front, json_response, read_chat
 
@@ -16,7 +16,11 @@ def build(adapter, target, body: dict, call):
 async def answer(call, attempt, body: dict):
     if body.get("stream"):
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        translate = for_kind(attempt.target.kind).chat_stream(attempt.target, body, want_usage)
+        adapter = for_kind(attempt.target.kind)
+        translate = adapter.chat_stream(attempt.target, body, want_usage)
+        verbatim_read = getattr(adapter, "verbatim_read", None)
+        if verbatim_read is not None and not stages.has_output(call):
+            return relay.relay_verbatim(call, attempt, translate, verbatim_read)
         return relay.relay_stream(call, attempt, translate, relay.OpenAIStream())
     raw, completion, verbatim = await read_chat(call, attempt, body)
     return json_response(raw if verbatim else orjson.dumps(completion))

@@ -13,7 +13,7 @@ from providers.adapters import for_kind
 from providers.adapters.base import StreamEvent, UpstreamRequest
 from routing import upstream
 
-from . import estimates, relay, validation
+from . import estimates, relay, stages, validation
 from .endpoint import front_view
 from .pipeline import Front, json_response, read_chat
 
@@ -98,6 +98,9 @@ async def answer(call, attempt, body: dict):
     if body.get("stream"):
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translate = adapter.chat_stream(attempt.target, chat_body, want_usage)
+        verbatim_read = getattr(adapter, "verbatim_read", None) if native else None
+        if verbatim_read is not None and not stages.has_output(call):
+            return relay.relay_verbatim(call, attempt, translate, verbatim_read)
         writer = relay.OpenAIStream() if native else Stream()
         return relay.relay_stream(call, attempt, translate, writer)
     raw, completion, verbatim = await read_chat(call, attempt, chat_body)

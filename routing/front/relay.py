@@ -80,33 +80,87 @@ async def write_checkpoint(call: Call, event: bytes) -> None:
 
 def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:
     """Relay the upstream stream event by event through `writer`; record usage when it ends, however it ends."""
+    return _relay(call, attempt, _translated(call, attempt, translate, writer), writer)
+
+
+def relay_verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_read) -> StreamingHttpResponse:
+    """Relay an OpenAI-format stream to an OpenAI-format client that no output stage rewrites: each
+    read that `verbatim_read` (the adapter's) passes goes out as it came, searched only for how many
+    of its events carry content; the others (an event cut across reads, the usage chunk, `[DONE]`,
+    an error) go event by event, as `relay_stream` writes them. The bytes the client gets are the same."""
+    return _relay(call, attempt, _verbatim(call, attempt, translate, verbatim_read), OpenAIStream())
+
+
+def _written(call: Call, events: list[StreamEvent], writer) -> tuple[bytes, bool]:
+    """One read's events as the client's bytes, and whether the stream ended with them."""
+    out, finished = [], False
+    for event in events:
+        if event.usage is not None:
+            call.usage = event.usage
+        if event.has_content:
+            call.first_token()
+            call.delivered_chunks += 1
+        out.append(writer.feed(event))
+        finished = finished or event.done
+    return b"".join(out), finished
+
+
+async def _translated(call: Call, attempt: upstream.Attempt, translate, writer):
+    finished, finishing = False, getattr(writer, "finishing", None)
+    async for events in stages.wrap_stream(call, upstream.stream_events(attempt, translate)):
+        out, done = _written(call, events, writer)
+        finished = finished or done
+        if finished and finishing is not None:
+            await finishing()  # e.g. a stored response, readable before the client sees the end
+            finishing = None
+        if out:
+            yield out  # one write for what arrived in one read
+    if not finished:
+        raise _cut_early(attempt)
+
+
+async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_read):
+    sse, writer, finished = upstream.SSEBuffer(), OpenAIStream(), False
+    # readany() itself, not iter_any() or upstream.reads(): two async iterators fewer per chunk.
+    content = attempt.response.content
+    read = attempt.first_chunk or await content.readany()  # none read yet: a cache hit's replay
+    while read:
+        if not sse.pending and (count := verbatim_read(read)) is not None:
+            if count:
+                call.first_token()
+                call.delivered_chunks += count
+            yield read
+        else:
+            events, failure = upstream.translated(attempt, translate, sse.feed(read))
+            out, done = _written(call, events, writer)
+            finished = finished or done
+            if out:
+                yield out
+            if failure is not None:
+                raise failure
+        read = await content.readany()
+    if not finished:
+        raise _cut_early(attempt)
+
+
+def _cut_early(attempt: upstream.Attempt) -> UpstreamError:
+    return UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
+                         retryable=False, code="upstream_stream_cut")
+
+
+def _relay(call: Call, attempt: upstream.Attempt, parts, writer) -> RelayResponse:
+    """The response relaying `parts` (the client's bytes, one part per upstream read): the in-flight
+    checkpoint as it goes, errors after the headers inside the stream, and usage recorded however it ends."""
     call.streamed = True
     call.recorded_by_stream = True
 
     async def relay():
-        finished, finishing = False, getattr(writer, "finishing", None)
         metrics.gauge_add("gateway_open_streams", 1)
         try:
-            async for events in stages.wrap_stream(call, upstream.stream_events(attempt, translate)):
-                out = []
-                for event in events:
-                    if event.usage is not None:
-                        call.usage = event.usage
-                    if event.has_content:
-                        call.first_token()
-                        call.delivered_chunks += 1
-                    out.append(writer.feed(event))
-                    finished = finished or event.done
-                if finished and finishing is not None:
-                    await finishing()  # e.g. a stored response, readable before the client sees the end
-                    finishing = None
-                if out := b"".join(out):
-                    yield out  # one write for what arrived in one read
+            async for out in parts:
+                yield out
                 if time.monotonic() >= call.checkpoint_due:
                     _checkpoint(call)
-            if not finished:
-                raise UpstreamError(502, f"Provider '{attempt.target.provider_name}' ended the stream early.",
-                                    retryable=False, code="upstream_stream_cut")
         except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             # Headers are gone already: the error travels in the stream.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(

@@ -126,6 +126,86 @@ def test_stream_events_arriving_together_are_relayed_together_and_one_malformed_
     assert raised.value.status == 502 and raised.value.code == "upstream_error"
 
 
+@pytest.mark.parametrize("want_usage", [False, True])
+@pytest.mark.parametrize("usage_choices", [[], [{"index": 0, "delta": {}, "finish_reason": "stop"}]])
+@pytest.mark.parametrize("cut", [None, "events", 1, 7, 40, 123])
+def test_openai_stream_relayed_verbatim_writes_what_the_event_by_event_relay_writes(want_usage, usage_choices, cut):
+    """An OpenAI stream to an OpenAI client goes out read by read as it came, unparsed: the client gets the
+    same bytes, the same usage and the same count of content chunks as event by event, however the reads cut it."""
+    from providers.adapters import openai as adapter
+    from routing.front import relay
+    from routing.front.call import Call
+
+    def event(payload) -> bytes:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def delta(content) -> dict:
+        return {"id": "c1", "object": "chat.completion.chunk", "usage": None,
+                "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+
+    stream = (event(delta("")) + b"".join(event(delta(f"word {i} ")) for i in range(12))
+              + event({"id": "c1", "choices": usage_choices, "usage": {"prompt_tokens": 9, "completion_tokens": 12}})
+              + b"data: [DONE]\n\n")
+    if cut == "events":  # a read per event
+        reads = [event + b"\n\n" for event in stream.split(b"\n\n")[:-1]]
+    else:
+        reads = [stream] if cut is None else [stream[i:i + cut] for i in range(0, len(stream), cut)]
+    target = SimpleNamespace(kind="openai", provider_name="p", api_key="", settings={})
+
+    async def relayed(verbatim: bool):
+        attempt = SimpleNamespace(target=target, first_chunk=reads[0],
+                                  response=SimpleNamespace(content=_Content(reads[1:])))
+        call, translate = Call("chat.completions"), adapter.chat_stream(target, {}, want_usage)
+        parts = (relay._verbatim(call, attempt, translate, adapter.verbatim_read) if verbatim
+                 else relay._translated(call, attempt, translate, relay.OpenAIStream()))
+        out = b"".join([part async for part in parts])
+        return out, call.usage, call.delivered_chunks
+
+    verbatim, by_event = asyncio.run(relayed(True)), asyncio.run(relayed(False))
+    assert verbatim == by_event
+    out, usage, delivered = verbatim
+    assert delivered == 12 + bool(usage_choices) and usage.completion_tokens == 12  # a chunk with a choice counts
+    # Some servers send the usage on the last chunk with a choice: relayed whether asked for or not.
+    assert (b'"usage":{' in out) is (want_usage or bool(usage_choices)) and out.endswith(b"data: [DONE]\n\n")
+
+
+def test_openai_stream_relayed_verbatim_never_passes_an_upstream_error_event_through():
+    from gateway_project.lib.errors import GatewayError
+    from providers.adapters import openai as adapter
+    from routing.front import relay
+    from routing.front.call import Call
+
+    target = SimpleNamespace(kind="openai", provider_name="p", api_key="sk-upstream-secret", settings={})
+    reads = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
+             b'data: {"error":{"message":"bad key sk-upstream-secret"}}\n\n']
+    attempt = SimpleNamespace(target=target, first_chunk=reads[0],
+                              response=SimpleNamespace(content=_Content(reads[1:])))
+    relayed = []
+
+    async def read():
+        call = Call("chat.completions")
+        async for part in relay._verbatim(call, attempt, adapter.chat_stream(target, {}, False), adapter.verbatim_read):
+            relayed.append(part)
+
+    with pytest.raises(GatewayError):
+        asyncio.run(read())
+    assert relayed == [reads[0]]
+
+
+class _Content:
+    """An aiohttp response body that brings `reads` one network read at a time."""
+
+    def __init__(self, reads):
+        self.reads = list(reads)
+
+    async def readany(self):
+        return self.reads.pop(0) if self.reads else b""
+
+    async def iter_any(self):
+        while read := await self.readany():
+            yield read
+
+
 def test_embeddings_float_and_base64(key_client):
     result = key_client.embeddings.create(model="embed-test", input=["first", "second"])  # SDK asks for base64
     assert [d.index for d in result.data] == [0, 1]

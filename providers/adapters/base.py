@@ -59,6 +59,9 @@ from gateway_project.lib.errors import GatewayError
 
 from . import redact
 
+# Above any real call's tokens, below PostgreSQL's bigint and orjson's 64-bit integers.
+MAX_TOKENS_COUNTED = 2**53
+
 
 @dataclass(slots=True)
 class UpstreamRequest:
@@ -78,6 +81,13 @@ class Usage:
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        # A count no provider could mean (1e30 in a JSON answer, made an int by an adapter) is a
+        # malformed answer (ValueError: upstream.decode's 502), not a row the ledger cannot hold.
+        if max(self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
+               self.cache_write_tokens, self.cache_write_1h_tokens) >= MAX_TOKENS_COUNTED:
+            raise ValueError("token count out of range")
 
     @property
     def input_tokens(self) -> int:

@@ -223,3 +223,17 @@ def test_any_messages_api_request_is_translated_or_refused_with_a_400(kind, body
         refused_cleanly(error)
         return
     assert isinstance(built, UpstreamRequest)
+
+
+@pytest.mark.parametrize(("kind", "answer"), [
+    ("ollama", {"message": {"role": "assistant", "content": "hi"}, "done": True, "prompt_eval_count": 1e30,
+                "eval_count": 2}),
+    ("openai", {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2e25}}),
+])
+def test_a_token_count_no_provider_could_mean_is_a_bad_answer_not_a_crash(kind, answer):
+    # Found by the fuzzer above: 1e30 made an int is more than the ledger's bigint or orjson holds.
+    where = target(kind)
+    with pytest.raises(GatewayError) as bad:
+        upstream.decode(where, ADAPTERS[kind].parse_usage, answer)
+    assert bad.value.status == 502 and bad.value.code == "upstream_bad_response"

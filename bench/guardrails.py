@@ -67,6 +67,7 @@ class FakeCall:
     def __init__(self):
         self.guard = Guard(policies.Resolved((), CHECKS[:2], False, 96))
         self.guardrails = None
+        self.form = None  # the chat form (not a native Anthropic or Responses stream)
 
 
 def chunks(n: int = 21):

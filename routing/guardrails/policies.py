@@ -66,6 +66,14 @@ class Resolved:
     output: tuple[Check, ...]
     restore: bool
     hold_back: int
+    # Worked out once here rather than for every stream: the local output checks, and whether a check
+    # on output sees the answer only whole (moderation, webhook).
+    output_local: tuple[Check, ...] = field(init=False)
+    holds_all: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_local", tuple(c for c in self.output if c.local))
+        object.__setattr__(self, "holds_all", len(self.output_local) < len(self.output))
 
 
 class CheckFailed(Exception):
@@ -174,7 +182,7 @@ class Decisions:
     checks: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, check: Check, stage: str, action: str, findings: Counter, started: float,
+    def add(self, check: Check, stage: str, action: str, findings: dict, started: float,
             error: str = "") -> None:
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
@@ -204,12 +212,26 @@ def unavailable(check: Check, why: str) -> errors.GatewayError:
              "cannot check.", code="content_policy_violation", param=check.kind)
 
 
-async def find(check: Check, text: str) -> list[detectors.Finding]:
-    """A local check's findings in `text` (PatternTimeout when a pattern runs past its limit)."""
+def find_now(check: Check, text: str) -> list[detectors.Finding] | None:
+    """A local check's findings in `text`, found without waiting: None for a check with a pattern that
+    runs in Python's engine (in a child process, under its time limit: `find`)."""
     if check.kind == "pii":
         return detectors.pii(text, check.pii_types, check.phone_region)
     if check.kind == "secrets":
         return detectors.secrets(text)
+    kind = "term" if check.kind == "terms" else "pattern"
+    found = []
+    for compiled in check.compiled:
+        if isinstance(compiled, re.Pattern):
+            return None
+        found.extend(detectors.matches_now(compiled, text, kind))
+    return found
+
+
+async def find(check: Check, text: str) -> list[detectors.Finding]:
+    """A local check's findings in `text` (PatternTimeout when a pattern runs past its limit)."""
+    if (found := find_now(check, text)) is not None:
+        return found
     kind = "term" if check.kind == "terms" else "pattern"
     found = []
     for compiled in check.compiled:
@@ -233,20 +255,24 @@ def redacted(text: str, findings: list[detectors.Finding], vault: Vault) -> str:
 async def run_local(check: Check, stage: str, texts: list[str], vault: Vault, decisions: Decisions) -> list[str]:
     """Run a local check on each text: the texts as they go on (redacted or not); raises to block."""
     started = time.perf_counter()
-    counts: Counter = Counter()
+    counts: Counter | None = None  # made on the first finding: most texts have none
     results = []
     try:
         for text in texts:
-            findings = await find(check, text) if text else None
+            if not text:
+                findings = None
+            elif (findings := find_now(check, text)) is None:
+                findings = await find(check, text)
             if not findings:
                 results.append(text)
                 continue
+            counts = counts or Counter()
             counts.update(f.type for f in findings)
             results.append(redacted(text, findings, vault) if check.action == "redact" else text)
     except detectors.PatternTimeout:
         return _failed(check, stage, texts, "time limit", started, decisions)
     if not counts:
-        decisions.add(check, stage, "passed", counts, started)
+        decisions.add(check, stage, "passed", {}, started)
         return texts
     action = {"block": "blocked", "redact": "redacted", "flag": "flagged"}[check.action]
     decisions.add(check, stage, action, counts, started)

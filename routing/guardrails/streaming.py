@@ -11,6 +11,7 @@ A policy with a moderation or webhook check on output holds the whole answer:
 those see it once, whole, at its end.
 """
 
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,6 +27,17 @@ _SPACE = " \n\t"
 RELEASE_AT_LEAST = 24
 
 
+# A pass-through chunk that carries choice 0's text and nothing else, as OpenAI (and most servers
+# that speak its format) write it: "choices":[{"index":0,"delta":{"content":"<text>"},"logprobs":null,
+# "finish_reason":null}], the payload's only "choices". Its text is read, and taken out or put back, in
+# the payload's own bytes: parsing every chunk, and serialising again the ones that change, cost more
+# than the checks. Any other chunk (text with an escape in it included) is parsed. A JSON string holds
+# no unescaped quote, so a match is a whole choices array, not text inside a string.
+_TEXT_ONLY = re.compile(rb'"choices":\[\{"index":0,"delta":\{"content":"([^"\\]*)"\},"logprobs":null,'
+                        rb'"finish_reason":null\}\]')
+_CHOICES = b'"choices"'
+
+
 def _text_slot(choice: dict) -> tuple[dict, str]:
     if "text" in choice:
         return choice, "text"  # a legacy completion relayed as the upstream sent it
@@ -33,6 +45,20 @@ def _text_slot(choice: dict) -> tuple[dict, str]:
     if delta is None:
         delta = choice["delta"] = {}
     return delta, "content"
+
+
+def _text_only(event: StreamEvent) -> tuple[str, int, int] | None:
+    """A pass-through chunk that carries choice 0's text and nothing else (_TEXT_ONLY): its text and
+    where it lies in the payload; None for any other event. A chunk with usage in it is not one: the
+    adapter has read its usage (`event.usage`)."""
+    forward = event.forward
+    if forward is None or event.usage is not None or (match := _TEXT_ONLY.search(forward)) is None \
+            or forward.count(_CHOICES) != 1:
+        return None
+    try:
+        return match.group(1).decode(), *match.span(1)
+    except UnicodeDecodeError:
+        return None
 
 
 def _parsed(event: StreamEvent) -> list[dict] | None:
@@ -48,47 +74,90 @@ def _parsed(event: StreamEvent) -> list[dict] | None:
     return None
 
 
-def _take(events: list[StreamEvent]):
-    """The new text of choice 0, each event's chunks (see `_parsed`), where the text was (each piece's
-    place, then the places to put text back in), whether the answer ended, and a chunk to copy should
-    the text need one of its own. Nothing is changed yet."""
-    text, chunk_lists, filled, slots, final, template = [], [], [], [], False, None
-    for event in events:
-        chunks = _parsed(event)
-        chunk_lists.append(chunks)
-        final = final or event.done
-        for chunk in chunks or ():
-            template = chunk
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0):
-                    continue
-                container, key = _text_slot(choice)
-                piece = container.get(key)
-                if piece and isinstance(piece, str):
-                    text.append(piece)
-                    filled.append((container, key))
-                    slots.append((container, key))
-                if choice.get("finish_reason"):
-                    final = True
-                    slots.append((container, key))
-    return "".join(text), chunk_lists, filled, slots, final, template
+class _Read:
+    """What one read's events hold: the new text of choice 0, where each piece of it was (`filled`), the
+    places to put text back in (`slots`: those and the ends of choices), each event's parsed chunks (None
+    for a payload read as bytes or not a chunk), whether the answer ended, and a chunk to copy should the
+    text need one of its own. A slot is (event index, container, key) in a parsed chunk, or (event
+    index, None, (start, end)) in a payload's bytes. Nothing is changed yet."""
+
+    __slots__ = ("text", "filled", "slots", "chunk_lists", "final", "template")
+
+    def __init__(self, events: list[StreamEvent]) -> None:
+        text, filled, slots, chunk_lists, final, template = [], [], [], [], False, None
+        for i, event in enumerate(events):
+            final = final or event.done
+            if (found := _text_only(event)) is not None:
+                chunk_lists.append(None)
+                if found[0]:
+                    text.append(found[0])
+                    filled.append((i, None, found[1:]))
+                    slots.append(filled[-1])
+                continue
+            chunks = _parsed(event)
+            chunk_lists.append(chunks)
+            for chunk in chunks or ():
+                template = chunk
+                for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0):
+                        continue
+                    container, key = _text_slot(choice)
+                    piece = container.get(key)
+                    if piece and isinstance(piece, str):
+                        text.append(piece)
+                        filled.append((i, container, key))
+                        slots.append(filled[-1])
+                    if choice.get("finish_reason"):
+                        final = True
+                        slots.append((i, container, key))
+        self.text, self.filled, self.slots = "".join(text), filled, slots
+        self.chunk_lists, self.final, self.template = chunk_lists, final, template
+
+    def rewrite(self, events: list[StreamEvent], out: str) -> None:
+        """The text taken out of the events and `out` (the text released now) put where the last of it was."""
+        put_at = self.slots[-1] if self.slots else None
+        changed = set()
+        for slot in self.filled:
+            i, container, key = slot
+            if container is not None:
+                container[key] = ""
+                changed.add(i)
+            elif slot is not put_at or not out:
+                _emptied_event(events[i])
+        if out and put_at is None:
+            if self.template is not None:
+                _rewritable(events, self.chunk_lists, range(len(events)))
+                _put_new(events, self.template, out)
+                changed.update(range(len(events)))
+        elif out:
+            i, container, key = put_at
+            if container is None:
+                start, end = key
+                forward = events[i].forward
+                events[i].forward = forward[:start] + orjson.dumps(out)[1:-1] + forward[end:]
+            else:
+                container[key] = out
+                changed.add(i)
+        _rewritable(events, self.chunk_lists, changed)
+        _prune(events, changed)
 
 
-def _rewritable(events: list[StreamEvent], chunk_lists: list[list[dict] | None]) -> None:
-    """The pass-through events turned into their parsed chunks, in place, so that text can be moved."""
-    for i, (event, chunks) in enumerate(zip(events, chunk_lists, strict=True)):
+def _emptied_event(event: StreamEvent) -> None:
+    """A text-only payload whose text is held back: it writes nothing (the event still counts as content
+    delivered, as the upstream sent it)."""
+    event.forward, event.chunks = None, []
+
+
+def _rewritable(events: list[StreamEvent], chunk_lists: list[list[dict] | None], which) -> None:
+    """The pass-through events at `which` turned into their parsed chunks, in place, so that text can be moved."""
+    for i in which:
+        event, chunks = events[i], chunk_lists[i]
         if event.forward is not None and chunks is not None:
             events[i] = StreamEvent(forward=None, usage=event.usage, has_content=event.has_content,
                                     done=event.done, chunks=chunks)
 
 
-def _put(events: list[StreamEvent], slots, template: dict | None, text: str) -> None:
-    if slots:
-        container, key = slots[-1]
-        container[key] = text
-        return
-    if template is None:
-        return
+def _put_new(events: list[StreamEvent], template: dict, text: str) -> None:
     chunk = {k: v for k, v in template.items() if k not in ("choices", "usage")}
     chunk["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
     for event in events:
@@ -113,8 +182,9 @@ def _emptied(chunk: dict) -> bool:
     return isinstance(delta, dict) and delta.get("content") == "" and len(delta) == 1
 
 
-def _prune(events: list[StreamEvent]) -> None:
-    for event in events:
+def _prune(events: list[StreamEvent], which) -> None:
+    for i in which:
+        event = events[i]
         if event.forward is None and event.chunks:
             event.chunks[:] = [chunk for chunk in event.chunks if not _emptied(chunk)]
 
@@ -134,22 +204,24 @@ class Held:
     def __init__(self, call) -> None:
         self.call = call
         self.guard = call.guard
-        self.checks = self.guard.resolved.output
-        self.window = self.guard.resolved.hold_back
-        self.hold_all = any(not c.local for c in self.checks)
-        self.counts = {c.label: Counter() for c in self.checks}
-        self.spent = {c.label: 0.0 for c in self.checks}
+        resolved = self.guard.resolved
+        self.checks = resolved.output
+        self.local = resolved.output_local
+        self.window = resolved.hold_back
+        self.hold_all = resolved.holds_all
+        self.counts: dict[str, Counter] = {}  # by check: what it settled (no entry: nothing yet)
+        self.spent = dict.fromkeys((c.label for c in self.local), 0.0)
         self.failed: dict[str, str] = {}
+        self.decided = False
         self.pending = ""
-        self.whole: list[str] = []  # every released piece, for checks that see the answer once
 
     async def release(self, final: bool) -> str:
         """The text that may leave now, checked (raises to block)."""
         cut = len(self.pending) if final else (0 if self.hold_all else _cut(self.pending, self.window))
         if not final and cut < RELEASE_AT_LEAST:
             return ""  # nothing (or too little) to release: no need to scan yet
-        for check in self.checks:
-            if check.local and check.label not in self.failed:
+        for check in self.local:
+            if check.label not in self.failed:
                 cut = await self._local(check, cut, final)
         out, self.pending = self.pending[:cut], self.pending[cut:]
         if final and self.hold_all:
@@ -159,7 +231,8 @@ class Held:
     async def _local(self, check, cut: int, final: bool) -> int:
         started = time.perf_counter()
         try:
-            findings = await policies.find(check, self.pending)
+            if (findings := policies.find_now(check, self.pending)) is None:
+                findings = await policies.find(check, self.pending)
         except Exception as exc:  # detectors.PatternTimeout, or a detector's own failure
             self.spent[check.label] += time.perf_counter() - started
             self.failed[check.label] = "time limit" if type(exc).__name__ == "PatternTimeout" else "error"
@@ -167,13 +240,18 @@ class Held:
                 self._decide()
                 raise policies.unavailable(check, self.failed[check.label]) from None
             return cut
+        if not findings:
+            self.spent[check.label] += time.perf_counter() - started
+            return cut
         if not final:
             for finding in findings:
                 if finding.start < cut < finding.end:
                     cut = finding.start  # not released until its check has settled it
         settled = [f for f in findings if f.end <= cut]
         if settled:
-            self.counts[check.label].update(f.type for f in settled)
+            if (counts := self.counts.get(check.label)) is None:
+                counts = self.counts[check.label] = Counter()
+            counts.update(f.type for f in settled)
             if check.action == "block":
                 self.spent[check.label] += time.perf_counter() - started
                 self._decide()
@@ -192,18 +270,19 @@ class Held:
 
     def _decide(self) -> None:
         """Each local check's decision over the whole stream, into the call's record (once)."""
-        for check in self.checks:
-            if not check.local or check.label not in self.counts:
-                continue
-            counts = self.counts.pop(check.label)
-            if check.label in self.failed:
-                action = "refused" if check.closed else "failed_open"
-            elif not counts:
-                action = "passed"
-            else:
-                action = {"block": "blocked", "redact": "redacted", "flag": "flagged"}[check.action]
-            started = time.perf_counter() - self.spent[check.label]
-            self.guard.decisions.add(check, "output", action, counts, started, self.failed.get(check.label, ""))
+        if not self.decided:
+            self.decided = True
+            now = time.perf_counter()
+            for check in self.local:
+                counts = self.counts.get(check.label)
+                if check.label in self.failed:
+                    action = "refused" if check.closed else "failed_open"
+                elif not counts:
+                    action = "passed"
+                else:
+                    action = {"block": "blocked", "redact": "redacted", "flag": "flagged"}[check.action]
+                self.guard.decisions.add(check, "output", action, counts or {}, now - self.spent[check.label],
+                                         self.failed.get(check.label, ""))
         self.call.guardrails = self.guard.record()
 
 
@@ -225,22 +304,17 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
         return
     try:
         async for events in reads:
-            text, chunk_lists, filled, slots, final, template = _take(events)
-            if not text and not final:
+            read = _Read(events)
+            if not read.text and not read.final:
                 yield events
                 continue
             before = held.pending
-            held.pending += text
-            out = await held.release(final)
-            if not before and out == text:
+            held.pending += read.text
+            out = await held.release(read.final)
+            if not before and out == read.text:
                 yield events
                 continue
-            _rewritable(events, chunk_lists)
-            for container, key in filled:
-                container[key] = ""
-            if out:
-                _put(events, slots, template, out)
-            _prune(events)
+            read.rewrite(events, out)
             yield events
     finally:
         held._decide()
@@ -270,17 +344,12 @@ async def restored(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterat
         if not vault.values:
             yield events
             continue
-        text, chunk_lists, filled, slots, final, template = _take(events)
-        if not text and not final and not pending:
+        read = _Read(events)
+        if not read.text and not read.final and not pending:
             yield events
             continue
-        _rewritable(events, chunk_lists)
-        for container, key in filled:
-            container[key] = ""
-        pending += text
-        cut = _restorable(pending, final)
+        pending += read.text
+        cut = _restorable(pending, read.final)
         out, pending = vault.restore(pending[:cut]), pending[cut:]
-        if out:
-            _put(events, slots, template, out)
-        _prune(events)
+        read.rewrite(events, out)
         yield events

@@ -133,6 +133,21 @@ def test_output_redaction_in_json_and_streams_catches_findings_split_across_chun
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == expected
 
 
+def test_a_redacted_stream_keeps_every_character_of_the_text_around_its_findings(tenant, clients):
+    # Quotes, backslashes and accents travel escaped or as raw UTF-8 in the chunks; text is released
+    # mid-stream (the answer is longer than the window) as well as at its end.
+    client, _ = clients
+    policy(tenant, {"kind": "pii", "stage": "output", "action": "redact"}, name="long")
+    words = 'Café «déjà vu» said "hi" in C:\\temp\\new, tab\there. '
+    text = f"{words * 3}Write to {EMAIL} today. {words * 3}Or to {EMAIL}. {words}"
+    expected = text.replace(EMAIL, "[EMAIL_1]")
+    say = directive(say=text)
+    assert wait_until(lambda: streamed_text(chat(client, say, stream=True)) == expected, timeout=10)
+    legacy = "".join(c.choices[0].text for c in client.completions.create(model="chat-openai", prompt=say,
+                                                                         stream=True))
+    assert legacy == expected
+
+
 def test_output_block_ends_a_stream_with_an_error_event_before_the_finding(tenant, clients):
     client, claude = clients
     policy(tenant, {"kind": "secrets", "stage": "output", "action": "block"}, name="nokeys")

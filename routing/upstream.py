@@ -223,12 +223,13 @@ async def open_call(targets: list[Target], build: BuildRequest, *, stream: bool 
         remaining = deadline - time.monotonic()
         hedge = hedge_after_ms and i + 1 < len(schedule) and schedule[i + 1] != target
         try:
-            if hedge:
-                attempt = await asyncio.wait_for(
-                    _hedged(target, schedule[i + 1], build, stream, i + 1, hedge_after_ms / 1000, log), remaining)
-                i += 1
-            else:
-                attempt = await asyncio.wait_for(_attempt_with_outcome(target, build, stream, i + 1, log), remaining)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the attempt as a task of its own.
+            async with asyncio.timeout(remaining):
+                if hedge:
+                    attempt = await _hedged(target, schedule[i + 1], build, stream, i + 1, hedge_after_ms / 1000, log)
+                    i += 1
+                else:
+                    attempt = await _attempt_with_outcome(target, build, stream, i + 1, log)
         except UpstreamError as error:
             tried.add(target.deployment_id)
             last_error = error

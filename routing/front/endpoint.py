@@ -55,7 +55,7 @@ def endpoint(name: str, method: str, error_shape: Callable[[errors.GatewayError]
             except Exception:
                 log.exception("request %s failed inside the gateway", call.request_id)
                 response = _failed(call, errors.internal_error(), shape)
-            return await finish(call, response)
+            return await finish(call, response, getattr(request, "after_response", None))
 
         return view
 
@@ -69,8 +69,15 @@ async def client_gone(call: Call) -> None:
         await asyncio.shield(relay.record_and_finish(call))
 
 
-async def finish(call: Call, response: HttpResponse) -> HttpResponse:
-    """The call's id and limit headers on its answer; for a JSON answer, its settlement and usage event."""
+async def finish(call: Call, response: HttpResponse, after_response: list | None = None) -> HttpResponse:
+    """The call's id and limit headers on its answer; for a JSON answer, its settlement and usage event.
+
+    Given `after_response` (the API's handler sends the answer, then runs what is left there), the
+    settlement waits until the client has its answer: the reservation already holds the call's
+    estimate, and the handler runs it before the request is over, so a graceful stop still waits
+    for it. A call whose settlement also sets what the next call must find (a response cache entry,
+    `call.writes`) settles before its answer leaves, as the cache promises (docs/cache.md).
+    """
     response["x-request-id"] = call.response_id
     if call.admission is not None:
         for header, value in call.admission.headers.items():
@@ -79,10 +86,18 @@ async def finish(call: Call, response: HttpResponse) -> HttpResponse:
         for header, value in call.response_headers.items():
             response[header] = value
     if not call.recorded_by_stream:
-        if call.key is not None:
-            await call.settle_and_record()
-        observe.finished(call)
+        if after_response is not None and not call.writes:
+            after_response.append(functools.partial(account, call))
+        else:
+            await account(call)
     return response
+
+
+async def account(call: Call) -> None:
+    """Settle the call's limits and buffer its usage event (a call with a key), then count and log it."""
+    if call.key is not None:
+        await call.settle_and_record()
+    observe.finished(call)
 
 
 def _failed(call: Call, error: errors.GatewayError, shape) -> HttpResponse:

@@ -13,6 +13,7 @@ HTTPS=true a request that came over plain HTTP is refused, not redirected
 """
 
 import asyncio
+import logging
 import uuid
 from contextlib import aclosing
 
@@ -27,6 +28,8 @@ from gateway_project.lib.request_ids import request_id_from
 
 from .messages import error_response as anthropic_error
 from .relay import RelayResponse
+
+log = logging.getLogger(__name__)
 
 
 def _count_refused(status: int) -> None:
@@ -90,6 +93,8 @@ class ApiHandler(ASGIHandler):
             view = request.resolver_match.func
         except Resolver404:
             view = not_found
+        # What a view leaves for after its answer is sent (routing/front/endpoint.py `finish`).
+        request.after_response = []
         process = asyncio.create_task(self.respond(view, request, send))
         disconnect = asyncio.create_task(self.listen_for_disconnect(receive))
         await asyncio.wait([process, disconnect], return_when=asyncio.FIRST_COMPLETED)
@@ -102,6 +107,11 @@ class ApiHandler(ASGIHandler):
             except (asyncio.CancelledError, RequestAborted):
                 pass
         body_file.close()
+        for work in request.after_response:
+            try:
+                await work()
+            except Exception:  # the answer is gone: what failed after it is the operator's to see
+                log.exception("%s: failed after the answer was sent", request.path)
 
     async def respond(self, view, request, send) -> None:
         response = await view(request)

@@ -154,6 +154,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 # one that does not answer is tried again after DATABASE_REPLICA_RETRY_SECONDS.
 DATABASE_REPLICA_URL = env.str("DATABASE_REPLICA_URL", default="")
 DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", default=10.0)
+# A replica further behind the primary than this (seconds) leaves its reads to the primary until it
+# has caught up; measured at most every min(5 s, a quarter of it) per process. 0: no bound.
+DATABASE_REPLICA_MAX_LAG_SECONDS = env.float("DATABASE_REPLICA_MAX_LAG_SECONDS", default=30.0)
 if DATABASE_REPLICA_URL:
     if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         raise ImproperlyConfigured("DATABASE_REPLICA_URL needs DATABASE_URL to name the PostgreSQL it replicates")

@@ -22,6 +22,15 @@ process logs it once and reads from the primary for DATABASE_REPLICA_RETRY_SECON
 the replica again; the first read that the replica serves again logs that it is back. An error
 that the primary gives too is the caller's, as it would be without a replica.
 
+What it bounds: how far behind the replica a read may be. A replica that has fallen more than
+DATABASE_REPLICA_MAX_LAG_SECONDS behind (a long query holding replay back, replay paused, its
+stream from the primary cut) leaves the reads to the primary until it is back under the bound,
+logged once each way and counted as reason "lag". The lag is measured by one read at a time, at
+most every min(5 s, a quarter of the bound) per process, so a read is at most 1.25 bounds behind.
+Its measure is how long ago the primary was last seen in a state the replica has replayed
+(LagGuard). Not the age of the replica's last replayed transaction alone: a replica of a quiet
+primary has replayed everything, however old its last transaction is, and is not behind at all.
+
 Without DATABASE_REPLICA_URL there is no `replica` alias and `read(fn)` is `fn()`.
 """
 
@@ -61,18 +70,20 @@ def read(fn: Callable[..., T], *args, **kwargs) -> T:
         return fn(*args, **kwargs)
     token = _on_replica.set(True)
     try:
-        result = fn(*args, **kwargs)
+        if lag_guard.behind():
+            reason = "lag"
+        else:
+            result = fn(*args, **kwargs)
+            if _down:
+                _came_back()
+            return result
     except (OperationalError, InterfaceError) as exc:
         reason = _why_failed()
         if reason == "unreachable":
             _went_down(exc)
-        metrics.shared_inc("gateway_db_replica_fallbacks_total", reason)
-    else:
-        if _down:
-            _came_back()
-        return result
     finally:
         _on_replica.reset(token)
+    metrics.shared_inc("gateway_db_replica_fallbacks_total", reason)
     return fn(*args, **kwargs)
 
 
@@ -115,6 +126,84 @@ def _came_back() -> None:
         first, _down = _down, False
     if first:
         log.warning("database replica reachable again: reports read from it")
+
+
+# The primary's WAL position now: its own, or, on a primary that is itself a standby (a cascade), what it replayed.
+_PRIMARY_POSITION = ("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() "
+                     "END::text")
+# Whether the replica is a standby, whether it has replayed each of two primary positions, and the
+# age of the last transaction it replayed (seconds, by its clock against the primary's commit time).
+_REPLICA_POSITION = ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn, "
+                     "pg_last_wal_replay_lsn() >= %s::pg_lsn, "
+                     "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8")
+
+
+class LagGuard:
+    """Whether the replica is more than DATABASE_REPLICA_MAX_LAG_SECONDS behind the primary, measured
+    at most every `every` seconds by one thread of the process while the others keep the last verdict.
+
+    The lag is an upper bound on how old the replica's state is, the least of:
+    - 0, if the replica has replayed the primary's position of this measure (taken just before): a
+      replica of a quiet primary, whatever the age of its last transaction;
+    - the time since the previous measure, if the replica has replayed the primary's position of
+      then: what keeps a replica that replays a moment behind, while the primary writes WAL but
+      commits nothing (a long bulk load), or after a first write in hours, from looking hours behind;
+    - the age of the last transaction the replica replayed: under steady commits, the lag itself.
+    A replica behind with none of these (no transaction replayed since it started) counts as over.
+    A standby that is not in recovery (a copy that replays nothing, or the primary itself) is not
+    measured: its lag is 0."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due = 0.0  # time.monotonic() of the next measure
+        self._previous: tuple[float, str] | None = None  # (time.monotonic(), the primary's position) measured then
+        self._behind = False
+
+    def behind(self) -> bool:
+        bound = settings.DATABASE_REPLICA_MAX_LAG_SECONDS
+        if bound <= 0 or time.monotonic() < self._due or not self._lock.acquire(blocking=False):
+            return self._behind
+        try:
+            self._due = time.monotonic() + min(5.0, bound / 4)
+            lag = self._measure()
+            if lag is not None:
+                self._judge(lag, bound)
+        finally:
+            self._lock.release()
+        return self._behind
+
+    def _measure(self) -> float | None:
+        """The replica's lag in seconds, or None if the primary's position could not be read. A replica
+        error is the caller's: read() counts it as the read's."""
+        taken = time.monotonic()
+        try:
+            with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+                cursor.execute(_PRIMARY_POSITION)
+                (position,) = cursor.fetchone()
+        except DatabaseError:
+            return None  # the primary's own reads will say more; keep the verdict
+        previous, self._previous = self._previous, (taken, position)
+        with connections[REPLICA].cursor() as cursor:
+            cursor.execute(_REPLICA_POSITION, [position, previous[1] if previous else None])
+            standby, has_now, has_previous, since_commit = cursor.fetchone()
+        if not standby or has_now:
+            return 0.0
+        bounds = [max(0.0, since_commit)] if since_commit is not None else []
+        if has_previous:
+            bounds.append(time.monotonic() - previous[0])
+        return min(bounds, default=float("inf"))
+
+    def _judge(self, lag: float, bound: float) -> None:
+        if lag > bound and not self._behind:
+            log.warning("database replica %s behind the primary, over DATABASE_REPLICA_MAX_LAG_SECONDS=%g: reports "
+                        "read from the primary until it catches up", "too far" if lag == float("inf") else
+                        f"{lag:.1f}s", bound)
+        elif lag <= bound and self._behind:
+            log.warning("database replica caught up (%.1fs behind): reports read from it again", lag)
+        self._behind = lag > bound
+
+
+lag_guard = LagGuard()
 
 
 class ReplicaRouter:

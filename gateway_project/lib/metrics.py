@@ -96,7 +96,8 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         (), ()),
     "gateway_db_replica_fallbacks_total": (
         "counter", "Reads meant for the database replica that the primary served, by reason (unreachable: the "
-                   "replica did not answer; failed: it answered but failed the query).", ("reason",), ()),
+                   "replica did not answer; failed: it answered but failed the query; lag: it was more than "
+                   "DATABASE_REPLICA_MAX_LAG_SECONDS behind).", ("reason",), ()),
     "gateway_cache_lookups_total": (
         "counter", "Response cache lookups, by endpoint, kind (exact, semantic) and result (hit, miss, bypass).",
         ("endpoint", "kind", "result"), ()),

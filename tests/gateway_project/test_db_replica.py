@@ -4,7 +4,8 @@ gateway process with a Redis of its own.
 
 The replica's replay is paused to make it lag on purpose: what the dashboard, the usage API and
 the cost report then show is the replica's, while keys, writes and the management API's
-read-after-write stay on the primary. A stopped replica leaves those reads to the primary.
+read-after-write stay on the primary. A stopped replica leaves those reads to the primary, and so
+does one further behind than DATABASE_REPLICA_MAX_LAG_SECONDS.
 """
 
 import os
@@ -24,6 +25,9 @@ pytestmark = pytest.mark.django_db
 
 PASSWORD = "replica-boss-pass-1"
 RECORDS = "SELECT count(*) FROM usage_usagerecord"
+BOUND = 2  # DATABASE_REPLICA_MAX_LAG_SECONDS of the guarded gateway (measured every half second)
+# How old the last transaction the replica replayed is, in seconds.
+SINCE_COMMIT = "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
 
 
 class Site:
@@ -59,6 +63,11 @@ class Site:
         response = self.admin.get("/admin/dashboard/data")
         assert response.status_code == 200, response.text
         return response.json()["totals"]["requests"]
+
+    def fallbacks(self, reason: str) -> float:
+        metrics = httpx.get(self.gateway.url + "/metrics", timeout=10).text
+        prefix = f'gateway_db_replica_fallbacks_total{{reason="{reason}"}}'
+        return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
 
     def reported(self) -> str:
         """The staff's daily cost report of today, as `manage.py send_cost_reports` emails it."""
@@ -165,3 +174,66 @@ def test_a_stopped_replica_leaves_the_reports_to_the_primary(site):
         assert "database replica reachable again" in site.gateway.output()
     finally:
         site.replica.resume_replay()
+
+
+@pytest.fixture()
+def guarded(site):
+    """A second gateway on the same primary, replica and Redis whose replica may be BOUND seconds behind."""
+    gateway = start_gateway({**site.env, "DATABASE_REPLICA_MAX_LAG_SECONDS": str(BOUND)})
+    try:
+        guarded = Site(site.primary, site.replica, site.env, gateway)
+        guarded.tenant, guarded.key = site.tenant, site.key
+        yield guarded
+    finally:
+        gateway.stop()
+
+
+def _served_by_replica(site: Site, call) -> bool:
+    """Whether call() made a gateway run a query on the replica other than its lag measure: the
+    last query of each of the replica's client connections, as pg_stat_activity shows it."""
+    (before,) = site.replica.query("SELECT clock_timestamp()")
+    call()
+    (served,) = site.replica.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+        "AND query_start > %s AND query NOT LIKE '%%pg_last_wal_replay_lsn%%'", before)
+    return served > 0
+
+
+def test_a_replica_too_far_behind_leaves_the_reports_to_the_primary(site, guarded):
+    site.replica.wait_replayed(site.primary)
+    (recorded,) = site.primary.query(RECORDS)
+    # Idle and caught up, its last transaction older than the bound: not behind, it serves the reports.
+    assert wait_until(lambda: site.replica.query(SINCE_COMMIT)[0] > BOUND + 1, timeout=30)
+    lagged = guarded.fallbacks("lag")
+    assert _served_by_replica(guarded, guarded.dashboard)
+    assert _served_by_replica(guarded, guarded.summary)
+    assert guarded.summary() == guarded.dashboard() == recorded
+    assert site.replica.query(SINCE_COMMIT)[0] > BOUND
+    assert guarded.fallbacks("lag") == lagged
+    assert "behind the primary" not in guarded.gateway.output()
+
+    site.replica.pause_replay()
+    try:
+        assert guarded.call(guarded.key) == 200
+        assert wait_until(lambda: site.primary.query(RECORDS)[0] == recorded + 1, timeout=10)
+        # More than BOUND behind: the guarded gateway's reports are the primary's ...
+        assert wait_until(lambda: guarded.summary() == recorded + 1, timeout=BOUND + 5)
+        assert guarded.dashboard() == recorded + 1
+        assert len(guarded.api.get("/api/usage/records").json()["results"]) == recorded + 1
+        assert not _served_by_replica(guarded, guarded.dashboard)
+        assert guarded.fallbacks("lag") >= lagged + 3
+        # ... while the replica has not the new record, and a gateway allowing 30 s still reads it.
+        assert site.replica.query(RECORDS)[0] == recorded
+        assert site.summary() == recorded
+        assert guarded.gateway.output().count("behind the primary") == 1
+    finally:
+        site.replica.resume_replay()
+    site.replica.wait_replayed(site.primary)
+    # Caught up, the replica serves the reports again, and no more reads go to the primary for lag.
+    assert wait_until(lambda: guarded.summary() == recorded + 1
+                      and "database replica caught up" in guarded.gateway.output(), timeout=5)
+    assert _served_by_replica(guarded, guarded.dashboard)
+    lagged = guarded.fallbacks("lag")
+    assert guarded.dashboard() == guarded.summary() == recorded + 1
+    assert guarded.fallbacks("lag") == lagged
+    assert guarded.gateway.output().count("behind the primary") == 1

@@ -1,6 +1,7 @@
 """PostgreSQL clusters of a test's own, from the PostgreSQL 15 binaries on this machine, on
 loopback ports: a primary (initdb) to stop and start without disturbing anyone, and a streaming
-replica of it (`pg_basebackup -R`) whose replay can be paused so that it lags on purpose.
+replica of it (`pg_basebackup -R`) whose replay can be paused, or its stream from the primary cut,
+so that it lags on purpose.
 
 PostgreSQL refuses to run as root: when the tests run as root, each cluster's directory (under
 /tmp, removed by `remove()`) belongs to the postgres user and its commands run as that user."""
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from tests.conftest import free_port
 
@@ -82,6 +84,19 @@ class OwnPostgres:
 
     def resume_replay(self) -> None:
         self.query("SELECT pg_wal_replay_resume()")
+
+    def cut_stream(self) -> None:
+        """Stop streaming from the primary (no primary_conninfo): the replica replays what it received, then waits."""
+        (self._conninfo,) = self.query("SHOW primary_conninfo")
+        self._configure("ALTER SYSTEM SET primary_conninfo = ''")
+
+    def restore_stream(self) -> None:
+        self._configure(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(self._conninfo)))
+
+    def _configure(self, statement: "str | sql.Composable") -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(statement)
+            connection.execute("SELECT pg_reload_conf()")
 
     def remove(self) -> None:
         try:

@@ -237,3 +237,25 @@ def test_a_replica_too_far_behind_leaves_the_reports_to_the_primary(site, guarde
     assert guarded.dashboard() == guarded.summary() == recorded + 1
     assert guarded.fallbacks("lag") == lagged
     assert guarded.gateway.output().count("behind the primary") == 1
+
+
+def test_a_replica_cut_off_from_the_primary_is_behind_too(site, guarded):
+    site.replica.wait_replayed(site.primary)
+    (recorded,) = site.primary.query(RECORDS)
+    site.replica.cut_stream()
+    try:
+        assert wait_until(lambda: not site.replica.query("SELECT count(*) FROM pg_stat_wal_receiver")[0])
+        assert guarded.call(guarded.key) == 200
+        assert wait_until(lambda: site.primary.query(RECORDS)[0] == recorded + 1, timeout=10)
+        # By its own positions the replica has replayed all it received: the primary's say it is behind.
+        assert site.replica.query("SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()")[0]
+        assert wait_until(lambda: guarded.summary() == recorded + 1, timeout=BOUND + 5)
+        assert guarded.dashboard() == recorded + 1
+        assert site.replica.query(RECORDS)[0] == recorded
+        assert guarded.gateway.output().count("behind the primary") == 1
+    finally:
+        site.replica.restore_stream()
+    site.replica.wait_replayed(site.primary)
+    assert wait_until(lambda: guarded.summary() == recorded + 1
+                      and "database replica caught up" in guarded.gateway.output(), timeout=5)
+    assert _served_by_replica(guarded, guarded.dashboard)

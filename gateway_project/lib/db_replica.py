@@ -150,32 +150,47 @@ class LagGuard:
       commits nothing (a long bulk load), or after a first write in hours, from looking hours behind;
     - the age of the last transaction the replica replayed: under steady commits, the lag itself.
     A replica behind with none of these (no transaction replayed since it started) counts as over.
+    Over the bound with no position of a recent measure to compare with (the process's first read,
+    or the first after a quiet spell), the primary takes that read and the next read measures
+    again, against this one's position: a replica a moment behind a primary that commits seldom
+    would otherwise look as far behind as its last transaction is old.
     A standby that is not in recovery (a copy that replays nothing, or the primary itself) is not
     measured: its lag is 0."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
-        self._due = 0.0  # time.monotonic() of the next measure
-        self._previous: tuple[float, str] | None = None  # (time.monotonic(), the primary's position) measured then
+        self._due = 0.0  # clock() of the next measure
+        self._previous: tuple[float, str] | None = None  # (clock(), the primary's position) measured then
         self._behind = False
 
     def behind(self) -> bool:
+        """Whether this read should leave the replica for the primary."""
         bound = settings.DATABASE_REPLICA_MAX_LAG_SECONDS
-        if bound <= 0 or time.monotonic() < self._due or not self._lock.acquire(blocking=False):
+        if bound <= 0 or self._clock() < self._due or not self._lock.acquire(blocking=False):
             return self._behind
         try:
-            self._due = time.monotonic() + min(5.0, bound / 4)
-            lag = self._measure()
-            if lag is not None:
-                self._judge(lag, bound)
+            every = min(5.0, bound / 4)
+            self._due = self._clock() + every
+            measured = self._measure(every)
+            if measured is None:
+                return self._behind
+            lag, sure = measured
+            if lag > bound and not sure:
+                # No recent position to compare with: a replica a moment behind will have replayed this
+                # one by the next read, which measures again. This read alone goes to the primary.
+                self._due = 0.0
+                return True
+            self._judge(lag, bound)
         finally:
             self._lock.release()
         return self._behind
 
-    def _measure(self) -> float | None:
-        """The replica's lag in seconds, or None if the primary's position could not be read. A replica
-        error is the caller's: read() counts it as the read's."""
-        taken = time.monotonic()
+    def _measure(self, every: float) -> tuple[float, bool] | None:
+        """The replica's lag in seconds and whether it is sure (measured against a position of at most
+        two intervals ago, or not resting on one), or None if the primary's position could not be
+        read. A replica error is the caller's: read() counts it as the read's."""
+        taken = self._clock()
         try:
             with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
                 cursor.execute(_PRIMARY_POSITION)
@@ -187,11 +202,11 @@ class LagGuard:
             cursor.execute(_REPLICA_POSITION, [position, previous[1] if previous else None])
             standby, has_now, has_previous, since_commit = cursor.fetchone()
         if not standby or has_now:
-            return 0.0
+            return 0.0, True
         bounds = [max(0.0, since_commit)] if since_commit is not None else []
         if has_previous:
-            bounds.append(time.monotonic() - previous[0])
-        return min(bounds, default=float("inf"))
+            bounds.append(self._clock() - previous[0])
+        return min(bounds, default=float("inf")), previous is not None and taken - previous[0] <= 2 * every
 
     def _judge(self, lag: float, bound: float) -> None:
         if lag > bound and not self._behind:

@@ -259,3 +259,107 @@ def test_a_replica_cut_off_from_the_primary_is_behind_too(site, guarded):
     assert wait_until(lambda: guarded.summary() == recorded + 1
                       and "database replica caught up" in guarded.gateway.output(), timeout=5)
     assert _served_by_replica(guarded, guarded.dashboard)
+
+
+class _Positions:
+    """The primary's and the replica's WAL positions (as numbers), as LagGuard's two queries read them."""
+
+    def __init__(self) -> None:
+        self.primary = self.replayed = 100
+        self.since_commit: float | None = 3600.0  # the replica's last replayed transaction: an hour old
+        self.standby, self.queries, self.fails = True, 0, False
+
+    def cursor(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def execute(self, sql, params=None):
+        from django.db import OperationalError
+
+        self.queries += 1
+        if params is None:  # the primary's position
+            if self.fails:
+                raise OperationalError("the primary went away")
+            self.row = (str(self.primary),)
+        else:
+            now, previous = params
+            self.row = (self.standby, self.replayed >= int(now),
+                        previous is not None and self.replayed >= int(previous), self.since_commit)
+
+    def fetchone(self):
+        return self.row
+
+
+@pytest.fixture()
+def positions(settings, monkeypatch):
+    from gateway_project.lib import db_replica
+
+    settings.DATABASE_REPLICA_MAX_LAG_SECONDS = BOUND
+    positions = _Positions()
+    monkeypatch.setattr(db_replica, "connections", {"default": positions, db_replica.REPLICA: positions})
+    positions.now = 1000.0
+    positions.guard = db_replica.LagGuard(clock=lambda: positions.now)
+    return positions
+
+
+def test_the_lag_is_measured_once_per_interval_however_many_reads(positions):
+    assert not any(positions.guard.behind() for _ in range(50))
+    assert positions.queries == 2  # one measure: the primary's position, then the replica's
+    positions.now += BOUND / 4
+    assert not positions.guard.behind() and positions.queries == 4
+
+
+def test_a_replica_replaying_a_moment_behind_a_load_that_commits_nothing_is_not_behind(positions, caplog):
+    """The primary writes WAL for seconds without a commit (the replica's last transaction stays an
+    hour old) and the replica replays each measure's position by the next. The process's first read
+    has nothing to compare with: that read alone goes to the primary, and nothing is logged."""
+    positions.primary = 105
+    assert positions.guard.behind()
+    positions.replayed = 105
+    verdicts = []
+    for _ in range(20):
+        positions.primary += 5
+        verdicts.append(positions.guard.behind())
+        positions.now += BOUND / 4
+        positions.replayed = positions.primary
+    assert not any(verdicts)
+    assert "behind the primary" not in caplog.text
+
+
+def test_a_replica_that_stops_replaying_is_behind_once_its_last_transaction_is_older_than_the_bound(positions):
+    positions.since_commit = 0.1
+    assert not positions.guard.behind()
+    seen = []
+    for _ in range(12):  # the primary commits every quarter of a second, the replica replays nothing
+        positions.now += BOUND / 8
+        positions.primary += 5
+        positions.since_commit += BOUND / 8
+        seen.append(positions.guard.behind())
+    # Its last transaction passes the bound at the 8th step (index 7); it is found by the next measure.
+    assert not any(seen[:7]) and seen.index(True) <= 8 and all(seen[seen.index(True):])
+    positions.replayed = positions.primary
+    positions.now += BOUND / 4
+    assert not positions.guard.behind()
+
+
+def test_a_behind_replica_with_no_transaction_replayed_is_behind_and_one_not_in_recovery_is_not(positions, caplog):
+    positions.since_commit, positions.primary = None, 200
+    assert positions.guard.behind()
+    assert positions.guard.behind()  # measured again at once, against the first read's position
+    assert "database replica too far behind the primary" in caplog.text
+    positions.standby = False
+    positions.now += BOUND / 4
+    assert not positions.guard.behind()
+
+
+def test_the_verdict_stands_while_the_primary_cannot_tell_its_position(positions):
+    positions.primary = 200
+    assert positions.guard.behind() and positions.guard.behind()
+    positions.fails, positions.replayed = True, 200
+    positions.now += BOUND / 4
+    assert positions.guard.behind()

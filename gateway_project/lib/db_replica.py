@@ -152,8 +152,9 @@ class LagGuard:
     A replica behind with none of these (no transaction replayed since it started) counts as over.
     Over the bound with no position of a recent measure to compare with (the process's first read,
     or the first after a quiet spell), the primary takes that read and the next read measures
-    again, against this one's position: a replica a moment behind a primary that commits seldom
-    would otherwise look as far behind as its last transaction is old.
+    again, against this one's position, and is believed however long after it comes: a replica a
+    moment behind a primary that commits seldom would otherwise look as far behind as its last
+    transaction is old.
     A standby that is not in recovery (a copy that replays nothing, or the primary itself) is not
     measured: its lag is 0."""
 
@@ -163,6 +164,7 @@ class LagGuard:
         self._due = 0.0  # clock() of the next measure
         self._previous: tuple[float, str] | None = None  # (clock(), the primary's position) measured then
         self._behind = False
+        self._recheck = False  # the last measure was not sure: the next one is, however long after
 
     def behind(self) -> bool:
         """Whether this read should leave the replica for the primary."""
@@ -176,11 +178,12 @@ class LagGuard:
             if measured is None:
                 return self._behind
             lag, sure = measured
-            if lag > bound and not sure:
+            if lag > bound and not sure and not self._recheck:
                 # No recent position to compare with: a replica a moment behind will have replayed this
                 # one by the next read, which measures again. This read alone goes to the primary.
-                self._due = 0.0
+                self._due, self._recheck = 0.0, True
                 return True
+            self._recheck = False
             self._judge(lag, bound)
         finally:
             self._lock.release()

@@ -347,6 +347,16 @@ def test_a_replica_that_stops_replaying_is_behind_once_its_last_transaction_is_o
     assert not positions.guard.behind()
 
 
+def test_a_stuck_replica_read_seldom_is_found_behind_by_the_second_read(positions, caplog):
+    positions.primary, positions.since_commit = 200, 100.0
+    assert positions.guard.behind()  # nothing to compare with: this read alone goes to the primary
+    assert "behind the primary" not in caplog.text
+    positions.now += 60  # the next read a minute later: the replica has replayed nothing since
+    positions.primary, positions.since_commit = 300, 160.0
+    assert positions.guard.behind()
+    assert "database replica 160.0s behind the primary" in caplog.text
+
+
 def test_a_behind_replica_with_no_transaction_replayed_is_behind_and_one_not_in_recovery_is_not(positions, caplog):
     positions.since_commit, positions.primary = None, 200
     assert positions.guard.behind()

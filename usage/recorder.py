@@ -93,9 +93,11 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
                 if settings.REDIS_WAIT_REPLICAS:
                     keep_unless_replicated(event, replies[-1])
             return
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the event is kept, never lost
+            # Not only redis-py's errors: uvloop raises RuntimeError for a connection whose
+            # transport a dying node closed under it (a killed cluster master's, mid-call).
             redis_health.failed(exc, stream)
-            log.warning("usage buffer unreachable; holding event %s in process", event["request_id"])
+            log.warning("usage buffer unreachable (%r); holding event %s in process", exc, event["request_id"])
     if inflight_key is not None:
         inflight.delete_later(inflight_key, event["request_id"])
     # Embedded mode, or Redis unreachable: keep the event in this process; the

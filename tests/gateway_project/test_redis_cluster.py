@@ -138,5 +138,6 @@ def test_a_master_killed_mid_run_loses_no_usage(on_cluster, cluster_gateway, moc
         rows = UsageRecord.objects.filter(tenant=tenant)
         # Each call made is one record, the warm-up's included: none lost, none twice.
         assert wait_until(lambda rows=rows, port=port: rows.count() == made[port] + 1, timeout=30), (
-            port, rows.count(), made[port] + 1)
+            port, victim.port, rows.count(), made[port] + 1,
+            [line for line in cluster_gateway.output().splitlines() if "failed after the answer" in line][:3])
     print(f"\nmaster killed for 4 s of 9: {made} calls by master port, every one recorded")

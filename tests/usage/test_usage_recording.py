@@ -154,3 +154,39 @@ def test_usage_is_kept_when_redis_is_unreachable(gateway_without_redis, mock_pro
     assert response.status_code == 200
     record = wait_until(lambda: records(client_request_id="no-redis-1"))
     assert record and record[0].completion_tokens == 20
+
+
+def test_an_event_meeting_a_connection_closed_under_it_is_kept_and_written(transactional_db, tenant, api_key):
+    """A cluster master killed mid-call closes the transports of the connections the pool still
+    holds; under uvloop, redis-py then meets a RuntimeError, not a ConnectionError. The event of a
+    call already answered must still be written (it was lost: one in ~500 calls of the killed-master
+    test)."""
+    import uvloop
+
+    from gateway_project.lib.redis_pool import async_redis
+
+    event = {"request_id": "closed-under-it-1", "ts": time.time(), "tenant_id": tenant.id,
+             "api_key_id": api_key[0].id, "key_prefix": api_key[0].prefix, "provider_id": None,
+             "provider_name": "p", "deployment_id": None, "endpoint": "chat", "public_model": "m",
+             "upstream_model": "m", "prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+             "cached_tokens": 0, "tokens_estimated": False, "cost_usd": "0.000008", "latency_ms": 1,
+             "ttft_ms": None, "status": "ok", "http_status": 200, "error_type": "", "streamed": False}
+
+    async def record_on_a_closed_transport():
+        client = async_redis()
+        await client.ping()  # one connection, now idle in the pool
+        pool = client.connection_pool
+        (connection,) = pool._available_connections
+        connection._writer.transport.close()  # the socket is gone; redis-py still thinks it is connected
+        await asyncio.sleep(0.05)
+        await recorder.record(event)
+        await client.aclose()
+
+    import asyncio
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(record_on_a_closed_transport())
+    assert recorder.held_ids() == {"closed-under-it-1"}
+    recorder.drain_all()
+    (row,) = records(request_id="closed-under-it-1")
+    assert (row.prompt_tokens, row.completion_tokens, row.cost_usd) == (3, 5, Decimal("0.000008"))

@@ -5,8 +5,12 @@ gateway (one worker) against a Redis of this run's own: Redis commands per reque
 (INFO commandstats, reset before each round) and Redis CPU per request (used_cpu_sys +
 used_cpu_user deltas, summed over the masters), with the background work of the same seconds
 (metrics pushes, heartbeats, the drain) included, as in production. From it: the calls per second
-one Redis core carries. With --long, also the 600-per-minute tenant limit over whole minute windows
-on four workers of the cluster (docs/scaling.md).
+one Redis core carries, in situ. On one Redis also: where its CPU goes per call (a round with every
+command timed by SLOWLOG, the scripts, in-flight writes, drain, background, and the network I/O and event
+loop left of used_cpu), and the same calls replayed at saturation (MONITOR records the commands of 20
+real calls; pipelined clients replay them over 64 tenants with a drainer; calls per Redis CPU second).
+docs/scaling.md says what each figure means. With --long, also the 600-per-minute tenant limit over
+whole minute windows on four workers of the cluster.
 
 Run it alone: `flock /tmp/bench.lock python3 bench/redis_load.py [--requests 3000] [--long]`.
 """

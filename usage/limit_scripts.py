@@ -118,6 +118,10 @@ local n = tonumber(ARGV[4])
 local memory = tonumber(ARGV[5])
 local trust_all = ARGV[6] == '1'
 local sec = math.floor(now / 1000)
+-- The second as text, cut from ARGV[1] rather than formatted from the number (a printf each time),
+-- and the names of its fields in a window hash.
+local S = now >= 1000 and string.sub(ARGV[1], 1, -4) or tostring(sec)
+local rS, mS, tS = 'r' .. S, 'm' .. S, 't' .. S
 
 -- A limit's minute windows, one hash (gw:T:lim:L:win). Per second S: 'rS' requests admitted in it and
 -- 'mS' the last one's time (ms), 'tS' tokens held in it; 'r' and 't' the totals counted, 'rlo' the
@@ -167,10 +171,10 @@ for r = 0, n - 1 do
   local b = 7 + r * 12
   local rule = {id = ARGV[b], rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]),
                 conc = tonumber(ARGV[b + 3]), quota = tonumber(ARGV[b + 4]), budget = tonumber(ARGV[b + 5]),
-                pstart = ARGV[b + 6], pexp = tonumber(ARGV[b + 7]), tok = tonumber(ARGV[b + 8]),
-                cost = tonumber(ARGV[b + 9]), big_tok = tonumber(ARGV[b + 10]),
-                big_cost = tonumber(ARGV[b + 11])}
+                pstart = ARGV[b + 6], tok = tonumber(ARGV[b + 8]), cost = tonumber(ARGV[b + 9]), b = b}
+  -- The period's end and the largest answer are read (tonumber) only where used: a strtod each.
   rule.ttok, rule.ptok, rule.pcost = rule.tok, rule.tok, rule.cost
+  rule.base = P .. 'lim:' .. rule.id
   rule.trust = trust_all
   if trust_all and (rule.tpm > 0 or rule.quota > 0 or rule.budget > 0) then table.insert(wary, rule.id) end
   table.insert(rules, rule)
@@ -191,14 +195,14 @@ if #wary > 0 then
 end
 
 for _, rule in ipairs(rules) do
-  local base = P .. 'lim:' .. rule.id
+  local base = rule.base
   if rule.conc > 0 then
     local inflight = tonumber(redis.call('GET', base .. ':conc') or '0')
     if inflight + 1 > rule.conc then return {0, 'concurrency_limit_exceeded', 1000, rule.id} end
   end
   if rule.rpm > 0 or rule.tpm > 0 then
     rule.w = base .. ':win'
-    local v = redis.call('HMGET', rule.w, 'r', 'rlo', 'rlom', 't', 'tlo', 'r' .. sec, 'm' .. sec, 't' .. sec)
+    local v = redis.call('HMGET', rule.w, 'r', 'rlo', 'rlom', 't', 'tlo', rS, mS, tS)
     local c = {r = tonumber(v[1]) or 0, rlo = tonumber(v[2]), rlom = tonumber(v[3]), t = tonumber(v[4]) or 0,
                tlo = tonumber(v[5]), rs = tonumber(v[6]) or 0, ms = tonumber(v[7]) or 0, ts = tonumber(v[8]) or 0}
     c.new = (rule.rpm > 0 and not v[6]) or (rule.tpm > 0 and not v[8])
@@ -218,7 +222,7 @@ for _, rule in ipairs(rules) do
       local reset = 0
       if c.tlo then reset = (c.tlo + 60) * 1000 - now end
       if c.t + rule.tok > rule.tpm then return {0, 'tokens_per_minute_exceeded', math.max(reset, 1000), rule.id} end
-      if not rule.trust then rule.ttok = math.max(rule.tok, math.min(rule.big_tok, rule.tpm - c.t)) end
+      if not rule.trust then rule.ttok = math.max(rule.tok, math.min(tonumber(ARGV[rule.b + 10]), rule.tpm - c.t)) end
       if not best_tok or rule.tpm - c.t - rule.ttok < best_tok[2] then
         best_tok = {rule.tpm, rule.tpm - c.t - rule.ttok, reset}
       end
@@ -230,7 +234,8 @@ for _, rule in ipairs(rules) do
     if not v[1] then return {2, 'rebuild', 0, rule.id} end
     rule.pv = {tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4])}
     local retry = 0
-    if rule.pexp > 0 then retry = rule.pexp - now end
+    local pexp = tonumber(ARGV[rule.b + 7])
+    if pexp > 0 then retry = pexp - now end
     if rule.quota > 0 and rule.pv[1] + rule.pv[2] + rule.tok > rule.quota then
       return {0, 'quota_exceeded', retry, rule.id}
     end
@@ -238,32 +243,37 @@ for _, rule in ipairs(rules) do
       return {0, 'budget_exceeded', retry, rule.id}
     end
     if rule.quota > 0 and not rule.trust then
-      rule.ptok = math.max(rule.tok, math.min(rule.big_tok, rule.quota - rule.pv[1] - rule.pv[2]))
+      rule.ptok = math.max(rule.tok, math.min(tonumber(ARGV[rule.b + 10]), rule.quota - rule.pv[1] - rule.pv[2]))
     end
     if rule.budget > 0 and not rule.trust then
-      rule.pcost = math.max(rule.cost, math.min(rule.big_cost, rule.budget - rule.pv[3] - rule.pv[4]))
+      rule.pcost = math.max(rule.cost, math.min(tonumber(ARGV[rule.b + 11]), rule.budget - rule.pv[3] - rule.pv[4]))
     end
   end
 end
 
+-- The reservation's entries, written as JSON here rather than by cjson.encode from tables: a
+-- number still at its argument's value is that argument's text, not formatted again. SETTLE
+-- reads them with cjson.decode: {id, tok, cost; tpm, sec, ttok; conc; mem, est; ph}.
 local entries = {}
 for _, rule in ipairs(rules) do
-  local base = P .. 'lim:' .. rule.id
-  local e = {id = rule.id, tok = rule.ptok, cost = rule.pcost}
+  local base, b = rule.base, rule.b
+  local tok_text = ARGV[b + 8]
+  local e = {'{"id":"', rule.id, '","tok":', rule.ptok == rule.tok and tok_text or tostring(rule.ptok),
+             ',"cost":', rule.pcost == rule.cost and ARGV[b + 9] or tostring(rule.pcost)}
   if rule.w then
     local c, f = rule.c, {}
     if rule.rpm > 0 then
       local last = math.max(c.ms, now)
-      f = {'r', c.r + 1, 'r' .. sec, c.rs + 1, 'm' .. sec, last}
+      f = {'r', c.r + 1, rS, c.rs + 1, mS, last}
       if not c.rlo or sec <= c.rlo then
-        table.insert(f, 'rlo'); table.insert(f, sec); table.insert(f, 'rlom'); table.insert(f, last)
+        table.insert(f, 'rlo'); table.insert(f, S); table.insert(f, 'rlom'); table.insert(f, last)
       end
     end
     if rule.tpm > 0 then
       table.insert(f, 't'); table.insert(f, c.t + rule.ttok)
-      table.insert(f, 't' .. sec); table.insert(f, c.ts + rule.ttok)
-      if not c.tlo or sec < c.tlo then table.insert(f, 'tlo'); table.insert(f, sec) end
-      e.tpm, e.sec, e.ttok = true, tostring(sec), rule.ttok
+      table.insert(f, tS); table.insert(f, c.ts + rule.ttok)
+      if not c.tlo or sec < c.tlo then table.insert(f, 'tlo'); table.insert(f, S) end
+      e[#e + 1] = ',"tpm":true,"sec":"' .. S .. '","ttok":' .. (rule.ttok == rule.tok and tok_text or tostring(rule.ttok))
     end
     redis.call('HSET', rule.w, unpack(f))
     -- Set once per second: the key outlives its newest second by the 61 the window holds it.
@@ -272,20 +282,23 @@ for _, rule in ipairs(rules) do
   if rule.conc > 0 then
     redis.call('INCR', base .. ':conc')
     redis.call('PEXPIRE', base .. ':conc', ttl * 2)
-    e.conc = true
+    e[#e + 1] = ',"conc":true'
   end
   -- Only a limit on tokens or money minds an overrun (it then reserves the largest answer).
-  if rule.trust and memory > 0 and (rule.tpm > 0 or rule.ph) then e.mem, e.est = memory, rule.tok end
+  if rule.trust and memory > 0 and (rule.tpm > 0 or rule.ph) then
+    e[#e + 1] = ',"mem":' .. ARGV[5] .. ',"est":' .. tok_text
+  end
   if rule.ph then
     -- Its expiry was set when the period's counters were seeded (REBUILD).
     redis.call('HSET', rule.ph, 'tokres', rule.pv[2] + rule.ptok, 'costres', rule.pv[4] + rule.pcost)
-    e.ph = rule.ph
+    e[#e + 1] = ',"ph":"' .. rule.ph .. '"'
   end
-  table.insert(entries, e)
+  e[#e + 1] = '}'
+  entries[#entries + 1] = table.concat(e)
 end
 local held = ''
 if #entries > 0 then
-  held = resv .. cjson.encode(entries)
+  held = resv .. '[' .. table.concat(entries, ',') .. ']'
   redis.call('ZADD', KEYS[1], now + ttl, held)
 end
 local e = 7 + n * 12

@@ -26,7 +26,7 @@ _SPACE = " \n\t"
 RELEASE_AT_LEAST = 24
 
 
-# A pass-through chunk that carries choice 0's text and nothing else, as OpenAI (and most servers
+# A pass-through chunk that carries choice 0's text and nothing else (read in _Read), as OpenAI (and most servers
 # that speak its format) write it: "choices":[{"index":0,"delta":{"content":"<text>"},"logprobs":null,
 # "finish_reason":null}], the payload's only "choices", the text with no quote or backslash in it. Its
 # text is read, and taken out or put back, in the payload's own bytes: parsing every chunk, and
@@ -48,24 +48,6 @@ def _text_slot(choice: dict) -> tuple[dict, str]:
     return delta, "content"
 
 
-def _text_only(event: StreamEvent) -> tuple[str, int, int] | None:
-    """A pass-through chunk that carries choice 0's text and nothing else (_HEAD, _TAIL): its text and
-    where it lies in the payload; None for any other event. A chunk with usage in it is not one: the
-    adapter has read its usage (`event.usage`)."""
-    forward = event.forward
-    if forward is None or event.usage is not None or (at := forward.find(_HEAD)) == -1:
-        return None
-    start = at + len(_HEAD)
-    end = forward.find(b'"', start)
-    if end == -1 or not forward.startswith(_TAIL, end) or forward.find(b"\\", start, end) != -1 \
-            or forward.count(_CHOICES) != 1:
-        return None
-    try:
-        return forward[start:end].decode(), start, end
-    except UnicodeDecodeError:
-        return None
-
-
 def _parsed(event: StreamEvent) -> list[dict] | None:
     """The event's chunks: its own, or its pass-through payload parsed (None: no chunk in it)."""
     forward = event.forward
@@ -79,30 +61,56 @@ def _parsed(event: StreamEvent) -> list[dict] | None:
     return None
 
 
+# Chunks known by their bytes to carry no text of choice 0 and no end of it, left unparsed (as the only
+# "choices" of their payload): OpenAI's opening chunk (the role, empty content) and a usage chunk.
+_NO_TEXT = (b'"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+            b'"finish_reason":null}]', b'"choices":[]')
+
+
+def _no_text(forward: bytes) -> bool:
+    return (forward.find(_NO_TEXT[0]) != -1 or forward.find(_NO_TEXT[1]) != -1) and forward.count(_CHOICES) == 1
+
+
 class _Read:
     """What one read's events hold: the new text of choice 0, where each piece of it was (`filled`), the
     places to put text back in (`slots`: those and the ends of choices), each event's parsed chunks (None
     for a payload read as bytes or not a chunk), whether the answer ended, and a chunk to copy should the
     text need one of its own. A slot is (event index, container, key) in a parsed chunk, or (event
-    index, None, (start, end)) in a payload's bytes. Nothing is changed yet."""
+    index, None, (start, end)) in a payload's bytes. Nothing is changed yet. Chunks that `_no_text` tells
+    apart are parsed only if the text needs a chunk of its own (`unparsed`)."""
 
-    __slots__ = ("text", "filled", "slots", "chunk_lists", "final", "template")
+    __slots__ = ("text", "filled", "slots", "chunk_lists", "final", "template", "template_at", "unparsed")
 
     def __init__(self, events: list[StreamEvent]) -> None:
-        text, filled, slots, chunk_lists, final, template = [], [], [], [], False, None
+        text, filled, slots, chunk_lists, final, template, template_at, unparsed = [], [], [], [], False, None, -1, []
         for i, event in enumerate(events):
             final = final or event.done
-            if (found := _text_only(event)) is not None:
+            forward = event.forward
+            if forward is not None and event.usage is None and (at := forward.find(_HEAD)) != -1:
+                # _text_only, inline (it runs for nearly every chunk of a stream)
+                start = at + len(_HEAD)
+                end = forward.find(b'"', start)
+                if end != -1 and forward.startswith(_TAIL, end) and forward.find(b"\\", start, end) == -1 \
+                        and forward.count(_CHOICES) == 1:
+                    try:
+                        piece = forward[start:end].decode()
+                    except UnicodeDecodeError:
+                        pass
+                    else:
+                        chunk_lists.append(None)
+                        if piece:
+                            text.append(piece)
+                            filled.append(slot := (i, None, (start, end)))
+                            slots.append(slot)
+                        continue
+            if forward is not None and forward.startswith(b"{") and _no_text(forward):
                 chunk_lists.append(None)
-                if found[0]:
-                    text.append(found[0])
-                    filled.append((i, None, found[1:]))
-                    slots.append(filled[-1])
+                unparsed.append(i)
                 continue
             chunks = _parsed(event)
             chunk_lists.append(chunks)
             for chunk in chunks or ():
-                template = chunk
+                template, template_at = chunk, i
                 for choice in chunk.get("choices") or ():
                     if choice.get("index", 0):
                         continue
@@ -116,7 +124,16 @@ class _Read:
                         final = True
                         slots.append((i, container, key))
         self.text, self.filled, self.slots = "".join(text), filled, slots
-        self.chunk_lists, self.final, self.template = chunk_lists, final, template
+        self.chunk_lists, self.final, self.unparsed = chunk_lists, final, unparsed
+        self.template, self.template_at = template, template_at
+
+    def _parse_unparsed(self, events: list[StreamEvent]) -> None:
+        """The chunks `_no_text` left unparsed, parsed (the text needs a chunk of its own: a template, a place)."""
+        for i in self.unparsed:
+            chunks = self.chunk_lists[i] = _parsed(events[i])
+            if chunks and i > self.template_at:
+                self.template, self.template_at = chunks[-1], i
+        self.unparsed = []
 
     def rewrite(self, events: list[StreamEvent], out: str) -> None:
         """The text taken out of the events and `out` (the text released now) put where the last of it was."""
@@ -130,6 +147,7 @@ class _Read:
             elif slot is not put_at or not out:
                 _emptied_event(events[i])
         if out and put_at is None:
+            self._parse_unparsed(events)
             if self.template is not None:
                 _rewritable(events, self.chunk_lists, range(len(events)))
                 _put_new(events, self.template, out)

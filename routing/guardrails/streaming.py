@@ -36,6 +36,7 @@ RELEASE_AT_LEAST = 24
 # costs several times more per chunk; bytes' `in` raises a TypeError inside CPython before it searches).
 _HEAD = b'"choices":[{"index":0,"delta":{"content":"'
 _TAIL = b'"},"logprobs":null,"finish_reason":null}]'
+_HEAD_LEN = len(_HEAD)
 _CHOICES = b'"choices"'
 
 
@@ -73,42 +74,39 @@ def _no_text(forward: bytes) -> bool:
 
 class _Read:
     """What one read's events hold: the new text of choice 0, where each piece of it was (`filled`), the
-    places to put text back in (`slots`: those and the ends of choices), each event's parsed chunks (None
-    for a payload read as bytes or not a chunk), whether the answer ended, and a chunk to copy should the
-    text need one of its own. A slot is (event index, container, key) in a parsed chunk, or (event
-    index, None, (start, end)) in a payload's bytes. Nothing is changed yet. Chunks that `_no_text` tells
-    apart are parsed only if the text needs a chunk of its own (`unparsed`)."""
+    last place to put text back in (`last`: the last of those and of the ends of choices), each event's
+    parsed chunks (None for a payload read as bytes or not a chunk), whether the answer ended, and a chunk
+    to copy should the text need one of its own. A place is (event index, container, key) in a parsed chunk,
+    or (event index, None, (start, end)) in a payload's bytes. Nothing is changed yet. Chunks that
+    `_no_text` tells apart are parsed only if the text needs a chunk of its own (`unparsed`)."""
 
-    __slots__ = ("text", "filled", "slots", "chunk_lists", "final", "template", "template_at", "unparsed")
+    __slots__ = ("text", "filled", "last", "chunk_lists", "final", "template", "template_at", "unparsed")
 
     def __init__(self, events: list[StreamEvent]) -> None:
-        text, filled, slots, chunk_lists, final, template, template_at, unparsed = [], [], [], [], False, None, -1, []
+        text, filled, last, final, template, template_at, unparsed = [], [], None, False, None, -1, []
+        chunk_lists: list[list[dict] | None] = [None] * len(events)
         for i, event in enumerate(events):
-            final = final or event.done
+            if event.done:
+                final = True
             forward = event.forward
             if forward is not None and event.usage is None and (at := forward.find(_HEAD)) != -1:
-                # _text_only, inline (it runs for nearly every chunk of a stream)
-                start = at + len(_HEAD)
+                # A text-only chunk (_HEAD), read in its bytes: this runs for nearly every chunk of a stream.
+                start = at + _HEAD_LEN
                 end = forward.find(b'"', start)
-                if end != -1 and forward.startswith(_TAIL, end) and forward.find(b"\\", start, end) == -1 \
-                        and forward.count(_CHOICES) == 1:
+                if end != -1 and forward.startswith(_TAIL, end) and forward.count(_CHOICES) == 1:
                     try:
                         piece = forward[start:end].decode()
                     except UnicodeDecodeError:
-                        pass
-                    else:
-                        chunk_lists.append(None)
+                        piece = "\\"  # parsed below
+                    if "\\" not in piece:  # an escape: parsed below, for the text it stands for
                         if piece:
                             text.append(piece)
-                            filled.append(slot := (i, None, (start, end)))
-                            slots.append(slot)
+                            filled.append(last := (i, None, (start, end)))
                         continue
             if forward is not None and forward.startswith(b"{") and _no_text(forward):
-                chunk_lists.append(None)
                 unparsed.append(i)
                 continue
-            chunks = _parsed(event)
-            chunk_lists.append(chunks)
+            chunks = chunk_lists[i] = _parsed(event)
             for chunk in chunks or ():
                 template, template_at = chunk, i
                 for choice in chunk.get("choices") or ():
@@ -118,12 +116,11 @@ class _Read:
                     piece = container.get(key)
                     if piece and isinstance(piece, str):
                         text.append(piece)
-                        filled.append((i, container, key))
-                        slots.append(filled[-1])
+                        filled.append(last := (i, container, key))
                     if choice.get("finish_reason"):
                         final = True
-                        slots.append((i, container, key))
-        self.text, self.filled, self.slots = "".join(text), filled, slots
+                        last = (i, container, key)
+        self.text, self.filled, self.last = "".join(text), filled, last
         self.chunk_lists, self.final, self.unparsed = chunk_lists, final, unparsed
         self.template, self.template_at = template, template_at
 
@@ -137,7 +134,7 @@ class _Read:
 
     def rewrite(self, events: list[StreamEvent], out: str) -> None:
         """The text taken out of the events and `out` (the text released now) put where the last of it was."""
-        put_at = self.slots[-1] if self.slots else None
+        put_at = self.last
         changed = set()
         for slot in self.filled:
             i, container, key = slot

@@ -11,6 +11,7 @@ A policy with a moderation or webhook check on output holds the whole answer:
 those see it once, whole, at its end.
 """
 
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -70,6 +71,40 @@ _NO_TEXT = (b'"choices":[{"index":0,"delta":{"role":"assistant","content":"","re
 
 def _no_text(forward: bytes) -> bool:
     return (forward.find(_NO_TEXT[0]) != -1 or forward.find(_NO_TEXT[1]) != -1) and forward.count(_CHOICES) == 1
+
+
+# A whole read at once, when every "choices" in it is one of four forms: a text-only chunk (_HEAD ... _TAIL,
+# the text with no quote, backslash or newline), OpenAI's opening chunk, a choice 0 that ends with an empty
+# delta, or no choice at all (usage). Its text is then read with one regular expression over its payloads,
+# in C, rather than chunk by chunk in Python; the read is relayed untouched when all of it may leave, and
+# read chunk by chunk (_Read) only when it must be rewritten. Payloads are joined by newlines, which no JSON
+# payload holds raw, so no match spans two.
+# One pass: each match is one "choices" of those forms; group 1 a text-only chunk's text, group 2 the first
+# character of choice 0's finish_reason.
+_FORMS = re.compile(rb'"choices":\[(?:\{"index":0,"delta":\{(?:"content":"([^"\\\n]*)"\},"logprobs":null,'
+                    rb'"finish_reason":null\}\]|"role":"assistant","content":"","refusal":null\},"logprobs":null,'
+                    rb'"finish_reason":null\}\]|\},"logprobs":null,"finish_reason":"([^"\n]))|\])')
+
+
+def _scanned(events: list[StreamEvent]) -> tuple[str, bool] | None:
+    """(the text of choice 0, whether the answer ended) of a read of pass-through payloads in the forms
+    above, found in their bytes all at once; None for any other read (read chunk by chunk: _Read)."""
+    payloads, final = [], False
+    for event in events:
+        if event.done:
+            final = True
+        if event.forward is not None:
+            payloads.append(event.forward)
+        elif event.chunks:
+            return None
+    blob = b"\n".join(payloads)
+    forms = _FORMS.findall(blob)
+    if len(forms) != blob.count(_CHOICES):
+        return None  # a "choices" of another form: every chunk is read
+    try:
+        return b"".join([text for text, _ in forms]).decode(), final or any(end for _, end in forms)
+    except UnicodeDecodeError:
+        return None
 
 
 class _Read:
@@ -324,6 +359,19 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
         return
     try:
         async for events in reads:
+            if not held.pending and (scanned := _scanned(events)) is not None:
+                text, final = scanned
+                if not text and not final:
+                    yield events
+                    continue
+                held.pending = text
+                if (out := await held.release(final)) != text:
+                    read = _Read(events)
+                    if read.text != text:  # read two ways, two texts: what was checked may not be what is sent
+                        raise RuntimeError("a stream read's text differs between its two readings")
+                    read.rewrite(events, out)
+                yield events
+                continue
             read = _Read(events)
             if not read.text and not read.final:
                 yield events

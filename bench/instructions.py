@@ -24,6 +24,7 @@ beat, request-log flush, the cache's expiry sweep) before the first request, so 
 counted: under valgrind on a loaded machine a request takes long enough for those tasks to add a share that
 depends on the machine's load (40% of a stream, in one run), not on the code.
 `--no-limits` leaves the key's and tenant's limits out (a call with no limit makes no admission round trip).
+`--keep DIR` copies callgrind's dumps (one per scenario and checkout) into DIR, for `callgrind_annotate`.
 `--no-valgrind` runs the same driver without valgrind and reports process CPU time per request instead
 (quick, and as noisy as any timing).
 

@@ -24,6 +24,7 @@ beat, request-log flush, the cache's expiry sweep) before the first request, so 
 counted: under valgrind on a loaded machine a request takes long enough for those tasks to add a share that
 depends on the machine's load (40% of a stream, in one run), not on the code.
 `--no-limits` leaves the key's and tenant's limits out (a call with no limit makes no admission round trip).
+`--keep DIR` copies callgrind's dumps (one per scenario and checkout) into DIR, for `callgrind_annotate`.
 `--no-valgrind` runs the same driver without valgrind and reports process CPU time per request instead
 (quick, and as noisy as any timing).
 
@@ -204,6 +205,8 @@ def main() -> None:
                         help="stop the gateway's clock-driven background tasks before counting (request path only)")
     parser.add_argument("--no-limits", action="store_true",
                         help="no limits on the key and tenant (they are on by default, as in bench/run.py)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy callgrind's dumps (one per scenario and checkout) into DIR, for callgrind_annotate")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--valgrind", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -252,6 +255,10 @@ def main() -> None:
             if child.poll() is None:
                 child.kill()
     print_tables(names, results, opts, bench)
+    if opts.keep:
+        opts.keep.mkdir(parents=True, exist_ok=True)
+        for dump in tmp.glob("*.out.*"):
+            shutil.copy(dump, opts.keep / dump.name)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

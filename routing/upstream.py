@@ -374,15 +374,17 @@ class SSEBuffer:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self.pending + chunk
-        if b"\r\n" in buffer:
+        # find, not `in`: bytes' `in` raises and formats a TypeError inside CPython before it searches.
+        if buffer.find(b"\r\n") != -1:
             buffer = buffer.replace(b"\r\n", b"\n")
-        payloads = []
-        while (end := buffer.find(b"\n\n")) != -1:
-            block, buffer = buffer[:end], buffer[end + 2 :]
-            data = _data_of(block)
-            if data is not None:
+        payloads, start = [], 0
+        while (end := buffer.find(b"\n\n", start)) != -1:  # each event sliced out once, not the rest after it
+            if buffer.startswith(b"data: ", start) and buffer.find(b"\n", start, end) == -1:
+                payloads.append(buffer[start + 6:end])  # one data line: _data_of's first case
+            elif (data := _data_of(buffer[start:end])) is not None:
                 payloads.append(data)
-        self.pending = buffer
+            start = end + 2
+        self.pending = buffer[start:] if start else buffer
         return payloads
 
 
@@ -420,7 +422,7 @@ async def reads(attempt: Attempt) -> AsyncIterator[bytes]:
 
 
 def _data_of(block: bytes) -> bytes | None:
-    if block.startswith(b"data: ") and b"\n" not in block:
+    if block.startswith(b"data: ") and block.find(b"\n") == -1:
         return block[6:]
     lines = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None

@@ -137,7 +137,23 @@ def _number(text: str, region: str) -> str | None:
     return "phone" if phonenumbers.is_valid_number(number) else None
 
 
+# Every alternative of _PII_KINDS needs an ASCII digit, "@" or ":": text with none of them has no
+# candidate, told without a call into RE2 (google-re2's wrapper costs microseconds a call; most of a
+# stream's text, and much prose, is words).
+_PII_NEEDS = b"0123456789@:"
+_PII_NEEDS_STR = re.compile("[0-9@:]")
+
+
+def _no_pii_candidate(text: str) -> bool:
+    if text.isascii():
+        data = text.encode()
+        return len(data.translate(None, _PII_NEEDS)) == len(data)
+    return _PII_NEEDS_STR.search(text) is None
+
+
 def pii(text: str, types: Iterable[str] = PII_TYPES, region: str = "US") -> list[Finding]:
+    if _no_pii_candidate(text):
+        return []
     wanted = set(types)
     found = []
     for start, end in spans(_PII, _PII_BYTES, text):
@@ -166,6 +182,9 @@ _GUESSING = ("Base64 High Entropy String", "Hex High Entropy String", "Secret Ke
 _PRIVATE_KEY = r"-----BEGIN[A-Z ]{0,30} PRIVATE KEY( BLOCK)?-----(?:[A-Za-z0-9+/=\s:,\-]*?-----END[A-Z ]{0,30} PRIVATE KEY( BLOCK)?-----)?"
 _QUIET = re2.Options()
 _QUIET.log_errors = False  # a pattern RE2 cannot read is expected here: it goes to Python's engine
+_YES_NO = re2.Options()  # for a search that only says whether there is a match: no groups to fill in
+_YES_NO.log_errors = False
+_YES_NO.never_capture = True
 
 
 # Assertions RE2 lacks, as detect-secrets writes them: dropped, they leave a pattern that matches
@@ -208,7 +227,7 @@ def _secret_patterns() -> tuple:
     # google-re2's wrapper than the scan itself).
     either = f"{linear}|{any_other.pattern}" if any_other.pattern else ""
     return (re2.compile(linear, _QUIET), re2.compile(linear.encode(), _QUIET), any_other,
-            re2.compile(any_other.pattern.encode(), _QUIET), tuple(other), re2.compile(either.encode(), _QUIET))
+            re2.compile(any_other.pattern.encode(), _YES_NO), tuple(other), re2.compile(either.encode(), _YES_NO))
 
 
 def secrets(text: str) -> list[Finding]:

@@ -187,7 +187,7 @@ class Decisions:
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         entry = {"check": check.label, "kind": check.kind, "stage": stage, "action": action,
-                 "findings": dict(findings), "ms": round(elapsed * 1000, 3)}
+                 "findings": dict(findings), "ms": _ms(elapsed)}
         if error:
             entry["error"] = error
         self.checks.append(entry)
@@ -197,7 +197,12 @@ class Decisions:
         actions = {c["action"] for c in self.checks}
         overall = next((a for a in ("blocked", "refused", "redacted", "flagged", "failed_open") if a in actions),
                        "passed")
-        return {"action": overall, "ms": round(self.seconds * 1000, 3), "checks": self.checks}
+        return {"action": overall, "ms": _ms(self.seconds), "checks": self.checks}
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond (round(x, 3) formats the number in decimal to round it: 3x slower)."""
+    return round(seconds * 1e6) / 1000
 
 
 def refusal(check: Check, findings: Counter) -> errors.GatewayError:

@@ -27,14 +27,17 @@ _SPACE = " \n\t"
 RELEASE_AT_LEAST = 24
 
 
-# A pass-through chunk that carries choice 0's text and nothing else, as OpenAI (and most servers
+# A pass-through chunk that carries choice 0's text and nothing else (read in _Read), as OpenAI (and most servers
 # that speak its format) write it: "choices":[{"index":0,"delta":{"content":"<text>"},"logprobs":null,
-# "finish_reason":null}], the payload's only "choices". Its text is read, and taken out or put back, in
-# the payload's own bytes: parsing every chunk, and serialising again the ones that change, cost more
-# than the checks. Any other chunk (text with an escape in it included) is parsed. A JSON string holds
-# no unescaped quote, so a match is a whole choices array, not text inside a string.
-_TEXT_ONLY = re.compile(rb'"choices":\[\{"index":0,"delta":\{"content":"([^"\\]*)"\},"logprobs":null,'
-                        rb'"finish_reason":null\}\]')
+# "finish_reason":null}], the payload's only "choices", the text with no quote or backslash in it. Its
+# text is read, and taken out or put back, in the payload's own bytes: parsing every chunk, and
+# serialising again the ones that change, cost more than the checks. Any other chunk (text with an
+# escape in it included) is parsed. A JSON string holds no unescaped quote, so the head found is the
+# choices array itself, not text inside a string. Searched with bytes.find (a regular expression's search
+# costs several times more per chunk; bytes' `in` raises a TypeError inside CPython before it searches).
+_HEAD = b'"choices":[{"index":0,"delta":{"content":"'
+_TAIL = b'"},"logprobs":null,"finish_reason":null}]'
+_HEAD_LEN = len(_HEAD)
 _CHOICES = b'"choices"'
 
 
@@ -45,20 +48,6 @@ def _text_slot(choice: dict) -> tuple[dict, str]:
     if delta is None:
         delta = choice["delta"] = {}
     return delta, "content"
-
-
-def _text_only(event: StreamEvent) -> tuple[str, int, int] | None:
-    """A pass-through chunk that carries choice 0's text and nothing else (_TEXT_ONLY): its text and
-    where it lies in the payload; None for any other event. A chunk with usage in it is not one: the
-    adapter has read its usage (`event.usage`)."""
-    forward = event.forward
-    if forward is None or event.usage is not None or (match := _TEXT_ONLY.search(forward)) is None \
-            or forward.count(_CHOICES) != 1:
-        return None
-    try:
-        return match.group(1).decode(), *match.span(1)
-    except UnicodeDecodeError:
-        return None
 
 
 def _parsed(event: StreamEvent) -> list[dict] | None:
@@ -74,30 +63,87 @@ def _parsed(event: StreamEvent) -> list[dict] | None:
     return None
 
 
+# Chunks known by their bytes to carry no text of choice 0 and no end of it, left unparsed (as the only
+# "choices" of their payload): OpenAI's opening chunk (the role, empty content) and a usage chunk.
+_NO_TEXT = (b'"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,'
+            b'"finish_reason":null}]', b'"choices":[]')
+
+
+def _no_text(forward: bytes) -> bool:
+    return (forward.find(_NO_TEXT[0]) != -1 or forward.find(_NO_TEXT[1]) != -1) and forward.count(_CHOICES) == 1
+
+
+# A whole read at once, when every "choices" in it is one of four forms: a text-only chunk (_HEAD ... _TAIL,
+# the text with no quote, backslash or newline), OpenAI's opening chunk, a choice 0 that ends with an empty
+# delta, or no choice at all (usage). Its text is then read with one regular expression over its payloads,
+# in C, rather than chunk by chunk in Python; the read is relayed untouched when all of it may leave, and
+# read chunk by chunk (_Read) only when it must be rewritten. Payloads are joined by newlines, which no JSON
+# payload holds raw, so no match spans two.
+# One pass: each match is one "choices" of those forms; group 1 a text-only chunk's text, group 2 the first
+# character of choice 0's finish_reason.
+_FORMS = re.compile(rb'"choices":\[(?:\{"index":0,"delta":\{(?:"content":"([^"\\\n]*)"\},"logprobs":null,'
+                    rb'"finish_reason":null\}\]|"role":"assistant","content":"","refusal":null\},"logprobs":null,'
+                    rb'"finish_reason":null\}\]|\},"logprobs":null,"finish_reason":"([^"\n]))|\])')
+
+
+def _scanned(events: list[StreamEvent]) -> tuple[str, bool] | None:
+    """(the text of choice 0, whether the answer ended) of a read of pass-through payloads in the forms
+    above, found in their bytes all at once; None for any other read (read chunk by chunk: _Read)."""
+    payloads, final = [], False
+    for event in events:
+        if event.done:
+            final = True
+        if event.forward is not None:
+            payloads.append(event.forward)
+        elif event.chunks:
+            return None
+    blob = b"\n".join(payloads)
+    forms = _FORMS.findall(blob)
+    if len(forms) != blob.count(_CHOICES):
+        return None  # a "choices" of another form: every chunk is read
+    try:
+        return b"".join([text for text, _ in forms]).decode(), final or any(end for _, end in forms)
+    except UnicodeDecodeError:
+        return None
+
+
 class _Read:
     """What one read's events hold: the new text of choice 0, where each piece of it was (`filled`), the
-    places to put text back in (`slots`: those and the ends of choices), each event's parsed chunks (None
-    for a payload read as bytes or not a chunk), whether the answer ended, and a chunk to copy should the
-    text need one of its own. A slot is (event index, container, key) in a parsed chunk, or (event
-    index, None, (start, end)) in a payload's bytes. Nothing is changed yet."""
+    last place to put text back in (`last`: the last of those and of the ends of choices), each event's
+    parsed chunks (None for a payload read as bytes or not a chunk), whether the answer ended, and a chunk
+    to copy should the text need one of its own. A place is (event index, container, key) in a parsed chunk,
+    or (event index, None, (start, end)) in a payload's bytes. Nothing is changed yet. Chunks that
+    `_no_text` tells apart are parsed only if the text needs a chunk of its own (`unparsed`)."""
 
-    __slots__ = ("text", "filled", "slots", "chunk_lists", "final", "template")
+    __slots__ = ("text", "filled", "last", "chunk_lists", "final", "template", "template_at", "unparsed")
 
     def __init__(self, events: list[StreamEvent]) -> None:
-        text, filled, slots, chunk_lists, final, template = [], [], [], [], False, None
+        text, filled, last, final, template, template_at, unparsed = [], [], None, False, None, -1, []
+        chunk_lists: list[list[dict] | None] = [None] * len(events)
         for i, event in enumerate(events):
-            final = final or event.done
-            if (found := _text_only(event)) is not None:
-                chunk_lists.append(None)
-                if found[0]:
-                    text.append(found[0])
-                    filled.append((i, None, found[1:]))
-                    slots.append(filled[-1])
+            if event.done:
+                final = True
+            forward = event.forward
+            if forward is not None and event.usage is None and (at := forward.find(_HEAD)) != -1:
+                # A text-only chunk (_HEAD), read in its bytes: this runs for nearly every chunk of a stream.
+                start = at + _HEAD_LEN
+                end = forward.find(b'"', start)
+                if end != -1 and forward.startswith(_TAIL, end) and forward.count(_CHOICES) == 1:
+                    try:
+                        piece = forward[start:end].decode()
+                    except UnicodeDecodeError:
+                        piece = "\\"  # parsed below
+                    if "\\" not in piece:  # an escape: parsed below, for the text it stands for
+                        if piece:
+                            text.append(piece)
+                            filled.append(last := (i, None, (start, end)))
+                        continue
+            if forward is not None and forward.startswith(b"{") and _no_text(forward):
+                unparsed.append(i)
                 continue
-            chunks = _parsed(event)
-            chunk_lists.append(chunks)
+            chunks = chunk_lists[i] = _parsed(event)
             for chunk in chunks or ():
-                template = chunk
+                template, template_at = chunk, i
                 for choice in chunk.get("choices") or ():
                     if choice.get("index", 0):
                         continue
@@ -105,17 +151,25 @@ class _Read:
                     piece = container.get(key)
                     if piece and isinstance(piece, str):
                         text.append(piece)
-                        filled.append((i, container, key))
-                        slots.append(filled[-1])
+                        filled.append(last := (i, container, key))
                     if choice.get("finish_reason"):
                         final = True
-                        slots.append((i, container, key))
-        self.text, self.filled, self.slots = "".join(text), filled, slots
-        self.chunk_lists, self.final, self.template = chunk_lists, final, template
+                        last = (i, container, key)
+        self.text, self.filled, self.last = "".join(text), filled, last
+        self.chunk_lists, self.final, self.unparsed = chunk_lists, final, unparsed
+        self.template, self.template_at = template, template_at
+
+    def _parse_unparsed(self, events: list[StreamEvent]) -> None:
+        """The chunks `_no_text` left unparsed, parsed (the text needs a chunk of its own: a template, a place)."""
+        for i in self.unparsed:
+            chunks = self.chunk_lists[i] = _parsed(events[i])
+            if chunks and i > self.template_at:
+                self.template, self.template_at = chunks[-1], i
+        self.unparsed = []
 
     def rewrite(self, events: list[StreamEvent], out: str) -> None:
         """The text taken out of the events and `out` (the text released now) put where the last of it was."""
-        put_at = self.slots[-1] if self.slots else None
+        put_at = self.last
         changed = set()
         for slot in self.filled:
             i, container, key = slot
@@ -125,6 +179,7 @@ class _Read:
             elif slot is not put_at or not out:
                 _emptied_event(events[i])
         if out and put_at is None:
+            self._parse_unparsed(events)
             if self.template is not None:
                 _rewritable(events, self.chunk_lists, range(len(events)))
                 _put_new(events, self.template, out)
@@ -304,6 +359,19 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
         return
     try:
         async for events in reads:
+            if not held.pending and (scanned := _scanned(events)) is not None:
+                text, final = scanned
+                if not text and not final:
+                    yield events
+                    continue
+                held.pending = text
+                if (out := await held.release(final)) != text:
+                    read = _Read(events)
+                    if read.text != text:  # read two ways, two texts: what was checked may not be what is sent
+                        raise RuntimeError("a stream read's text differs between its two readings")
+                    read.rewrite(events, out)
+                yield events
+                continue
             read = _Read(events)
             if not read.text and not read.final:
                 yield events

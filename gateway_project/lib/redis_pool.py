@@ -38,6 +38,8 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from .settings_cache import conf
+
 # Keyed weakly by event loop: a client must not outlive, or cross, its loop.
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -92,7 +94,7 @@ def parse(url: str) -> Topology:
 
 
 def topology() -> Topology:
-    return _parsed(settings.REDIS_URL)
+    return _parsed(conf.REDIS_URL)
 
 
 @cache

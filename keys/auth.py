@@ -16,6 +16,7 @@ from django.db import DatabaseError, connection
 
 from gateway_project.lib import config_cache, errors
 from gateway_project.lib.orm_thread import run_orm
+from gateway_project.lib.settings_cache import conf
 
 from . import hashing
 from .models import ApiKey
@@ -100,7 +101,7 @@ async def authenticate(raw_key: str | None) -> KeyInfo:
         _cache_generation = generation
     now = time.monotonic()
     entry = _cache.get(digest)
-    ttl = settings.GATEWAY_CONFIG_CACHE_SECONDS if entry and entry[0] else NEGATIVE_TTL
+    ttl = conf.GATEWAY_CONFIG_CACHE_SECONDS if entry and entry[0] else NEGATIVE_TTL
     if entry is None or now - entry[1] > ttl:
         try:
             info = await run_orm(_load, digest)

@@ -16,6 +16,7 @@ import orjson
 from django.conf import settings
 
 from gateway_project.lib import metrics
+from gateway_project.lib.settings_cache import conf
 from providers import adapters, netguard
 from providers.adapters.base import StreamEvent, UpstreamError, UpstreamRequest
 from providers.targets import Target
@@ -93,7 +94,7 @@ class RetryBudget:
     def allow_retry(self) -> bool:
         now = time.monotonic()
         self._trim(now)
-        if len(self.retries) >= settings.RETRY_BUDGET_FLOOR + settings.RETRY_BUDGET_RATIO * len(self.calls):
+        if len(self.retries) >= conf.RETRY_BUDGET_FLOOR + conf.RETRY_BUDGET_RATIO * len(self.calls):
             return False
         self.retries.append(now)
         return True
@@ -104,9 +105,9 @@ budget = RetryBudget()
 
 def _timeout(target: Target) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
-        total=target.total_timeout or settings.GATEWAY_UPSTREAM_TOTAL_TIMEOUT,
-        sock_connect=target.connect_timeout or settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT,
-        sock_read=target.first_byte_timeout or settings.GATEWAY_UPSTREAM_READ_TIMEOUT,
+        total=target.total_timeout or conf.GATEWAY_UPSTREAM_TOTAL_TIMEOUT,
+        sock_connect=target.connect_timeout or conf.GATEWAY_UPSTREAM_CONNECT_TIMEOUT,
+        sock_read=target.first_byte_timeout or conf.GATEWAY_UPSTREAM_READ_TIMEOUT,
     )
 
 

@@ -43,6 +43,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from gateway_project.lib import config_cache, errors, redis_batch, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
+from gateway_project.lib.settings_cache import conf
 
 from . import alerts, limit_rules, limit_scripts, recorder
 from .limit_rules import (  # noqa: F401
@@ -113,7 +114,7 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     admission = Admission(uuid.uuid4().hex, rules, tokens, micros, "redis",
                           largest_tokens=max(tokens, largest_tokens), largest_micros=max(micros, largest_micros),
                           share=share)
-    if settings.REDIS_URL and not redis_health.down_for(where := redis_keys.reservations(tenant_id)):
+    if conf.REDIS_URL and not redis_health.down_for(where := redis_keys.reservations(tenant_id)):
         try:
             return await _admit_redis(admission, inflight() if inflight else (), read)
         except Exception as exc:  # noqa: BLE001 - not only redis-py's errors (recorder.record says why)
@@ -127,7 +128,7 @@ async def _admit_redis(admission: Admission, entry: tuple = (), read: tuple[str,
     for _ in range(3):
         now = time.time()
         args = [int(now * 1000), admission.reservation, limit_rules.RESERVATION_TTL_MS, len(admission.rules),
-                int(settings.LIMITS_OVERRUN_MEMORY * 1000), int(settings.LIMITS_TRUST_MAX_TOKENS)]
+                int(conf.LIMITS_OVERRUN_MEMORY * 1000), int(conf.LIMITS_TRUST_MAX_TOKENS)]
         for rule in admission.rules:
             args += _rule_args(rule, now, admission)
         args += entry or ("", "", "")
@@ -184,7 +185,7 @@ async def settle(admission: Admission | None, tokens: int, micros: int, event: b
                 args += write
             stream = redis_keys.usage_stream(redis_keys.shard_of(admission.tenant_id))
             scripts = await _loaded_scripts()
-            if event is not None and settings.REDIS_WAIT_REPLICAS:
+            if event is not None and conf.REDIS_WAIT_REPLICAS:
                 result = await _settle_replicated(scripts, [where, stream], args, event)
             else:
                 result = await redis_batch.run_script(scripts.settle, [where, stream], args)

@@ -35,6 +35,7 @@ from django.db import IntegrityError, connection, transaction
 from gateway_project.lib import metrics, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import async_redis, sync_redis
+from gateway_project.lib.settings_cache import conf
 from keys.auth import touch_last_used
 
 from . import events as usage_events
@@ -74,9 +75,9 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
     dropped when Redis is unreachable.
     """
     stream = stream_of(event)
-    if settings.REDIS_URL and not redis_health.down_for(stream):
+    if conf.REDIS_URL and not redis_health.down_for(stream):
         try:
-            if inflight_key is None and not writes and not settings.REDIS_WAIT_REPLICAS:
+            if inflight_key is None and not writes and not conf.REDIS_WAIT_REPLICAS:
                 await async_redis().xadd(stream, {"e": orjson.dumps(event)})
             else:
                 async with async_redis().pipeline(transaction=False) as pipe:
@@ -87,10 +88,10 @@ async def record(event: dict, inflight_key: str | None = None, writes: tuple = (
                         pipe.set(key, value, ex=ttl)
                         if expiries:
                             pipe.zadd(expiries, {key: int((time.time() + ttl) * 1000)})
-                    if settings.REDIS_WAIT_REPLICAS:
+                    if conf.REDIS_WAIT_REPLICAS:
                         pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
                     replies = await pipe.execute()
-                if settings.REDIS_WAIT_REPLICAS:
+                if conf.REDIS_WAIT_REPLICAS:
                     keep_unless_replicated(event, replies[-1])
             return
         except Exception as exc:  # noqa: BLE001 - whatever failed, the event is kept, never lost

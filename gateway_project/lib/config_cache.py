@@ -23,6 +23,8 @@ from django.db import DatabaseError, transaction
 from gateway_project.lib.orm_thread import run_orm
 from gateway_project.lib.redis_pool import channel, pubsub_client, sync_redis
 
+from .settings_cache import conf
+
 log = logging.getLogger(__name__)
 
 CHANNEL = channel("config-changed")
@@ -83,7 +85,7 @@ class Reloaded:
 
     def _fresh(self, generation: int) -> bool:
         return (self.value is not None and generation == self.generation
-                and time.monotonic() - self.loaded_at < settings.GATEWAY_CONFIG_CACHE_SECONDS)
+                and time.monotonic() - self.loaded_at < conf.GATEWAY_CONFIG_CACHE_SECONDS)
 
     async def get(self):
         if self._fresh(_generations[self.name]):

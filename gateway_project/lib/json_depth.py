@@ -5,7 +5,8 @@ most ORJSON_MAX_DEPTH levels) or not even parse (Python's json recurses, a Recur
 import threading
 
 import orjson
-from django.conf import settings
+
+from .settings_cache import conf
 
 # orjson writes at most this many levels of objects and arrays (JSONEncodeError beyond), and
 # reads at most 1024: a body nested in between parsed, then failed when forwarded upstream.
@@ -27,7 +28,7 @@ def too_deep(value, raw: bytes | None = None) -> bool:
     than the parse itself. The wrapping arrays are made once per thread, their innermost
     slot filled for the check.
     """
-    limit = settings.GATEWAY_MAX_JSON_DEPTH
+    limit = conf.GATEWAY_MAX_JSON_DEPTH
     if raw is not None and raw.count(b"{") + raw.count(b"[") <= limit:
         return False
     wrapper = getattr(_wrappers, "value", None)

@@ -46,18 +46,19 @@ async def _join(script: AsyncScript | None, args) -> object:
     batch = _pending.get(loop)
     if batch is None:
         batch = _pending[loop] = []
-        loop.call_soon(_flush, loop)
+        # A task's first step runs in the loop's next turn, after every callback of this one: the
+        # calls of this turn have joined the batch by then, and the sender needs no turn of its own.
+        task = loop.create_task(_flush(loop))
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
     future = loop.create_future()
     batch.append((script, args, future))
     return await future
 
 
-def _flush(loop: asyncio.AbstractEventLoop) -> None:
-    batch = _pending.pop(loop, ())
-    if batch:
-        task = loop.create_task(_send(batch))
-        _sending.add(task)
-        task.add_done_callback(_sending.discard)
+async def _flush(loop: asyncio.AbstractEventLoop) -> None:
+    if batch := _pending.pop(loop, ()):
+        await _send(batch)
 
 
 _sending: set = set()

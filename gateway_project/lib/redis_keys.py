@@ -19,6 +19,8 @@ from functools import cache
 from django.conf import settings
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from .settings_cache import conf
+
 
 @cache
 def _tags(shards: int) -> tuple[str, ...]:
@@ -33,12 +35,12 @@ def _tags(shards: int) -> tuple[str, ...]:
 
 
 def shard_of(tenant_id: int) -> int:
-    return tenant_id % settings.REDIS_SHARDS
+    return tenant_id % conf.REDIS_SHARDS
 
 
 def tag(shard: int) -> str:
     """The hash tag of a shard, braces included."""
-    return _tags(settings.REDIS_SHARDS)[shard]
+    return _tags(conf.REDIS_SHARDS)[shard]
 
 
 def tenant_tag(tenant_id: int) -> str:

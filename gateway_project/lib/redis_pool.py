@@ -38,6 +38,8 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from .settings_cache import conf
+
 # Keyed weakly by event loop: a client must not outlive, or cross, its loop.
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -92,7 +94,7 @@ def parse(url: str) -> Topology:
 
 
 def topology() -> Topology:
-    return _parsed(settings.REDIS_URL)
+    return _parsed(conf.REDIS_URL)
 
 
 @cache
@@ -143,6 +145,29 @@ def packed_by_hiredis(connection_class: type) -> type:
     split by redis-py) go to redis-py's own packing, which raises its usual DataError."""
 
     class Packed(connection_class):
+        async def send_packed_command(self, command, check_health: bool = True) -> None:
+            # redis-py bounds the write with asyncio.wait_for, which on Python 3.11 runs it as a task
+            # of its own, sent a loop turn later: two tasks per call (admission, settlement). The same
+            # bound with asyncio.timeout, and redis-py's own method for everything else.
+            timeout = self.socket_timeout
+            if (not timeout or not self.is_connected or isinstance(command, str)
+                    or (check_health and self.health_check_interval)):
+                await super().send_packed_command(command, check_health)
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    self._writer.writelines([command] if isinstance(command, bytes) else command)
+                    await self._writer.drain()
+            except TimeoutError:
+                await self.disconnect(nowait=True)
+                raise redis.exceptions.TimeoutError("Timeout writing to socket") from None
+            except OSError as e:
+                await self.disconnect(nowait=True)
+                raise redis.exceptions.ConnectionError(f"Error while writing to socket. {e.args}.") from e
+            except BaseException:
+                await self.disconnect(nowait=True)
+                raise
+
         def pack_command(self, *args):
             name = args[0]
             if (" " if isinstance(name, str) else b" ") not in name:

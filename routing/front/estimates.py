@@ -8,8 +8,8 @@ answer the call can get (the deployment's maximum output, whatever max_tokens
 says), reserved by a limit that has seen an upstream ignore max_tokens.
 """
 
-from django.conf import settings
 
+from gateway_project.lib.settings_cache import conf
 from providers.targets import Target
 from usage.limits import to_micros
 
@@ -22,7 +22,7 @@ def chat(body: dict, targets: list[Target], prompt: int) -> tuple[int, int, int,
     """(tokens, micro-dollars) estimated, then the same for the largest answer, for a chat
     call whose prompt counts `prompt` tokens."""
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    completion = asked if isinstance(asked, int) else settings.LIMITS_COMPLETION_ESTIMATE
+    completion = asked if isinstance(asked, int) else conf.LIMITS_COMPLETION_ESTIMATE
     n = max(1, body.get("n") or 1)
     largest = max(t.max_output_tokens for t in targets)
     completion = min(completion, largest) * n

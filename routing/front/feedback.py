@@ -8,9 +8,9 @@ before the record is written, drains one batch of the buffer (as any drainer doe
 """
 
 import orjson
-from asgiref.sync import sync_to_async
 
 from gateway_project.lib import errors
+from gateway_project.lib.orm_thread import run_orm
 from usage import recorder
 from usage.experiments import feedback_record
 from usage.models import Feedback
@@ -65,7 +65,7 @@ def _store(key, given: dict) -> dict | None:
 async def feedback(request, call):
     given = _checked(validation.json_body(request))
     key = await key_of(request)
-    stored = await sync_to_async(_store)(key, given)
+    stored = await run_orm(_store, key, given)
     if stored is None:
         raise errors.GatewayError(404, f"No request '{given['request_id']}' of yours.", param="request_id",
                                   code="request_not_found")

@@ -13,7 +13,9 @@ HTTPS=true a request that came over plain HTTP is refused, not redirected
 """
 
 import asyncio
+import io
 import logging
+import tempfile
 import uuid
 from contextlib import aclosing
 
@@ -64,6 +66,24 @@ class ApiHandler(ASGIHandler):
         self.resolver = get_resolver(settings.API_URLCONF)
         self.max_body = settings.GATEWAY_MAX_REQUEST_BYTES
         self.https_only = settings.HTTPS
+        # The API's paths with no argument in them, matched once: Django's resolver walks every
+        # pattern with a regular expression on each request.
+        self.matches: dict[str, object] = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Django's opens a ThreadSensitiveContext per request, for what a view runs through
+        # sync_to_async; the API runs no sync code in its requests (a cache miss goes to the ORM
+        # pool, gateway_project/lib/orm_thread.py), and gateway_project.asgi sends it HTTP only.
+        await self.handle(scope, receive, send)
+
+    def resolve(self, path: str):
+        """The path's view and arguments (Resolver404 for none)."""
+        match = self.matches.get(path)
+        if match is None:
+            match = self.resolver.resolve(path)
+            if not match.args and not match.kwargs and len(self.matches) < 256:
+                self.matches[path] = match
+        return match
 
     async def handle(self, scope, receive, send) -> None:
         try:
@@ -89,7 +109,7 @@ class ApiHandler(ASGIHandler):
             body_file.close()
             return
         try:
-            request.resolver_match = self.resolver.resolve(request.path_info)  # path arguments, for the view
+            request.resolver_match = self.resolve(request.path_info)  # path arguments, for the view
             view = request.resolver_match.func
         except Resolver404:
             view = not_found
@@ -142,6 +162,25 @@ class ApiHandler(ASGIHandler):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise errors.too_large(limit)
         return await self.read_body(_counting(receive, limit))
+
+    async def read_body(self, receive):
+        """Django's, but a body that came in one message (every JSON call) is read from memory as it
+        came, with no spooled temporary file around it; a longer upload spools as in Django."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        if not message.get("more_body", False):
+            return io.BytesIO(message.get("body", b""))
+        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        body_file.write(message.get("body", b""))
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            body_file.write(message.get("body", b""))
+        body_file.seek(0)
+        return body_file
 
 
 def _counting(receive, limit: int):

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from django.conf import settings
 from django.http import HttpResponse
 
 from gateway_project.lib import errors
+from gateway_project.lib.settings_cache import conf
 from keys import throttle
 from keys.auth import authenticate as authenticate_key
 from keys.auth import key_from_headers
@@ -157,12 +157,12 @@ async def admit(call: Call, estimate, targets) -> None:
     """
     started = time.perf_counter()
     call.planned = targets[0] if targets else None
-    entry = _inflight_entry(call, call.planned) if settings.REDIS_URL and call.planned else None
-    read = stages.admission_read(call) if settings.REDIS_URL else None
+    entry = _inflight_entry(call, call.planned) if conf.REDIS_URL and call.planned else None
+    read = stages.admission_read(call) if conf.REDIS_URL else None
     try:
         call.admission = await limits.admit(call.key.tenant_id, call.key.id, call.model,
                                             lambda: estimate(call.body, targets, call.estimated_prompt()), entry,
-                                            read, settings.BATCH_LIMIT_SHARE if call.batch_id else 1.0)
+                                            read, conf.BATCH_LIMIT_SHARE if call.batch_id else 1.0)
     except errors.GatewayError:
         call.inflight = None  # refused: no entry was written
         raise

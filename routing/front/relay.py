@@ -14,10 +14,10 @@ import time
 
 import aiohttp
 import orjson
-from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from gateway_project.lib import errors, metrics
+from gateway_project.lib.settings_cache import conf
 from providers.adapters.base import StreamEvent, UpstreamError, without_secrets
 from routing import upstream
 from usage import inflight
@@ -63,11 +63,11 @@ def _checkpoint(call: Call) -> None:
     """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
     after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
     if call.inflight is None:
-        call.inflight = inflight.entries_key(call.key.tenant_id) if settings.REDIS_URL else ""
+        call.inflight = inflight.entries_key(call.key.tenant_id) if conf.REDIS_URL else ""
     if not call.inflight:
         call.checkpoint_due = math.inf
         return
-    call.checkpoint_due = time.monotonic() + settings.USAGE_INFLIGHT_CHECKPOINT
+    call.checkpoint_due = time.monotonic() + conf.USAGE_INFLIGHT_CHECKPOINT
     if call.checkpointing is None or call.checkpointing.done():
         # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
         call.checkpointing = asyncio.ensure_future(write_checkpoint(call, orjson.dumps(call.interrupted_event())))

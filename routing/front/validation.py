@@ -9,6 +9,7 @@ from django.conf import settings
 
 from gateway_project.lib import errors
 from gateway_project.lib.json_depth import too_deep
+from gateway_project.lib.settings_cache import conf
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # The gateway's extension field naming a prompt template on chat completions and Anthropic messages
@@ -27,7 +28,7 @@ def json_body(request) -> dict:
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
     if too_deep(body, request.body):  # orjson would read it, then fail to forward it: a 500
-        limit = settings.GATEWAY_MAX_JSON_DEPTH
+        limit = conf.GATEWAY_MAX_JSON_DEPTH
         raise errors.bad_request(f"The JSON body nests objects and arrays more than {limit} levels deep, "
                                  f"the most this gateway accepts.", code="json_too_deep")
     return body
@@ -197,7 +198,7 @@ def chat(body: dict, prompted: bool = False) -> dict:
     if not isinstance(messages, list) or not (messages or prompted):
         raise errors.bad_request("'messages' must be a non-empty array.", param="messages",
                                  code="missing_required_parameter")
-    if len(messages) > settings.GATEWAY_MAX_MESSAGES:
+    if len(messages) > conf.GATEWAY_MAX_MESSAGES:
         raise errors.bad_request(f"Too many messages: at most {settings.GATEWAY_MAX_MESSAGES} per request.",
                                  param="messages", code="too_many_messages")
     for i, message in enumerate(messages):
@@ -205,7 +206,7 @@ def chat(body: dict, prompted: bool = False) -> dict:
     _tools(body)
     _response_format(body)
     _sampling(body)
-    _optional(body, "max_completion_tokens", (int,), lambda v: 1 <= v <= settings.GATEWAY_MAX_OUTPUT_TOKENS,
+    _optional(body, "max_completion_tokens", (int,), lambda v: 1 <= v <= conf.GATEWAY_MAX_OUTPUT_TOKENS,
               f"expected a positive integer up to {settings.GATEWAY_MAX_OUTPUT_TOKENS}")
     if isinstance(body.get("tools"), list) and len(body["tools"]) > 128:
         raise _invalid("tools", "at most 128 tools")
@@ -223,7 +224,7 @@ def _sampling(body: dict) -> None:
     _optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2, "expected a number from 0 to 2")
     _optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "expected a number from 0 to 1")
     _optional(body, "n", (int,), lambda v: 1 <= v <= 128, "expected an integer from 1 to 128")
-    cap = settings.GATEWAY_MAX_OUTPUT_TOKENS
+    cap = conf.GATEWAY_MAX_OUTPUT_TOKENS
     _optional(body, "max_tokens", (int,), lambda v: 1 <= v <= cap, f"expected a positive integer up to {cap}")
     for name in ("frequency_penalty", "presence_penalty"):
         _optional(body, name, (int, float), lambda v: -2 <= v <= 2, "expected a number from -2 to 2")

@@ -100,7 +100,7 @@ class ApiHandler(ASGIHandler):
         # each (and asyncio.wait's futures): an open stream holds less, and 10,000 hold 10,000 less.
         task = asyncio.current_task()
         watch = _HangUp(task)
-        listener = asyncio.create_task(watch.listen(self.listen_for_disconnect(receive)))
+        listener = asyncio.create_task(watch.listen(self, receive))
         try:
             await self.respond(view, request, send)
         except asyncio.CancelledError:
@@ -157,9 +157,9 @@ class _HangUp:
     def __init__(self, task: asyncio.Task) -> None:
         self.task, self.responding, self.hung_up = task, True, False
 
-    async def listen(self, disconnect) -> None:
+    async def listen(self, handler: ASGIHandler, receive) -> None:
         try:
-            await disconnect
+            await handler.listen_for_disconnect(receive)
         except RequestAborted:
             # Only while the task is inside `respond`: the cancellation then lands there, and
             # never in the work the handler runs after the answer (the settlement among it).

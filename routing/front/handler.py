@@ -115,17 +115,22 @@ class ApiHandler(ASGIHandler):
             view = not_found
         # What a view leaves for after its answer is sent (routing/front/endpoint.py `finish`).
         request.after_response = []
-        process = asyncio.create_task(self.respond(view, request, send))
-        disconnect = asyncio.create_task(self.listen_for_disconnect(receive))
-        await asyncio.wait([process, disconnect], return_when=asyncio.FIRST_COMPLETED)
-        for task in (disconnect, process):
-            if not task.done():
-                # A client gone mid-call cancels the view, which records what it owes.
-                task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, RequestAborted):
-                pass
+        # The view runs in this task; one task beside it waits for the client to hang up and then
+        # cancels the view, which records what the call owes. One task per call fewer than a task
+        # each (and asyncio.wait's futures): an open stream holds less, and 10,000 hold 10,000 less.
+        task = asyncio.current_task()
+        watch = _HangUp(task)
+        listener = asyncio.create_task(watch.listen(self, receive))
+        try:
+            await self.respond(view, request, send)
+        except asyncio.CancelledError:
+            if not watch.hung_up:
+                raise  # the server's own cancellation, not the client's hang-up
+        finally:
+            watch.responding = False
+            listener.cancel()
+        if watch.hung_up:
+            task.uncancel()
         body_file.close()
         for work in request.after_response:
             try:
@@ -181,6 +186,25 @@ class ApiHandler(ASGIHandler):
             body_file.write(message.get("body", b""))
         body_file.seek(0)
         return body_file
+
+
+class _HangUp:
+    """Cancels the call's task when its client hangs up while the answer is still being made or sent."""
+
+    __slots__ = ("task", "responding", "hung_up")
+
+    def __init__(self, task: asyncio.Task) -> None:
+        self.task, self.responding, self.hung_up = task, True, False
+
+    async def listen(self, handler: ASGIHandler, receive) -> None:
+        try:
+            await handler.listen_for_disconnect(receive)
+        except RequestAborted:
+            # Only while the task is inside `respond`: the cancellation then lands there, and
+            # never in the work the handler runs after the answer (the settlement among it).
+            if self.responding:
+                self.hung_up = True
+                self.task.cancel()
 
 
 def _counting(receive, limit: int):

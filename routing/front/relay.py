@@ -70,12 +70,16 @@ def _checkpoint(call: Call) -> None:
     call.checkpoint_due = time.monotonic() + conf.USAGE_INFLIGHT_CHECKPOINT
     if call.checkpointing is None or call.checkpointing.done():
         # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
-        call.checkpointing = asyncio.ensure_future(write_checkpoint(call, orjson.dumps(call.interrupted_event())))
+        # An exact-size copy: orjson's output keeps a 4-8 KiB buffer while the write waits for Redis.
+        event = bytes(memoryview(orjson.dumps(call.interrupted_event())))
+        call.checkpointing = asyncio.ensure_future(write_checkpoint(call, event))
 
 
 async def write_checkpoint(call: Call, event: bytes) -> None:
     if not await inflight.checkpoint(call.inflight, call.request_id, event):
         call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
+    if call.checkpointing is asyncio.current_task():
+        call.checkpointing = None  # landed: an open stream keeps no finished task (a failure stays, for the log)
 
 
 def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> StreamingHttpResponse:

@@ -117,6 +117,8 @@ async def admit(tenant_id: int, key_id: int, model: str, estimate, inflight=None
     if conf.REDIS_URL and not redis_health.down_for(where := redis_keys.reservations(tenant_id)):
         try:
             return await _admit_redis(admission, inflight() if inflight else (), read)
+        except errors.GatewayError:
+            raise  # the limits' own refusal (a 429), not a failure of Redis
         except Exception as exc:  # noqa: BLE001 - not only redis-py's errors (recorder.record says why)
             redis_health.failed(exc, where)
             log.warning("limits: Redis unreachable (%s), enforcing the offline policy", exc)

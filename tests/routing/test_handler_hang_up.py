@@ -27,7 +27,8 @@ def _serve(view, hang_up: asyncio.Event):
         sent.append(message)
 
     async def main():
-        handler.resolver.resolve = lambda path: type("Match", (), {"func": staticmethod(view)})()
+        match = type("Match", (), {"func": staticmethod(view), "args": (), "kwargs": {}})()
+        handler.resolver.resolve = lambda path: match
         task = asyncio.current_task()
         await handler.handle(SCOPE, receive, send)
         return task.cancelling()

@@ -16,13 +16,12 @@ import time
 from functools import cache
 
 import orjson
-import redis
 from django.conf import settings
 from django.db import connection
 
 from gateway_project.lib import metrics, redis_health
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures
 from routing import breakers, table
 from usage import recorder
 
@@ -49,7 +48,7 @@ async def handle(scope, receive, send) -> None:
     else:
         try:
             text = await scrape()
-        except (redis.RedisError, OSError):
+        except redis_failures:
             await _answer(scope, send, 503, b"metrics store (Redis) unreachable\n", "text/plain")
             return
         await _answer(scope, send, 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
@@ -156,7 +155,7 @@ async def _redis() -> str:
         return REDIS_DOWN
     try:
         await asyncio.wait_for(async_redis().ping(), CHECK_TIMEOUT)
-    except (TimeoutError, redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc)
         return f"unreachable: {type(exc).__name__}"
     return "ok"
@@ -167,7 +166,7 @@ async def _usage_buffer() -> str:
         return REDIS_DOWN
     try:
         backlog, lag = await asyncio.wait_for(recorder.buffer_state(), CHECK_TIMEOUT)
-    except (TimeoutError, redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         return f"unreachable: {type(exc).__name__}"
     held = recorder.held()
     if backlog > settings.READY_MAX_USAGE_BACKLOG or held > settings.READY_MAX_USAGE_BACKLOG:

@@ -12,11 +12,10 @@ import asyncio
 import logging
 import time
 
-import redis
 from django.conf import settings
 
 from gateway_project.lib import redis_health
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ async def _count(address: str) -> int:
             async with async_redis().pipeline(transaction=False) as pipe:
                 count, _ = await pipe.incr(key).expire(key, WINDOW, nx=True).execute()
             return count
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc)
     now = time.monotonic()
     count, since = _local.get(address, (0, now))

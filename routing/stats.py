@@ -12,11 +12,10 @@ import os
 import socket
 import time
 
-import redis
 from django.conf import settings
 
 from gateway_project.lib import redis_health
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ async def sync_forever(stop: asyncio.Event) -> None:
         if settings.REDIS_URL:
             try:
                 await sync_once()
-            except (redis.RedisError, OSError) as exc:
+            except redis_failures as exc:
                 redis_health.failed(exc)
                 log.debug("routing stats: Redis unreachable; deciding on this process's numbers")
         try:

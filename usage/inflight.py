@@ -32,11 +32,10 @@ import secrets
 import socket
 import time
 
-import redis
 from django.conf import settings
 
 from gateway_project.lib import redis_batch, redis_health, redis_keys
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ async def checkpoint(key: str, request_id: str, event: bytes) -> bool:
         # checkpoints of this turn of the loop (thousands of open streams would otherwise queue for the
         # pool's connections). The worker is known to the reapers from its first beat, at startup.
         await redis_batch.run_command("HSET", key, request_id, event)
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, key)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return False
@@ -126,7 +125,7 @@ async def checkpoint_and_read(key: str, request_id: str, event: bytes, read: tup
             if renew and expiries:
                 pipe.zadd(expiries, {name: int((time.time() + renew) * 1000)}, xx=True)
             value = (await pipe.execute())[1]
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, key)
         log.warning("in-flight entry of %s not written (%s)", request_id, exc)
         return None
@@ -166,7 +165,7 @@ class Beat:
         started = time.monotonic()
         try:
             await self._each_shard(self.beat, lambda shard: ([workers_key(shard)], [worker_id()]))
-        except (redis.RedisError, OSError):
+        except redis_failures:
             self.healthy_since = None
             raise
         now = time.monotonic()
@@ -199,7 +198,7 @@ async def beat_forever(stop: asyncio.Event, held) -> None:
     while not stop.is_set():
         try:
             await beat.once(held())
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc)  # noticed here, the hot path need not wait to find out
             log.warning("in-flight heartbeat failed (%s)", exc)
         try:

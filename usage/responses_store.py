@@ -42,7 +42,7 @@ from django.db.models import Q
 
 from gateway_project.lib import errors, redis_health, redis_keys
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import async_redis, sync_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures, sync_redis
 from keys.auth import KeyInfo
 
 from .models import StoredResponse
@@ -126,7 +126,7 @@ async def save(key: KeyInfo, response: dict, input_items: list[dict], previous_i
                 pipe.xadd(redis_keys.responses_stream(redis_keys.shard_of(key.tenant_id)), {"r": raw})
                 await pipe.execute()
             return
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc, _record_key(key.tenant_id, record["id"]))
             log.warning("stored responses: Redis unreachable; holding %s in process", record["id"])
     record = orjson.loads(raw)  # a copy: the caller's objects may change after this
@@ -187,7 +187,7 @@ async def _buffered(key: KeyInfo, response_id: str) -> tuple[bool, dict | None]:
                 raw, deleted = await pipe.execute()
             if deleted or raw is not None:
                 return True, None if deleted else orjson.loads(raw)
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc, _record_key(key.tenant_id, response_id))
     return False, None
 
@@ -276,7 +276,7 @@ async def find_items(key: KeyInfo, item_ids: list[str]) -> dict[str, dict]:
             for response_id in await async_redis().mget([_item_key(key.tenant_id, i) for i in ids]):
                 if response_id is not None:
                     response_ids.add(response_id.decode())
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc, _record_key(key.tenant_id, ""))
     for response_id in response_ids:
         _pick(await load(key, response_id), wanted, found)
@@ -322,7 +322,7 @@ async def delete(key: KeyInfo, response_id: str) -> bool:
                 pipe.set(_tombstone_key(*where), 1, ex=TOMBSTONE_TTL)
                 pipe.delete(_record_key(*where))
                 await pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc, _record_key(*where))
             raise errors.GatewayError(503, "The gateway cannot reach Redis to delete this response; try again.",
                                       type="server_error", code="store_unavailable") from exc

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from gateway_project.lib.orm_thread import run_orm
-from gateway_project.lib.redis_pool import channel, pubsub_client, sync_redis
+from gateway_project.lib.redis_pool import channel, pubsub_client, redis_failures, sync_redis
 
 from .settings_cache import conf
 
@@ -135,7 +135,7 @@ async def listen(stop: asyncio.Event) -> None:
                             subscription.on_message(data)
                         else:
                             bump(data)
-        except (redis.RedisError, OSError):
+        except redis_failures:
             log.warning("config change listener lost Redis; retrying")
             await asyncio.sleep(1.0)
         finally:

@@ -32,7 +32,7 @@ import orjson
 import redis
 from django.conf import settings
 
-from gateway_project.lib.redis_pool import async_redis, sync_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures, sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ async def push() -> None:
                 pipe.hincrbyfloat(COUNTERS_KEY, field, value)
             pipe.hset(GAUGES_KEY, PROC, gauges)
             await pipe.execute()
-    except (redis.RedisError, OSError):
+    except redis_failures:
         _restore(fields)
         raise
 
@@ -239,7 +239,7 @@ async def push_forever(stop: asyncio.Event, sample=None, on_redis_error=None) ->
             sample()
         try:
             await push()
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             if on_redis_error is not None:
                 on_redis_error(exc)  # noticed here, the hot path need not wait to find out
             log.debug("metrics: Redis unreachable; counts kept for the next push")

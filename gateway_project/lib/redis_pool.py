@@ -40,6 +40,12 @@ from redis.sentinel import Sentinel
 
 from .settings_cache import conf
 
+# What a Redis command raises when Redis, not the caller, failed: redis-py's errors, the socket's
+# (timeouts included), and the RuntimeError uvloop raises for a connection whose transport a
+# dying node closed under it (a killed cluster master's, mid-call). Each caller then takes its
+# fallback, as for a connection error, rather than answering 500.
+redis_failures = (redis.RedisError, OSError, RuntimeError)
+
 # Keyed weakly by event loop: a client must not outlive, or cross, its loop.
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -14,12 +14,11 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import redis
 from django.conf import settings
 from usearch.index import Index
 
 from gateway_project.lib import redis_health
-from gateway_project.lib.redis_pool import async_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures
 
 from . import hashing
 
@@ -98,7 +97,7 @@ async def add(scope: str, key: str, vector: np.ndarray, ttl: int) -> None:
             pipe.ltrim(scope, -settings.CACHE_SEMANTIC_MAX_ENTRIES, -1)
             pipe.expire(scope, ttl)
             await pipe.execute()
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, scope)
 
 
@@ -119,7 +118,7 @@ async def _sync(scope: str, scoped: Scoped) -> bool:
             # Trimmed, purged or expired under us: start over from what the list holds.
             scoped.index, scoped.keys, scoped.synced = None, [], 0
             items = await async_redis().lrange(scope, 0, -1)
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, scope)
         return False
     if len(items) < LOAD_IN_THREAD:

@@ -23,11 +23,10 @@ import logging
 import time
 from collections import OrderedDict
 
-import redis
 from django.conf import settings
 
 from gateway_project.lib import metrics, redis_health, redis_keys
-from gateway_project.lib.redis_pool import async_redis, sync_redis
+from gateway_project.lib.redis_pool import async_redis, redis_failures, sync_redis
 
 from . import hashing, semantic
 
@@ -72,7 +71,7 @@ async def get(key: str, renew_ttl: int = 0) -> bytes | None:
             pipe.zadd(expiries_of(key), {key: expires_at(renew_ttl)}, xx=True)  # XX: only an entry that was stored
             value, _ = await pipe.execute()
         return value
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, key)
         log.warning("response cache unreachable (%s); serving uncached", type(exc).__name__)
         return None
@@ -90,7 +89,7 @@ async def put(key: str, value: bytes, ttl: int) -> bool:
             pipe.zadd(expiries_of(key), {key: expires_at(ttl)})
             await pipe.execute()
         return True
-    except (redis.RedisError, OSError) as exc:
+    except redis_failures as exc:
         redis_health.failed(exc, key)
         return False
 
@@ -117,7 +116,7 @@ async def sweep_forever(stop: asyncio.Event) -> None:
             pass
         try:
             await sweep()
-        except (redis.RedisError, OSError) as exc:
+        except redis_failures as exc:
             redis_health.failed(exc)
 
 

@@ -186,7 +186,10 @@ def test_an_event_meeting_a_connection_closed_under_it_is_kept_and_written(trans
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(record_on_a_closed_transport())
-    assert recorder.held_ids() == {"closed-under-it-1"}
+    # Which way the event went depends on the installed redis-py: some raise uvloop's RuntimeError
+    # on the closed transport (the event is then held in the process), newer ones reconnect and
+    # buffer it in Redis. Either way it must reach the ledger, once.
     recorder.drain_all()
+    assert recorder.held_ids() == set()
     (row,) = records(request_id="closed-under-it-1")
     assert (row.prompt_tokens, row.completion_tokens, row.cost_usd) == (3, 5, Decimal("0.000008"))

@@ -8,7 +8,8 @@ used_cpu_user deltas, summed over the masters), with the background work of the 
 one Redis core carries, in situ. On one Redis also: where its CPU goes per call (a round with every
 command timed by SLOWLOG, the scripts, in-flight writes, drain, background, and the network I/O and event
 loop left of used_cpu), and the same calls replayed at saturation (MONITOR records the commands of 20
-real calls; pipelined clients replay them over 64 tenants with a drainer; calls per Redis CPU second).
+real calls; pipelined clients replay them over 64 tenants with a drainer; calls per Redis CPU second), on
+one Redis and on the cluster's masters (each sent the shard tags its slots hold, the CPU of the three summed).
 docs/scaling.md says what each figure means. With --long, also the 600-per-minute tenant limit over
 whole minute windows on four workers of the cluster.
 
@@ -335,11 +336,12 @@ async def _replay_connection(port: int, calls: list, depth: int, until: float, c
     writer.close()
 
 
-def _replay_process(port, calls, connections, depth, seconds, queue) -> None:
+def _replay_process(calls_by_port, connections, depth, seconds, queue) -> None:
     async def run():
         counts = [0, 0]
         until = time.monotonic() + seconds
-        await asyncio.gather(*(_replay_connection(port, calls, depth, until, counts) for _ in range(connections)))
+        await asyncio.gather(*(_replay_connection(port, calls, depth, until, counts)
+                               for port, calls in calls_by_port.items() for _ in range(connections)))
         return counts
     queue.put(asyncio.run(run()))
 
@@ -374,44 +376,66 @@ def _drain_process(port: int, streams: list[bytes], until: float, queue) -> None
     queue.put(drained)
 
 
-def saturate(node: redis.Redis, recorded: list, seconds: float, processes: int, connections: int, depth: int,
-             tenants: int = 64, tags: int = 16) -> dict:
+def saturate(nodes: list[redis.Redis], recorded: list, seconds: float, processes: int, connections: int,
+             depth: int, tenants: int = 64, tags: int = 16) -> dict:
     """Replay the recorded calls from `processes` client processes of `connections` pipelined connections
-    each (`depth` calls a pipeline), over `tenants` tenants on `tags` shards, with a drainer: Redis's
-    CPU per call and the calls per second of a full core."""
+    each (`depth` calls a pipeline) to every master, over `tenants` tenants on `tags` shards, with a drainer
+    per master: Redis's CPU per call (summed over the masters) and the calls per second of a full core. On
+    a cluster, each master is sent the calls of the shard tags its slots hold."""
     import multiprocessing
     import re
 
-    port = node.connection_pool.connection_kwargs["port"]
+    from usage import limit_scripts
+
+    def port_of(node):
+        return node.connection_pool.connection_kwargs["port"]
+
+    owner = {}
+    for t in range(tags):
+        key = b"gw:{r%d}:resv:exp" % t
+        if len(nodes) == 1:
+            owner[t] = nodes[0]
+            continue
+        slot = nodes[0].execute_command("CLUSTER KEYSLOT", key)
+        for first, last, (_, port, *_), *_ in nodes[0].execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                owner[t] = next(n for n in nodes if port_of(n) == port)
     tag = re.search(rb"\{[^}]*\}", recorded[0][0][3]).group(0)
-    calls = []
+    calls_by_port: dict[int, list] = {}
     for j in range(tenants):
+        node = owner[j % tags]
         for call in recorded:
-            calls.append(Replayed(call, tag, b"{r%d}" % (j % tags), j))
-    seeded = {p for c in calls for p in c.periods}
-    pipe = node.pipeline(transaction=False)
-    for period in seeded:
-        pipe.hset(period, mapping={"tok": 0, "cost": 0, "tokres": 0, "costres": 0})
-        pipe.expire(period, 3600)
-    pipe.execute()
-    streams = sorted({b"gw:{r%d}:usage" % t for t in range(tags)})
+            replayed = Replayed(call, tag, b"{r%d}" % (j % tags), j)
+            calls_by_port.setdefault(port_of(node), []).append(replayed)
+            for period in replayed.periods:
+                node.hset(period, mapping={"tok": 0, "cost": 0, "tokres": 0, "costres": 0})
+                node.expire(period, 3600)
+    for node in nodes:  # the recorded calls' scripts (by SHA) on every master
+        for script in (limit_scripts.ADMIT, limit_scripts.SETTLE):
+            node.script_load(script)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    node.config_resetstat()
-    before, started = cpu([node]), time.monotonic()
-    drainer = ctx.Process(target=_drain_process, args=(port, streams, started + seconds + 1.0, queue))
-    drainer.start()
-    workers = [ctx.Process(target=_replay_process, args=(port, calls, connections, depth, seconds, queue))
+    for node in nodes:
+        node.config_resetstat()
+    before, started = cpu(nodes), time.monotonic()
+    drainers = [ctx.Process(target=_drain_process, args=(
+        port_of(node), sorted({b"gw:{r%d}:usage" % t for t in range(tags) if owner[t] is node}),
+        started + seconds + 1.0, queue)) for node in nodes]
+    for d in drainers:
+        d.start()
+    # The same connections in all, split over the masters.
+    per_master = -(-connections // len(nodes))
+    workers = [ctx.Process(target=_replay_process, args=(calls_by_port, per_master, depth, seconds, queue))
                for _ in range(processes)]
     for w in workers:
         w.start()
-    results = [queue.get() for _ in range(processes + 1)]
-    for w in workers + [drainer]:
+    results = [queue.get() for _ in range(processes + len(drainers))]
+    for w in workers + drainers:
         w.join()
-    wall, used = time.monotonic() - started, cpu([node]) - before
+    wall, used = time.monotonic() - started, cpu(nodes) - before
     made = sum(r[0] for r in results if isinstance(r, list))
     refused = sum(r[1] for r in results if isinstance(r, list))
-    counts = commands([node])
+    counts = commands(nodes)
     return {"calls": made, "refused": refused, "wall": wall, "cpu": used, "busy": used / wall,
             "us_per_call": used * 1e6 / made, "per_core": made / used, "rate": made / wall,
             "commands": {k: round(v / made, 2) for k, v in counts.most_common() if k not in ("config|resetstat", "info")}}
@@ -511,14 +535,18 @@ def main() -> None:
             rows[name] = measure(url, env, key, opts.requests, opts.connections,
                                  breakdown_requests=opts.breakdown_requests if name == "one Redis" else 0)
             rows[name]["idle"] = idle_cpu(url, env)
-        saturated = {}
+        saturated: dict[str, dict] = {name: {} for name in rows}
         if opts.saturate:
-            node = redis.Redis(port=single.port)
-            for call in BODIES:
-                if rows["one Redis"][call].get("recorded"):
-                    node.flushall()
-                    saturated[call] = saturate(node, rows["one Redis"][call]["recorded"], opts.saturate,
-                                               opts.replay_processes, opts.replay_connections, opts.replay_depth)
+            # The calls recorded on one Redis, replayed on it and on the cluster's masters.
+            for name, url in targets:
+                nodes = masters(url)
+                for call in BODIES:
+                    if rows["one Redis"][call].get("recorded"):
+                        for node in nodes:
+                            node.flushall()
+                        saturated[name][call] = saturate(nodes, rows["one Redis"][call]["recorded"], opts.saturate,
+                                                         opts.replay_processes, opts.replay_connections,
+                                                         opts.replay_depth)
         print(f"\n{opts.requests} requests per round, {opts.connections} connections, one gateway worker; "
               "limits on the key and the tenant\n")
         print("| Redis | call | Redis commands per call | Redis CPU per call, in situ | calls/s per Redis core, "
@@ -526,15 +554,17 @@ def main() -> None:
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for name, result in rows.items():
             for call in BODIES:
-                r, sat = result[call], saturated.get(call) if name == "one Redis" else None
+                r, sat = result[call], saturated[name].get(call)
                 replay = f"{sat['us_per_call']:.0f} us | {sat['per_core']:,.0f}" if sat else "- | -"
                 print(f"| {name} | {call} | {r['per_request']:.2f} | {r['cpu_ms'] * 1000:.0f} us | "
                       f"{1000 / r['cpu_ms']:,.0f} | {replay} |")
-        for call, sat in saturated.items():
-            print(f"\nreplay of {call} ({len(rows['one Redis'][call]['recorded'])} recorded calls, 64 tenants on 16 "
-                  f"shards, {opts.replay_processes}x{opts.replay_connections} connections, {opts.replay_depth} calls "
-                  f"a pipeline, and a drainer): {sat['calls']:,} calls in {sat['wall']:.1f} s ({sat['rate']:,.0f}/s), "
-                  f"Redis {sat['busy']:.0%} busy, {sat['refused']} refused; commands per call {sat['commands']}")
+        for name, by_call in saturated.items():
+            for call, sat in by_call.items():
+                print(f"\n{name}, replay of {call} ({len(rows['one Redis'][call]['recorded'])} recorded calls, 64 "
+                      f"tenants on 16 shards, {opts.replay_processes}x{opts.replay_connections} connections split over "
+                      f"the masters, {opts.replay_depth} calls a pipeline, a drainer per master): {sat['calls']:,} calls "
+                      f"in {sat['wall']:.1f} s ({sat['rate']:,.0f}/s), Redis {sat['busy']:.0%} busy (the masters' "
+                      f"CPU summed), {sat['refused']} refused; commands per call {sat['commands']}")
         for call in BODIES:
             b = rows["one Redis"][call].get("breakdown")
             if not b:

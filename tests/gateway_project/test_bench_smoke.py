@@ -16,14 +16,17 @@ def test_bench_runs_and_prints_its_table(django_db_setup):
             and len(line.strip("|").split("|")) == 13]
     # 10, the response cache's 5 (exact hit, miss, streamed hit, semantic hit, miss), the new-question chat
     # the miss is measured against, and the 2,000-character chat on the mock, the floor and the gateway,
-    # then on the guarded model, and the guarded stream; and the gateway under the other candidate servers
-    # (uvicorn, hypercorn) on chat and stream.
-    assert len(rows) == 25, result.stdout[-3000:]
+    # then on the guarded model, the guarded stream and the stream with output checks only; and the gateway
+    # under the other candidate servers (uvicorn, hypercorn) on chat and stream.
+    assert len(rows) == 26, result.stdout[-3000:]
     candidates = {tuple(c.strip() for c in line.strip("|").split("|")[:2]) for line in rows}
     assert {("chat", "gateway under uvicorn"), ("stream", "gateway under hypercorn")} <= candidates
     beside = [line for line in result.stdout.splitlines() if line.startswith("| stream, guardrails |")
               and len(line.strip("|").split("|")) == 4]
     assert len(beside) == 1, result.stdout[-3000:]  # the guarded stream as a ratio of the plain one
+    # The guardrails' pairs again in alternating rounds: each round's ratio, and their median.
+    paired = re.search(r"^\| stream, output checks \| stream \| 1 \| ([\d.]+) \| ([\d.]+) \|$", result.stdout, re.M)
+    assert paired and paired.group(1) == paired.group(2), result.stdout[-3000:]  # one round in a smoke run
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         rps, cpu, whole, errors = float(cells[2]), float(cells[3]), cells[4], int(cells[7])

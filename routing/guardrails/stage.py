@@ -127,6 +127,11 @@ class OutputGuard(stages.Stage):
 
         return held_back(call, reads)
 
+    def on_reads(self, call):
+        from .streaming import HeldReads  # deferred: as on_stream's
+
+        return HeldReads(call)
+
 
 class Restore(stages.Stage):
     name = "guardrails-restore"

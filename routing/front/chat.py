@@ -18,9 +18,10 @@ async def answer(call, attempt, body: dict):
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         adapter = for_kind(attempt.target.kind)
         translate = adapter.chat_stream(attempt.target, body, want_usage)
-        verbatim_read = getattr(adapter, "verbatim_read", None)
-        if verbatim_read is not None and not stages.has_output(call):
-            return relay.relay_verbatim(call, attempt, translate, verbatim_read)
+        if (verbatim_read := getattr(adapter, "verbatim_read", None)) is not None:
+            verbatim, held = stages.verbatim_reads(call)
+            if verbatim:
+                return relay.relay_verbatim(call, attempt, translate, verbatim_read, held)
         return relay.relay_stream(call, attempt, translate, relay.OpenAIStream())
     raw, completion, verbatim = await read_chat(call, attempt, body)
     return json_response(raw if verbatim else orjson.dumps(completion))

@@ -87,12 +87,15 @@ def relay_stream(call: Call, attempt: upstream.Attempt, translate, writer) -> St
     return _relay(call, attempt, _translated(call, attempt, translate, writer), writer)
 
 
-def relay_verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_read) -> StreamingHttpResponse:
-    """Relay an OpenAI-format stream to an OpenAI-format client that no output stage rewrites: each
-    read that `verbatim_read` (the adapter's) passes goes out as it came, searched only for how many
-    of its events carry content; the others (an event cut across reads, the usage chunk, `[DONE]`,
-    an error) go event by event, as `relay_stream` writes them. The bytes the client gets are the same."""
-    return _relay(call, attempt, _verbatim(call, attempt, translate, verbatim_read), OpenAIStream())
+def relay_verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_read, held=None) -> StreamingHttpResponse:
+    """Relay an OpenAI-format stream to an OpenAI-format client: each read that `verbatim_read` (the
+    adapter's) passes goes out as it came, searched only for how many of its events carry content; the
+    others (an event cut across reads, the usage chunk, `[DONE]`, an error) go event by event, as
+    `relay_stream` writes them. The bytes the client gets are the same. `held` is the output stage's
+    filter of the reads (stages.verbatim_reads: the guardrails' checks), None when no stage applies."""
+    parts = (_verbatim(call, attempt, translate, verbatim_read) if held is None
+             else _verbatim_held(call, attempt, translate, verbatim_read, held))
+    return _relay(call, attempt, parts, OpenAIStream())
 
 
 def _written(call: Call, events: list[StreamEvent], writer) -> tuple[bytes, bool]:
@@ -143,6 +146,39 @@ async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_r
             if failure is not None:
                 raise failure
         read = await content.readany()
+    if not finished:
+        raise _cut_early(attempt)
+
+
+async def _verbatim_held(call: Call, attempt: upstream.Attempt, translate, verbatim_read, held):
+    """`_verbatim` with an output stage between the reads and the client: `held.read` takes a read that
+    may go as it came and says what leaves now (bytes as they are, then events); `held.events` the
+    events of any other read."""
+    sse, writer, finished = upstream.SSEBuffer(), OpenAIStream(), False
+    content = attempt.response.content
+    read = attempt.first_chunk or await content.readany()
+    try:
+        while read:
+            failure = None
+            if not sse.pending and (count := verbatim_read(read)) is not None \
+                    and (kept := await held.read(read)) is not None:
+                if count:
+                    call.first_token()
+                    call.delivered_chunks += count
+                out, events = kept
+            else:
+                events, failure = upstream.translated(attempt, translate, sse.feed(read))
+                out, events = await held.events(events)
+            if events:
+                written, done = _written(call, events, writer)
+                out, finished = out + written, finished or done
+            if out:
+                yield out
+            if failure is not None:
+                raise failure
+            read = await content.readany()
+    finally:
+        held.close()
     if not finished:
         raise _cut_early(attempt)
 

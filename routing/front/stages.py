@@ -81,6 +81,12 @@ class Stage:
         """At OUTPUT, for a stream: wrap the translated events, one list per upstream read."""
         return reads
 
+    def on_reads(self, call: Call):
+        """At OUTPUT, for an OpenAI stream to an OpenAI client relayed read by read as it came
+        (relay.relay_verbatim): the filter of its reads (`read`, `events`, `close`, as
+        routing/guardrails/streaming.py HeldReads), or None: the stage needs every event (`on_stream`)."""
+        return None
+
 
 _registered: dict[str, tuple[Stage, ...]] = {point: () for point in POINTS}
 
@@ -184,4 +190,15 @@ async def _as_chunks(reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[l
 
 def has_output(call: Call) -> bool:
     return bool(at(OUTPUT, call))
+
+
+def verbatim_reads(call: Call) -> tuple[bool, object | None]:
+    """Whether an OpenAI stream of `call` may be relayed read by read as it came, and the filter of its
+    reads (None: no output stage applies). One output stage may filter the reads; more go event by event."""
+    applying = at(OUTPUT, call)
+    if not applying:
+        return True, None
+    if len(applying) == 1 and (held := applying[0].on_reads(call)) is not None:
+        return True, held
+    return False, None
 

@@ -8,7 +8,8 @@
   checks on the answer, JSON or streamed. A stream is held back by the policy's window
   (`hold_back_chars`) and released at a word boundary, so a finding split across chunks is
   seen whole before any of it leaves; a block ends the stream with an error event in the
-  caller's format (relay.py), a redaction rewrites the held text.
+  caller's format (relay.py), a redaction rewrites the held text. An OpenAI stream to an OpenAI
+  client is relayed as read, the upstream's events held whole (`on_reads`: streaming.HeldReads).
 - `Restore` (OUTPUT, order 900, after everything else) puts redacted values back for the
   caller where the answer repeats their placeholders.
 
@@ -126,6 +127,11 @@ class OutputGuard(stages.Stage):
         from .streaming import held_back  # deferred: streams with output checks only
 
         return held_back(call, reads)
+
+    def on_reads(self, call):
+        from .streaming import HeldReads  # deferred: as on_stream's
+
+        return HeldReads(call)
 
 
 class Restore(stages.Stage):

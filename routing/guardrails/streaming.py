@@ -253,6 +253,21 @@ def _cut(text: str, window: int) -> int:
     return cut + 1 if cut >= 0 else (limit if len(text) > 4 * window else 0)
 
 
+def _clear_of(findings, cut: int, snap) -> int:
+    """The cut moved back until it splits no finding (one is not released until its check has settled it)
+    and, with `snap`, falls where the held text may be split."""
+    while True:
+        moved = cut
+        for finding in findings:
+            if finding.start < moved < finding.end:
+                moved = finding.start
+        if snap is not None:
+            moved = snap(moved)
+        if moved == cut:
+            return cut
+        cut = moved
+
+
 class Held:
     """The checks' state over one stream."""
 
@@ -269,21 +284,27 @@ class Held:
         self.failed: dict[str, str] = {}
         self.decided = False
         self.pending = ""
+        self.redactions = 0  # releases that rewrote the text (a redaction)
 
-    async def release(self, final: bool) -> str:
-        """The text that may leave now, checked (raises to block)."""
+    async def release(self, final: bool, snap=None) -> str:
+        """The text that may leave now, checked (raises to block). `snap(cut)`, when given, moves a cut back
+        to where the held text may be split (the end of an event held whole: HeldReads)."""
         cut = len(self.pending) if final else (0 if self.hold_all else _cut(self.pending, self.window))
+        if not final and snap is not None and cut >= RELEASE_AT_LEAST:
+            cut = snap(cut)
         if not final and cut < RELEASE_AT_LEAST:
             return ""  # nothing (or too little) to release: no need to scan yet
+        redactions = self.redactions
         for check in self.local:
             if check.label not in self.failed:
-                cut = await self._local(check, cut, final)
+                # A redaction moves the text: `snap`'s ends no longer fall where it says.
+                cut = await self._local(check, cut, final, snap if self.redactions == redactions else None)
         out, self.pending = self.pending[:cut], self.pending[cut:]
         if final and self.hold_all:
             await self._remote(out)
         return out
 
-    async def _local(self, check, cut: int, final: bool) -> int:
+    async def _local(self, check, cut: int, final: bool, snap=None) -> int:
         started = time.perf_counter()
         try:
             if (findings := policies.find_now(check, self.pending)) is None:
@@ -299,9 +320,7 @@ class Held:
             self.spent[check.label] += time.perf_counter() - started
             return cut
         if not final:
-            for finding in findings:
-                if finding.start < cut < finding.end:
-                    cut = finding.start  # not released until its check has settled it
+            cut = _clear_of(findings, cut, snap)
         settled = [f for f in findings if f.end <= cut]
         if settled:
             if (counts := self.counts.get(check.label)) is None:
@@ -315,8 +334,35 @@ class Held:
                 head = policies.redacted(self.pending[:cut], settled, self.guard.vault)
                 self.pending = head + self.pending[cut:]
                 cut = len(head)
+                self.redactions += 1
         self.spent[check.label] += time.perf_counter() - started
         return cut
+
+    async def checked(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """One read's events with their text held back and checked. A read whose text all leaves as it came
+        (nothing held before it, nothing held after it, nothing redacted) goes on untouched: pass-through
+        payloads are relayed verbatim, not parsed and serialised again."""
+        if not self.pending and (scanned := _scanned(events)) is not None:
+            text, final = scanned
+            if not text and not final:
+                return events
+            self.pending = text
+            if (out := await self.release(final)) != text:
+                read = _Read(events)
+                if read.text != text:  # read two ways, two texts: what was checked may not be what is sent
+                    raise RuntimeError("a stream read's text differs between its two readings")
+                read.rewrite(events, out)
+            return events
+        read = _Read(events)
+        if not read.text and not read.final:
+            return events
+        before = self.pending
+        self.pending += read.text
+        out = await self.release(read.final)
+        if not before and out == read.text:
+            return events
+        read.rewrite(events, out)
+        return events
 
     async def _remote(self, text: str) -> None:
         for check in self.checks:
@@ -342,9 +388,7 @@ class Held:
 
 
 async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[list[StreamEvent]]:
-    """The stream with its text held back and checked. A read whose text all leaves as it came (nothing
-    held before it, nothing held after it, nothing redacted) goes on untouched: pass-through payloads
-    are relayed verbatim, not parsed and serialised again."""
+    """The stream with its text held back and checked, read by read (`Held.checked`)."""
     held = Held(call)
     if call.form:  # Anthropic's or the Responses API's own events
         async def take(text: str, ended: bool) -> str:
@@ -359,33 +403,149 @@ async def held_back(call, reads: AsyncIterator[list[StreamEvent]]) -> AsyncItera
         return
     try:
         async for events in reads:
-            if not held.pending and (scanned := _scanned(events)) is not None:
-                text, final = scanned
-                if not text and not final:
-                    yield events
-                    continue
-                held.pending = text
-                if (out := await held.release(final)) != text:
-                    read = _Read(events)
-                    if read.text != text:  # read two ways, two texts: what was checked may not be what is sent
-                        raise RuntimeError("a stream read's text differs between its two readings")
-                    read.rewrite(events, out)
-                yield events
-                continue
-            read = _Read(events)
-            if not read.text and not read.final:
-                yield events
-                continue
-            before = held.pending
-            held.pending += read.text
-            out = await held.release(read.final)
-            if not before and out == read.text:
-                yield events
-                continue
-            read.rewrite(events, out)
-            yield events
+            yield await held.checked(events)
     finally:
         held._decide()
+
+
+class HeldReads:
+    """Output checks on an OpenAI stream relayed to an OpenAI client read by read, as it came
+    (routing/front/relay.py `relay_verbatim`): what is held back is the upstream's own events, whole, and
+    they leave byte for byte once the text they carry has passed. A read of whole events in the forms
+    `_FORMS` reads (nearly all of a stream) is searched for its text and never parsed; the checks run on
+    that text as on any stream's (`Held`), and a release is cut only at the end of an event. Only when a
+    check redacts, or a read needs its events (an event cut across reads, an escape in the text, the
+    usage chunk), are the held events handed over as events and the stream goes on as `held_back` writes it:
+    a redaction rewrites the held text before any of it is sent, a block raises before it is sent.
+
+    `read` and `events` return what leaves now: bytes to write as they are, then events to write."""
+
+    __slots__ = ("held", "queue", "queued")
+
+    def __init__(self, call) -> None:
+        self.held = Held(call)
+        self.queue: list[tuple[bytes, int]] = []  # events held whole: their bytes (no ending blank line), text length
+        self.queued = 0  # the text the queue carries; all of `held.pending` while the stream goes as read
+
+    async def read(self, read: bytes) -> tuple[bytes, list[StreamEvent]] | None:
+        """For a read of whole one-line `data: {` events (the adapter's `verbatim_read` passed it): what leaves
+        now, or None when it must go as events (`events`)."""
+        held = self.held
+        forms = _FORMS.findall(read)
+        events = read.count(b"\n\n")
+        if len(held.pending) != self.queued or len(forms) != events or read.count(_CHOICES) != events:
+            return None  # held text no event carries (the stream went as events), or a chunk of another form
+        try:
+            text = b"".join([piece for piece, _ in forms]).decode()
+        except UnicodeDecodeError:
+            return None
+        final = any(end for _, end in forms)
+        if not text and not final and not self.queue:
+            return read, []  # nothing held, nothing to check: out as it came
+        if events == 1:
+            self.queue.append((read[:-2], len(text)))
+        else:
+            sizes = [len(p) for p, _ in forms] if text.isascii() else [len(p.decode()) for p, _ in forms]
+            self.queue.extend(zip(read[:-2].split(b"\n\n"), sizes, strict=True))
+        held.pending += text
+        self.queued += len(text)
+        redactions = held.redactions
+        out = await held.release(final, self._snap)
+        return self._released(out) if held.redactions == redactions else self._rewritten(out, [])
+
+    async def events(self, events: list[StreamEvent]) -> tuple[bytes, list[StreamEvent]]:
+        """For any other read, its events: what leaves now. A read of events in the forms (one cut across
+        reads) is held whole as a read of `read` is; the events returned are written and counted."""
+        held = self.held
+        if len(held.pending) != self.queued or (scanned := _scanned(events)) is None:
+            if not self.queue:
+                return b"", await held.checked(events)
+            # The held events go on as events, their text checked again with this read's (none of it settled).
+            held.pending = ""
+            return b"", await held.checked(self._taken() + events)
+        text, final = scanned
+        if not final:
+            if not self._hold(events):
+                held.pending = ""
+                return b"", await held.checked(self._taken() + events)
+            held.pending += text
+            self.queued += len(text)
+            redactions = held.redactions
+            out = await held.release(False, self._snap)
+            if held.redactions != redactions:
+                return b"", self._rewritten(out, [])[1] + events
+            return self._released(out)[0], events  # held: they write nothing now, and count as read
+        if not self.queue:
+            return b"", await held.checked(events)
+        # The answer's end (the usage chunk, `[DONE]`): all that is held leaves now, and this read as it is.
+        held.pending += text
+        redactions = held.redactions
+        out = await held.release(True)
+        if held.redactions != redactions:
+            return self._rewritten(out, events)
+        raw = b"\n\n".join([event for event, _ in self.queue]) + b"\n\n"
+        self.queue, self.queued = [], 0
+        return raw, events
+
+    def _hold(self, events: list[StreamEvent]) -> bool:
+        """Hold a read's events whole (each a chunk in the forms), leaving them to write nothing now; False
+        (nothing held) when one is not such a chunk."""
+        held = []
+        for event in events:
+            forward = event.forward
+            if forward is None:
+                if event.chunks or event.usage is not None:
+                    return False
+                continue  # dropped by the adapter: it writes nothing
+            if event.usage is not None or event.done or not forward.startswith(b"{"):
+                return False
+            held.append((b"data: " + forward, len(b"".join([piece for piece, _ in _FORMS.findall(forward)]).decode())))
+        self.queue.extend(held)
+        for event in events:
+            event.forward = None
+        return True
+
+    def close(self) -> None:
+        """The checks' decisions, into the call's record, however the stream ended."""
+        self.held._decide()
+
+    def _snap(self, cut: int) -> int:
+        """The end of the last held event whose text lies wholly before `cut`."""
+        total = 0
+        for _, size in self.queue:
+            if total + size > cut:
+                return total
+            total += size
+        return total
+
+    def _released(self, out: str) -> tuple[bytes, list[StreamEvent]]:
+        """The held events whose text is `out` (released unchanged), as the upstream wrote them."""
+        taken, total, queue = 0, 0, self.queue
+        for _, size in queue:
+            if total + size > len(out):
+                break
+            total, taken = total + size, taken + 1
+        if total != len(out):  # never send text other than what passed
+            raise RuntimeError("a release of held stream text does not end where a held event does")
+        self.queued -= total
+        if not taken:
+            return b"", []
+        raw = b"\n\n".join([event for event, _ in queue[:taken]]) + b"\n\n"
+        del queue[:taken]
+        return raw, []
+
+    def _taken(self) -> list[StreamEvent]:
+        """The held events, as events (their content counted when they were read), the queue emptied."""
+        taken = [StreamEvent(forward=event[6:]) for event, _ in self.queue]
+        self.queue, self.queued = [], 0
+        return taken
+
+    def _rewritten(self, out: str, events: list[StreamEvent]) -> tuple[bytes, list[StreamEvent]]:
+        """A redaction: every held event, and `events`, with their text taken out and `out` put in the last
+        place of it; what is still held leaves later in the events after it (the stream goes as events)."""
+        events = self._taken() + events
+        _Read(events).rewrite(events, out)
+        return b"", events
 
 
 def _restorable(pending: str, final: bool) -> int:

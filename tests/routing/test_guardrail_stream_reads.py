@@ -7,6 +7,7 @@ client would receive is checked in each case.
 """
 
 import asyncio
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -133,3 +134,170 @@ def test_a_read_of_another_layout_is_read_chunk_by_chunk():
     (out,) = asyncio.run(run())
     text = _client_text(b"".join(relay.OpenAIStream().feed(event) for event in out))
     assert text == "Hi mail [EMAIL_1]"
+
+
+# --- The guarded stream relayed as read (relay.relay_verbatim with streaming.HeldReads) ---
+
+class _Body:
+    """An aiohttp response body that brings `reads` one network read at a time."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = list(reads)
+
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
+
+    async def iter_any(self):
+        while read := await self.readany():
+            yield read
+
+
+def _upstream(pieces: list[str]) -> tuple[bytes, bytes]:
+    """The stream as an OpenAI upstream writes it (the gateway asks for usage: null on every chunk, and
+    the usage chunk), and its usage chunk."""
+    def chunk(delta: dict, finish=None) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "system_fingerprint": "fp",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], "usage": None}) + b"\n\n"
+
+    usage = b"data: " + orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": {
+        "prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 3 + len(pieces)}}) + b"\n\n"
+    return (chunk({"role": "assistant", "content": "", "refusal": None}) + b"".join(chunk({"content": p}) for p in pieces)
+            + chunk({}, "stop") + usage + b"data: [DONE]\n\n"), usage
+
+
+def _cut(stream: bytes, cut) -> list[bytes]:
+    """The stream as network reads bring it: whole, `cut` events per read, or every `cut[1]` bytes."""
+    if cut is None:
+        return [stream]
+    if cut[0] == "events":
+        events = [event + b"\n\n" for event in stream.split(b"\n\n")[:-1]]
+        return [b"".join(events[i:i + cut[1]]) for i in range(0, len(events), cut[1])]
+    return [stream[i:i + cut[1]] for i in range(0, len(stream), cut[1])]
+
+
+def _relayed(stream: bytes, cut, action: str, as_read: bool, want_usage: bool = True):
+    """What a client receives of a guarded stream through the relay read by read (as_read) or event by
+    event, what the call recorded, and the refusal that ended it (None: it ended as the upstream's did)."""
+    from routing.front import stages
+    from routing.front.call import Call
+
+    async def run():
+        reads = _cut(stream, cut)
+        target = SimpleNamespace(kind="openai", provider_name="p", api_key="", settings={})
+        attempt = SimpleNamespace(target=target, first_chunk=reads[0], response=SimpleNamespace(content=_Body(reads[1:])))
+        call = Call("chat.completions")
+        call.guard = _Call(action).guard
+        translate = adapter.chat_stream(target, {}, want_usage)
+        if as_read:
+            verbatim, held = stages.verbatim_reads(call)
+            assert verbatim and isinstance(held, streaming.HeldReads)
+            parts = relay._verbatim_held(call, attempt, translate, adapter.verbatim_read, held)
+        else:
+            parts = relay._translated(call, attempt, translate, relay.OpenAIStream())
+        out = []
+        try:
+            async for part in parts:
+                out.append(part)
+        except errors.GatewayError as exc:
+            return b"".join(out), call, exc
+        return b"".join(out), call, None
+
+    return asyncio.run(run())
+
+
+def _frames(written: bytes) -> list:
+    """The client's view: the answer's text, and every other event (role, end, usage, [DONE]) in order."""
+    text, others = [], []
+    for block in written.split(b"\n\n")[:-1]:
+        assert block.startswith(b"data: ")
+        if block == b"data: [DONE]":
+            others.append("[DONE]")
+            continue
+        chunk = orjson.loads(block[6:])
+        for choice in chunk.get("choices") or ():
+            delta = dict(choice.get("delta") or {})
+            text.append(delta.pop("content", None) or "")
+            if delta or choice.get("finish_reason"):
+                others.append((delta, choice.get("finish_reason")))
+        if chunk.get("usage"):
+            others.append(chunk["usage"])
+    return ["".join(text), others]
+
+
+def _decided(call) -> list[tuple]:
+    """What the call's record says each check did (its time aside)."""
+    return [(c["check"], c["action"], c["findings"]) for c in call.guardrails["checks"]]
+
+
+WORDS = [" mock", " reply", " from", " the", " gateway", " test", " upstream", " with", " some", " words"] * 5
+WITH_EMAIL = WORDS[:18] + [" jane.r", "oe@exam", "ple.org"] + WORDS[18:]
+WITH_KEY = WORDS[:18] + [" AKIAIOSF", "ODNN7EXA", "MPLE"] + WORDS[18:]
+CUTS = [None, ("events", 1), ("events", 2), ("events", 3), ("events", 7), ("bytes", 1), ("bytes", 7),
+        ("bytes", 40), ("bytes", 123), ("bytes", 500)]
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("want_usage", [True, False])
+def test_a_guarded_stream_with_nothing_found_goes_out_as_the_upstream_wrote_it(cut, want_usage):
+    """Relayed as read, the checks hold back the upstream's own events and let them go byte for byte: the
+    client gets what the unguarded relay gives, the same text the event-by-event guarded relay gives,
+    and the call records the same usage and content chunks."""
+    stream, usage = _upstream(WORDS)
+    as_read, call, error = _relayed(stream, cut, "redact", True, want_usage)
+    by_event, by_event_call, by_event_error = _relayed(stream, cut, "redact", False, want_usage)
+    assert error is None and by_event_error is None
+    # The upstream's bytes, every event whole (its usage chunk only when the client asked for it).
+    assert as_read == (stream if want_usage else stream.replace(usage, b""))
+    assert _frames(as_read) == _frames(by_event)
+    assert call.usage == by_event_call.usage and call.usage.completion_tokens == len(WORDS)
+    assert call.delivered_chunks == by_event_call.delivered_chunks == len(WORDS)
+    assert _decided(call) == _decided(by_event_call) == [("p/pii#1", "passed", {}), ("p/secrets#2", "passed", {})]
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_finding_split_across_chunks_is_redacted_as_the_event_by_event_relay_redacts_it(cut):
+    stream = _upstream(WITH_EMAIL)[0]
+    as_read, call, error = _relayed(stream, cut, "redact", True)
+    by_event, by_event_call, _ = _relayed(stream, cut, "redact", False)
+    assert error is None
+    text = _frames(as_read)[0]
+    assert "jane" not in text and "exam" not in text and "ple.org" not in text
+    assert text == "".join(WITH_EMAIL).replace(EMAIL, "[EMAIL_1]")
+    assert _frames(as_read) == _frames(by_event)
+    assert _decided(call) == _decided(by_event_call)
+    assert _decided(call)[0] == ("p/pii#1", "redacted", {"email": 1})
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_block_ends_the_stream_relayed_as_read_before_any_of_the_finding_leaves(cut):
+    stream = _upstream(WITH_KEY)[0]
+    as_read, call, error = _relayed(stream, cut, "redact", True)
+    by_event, _, by_event_error = _relayed(stream, cut, "redact", False)
+    assert error.code == by_event_error.code == "content_policy_violation"
+    text = _frames(as_read)[0]
+    assert "AKIA" not in text and "MPLE" not in text and "".join(WITH_KEY).startswith(text)
+    assert stream.startswith(as_read)  # what left before the refusal is the upstream's own events
+    assert _decided(call)[1][:2] == ("p/secrets#2", "blocked")
+
+
+def test_a_chunk_of_another_form_sends_the_held_events_on_as_events():
+    """A text with an escape in it (a newline) is read from its parsed chunk: the held events go on event
+    by event from there, and the text that left is still the whole answer, checked."""
+    pieces = WORDS[:25] + ["\nmail", " " + EMAIL] + WORDS[25:]
+    stream = _upstream(pieces)[0]
+    for cut in (("events", 1), ("events", 4), None):
+        as_read, _, error = _relayed(stream, cut, "redact", True)
+        by_event = _relayed(stream, cut, "redact", False)[0]
+        assert error is None and _frames(as_read) == _frames(by_event)
+        assert _frames(as_read)[0] == "".join(pieces).replace(EMAIL, "[EMAIL_1]")
+
+
+def test_a_guarded_stream_with_restore_on_goes_event_by_event():
+    from routing.front import stages
+    from routing.front.call import Call
+
+    call = Call("chat.completions")
+    guard = _Call("redact").guard
+    call.guard = Guard(policies.Resolved((), guard.resolved.output, True, 96))
+    assert stages.verbatim_reads(call) == (False, None)

@@ -11,6 +11,7 @@ normal stop loses nothing.
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -66,6 +67,11 @@ class Lifespan:
             self.tasks.append(asyncio.create_task(cache_store.sweep_forever(self.stop)))
         # Load the tokenizer now rather than on a first request.
         await asyncio.to_thread(tokens.encoding)
+        # What startup built (Django, the apps, the tokenizer: some 150,000 objects) lives as long as
+        # the process. Frozen, out of the collector's sight, a full collection scans only what requests
+        # left behind: 1 ms, where scanning everything stalled every call in the worker for 80 ms.
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self) -> None:
         self.stop.set()

@@ -149,7 +149,15 @@ class ApiHandler(ASGIHandler):
         # No browser may read an answer (which may echo a client's text) as HTML or script.
         response.headers["X-Content-Type-Options"] = "nosniff"
         if not isinstance(response, RelayResponse):
-            await super().send_response(response, send)
+            content = None if response.streaming or response.cookies else response.content
+            if content is None or len(content) > self.chunk_size:
+                await super().send_response(response, send)
+                return
+            # A JSON answer (every API answer but a stream): its headers and its body in one message
+            # each, without Django's per-header type checks and chunking, which change nothing here.
+            headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
             return
         # A relayed stream (no cookies, bytes only): each part in one message, as it comes.
         headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]

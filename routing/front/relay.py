@@ -128,6 +128,8 @@ async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_r
     # readany() itself, not iter_any() or upstream.reads(): two async iterators fewer per chunk.
     content = attempt.response.content
     read = attempt.first_chunk or await content.readany()  # none read yet: a cache hit's replay
+    # The read timeout kept here, not by a timer aiohttp re-arms on every read (routing/upstream.py).
+    deadline = upstream.read_deadline(attempt)
     while read:
         if not sse.pending and (count := verbatim_read(read)) is not None:
             if count:
@@ -142,7 +144,12 @@ async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_r
                 yield out
             if failure is not None:
                 raise failure
-        read = await content.readany()
+        if deadline is None:
+            read = await content.readany()
+        else:
+            deadline.waiting_since = time.monotonic()
+            read = await content.readany()
+            deadline.waiting_since = math.inf
     if not finished:
         raise _cut_early(attempt)
 

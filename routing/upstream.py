@@ -105,7 +105,7 @@ _watchdogs: set[asyncio.Task] = set()
 def read_deadline(attempt: Attempt) -> ReadDeadline | None:
     """Take the stream's read timeout over from aiohttp; the caller sets `.last` after each read.
     None when there is none to take (no timeout, or the body is read whole already)."""
-    connection = attempt.response.connection
+    connection = getattr(attempt.response, "connection", None)  # a replay or a test's stand-in has none
     protocol = connection.protocol if connection is not None else None
     if protocol is None or not protocol.read_timeout:
         return None

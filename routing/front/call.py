@@ -62,7 +62,7 @@ class Call:
     # A stream's in-flight entry (usage/inflight.py): the hash holding it, and when to rewrite it next.
     inflight: str | None = None  # "" when there is none (no Redis)
     checkpoint_due: float = 0.0
-    checkpointing: asyncio.Task | None = None
+    checkpointing: asyncio.Future | None = None  # the last in-flight write (a task, or a turn's shared future)
     prompt_counted: int | None = None
     planned: Target | None = None  # the deployment the upstream call goes to first
     front_state: object = None  # what a front keeps between its steps (the Responses API's parsed request)
@@ -114,7 +114,9 @@ class Call:
         started = time.perf_counter()
         if self.checkpointing is not None:
             try:
-                await self.checkpointing  # the in-flight entry lands before the event that deletes it
+                # The in-flight entry lands before the event that deletes it (shielded: a stream's
+                # checkpoint future is shared with the other streams of its turn).
+                await asyncio.shield(self.checkpointing)
             except Exception:
                 log.exception("request %s: in-flight entry failed", self.request_id)
         event = self.recorded = self.event()

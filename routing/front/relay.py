@@ -67,15 +67,21 @@ def _checkpoint(call: Call) -> None:
     if not call.inflight:
         call.checkpoint_due = math.inf
         return
+    last = call.checkpointing
+    if last is not None and last.done() and not last.cancelled() and call.inflight in (last.result() or ()):
+        call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
+        return
     call.checkpoint_due = time.monotonic() + conf.USAGE_INFLIGHT_CHECKPOINT
-    if call.checkpointing is None or call.checkpointing.done():
-        # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
-        # An exact-size copy: orjson's output keeps a 4-8 KiB buffer while the write waits for Redis.
+    if last is None or last.done():
+        # Queued, written at the end of this turn with the other streams' (the relay never waits on
+        # Redis: a paused Redis would stall every stream). An exact-size copy: orjson's output keeps
+        # a 4-8 KiB buffer while the write waits for Redis.
         event = bytes(memoryview(orjson.dumps(call.interrupted_event())))
-        call.checkpointing = asyncio.ensure_future(write_checkpoint(call, event))
+        call.checkpointing = inflight.checkpoint_soon(call.inflight, call.request_id, event)
 
 
 async def write_checkpoint(call: Call, event: bytes) -> None:
+    """A call's first in-flight entry, beside the upstream call (routing/front/pipeline.py)."""
     if not await inflight.checkpoint(call.inflight, call.request_id, event):
         call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
     if call.checkpointing is asyncio.current_task():

@@ -59,7 +59,7 @@ async def record_and_finish(call: Call) -> None:
     observe.finished(call)
 
 
-def _checkpoint(call: Call) -> None:
+def _checkpoint(call: Call, verbatim: bool = False) -> None:
     """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
     after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
     if call.inflight is None:
@@ -76,7 +76,8 @@ def _checkpoint(call: Call) -> None:
         # Queued, written at the end of this turn with the other streams' (the relay never waits on
         # Redis: a paused Redis would stall every stream). An exact-size copy: orjson's output keeps
         # a 4-8 KiB buffer while the write waits for Redis.
-        event = bytes(memoryview(orjson.dumps(call.interrupted_event())))
+        # A verbatim stream (no output stage may change its event mid-way) renews only its counts.
+        event = call.checkpoint_entry() if verbatim else bytes(memoryview(orjson.dumps(call.interrupted_event())))
         call.checkpointing = inflight.checkpoint_soon(call.inflight, call.request_id, event)
 
 
@@ -98,7 +99,7 @@ def relay_verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_re
     read that `verbatim_read` (the adapter's) passes goes out as it came, searched only for how many
     of its events carry content; the others (an event cut across reads, the usage chunk, `[DONE]`,
     an error) go event by event, as `relay_stream` writes them. The bytes the client gets are the same."""
-    return _relay(call, attempt, _verbatim(call, attempt, translate, verbatim_read), OpenAIStream())
+    return _relay(call, attempt, _verbatim(call, attempt, translate, verbatim_read), OpenAIStream(), verbatim=True)
 
 
 def _written(call: Call, events: list[StreamEvent], writer) -> tuple[bytes, bool]:
@@ -165,7 +166,7 @@ def _cut_early(attempt: upstream.Attempt) -> UpstreamError:
                          retryable=False, code="upstream_stream_cut")
 
 
-def _relay(call: Call, attempt: upstream.Attempt, parts, writer) -> RelayResponse:
+def _relay(call: Call, attempt: upstream.Attempt, parts, writer, verbatim: bool = False) -> RelayResponse:
     """The response relaying `parts` (the client's bytes, one part per upstream read): the in-flight
     checkpoint as it goes, errors after the headers inside the stream, and usage recorded however it ends."""
     call.streamed = True
@@ -177,7 +178,7 @@ def _relay(call: Call, attempt: upstream.Attempt, parts, writer) -> RelayRespons
             async for out in parts:
                 yield out
                 if time.monotonic() >= call.checkpoint_due:
-                    _checkpoint(call)
+                    _checkpoint(call, verbatim)
         except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             # Headers are gone already: the error travels in the stream.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(

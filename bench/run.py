@@ -44,6 +44,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+try:
+    from bench import slow_mock
+except ImportError:  # run as a script: bench/ is the first entry of sys.path, not the checkout
+    import slow_mock
+
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 DRF = "gateway, DRF views"
@@ -433,13 +438,17 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
     idle = rss_bytes(pid)
     cpu_before = cpu_seconds(pid)
     peak, opened, done = idle, 0, asyncio.Event()
-    open_now, open_most = 0, 0
+    open_now, open_most, lag_most = 0, 0, 0.0
+    clients_cpu = time.process_time()
 
     async def sample():
-        nonlocal peak
+        # Also how late this loop wakes: the clients' own lag, apart from the gateway's.
+        nonlocal peak, lag_most
         while not done.is_set():
             peak = max(peak, rss_bytes(pid))
+            due = time.monotonic() + 0.25
             await asyncio.sleep(0.25)
+            lag_most = max(lag_most, time.monotonic() - due)
 
     async def one(i: int) -> str:
         nonlocal opened, open_now, open_most
@@ -452,7 +461,7 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
                 break
             except OSError as exc:
                 if attempt == 19:
-                    return type(exc).__name__
+                    return f"client: {type(exc).__name__}"
                 await asyncio.sleep(0.05 * (attempt + 1))
         opened += 1
         open_now += 1
@@ -494,7 +503,7 @@ async def hold_slow_streams(url: str, key: str, n: int, chunks: int, delay_ms: i
             "open_most": open_most, "ramp": ramp,
             "seconds": seconds, "idle_mib": idle / 2**20, "peak_mib": peak / 2**20,
             "kib_per_stream": (peak - idle) / 1024 / n, "cpu_ms_per_stream": (cpu_seconds(pid) - cpu_before) * 1000 / n,
-            "probe": probed}
+            "clients_cpu_s": time.process_time() - clients_cpu, "clients_lag_ms": lag_most * 1000, "probe": probed}
 
 
 def slow_failures(env: dict) -> str:
@@ -504,6 +513,7 @@ def slow_failures(env: dict) -> str:
         "from django.db.models import Count; from usage.models import UsageRecord; "
         "print(list(UsageRecord.objects.filter(public_model='bench-slow').exclude(status='ok')"
         ".values_list('status', 'http_status', 'error_type').annotate(n=Count('id')).order_by('-n')))")).strip()
+    out = out.splitlines()[-1] if out else ""  # the shell may say first what it imported
     return "" if out in ("", "[]") else f" (recorded by the gateway: {out})"
 
 
@@ -593,7 +603,7 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
         " name='bench output')\n"
         " GuardrailCheck.objects.create(policy=p, order=0, kind='pii', stage='output', action='redact')\n"
         " GuardrailCheck.objects.create(policy=p, order=1, kind='secrets', stage='output', action='block')"))
-    if slow_mock_url:  # the slow streams' own mock (served by granian, cheap per chunk)
+    if slow_mock_url:  # the slow streams' own mock (bench/slow_mock.py, cheap per chunk)
         run("add_provider", "bench-slow", "--kind", "openai_compatible", "--base-url", slow_mock_url,
             "--allow-private-network", "--model", "bench-slow=mock-gpt", "--input-price", "0.15",
             "--output-price", "0.60")
@@ -627,6 +637,8 @@ def main() -> None:
     parser.add_argument("--slow-ramp", type=float, default=5.0,
                         help="seconds over which the slow streams are opened (0: in one burst); all must still "
                              "be open at once, which the run reports")
+    parser.add_argument("--slow-mock-workers", type=int, default=2,
+                        help="processes of the slow streams' mock (bench/slow_mock.py, SO_REUSEPORT)")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the one-connection runs, each server in turn (the median is shown)")
@@ -660,8 +672,12 @@ def main() -> None:
         env["GATEWAY_UPSTREAM_POOL_SIZE"] = str(max(2048, opts.slow_streams + 512))
         slow_port = free_port()
         slow_mock_url = f"http://127.0.0.1:{slow_port}/v1"
-        procs.append(start([sys.executable, "-m", "providers.mock_upstream", "--port", str(slow_port),
-                            "--server", "granian"], env))
+        # A raw asyncio server with one timer per process (bench/slow_mock.py): the general mock's
+        # per-chunk task and ASGI send fell behind at 40,000 chunks a second beside the gateway.
+        slow_stats = tmp / "slow-mock"
+        slow_stats.mkdir()
+        procs.append(start([sys.executable, "-m", "bench.slow_mock", "--port", str(slow_port),
+                            "--workers", str(opts.slow_mock_workers), "--stats-dir", str(slow_stats)], env))
     try:
         wait_http(mock_url + "/models")
         if slow_mock_url:
@@ -787,6 +803,12 @@ def main() -> None:
                   f"{dict(held['errors']) or 'none'}{slow_failures(env)}, {held['seconds']:.1f} s in all; gateway memory "
                   f"{held['idle_mib']:.0f} MiB idle, {held['peak_mib']:.0f} MiB at peak: "
                   f"{held['kib_per_stream']:.1f} KiB per open stream; {held['cpu_ms_per_stream']:.1f} ms CPU per stream.")
+            mock = slow_mock.read_stats(slow_stats)
+            print(f"The load side: the slow mock ({opts.slow_mock_workers} processes) began {mock.get('streams', 0)} "
+                  f"streams, completed {mock.get('completed', 0)}, saw {mock.get('cut', 0)} cut by the gateway, its "
+                  f"timer {mock.get('max_lag_ms', 0):.0f} ms late at most; the clients (this process) used "
+                  f"{held['clients_cpu_s']:.1f} s of CPU, their loop {held['clients_lag_ms']:.0f} ms late at most "
+                  "(errors named `client: ...` are theirs, the rest the gateway's answers).")
             if probed := held["probe"]:
                 direct, through = probed["direct"], probed["through"]
                 print(f"One client's JSON chat while {probed['open']} of them were open: mock direct p50 "

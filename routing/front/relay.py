@@ -59,7 +59,7 @@ async def record_and_finish(call: Call) -> None:
     observe.finished(call)
 
 
-def _checkpoint(call: Call) -> None:
+def _checkpoint(call: Call, verbatim: bool = False) -> None:
     """Write the stream's in-flight entry, so that a worker killed mid-stream still bills what it relayed:
     after the first chunk, then at most every USAGE_INFLIGHT_CHECKPOINT seconds (usage/inflight.py)."""
     if call.inflight is None:
@@ -67,15 +67,22 @@ def _checkpoint(call: Call) -> None:
     if not call.inflight:
         call.checkpoint_due = math.inf
         return
+    last = call.checkpointing
+    if last is not None and last.done() and not last.cancelled() and call.inflight in (last.result() or ()):
+        call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
+        return
     call.checkpoint_due = time.monotonic() + conf.USAGE_INFLIGHT_CHECKPOINT
-    if call.checkpointing is None or call.checkpointing.done():
-        # In the background: the relay never waits on Redis (a paused Redis would stall every stream).
-        # An exact-size copy: orjson's output keeps a 4-8 KiB buffer while the write waits for Redis.
-        event = bytes(memoryview(orjson.dumps(call.interrupted_event())))
-        call.checkpointing = asyncio.ensure_future(write_checkpoint(call, event))
+    if last is None or last.done():
+        # Queued, written at the end of this turn with the other streams' (the relay never waits on
+        # Redis: a paused Redis would stall every stream). An exact-size copy: orjson's output keeps
+        # a 4-8 KiB buffer while the write waits for Redis.
+        # A verbatim stream (no output stage may change its event mid-way) renews only its counts.
+        event = call.checkpoint_entry() if verbatim else bytes(memoryview(orjson.dumps(call.interrupted_event())))
+        call.checkpointing = inflight.checkpoint_soon(call.inflight, call.request_id, event)
 
 
 async def write_checkpoint(call: Call, event: bytes) -> None:
+    """A call's first in-flight entry, beside the upstream call (routing/front/pipeline.py)."""
     if not await inflight.checkpoint(call.inflight, call.request_id, event):
         call.checkpoint_due = math.inf  # Redis is unreachable: not retried mid-stream
     if call.checkpointing is asyncio.current_task():
@@ -92,10 +99,11 @@ def relay_verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_re
     adapter's) passes goes out as it came, searched only for how many of its events carry content; the
     others (an event cut across reads, the usage chunk, `[DONE]`, an error) go event by event, as
     `relay_stream` writes them. The bytes the client gets are the same. `held` is the output stage's
-    filter of the reads (stages.verbatim_reads: the guardrails' checks), None when no stage applies."""
-    parts = (_verbatim(call, attempt, translate, verbatim_read) if held is None
-             else _verbatim_held(call, attempt, translate, verbatim_read, held))
-    return _relay(call, attempt, parts, OpenAIStream())
+    filter of the reads (stages.verbatim_reads: the guardrails' checks), None when no stage applies;
+    only then does the in-flight entry renew its counts alone (no stage changes the event mid-way)."""
+    if held is None:
+        return _relay(call, attempt, _verbatim(call, attempt, translate, verbatim_read), OpenAIStream(), verbatim=True)
+    return _relay(call, attempt, _verbatim_held(call, attempt, translate, verbatim_read, held), OpenAIStream())
 
 
 def _written(call: Call, events: list[StreamEvent], writer) -> tuple[bytes, bool]:
@@ -131,6 +139,8 @@ async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_r
     # readany() itself, not iter_any() or upstream.reads(): two async iterators fewer per chunk.
     content = attempt.response.content
     read = attempt.first_chunk or await content.readany()  # none read yet: a cache hit's replay
+    # The read timeout kept here, not by a timer aiohttp re-arms on every read (routing/upstream.py).
+    deadline = upstream.read_deadline(attempt)
     while read:
         if not sse.pending and (count := verbatim_read(read)) is not None:
             if count:
@@ -145,7 +155,12 @@ async def _verbatim(call: Call, attempt: upstream.Attempt, translate, verbatim_r
                 yield out
             if failure is not None:
                 raise failure
-        read = await content.readany()
+        if deadline is None:
+            read = await content.readany()
+        else:
+            deadline.waiting_since = time.monotonic()
+            read = await content.readany()
+            deadline.waiting_since = math.inf
     if not finished:
         raise _cut_early(attempt)
 
@@ -188,7 +203,7 @@ def _cut_early(attempt: upstream.Attempt) -> UpstreamError:
                          retryable=False, code="upstream_stream_cut")
 
 
-def _relay(call: Call, attempt: upstream.Attempt, parts, writer) -> RelayResponse:
+def _relay(call: Call, attempt: upstream.Attempt, parts, writer, verbatim: bool = False) -> RelayResponse:
     """The response relaying `parts` (the client's bytes, one part per upstream read): the in-flight
     checkpoint as it goes, errors after the headers inside the stream, and usage recorded however it ends."""
     call.streamed = True
@@ -200,7 +215,7 @@ def _relay(call: Call, attempt: upstream.Attempt, parts, writer) -> RelayRespons
             async for out in parts:
                 yield out
                 if time.monotonic() >= call.checkpoint_due:
-                    _checkpoint(call)
+                    _checkpoint(call, verbatim)
         except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             # Headers are gone already: the error travels in the stream.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(

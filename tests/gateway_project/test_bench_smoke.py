@@ -37,6 +37,9 @@ def test_bench_runs_and_prints_its_table(django_db_setup):
             assert re.match(r"[\d.]+ / [\d.]+", cells[12]), row  # time to first token measured
     slow = re.search(r"Slow streams: (\d+) at once.*: (\d+) completed, errors: none", result.stdout)
     assert slow and slow.group(1) == slow.group(2), result.stdout[-2000:]
+    # The load side counted apart: the slow mock began and ended every stream the gateway relayed.
+    load = re.search(r"the slow mock \(\d+ processes\) began (\d+) streams, completed (\d+), saw 0 cut", result.stdout)
+    assert load and load.group(1) == load.group(2) == slow.group(1), result.stdout[-2000:]
     # One client's latency measured while they were all open, and the whole call beside the floor.
     assert re.search(r"One client's JSON chat while \d+ of them were open: .* \(\d+ requests, 0 errors\)",
                      result.stdout), result.stdout[-2000:]

@@ -1,5 +1,8 @@
 """Bad input and failures: the right status, OpenAI's error shape, nothing leaked."""
 
+import socket
+import threading
+import time
 from datetime import timedelta
 
 import httpx
@@ -198,3 +201,49 @@ def test_upstream_timeout_gets_504(impatient_gateway, api_key, mock_provider, mo
     assert wait_until(lambda: "slow-model" in [m.id for m in client.models.list()])
     response = post(impatient_gateway, api_key[1], {**CHAT, "model": "slow-model"})
     assert_openai_error(response, 504, "upstream_timeout")
+
+
+def _stalling_upstream():
+    """A provider that sends its role chunk, one content chunk 0.3 s later, then nothing for 6 s."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                event = b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"mock-gpt",' \
+                        b'"choices":[{"index":0,"delta":{%s},"finish_reason":null}]}\n\n'
+                chunk = lambda data: b"%x\r\n%s\r\n" % (len(data), data)  # noqa: E731
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked"
+                             b"\r\n\r\n" + chunk(event % b'"role":"assistant","content":""'))
+                time.sleep(0.3)
+                conn.sendall(chunk(event % b'"content":"Hello"'))
+                time.sleep(6)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_a_stream_whose_upstream_goes_silent_ends_with_an_error_event_after_the_read_timeout(
+        impatient_gateway, api_key, mock_provider):
+    # The relay keeps the read timeout itself (routing/upstream.py ReadDeadline): a provider that
+    # stops sending mid-stream is cut once the timeout (1 s here) has passed, not when it resumes.
+    upstream = _stalling_upstream()
+    _provider(mock_provider, "stalling", f"http://127.0.0.1:{upstream.getsockname()[1]}/v1", "stalling-model")
+    client = openai.OpenAI(base_url=impatient_gateway.url + "/v1", api_key=api_key[1], max_retries=0, timeout=30)
+    assert wait_until(lambda: "stalling-model" in [m.id for m in client.models.list()])
+    started = time.monotonic()
+    with httpx.stream("POST", impatient_gateway.url + "/v1/chat/completions", timeout=30,
+                      headers={"authorization": f"Bearer {api_key[1]}"},
+                      json={**CHAT, "model": "stalling-model", "stream": True}) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    elapsed = time.monotonic() - started
+    upstream.close()
+    assert 1.2 < elapsed < 3.5, elapsed  # the timeout after the last chunk, long before the provider's 6 s
+    assert '"content":"Hello"' in events[1], events
+    assert '"code":"upstream_stream_cut"' in events[-1].replace(" ", ""), events

@@ -256,3 +256,37 @@ def test_key_accepted_in_azure_and_anthropic_style_headers(key_client, gateway, 
     response = httpx.get(gateway.url + "/v1/models", headers={header: api_key[1]})
     assert response.status_code == 200
     assert "gpt-test" in [m["id"] for m in response.json()["data"]]
+
+
+def test_a_streams_checkpoint_entry_is_the_interrupted_event_at_every_point():
+    """The in-flight entry a verbatim stream rewrites every second (its counts, cost and latency renewed
+    in the kept bytes) is what a killed worker's reaper bills: the interrupted event, as made whole."""
+    from keys.auth import KeyInfo
+    from providers.adapters.base import Usage
+    from providers.targets import Target
+    from routing.front.call import Call
+
+    target = Target(deployment_id=7, provider_id=3, provider_name="p", tenant_id=None, kind="openai",
+                    base_url="http://x", api_key="", extra_headers={}, settings={}, public_model="m",
+                    upstream_model="mock-gpt", mode="chat", context_window=1000, max_output_tokens=100, created=0,
+                    input_price_per_mtok=Decimal("0.15"), output_price_per_mtok=Decimal("0.60"))
+    call = Call("chat.completions", key=KeyInfo(id=5, tenant_id=2, prefix="gw-abc", allowed_models=frozenset(),
+                                                tenant_allowed_models=frozenset(), expires_at=None),
+                model="m", body={"model": "m", "messages": [{"role": "user", "content": "tell me a story"}]},
+                target=target, streamed=True)
+
+    def both():
+        entry, whole = orjson.loads(call.checkpoint_entry()), call.interrupted_event()
+        assert abs(entry.pop("latency_ms") - whole.pop("latency_ms")) <= 1
+        return entry, whole
+
+    call.delivered_chunks = 1
+    call.first_token()
+    for delivered in (1, 2, 57, 1000):  # the first entry made whole, the others from the kept bytes
+        call.delivered_chunks = delivered
+        entry, whole = both()
+        assert entry == whole and entry["completion_tokens"] == delivered and entry["status"] == "interrupted"
+    assert call.checkpoint_template is not None
+    call.usage = Usage(prompt_tokens=40, completion_tokens=1200, cached_tokens=8)  # the upstream's report
+    entry, whole = both()
+    assert entry == whole and entry["cached_tokens"] == 8 and call.checkpoint_template is None

@@ -44,6 +44,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import redis
+
 try:
     from bench import slow_mock
 except ImportError:  # run as a script: bench/ is the first entry of sys.path, not the checkout
@@ -554,6 +556,9 @@ def prepare_database(env: dict, mock_url: str, with_limits: bool, root: Path = R
     with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+    # Its Redis database starts empty too: the new database numbers its tenant 1 again, so the last
+    # run's cache entries (the semantic cache's list grows by each run's misses) would be this run's.
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     run = functools.partial(manage, env, root=root)
     run("migrate", "--noinput")
     run("create_tenant", "bench")

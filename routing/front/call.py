@@ -194,6 +194,11 @@ class Call:
             event["http_status"] = 502
         return event
 
+    def checkpoint_whole(self) -> bytes:
+        """`interrupted_event()` serialised whole, as an exact-size copy (orjson's output keeps a 4-8 KiB
+        buffer while the write waits for Redis)."""
+        return _exact(orjson.dumps(self.interrupted_event()))
+
     def checkpoint_entry(self) -> bytes:
         """`interrupted_event()` serialised, for a stream's in-flight checkpoint. A stream rewrites it every
         second and, until the upstream reports usage, only the completion count, the total, the cost and
@@ -201,19 +206,19 @@ class Call:
         they are written into it (the same bytes, at a fifth of the cost)."""
         if self.usage is not None or self.ttft_ms is None or self.target is None:
             self.checkpoint_template = None
-            return bytes(memoryview(orjson.dumps(self.interrupted_event())))
+            return self.checkpoint_whole()
         if self.checkpoint_template is None:
             event = self.interrupted_event()
             marks = {"completion_tokens": -900000001, "total_tokens": -900000002, "cost_usd": "\x00cost",
                      "latency_ms": -900000003}
             if event["prompt_tokens"] != self.estimated_prompt() or set(marks) - event.keys():
-                return bytes(memoryview(orjson.dumps(event)))  # clamped by events.clean, or not the expected shape
+                return _exact(orjson.dumps(event))  # clamped by events.clean, or not the expected shape
             event.update(marks)
             rest, pieces = orjson.dumps(event), []
             for mark in marks.values():
                 piece, found, rest = rest.partition(orjson.dumps(mark))
                 if not found:
-                    return bytes(memoryview(orjson.dumps(self.interrupted_event())))
+                    return self.checkpoint_whole()
                 pieces.append(piece)
             self.checkpoint_template = (*pieces, rest)
         before_completion, before_total, before_cost, before_latency, after = self.checkpoint_template
@@ -293,3 +298,7 @@ class Call:
         if self.batch_id:
             event["batch_id"] = self.batch_id
         return event
+
+
+def _exact(data: bytes) -> bytes:
+    return bytes(memoryview(data))

@@ -77,7 +77,7 @@ def _checkpoint(call: Call, verbatim: bool = False) -> None:
         # Redis: a paused Redis would stall every stream). An exact-size copy: orjson's output keeps
         # a 4-8 KiB buffer while the write waits for Redis.
         # A verbatim stream (no output stage may change its event mid-way) renews only its counts.
-        event = call.checkpoint_entry() if verbatim else bytes(memoryview(orjson.dumps(call.interrupted_event())))
+        event = call.checkpoint_entry() if verbatim else call.checkpoint_whole()
         call.checkpointing = inflight.checkpoint_soon(call.inflight, call.request_id, event)
 
 
